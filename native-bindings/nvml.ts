@@ -1,0 +1,284 @@
+// Thin koffi binding to libnvidia-ml: one declaration per function the daemon uses,
+// each call run on the libuv pool (fn.async) with a time limit, each failure an NvmlError
+// carrying NVML's own message.
+import koffi, { type LibraryHandle } from "koffi";
+
+type KoffiFunction = ReturnType<LibraryHandle["func"]>;
+
+import { NvmlError, NvmlLoadError, NvmlTimeoutError } from "./nvml-errors.js";
+import { NVML_SUCCESS } from "./nvml-return-codes.js";
+
+export const DEFAULT_NVML_LIBRARY = "libnvidia-ml.so.1";
+
+/** An nvmlDevice_t: an opaque pointer, a BigInt under koffi 3. */
+export type DeviceHandle = bigint;
+export type EventSetHandle = bigint;
+
+export interface PciInfo {
+  domain: number;
+  bus: number;
+  device: number;
+  pciDeviceId: number;
+  pciSubSystemId: number;
+  /** `%08X:%02X:%02X.0`, e.g. `00000000:00:06.0`. */
+  busId: string;
+}
+
+export interface EventData {
+  device: DeviceHandle;
+  eventType: bigint;
+  /** The Xid number for Xid events. */
+  eventData: bigint;
+}
+
+export const PERSISTENCE_DISABLED = 0;
+export const PERSISTENCE_ENABLED = 1;
+
+export const EVENT_XID_CRITICAL_ERROR = 0x8n;
+
+type AnyFn = KoffiFunction;
+
+// Named types, referred to by name in the declarations below.
+const deviceType = koffi.pointer("nvmlDevice_t", koffi.opaque("nvmlDevice"));
+koffi.pointer("nvmlEventSet_t", koffi.opaque("nvmlEventSet"));
+koffi.struct("nvmlPciInfo_t", {
+  busIdLegacy: koffi.array("char", 16),
+  domain: "uint",
+  bus: "uint",
+  device: "uint",
+  pciDeviceId: "uint",
+  pciSubSystemId: "uint",
+  busId: koffi.array("char", 32),
+});
+koffi.struct("nvmlEventData_t", {
+  device: deviceType,
+  eventType: "unsigned long long",
+  eventData: "unsigned long long",
+  gpuInstanceId: "uint",
+  computeInstanceId: "uint",
+});
+
+// Every function the daemon uses, in C syntax; a library lacking one is refused at load.
+const DECLARATIONS = {
+  nvmlInit_v2: "int nvmlInit_v2()",
+  nvmlShutdown: "int nvmlShutdown()",
+  nvmlErrorString: "const char *nvmlErrorString(int)",
+  nvmlSystemGetDriverVersion: "int nvmlSystemGetDriverVersion(_Out_ uint8_t *buf, unsigned int len)",
+  nvmlDeviceGetCount_v2: "int nvmlDeviceGetCount_v2(_Out_ unsigned int *count)",
+  nvmlDeviceGetHandleByIndex_v2: "int nvmlDeviceGetHandleByIndex_v2(unsigned int index, _Out_ nvmlDevice_t *out)",
+  nvmlDeviceGetHandleByUUID: "int nvmlDeviceGetHandleByUUID(const char *uuid, _Out_ nvmlDevice_t *out)",
+  nvmlDeviceGetHandleByPciBusId_v2: "int nvmlDeviceGetHandleByPciBusId_v2(const char *busId, _Out_ nvmlDevice_t *out)",
+  nvmlDeviceGetUUID: "int nvmlDeviceGetUUID(nvmlDevice_t dev, _Out_ uint8_t *buf, unsigned int len)",
+  nvmlDeviceGetName: "int nvmlDeviceGetName(nvmlDevice_t dev, _Out_ uint8_t *buf, unsigned int len)",
+  nvmlDeviceGetPciInfo_v3: "int nvmlDeviceGetPciInfo_v3(nvmlDevice_t dev, _Out_ nvmlPciInfo_t *pci)",
+  nvmlDeviceGetMinorNumber: "int nvmlDeviceGetMinorNumber(nvmlDevice_t dev, _Out_ unsigned int *minor)",
+  nvmlDeviceGetPersistenceMode: "int nvmlDeviceGetPersistenceMode(nvmlDevice_t dev, _Out_ int *mode)",
+  nvmlDeviceSetPersistenceMode: "int nvmlDeviceSetPersistenceMode(nvmlDevice_t dev, int mode)",
+  nvmlEventSetCreate: "int nvmlEventSetCreate(_Out_ nvmlEventSet_t *set)",
+  nvmlDeviceGetSupportedEventTypes:
+    "int nvmlDeviceGetSupportedEventTypes(nvmlDevice_t dev, _Out_ unsigned long long *types)",
+  nvmlDeviceRegisterEvents:
+    "int nvmlDeviceRegisterEvents(nvmlDevice_t dev, unsigned long long types, nvmlEventSet_t set)",
+  nvmlEventSetWait_v2:
+    "int nvmlEventSetWait_v2(nvmlEventSet_t set, _Out_ nvmlEventData_t *data, unsigned int timeoutMs)",
+  nvmlEventSetFree: "int nvmlEventSetFree(nvmlEventSet_t set)",
+} as const;
+
+type NvmlFunctionName = keyof typeof DECLARATIONS;
+
+/** Buffer sizes from nvml.h (NVML_DEVICE_UUID_V2_BUFFER_SIZE and friends). */
+const UUID_BUFFER = 96;
+const NAME_BUFFER = 96;
+const VERSION_BUFFER = 80;
+
+function cString(buf: Buffer): string {
+  const end = buf.indexOf(0);
+  return buf.toString("utf8", 0, end < 0 ? buf.length : end);
+}
+
+/** Calls that have not returned within their limit, still occupying a pool thread. */
+let stuckCalls = 0;
+export function stuckNvmlCalls(): number {
+  return stuckCalls;
+}
+
+export class Nvml {
+  readonly path: string;
+  readonly #fns: Record<NvmlFunctionName, AnyFn>;
+  readonly #timeoutMs: number;
+
+  private constructor(path: string, fns: Record<NvmlFunctionName, AnyFn>, timeoutMs: number) {
+    this.path = path;
+    this.#fns = fns;
+    this.#timeoutMs = timeoutMs;
+  }
+
+  /**
+   * Loads the library at `path` (a name resolved by the dynamic loader, or a file).
+   * Throws NvmlLoadError naming the path and the fix when it cannot be loaded or lacks a
+   * function.
+   */
+  static load(path: string, timeoutMs: number): Nvml {
+    let lib: LibraryHandle;
+    try {
+      lib = koffi.load(path);
+    } catch (err) {
+      throw new NvmlLoadError(
+        `cannot load the NVML library '${path}': ${(err as Error).message}. ` +
+          "Install the NVIDIA driver's NVML (Debian: libnvidia-ml1 / nvidia-driver; the .run installer ships it), " +
+          "or point --nvml-library (config nvmlLibrary, GPU_PERSISTD_NVML_LIBRARY) at libnvidia-ml.so.1.",
+        path,
+      );
+    }
+    const fns = {} as Record<NvmlFunctionName, AnyFn>;
+    for (const [name, declaration] of Object.entries(DECLARATIONS) as [NvmlFunctionName, string][]) {
+      try {
+        fns[name] = lib.func(declaration);
+      } catch {
+        throw new NvmlLoadError(
+          `'${path}' does not export ${name}: it is not a usable libnvidia-ml (too old, or another library). ` +
+            "Point --nvml-library at the libnvidia-ml.so.1 of the installed NVIDIA driver.",
+          path,
+        );
+      }
+    }
+    return new Nvml(path, fns, timeoutMs);
+  }
+
+  errorString(code: number): string {
+    return this.#fns.nvmlErrorString(code) as string;
+  }
+
+  /** Runs one NVML function on the pool; resolves on NVML_SUCCESS, rejects otherwise. */
+  #call(name: NvmlFunctionName, ...args: unknown[]): Promise<void> {
+    const fn = this.#fns[name];
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      const timer = setTimeout(() => {
+        settled = true;
+        stuckCalls++;
+        reject(new NvmlTimeoutError(name, this.#timeoutMs));
+      }, this.#timeoutMs);
+      fn.async(...args, (err: Error | null, code: number) => {
+        if (settled) {
+          stuckCalls--;
+          return;
+        }
+        settled = true;
+        clearTimeout(timer);
+        if (err) reject(err);
+        else if (code !== NVML_SUCCESS) reject(new NvmlError(name, code, this.errorString(code)));
+        else resolve();
+      });
+    });
+  }
+
+  async init(): Promise<void> {
+    await this.#call("nvmlInit_v2");
+  }
+
+  async shutdown(): Promise<void> {
+    await this.#call("nvmlShutdown");
+  }
+
+  async driverVersion(): Promise<string> {
+    const buf = Buffer.alloc(VERSION_BUFFER);
+    await this.#call("nvmlSystemGetDriverVersion", buf, buf.length);
+    return cString(buf);
+  }
+
+  async deviceCount(): Promise<number> {
+    const out = [0];
+    await this.#call("nvmlDeviceGetCount_v2", out);
+    return out[0] as number;
+  }
+
+  async handleByIndex(index: number): Promise<DeviceHandle> {
+    const out: [DeviceHandle | null] = [null];
+    await this.#call("nvmlDeviceGetHandleByIndex_v2", index, out);
+    return out[0] as DeviceHandle;
+  }
+
+  async handleByUuid(uuid: string): Promise<DeviceHandle> {
+    const out: [DeviceHandle | null] = [null];
+    await this.#call("nvmlDeviceGetHandleByUUID", uuid, out);
+    return out[0] as DeviceHandle;
+  }
+
+  async handleByPciBusId(busId: string): Promise<DeviceHandle> {
+    const out: [DeviceHandle | null] = [null];
+    await this.#call("nvmlDeviceGetHandleByPciBusId_v2", busId, out);
+    return out[0] as DeviceHandle;
+  }
+
+  async uuid(dev: DeviceHandle): Promise<string> {
+    const buf = Buffer.alloc(UUID_BUFFER);
+    await this.#call("nvmlDeviceGetUUID", dev, buf, buf.length);
+    return cString(buf);
+  }
+
+  async name(dev: DeviceHandle): Promise<string> {
+    const buf = Buffer.alloc(NAME_BUFFER);
+    await this.#call("nvmlDeviceGetName", dev, buf, buf.length);
+    return cString(buf);
+  }
+
+  async pciInfo(dev: DeviceHandle): Promise<PciInfo> {
+    const out = {} as PciInfo & { busIdLegacy: string };
+    await this.#call("nvmlDeviceGetPciInfo_v3", dev, out);
+    const { busIdLegacy: _legacy, ...info } = out;
+    return info;
+  }
+
+  async minorNumber(dev: DeviceHandle): Promise<number> {
+    const out = [0];
+    await this.#call("nvmlDeviceGetMinorNumber", dev, out);
+    return out[0] as number;
+  }
+
+  async persistenceMode(dev: DeviceHandle): Promise<number> {
+    const out = [0];
+    await this.#call("nvmlDeviceGetPersistenceMode", dev, out);
+    return out[0] as number;
+  }
+
+  /**
+   * The one place NVML's setter is reachable. With the daemon's RPC socket up, NVML routes it
+   * back to the daemon itself, so callers go through PersistenceSetter, which guards it.
+   */
+  async setPersistenceMode(dev: DeviceHandle, mode: number): Promise<void> {
+    await this.#call("nvmlDeviceSetPersistenceMode", dev, mode);
+  }
+
+  async eventSetCreate(): Promise<EventSetHandle> {
+    const out: [EventSetHandle | null] = [null];
+    await this.#call("nvmlEventSetCreate", out);
+    return out[0] as EventSetHandle;
+  }
+
+  async supportedEventTypes(dev: DeviceHandle): Promise<bigint> {
+    const out = [0n];
+    await this.#call("nvmlDeviceGetSupportedEventTypes", dev, out);
+    return BigInt(out[0] as bigint | number);
+  }
+
+  async registerEvents(dev: DeviceHandle, types: bigint, set: EventSetHandle): Promise<void> {
+    await this.#call("nvmlDeviceRegisterEvents", dev, types, set);
+  }
+
+  /** Waits up to `timeoutMs` on the pool; resolves null on NVML_ERROR_TIMEOUT. */
+  async eventSetWait(set: EventSetHandle, timeoutMs: number): Promise<EventData | null> {
+    const out = {} as EventData;
+    try {
+      await this.#call("nvmlEventSetWait_v2", set, out, timeoutMs);
+    } catch (err) {
+      if (err instanceof NvmlError && err.codeName === "NVML_ERROR_TIMEOUT") return null;
+      throw err;
+    }
+    return { device: out.device, eventType: BigInt(out.eventType), eventData: BigInt(out.eventData) };
+  }
+
+  async eventSetFree(set: EventSetHandle): Promise<void> {
+    await this.#call("nvmlEventSetFree", set);
+  }
+}

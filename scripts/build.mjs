@@ -1,0 +1,50 @@
+// Builds the daemon bundle and the simulated libnvidia-ml.
+import { execFileSync } from "node:child_process";
+import { chmodSync, mkdirSync, readFileSync } from "node:fs";
+import { build } from "esbuild";
+
+mkdirSync("dist", { recursive: true });
+
+const cc = process.env.CC ?? "cc";
+execFileSync(
+  cc,
+  [
+    "-std=c11",
+    "-O2",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-fPIC",
+    "-shared",
+    "-fvisibility=hidden",
+    "-o",
+    "dist/libnvidia-ml-sim.so",
+    "native-bindings/sim/nvml-sim.c",
+    "native-bindings/sim/json.c",
+    "-lpthread",
+  ],
+  { stdio: "inherit" },
+);
+
+await build({
+  entryPoints: ["src/main.ts"],
+  outfile: "dist/gpu-persistd.mjs",
+  bundle: true,
+  platform: "node",
+  format: "esm",
+  target: "node20",
+  external: ["koffi"],
+  define: { GPU_PERSISTD_VERSION: JSON.stringify(JSON.parse(readFileSync("package.json", "utf8")).version) },
+  // The libuv pool runs every blocking NVML call (koffi fn.async) and file I/O; it is sized
+  // when first used, so the size must be set before any module code runs.
+  banner: {
+    js: [
+      "#!/usr/bin/env node",
+      'process.env.UV_THREADPOOL_SIZE ??= "128";',
+      'import { createRequire as __gpdCreateRequire } from "node:module";',
+      "const require = __gpdCreateRequire(import.meta.url);",
+    ].join("\n"),
+  },
+  logLevel: "warning",
+});
+chmodSync("dist/gpu-persistd.mjs", 0o755);

@@ -1,0 +1,117 @@
+// Parses the nvidia-persistenced-compatible command line with node:util parseArgs, after
+// normalising the forms parseArgs lacks: single-dash long options (`-verbose`) and an
+// option whose value may be left out (`--simulate`, `--simulate=8`, `--simulate 8`).
+import { type ParseArgsConfig, parseArgs } from "node:util";
+import type { Config } from "../config/schema.js";
+import { ExitCode } from "../exit-codes.js";
+import { FatalError } from "../fatal-error.js";
+import { OPTIONS } from "./options.js";
+
+export const COMMANDS = ["run", "status"] as const;
+export type Command = (typeof COMMANDS)[number];
+
+export interface CommandLine {
+  command: Command;
+  /** Arguments after the command, such as the GPU of `release GPU`. */
+  operands: string[];
+  help: boolean;
+  version: boolean;
+  json: boolean;
+  configPath?: string;
+  overrides: Partial<Config>;
+}
+
+const OPERAND_COUNT: Record<Command, number> = { run: 0, status: 0 };
+const OPTIONAL_VALUE_FORM = /^(\d+|on|[a-z][a-z0-9-]*-[a-z0-9-]+)$/;
+
+function usageError(message: string): FatalError {
+  return new FatalError(ExitCode.USAGE, `${message}. Run 'gpu-persistd --help' for the options.`);
+}
+
+function normalise(argv: readonly string[]): string[] {
+  const longNames = new Set(OPTIONS.map((o) => o.long));
+  const optional = new Set(OPTIONS.filter((o) => o.optionalValue).map((o) => o.long));
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    let arg = argv[i] as string;
+    if (arg === "--") {
+      out.push(...argv.slice(i));
+      break;
+    }
+    const single = /^-([a-z][a-z-]+)(=.*)?$/.exec(arg);
+    if (single && longNames.has(single[1] as string)) arg = `-${arg}`;
+    const name = arg.startsWith("--") ? arg.slice(2) : "";
+    if (optional.has(name)) {
+      const next = argv[i + 1];
+      if (next !== undefined && OPTIONAL_VALUE_FORM.test(next)) {
+        arg = `${arg}=${next}`;
+        i++;
+      } else {
+        arg = `${arg}=`;
+      }
+    }
+    out.push(arg);
+  }
+  return out;
+}
+
+const PARSE_OPTIONS: ParseArgsConfig["options"] = Object.fromEntries(
+  OPTIONS.map((o) => [o.long, { type: o.value ? "string" : "boolean", ...(o.short ? { short: o.short } : {}) }]),
+) as ParseArgsConfig["options"];
+
+/** Parses argv (without node and script). Throws FatalError (exit 64) naming the option. */
+export function parseCommandLine(argv: readonly string[]): CommandLine {
+  let parsed: ReturnType<typeof parseArgs>;
+  try {
+    parsed = parseArgs({ args: normalise(argv), options: PARSE_OPTIONS, allowPositionals: true, strict: true });
+  } catch (err) {
+    const message = (err as Error).message;
+    const named = /'([^']+)'/.exec(message)?.[1] ?? "";
+    const option = named.split(" ")[0] ?? named;
+    switch ((err as NodeJS.ErrnoException).code) {
+      case "ERR_PARSE_ARGS_UNKNOWN_OPTION":
+        throw usageError(`unrecognized option '${option}'`);
+      case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE":
+        throw usageError(
+          message.includes("does not take an argument")
+            ? `option '${option}' takes no value`
+            : `option '${option}' needs a value`,
+        );
+      default:
+        throw usageError(message);
+    }
+  }
+  const [first, ...rest] = parsed.positionals;
+  const command = (first ?? "run") as Command;
+  if (!COMMANDS.includes(command) || first === "run") {
+    throw usageError(`unknown command '${first}' (commands: ${COMMANDS.slice(1).join(", ")})`);
+  }
+  if (rest.length !== OPERAND_COUNT[command]) {
+    throw usageError(
+      OPERAND_COUNT[command] === 0
+        ? `unexpected argument '${rest[0]}'`
+        : `'${command}' needs one GPU: an index, a UUID or a PCI bus id`,
+    );
+  }
+  const overrides: Partial<Config> = {};
+  const values = parsed.values as Record<string, string | boolean | undefined>;
+  // Later options win, in table order; nvidia-persistenced applies them the same way.
+  for (const option of OPTIONS) {
+    const value = values[option.long];
+    if (value !== undefined && value !== false && option.apply) Object.assign(overrides, option.apply(value));
+  }
+  const persistence = argv.filter((a) => /^--?(no-)?persistence-mode$/.test(a)).at(-1);
+  if (persistence) overrides.persistenceMode = !persistence.includes("no-");
+  const uvm = argv.filter((a) => /^--?(no-)?uvm-persistence-mode$/.test(a)).at(-1);
+  if (uvm) overrides.uvmPersistenceMode = !uvm.includes("no-");
+  const configPath = values.config as string | undefined;
+  return {
+    command,
+    operands: rest,
+    help: values.help === true,
+    version: values.version === true,
+    json: values.json === true,
+    ...(configPath !== undefined ? { configPath } : {}),
+    overrides,
+  };
+}

@@ -1,0 +1,43 @@
+import { OPTIONS, type OptionSpec } from "./options.js";
+
+declare const GPU_PERSISTD_VERSION: string | undefined;
+
+/** Replaced by the bundler with package.json's version. */
+export const VERSION = typeof GPU_PERSISTD_VERSION === "string" ? GPU_PERSISTD_VERSION : "0.0.0-dev";
+
+export function versionText(): string {
+  return [
+    "",
+    `gpu-persistd:  version ${VERSION}`,
+    "  The NVIDIA persistence daemon, as a systemd-supervised service:",
+    "  keeps every GPU initialised so CUDA programs do not pay for driver start-up.",
+    "  A drop-in replacement for nvidia-persistenced.",
+    "",
+  ].join("\n");
+}
+
+function optionForms(o: OptionSpec): string {
+  const value = o.value ? (o.optionalValue ? `[=${o.value}]` : `=${o.value}`) : "";
+  const long = `--${o.long}${value}`;
+  return o.short ? `-${o.short}${o.value ? ` ${o.value}` : ""}, ${long}` : long;
+}
+
+export function helpText(): string {
+  const lines = [
+    versionText(),
+    "Usage: gpu-persistd [options]            run the daemon (in the foreground)",
+    "       gpu-persistd status [--json]      show what the running daemon holds",
+    "",
+    "Options:",
+  ];
+  for (const o of OPTIONS) {
+    lines.push(`  ${optionForms(o)}`, `      ${o.help}`, "");
+  }
+  lines.push(
+    "Settings also come from /etc/gpu-persistd/config.json and GPU_PERSISTD_* variables;",
+    "the command line wins. Exit codes: 0 clean stop, 64 bad usage, 67 unknown user,",
+    "69 NVML or driver unavailable, 77 not permitted, 78 bad configuration, 1 other failure.",
+    "",
+  );
+  return lines.join("\n");
+}

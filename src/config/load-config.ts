@@ -1,0 +1,76 @@
+import { readFileSync, statSync } from "node:fs";
+import { ExitCode } from "../exit-codes.js";
+import { FatalError } from "../fatal-error.js";
+import { type Config, type ConfigKey, DEFAULT_CONFIG_PATH, newConfig } from "./schema.js";
+
+/** Config files are a few hundred bytes; anything this large is a mistake, not a config. */
+const MAX_CONFIG_BYTES = 64 * 1024;
+
+export interface ConfigSource {
+  /** Path given with --config / GPU_PERSISTD_CONFIG; when absent the default may be missing. */
+  path?: string;
+  /** Values from the command line, applied last. */
+  overrides: Partial<Config>;
+}
+
+function configError(message: string): FatalError {
+  return new FatalError(ExitCode.CONFIG, message);
+}
+
+function readConfigFile(path: string, explicit: boolean): Record<string, unknown> {
+  let size: number;
+  try {
+    size = statSync(path).size;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" && !explicit) return {};
+    throw configError(`cannot read config file ${path}: ${(err as Error).message}`);
+  }
+  if (size > MAX_CONFIG_BYTES) {
+    throw configError(`config file ${path} is ${size} bytes; at most ${MAX_CONFIG_BYTES} are accepted`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(readFileSync(path, "utf8"));
+  } catch (err) {
+    throw configError(`config file ${path} is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    throw configError(`config file ${path} must hold a JSON object of settings, such as {"dryRun": true}`);
+  }
+  return parsed as Record<string, unknown>;
+}
+
+/**
+ * Builds the configuration: defaults, then the config file, then GPU_PERSISTD_* variables,
+ * then the command line. Throws FatalError (exit 78) naming the key, the value and what is
+ * allowed.
+ */
+export function loadConfig(source: ConfigSource, env: NodeJS.ProcessEnv = process.env): Config {
+  const explicitPath = source.path ?? env.GPU_PERSISTD_CONFIG;
+  const path = explicitPath ?? DEFAULT_CONFIG_PATH;
+  const fileValues = readConfigFile(path, explicitPath !== undefined);
+  const conf = newConfig();
+  const origin = `config file ${path}`;
+  try {
+    // The file's keys are checked before loading, so a key that is not a setting is named
+    // with its origin, not lost in convict's generic message.
+    for (const key of Object.keys(fileValues)) {
+      if (!conf.has(key as ConfigKey)) {
+        throw new Error(`unknown setting '${key}' in ${origin}; known settings: ${settingNames(conf)}`);
+      }
+    }
+    conf.load(fileValues);
+    for (const [key, value] of Object.entries(source.overrides)) {
+      if (value !== undefined) conf.set(key as ConfigKey, value as never);
+    }
+    conf.validate({ allowed: "strict" });
+  } catch (err) {
+    throw configError(`bad configuration: ${(err as Error).message}`);
+  }
+  return conf.getProperties();
+}
+
+function settingNames(conf: ReturnType<typeof newConfig>): string {
+  return Object.keys(conf.getProperties()).join(", ");
+}

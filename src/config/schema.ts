@@ -1,0 +1,171 @@
+// The one schema for every setting: config file keys, GPU_PERSISTD_* variables, defaults
+// and validation. The command line (src/cli/options.ts) maps its flags onto these keys.
+import convict from "convict";
+import { parseGpuSelector } from "../gpu/gpu-selector.js";
+
+export const DEFAULT_CONFIG_PATH = "/etc/gpu-persistd/config.json";
+export const SIMULATION_PROFILES = ["dgx-h100"] as const;
+export const MAX_SIMULATED_GPUS = 256;
+
+// Strict formats: a value that is not clearly of the type stays as given and fails
+// validation, rather than being coerced (convict's Boolean turns "yes" into true silently).
+const BOOLEAN_WORDS: Record<string, boolean> = {
+  true: true,
+  false: false,
+  "1": true,
+  "0": false,
+  yes: true,
+  no: false,
+};
+
+convict.addFormats({
+  flag: {
+    validate(value: unknown) {
+      if (typeof value !== "boolean") throw new Error("must be true or false");
+    },
+    coerce: (value: string) => BOOLEAN_WORDS[value.toLowerCase()] ?? value,
+  },
+  "positive-int": {
+    validate(value: unknown) {
+      if (!Number.isInteger(value) || (value as number) < 1) throw new Error("must be a positive integer");
+    },
+    coerce: (value: string) => (/^\d+$/.test(value) ? Number(value) : value),
+  },
+  "gpu-list": {
+    validate(value: unknown) {
+      if (!Array.isArray(value)) throw new Error("must be a list of GPU indexes, UUIDs or PCI bus ids");
+      const bad = value.find((v) => typeof v !== "string" || parseGpuSelector(v) === null);
+      if (bad !== undefined) {
+        throw new Error(
+          `${JSON.stringify(bad)} is not a GPU index (0), UUID (GPU-...) or PCI bus id (00000000:18:00.0)`,
+        );
+      }
+    },
+    coerce: (value: string) => (value.trim() === "" ? [] : value.split(",").map((v) => v.trim())),
+  },
+  text: {
+    validate(value: unknown) {
+      if (typeof value !== "string") throw new Error("must be a string");
+    },
+  },
+  simulation: {
+    validate(value: unknown) {
+      if (typeof value !== "string") throw new Error("must be a string");
+      if (value === "" || value === "on" || (SIMULATION_PROFILES as readonly string[]).includes(value)) return;
+      if (/^\d+$/.test(value) && Number(value) >= 1 && Number(value) <= MAX_SIMULATED_GPUS) return;
+      throw new Error(
+        `must be "" (off), "on", a GPU count 1..${MAX_SIMULATED_GPUS} or a profile (${SIMULATION_PROFILES.join(", ")})`,
+      );
+    },
+  },
+});
+
+export const configSchema = {
+  persistenceMode: {
+    doc: "Hold every selected GPU at start (false: start with every GPU released).",
+    format: "flag",
+    default: true,
+    env: "GPU_PERSISTD_PERSISTENCE_MODE",
+  },
+  uvmPersistenceMode: {
+    doc: "Also keep UVM state (accepted for compatibility; recorded, no effect yet).",
+    format: "flag",
+    default: false,
+    env: "GPU_PERSISTD_UVM_PERSISTENCE_MODE",
+  },
+  user: {
+    doc: "Run as this user after bring-up (empty: stay as started).",
+    format: "text",
+    default: "",
+    env: "GPU_PERSISTD_USER",
+  },
+  group: {
+    doc: "Run with this group after bring-up (empty: the user's primary group).",
+    format: "text",
+    default: "",
+    env: "GPU_PERSISTD_GROUP",
+  },
+  logLevel: {
+    doc: "Lowest level logged.",
+    format: ["debug", "info", "warn", "error"],
+    default: "info",
+    env: "GPU_PERSISTD_LOG_LEVEL",
+  },
+  logFormat: {
+    doc: "auto (journal under systemd, text on a terminal), text, json or journal.",
+    format: ["auto", "text", "json", "journal"],
+    default: "auto",
+    env: "GPU_PERSISTD_LOG_FORMAT",
+  },
+  nvidiaCfgPath: {
+    doc: "Accepted for nvidia-persistenced compatibility; gpu-persistd enumerates GPUs through NVML.",
+    format: "text",
+    default: "",
+    env: "GPU_PERSISTD_NVIDIA_CFG_PATH",
+  },
+  runtimeDir: {
+    doc: "Directory for the PID file and sockets.",
+    format: "text",
+    default: "/run/nvidia-persistenced",
+    env: "GPU_PERSISTD_RUNTIME_DIR",
+  },
+  nvmlLibrary: {
+    doc: "The NVML library to load: a name for the dynamic loader, or a path.",
+    format: "text",
+    default: "libnvidia-ml.so.1",
+    env: "GPU_PERSISTD_NVML_LIBRARY",
+  },
+  devices: {
+    doc: "GPUs to hold: indexes, UUIDs or PCI bus ids (empty: all).",
+    format: "gpu-list",
+    default: [] as string[],
+    env: "GPU_PERSISTD_DEVICES",
+  },
+  dryRun: {
+    doc: "Never call NVML's persistence setter; only read and hold.",
+    format: "flag",
+    default: false,
+    env: "GPU_PERSISTD_DRY_RUN",
+  },
+  simulate: {
+    doc: 'Use the built-in simulated libnvidia-ml: "on", a GPU count, or a profile.',
+    format: "simulation",
+    default: "",
+    env: "GPU_PERSISTD_SIMULATE",
+  },
+  nvmlTimeoutMs: {
+    doc: "Time limit for one NVML call, in milliseconds.",
+    format: "positive-int",
+    default: 10000,
+    env: "GPU_PERSISTD_NVML_TIMEOUT_MS",
+  },
+  stopTimeoutMs: {
+    doc: "Time a stop may spend on NVML before the process exits anyway, in milliseconds.",
+    format: "positive-int",
+    default: 1000,
+    env: "GPU_PERSISTD_STOP_TIMEOUT_MS",
+  },
+};
+
+export type ConfigKey = keyof typeof configSchema;
+
+export interface Config {
+  persistenceMode: boolean;
+  uvmPersistenceMode: boolean;
+  user: string;
+  group: string;
+  logLevel: "debug" | "info" | "warn" | "error";
+  logFormat: "auto" | "text" | "json" | "journal";
+  nvidiaCfgPath: string;
+  runtimeDir: string;
+  nvmlLibrary: string;
+  devices: string[];
+  dryRun: boolean;
+  simulate: string;
+  nvmlTimeoutMs: number;
+  stopTimeoutMs: number;
+}
+
+export function newConfig(): convict.Config<Config> {
+  return convict<Config>(configSchema as unknown as convict.Schema<Config>);
+}

@@ -1,0 +1,83 @@
+// Logging: pino, written synchronously to stdout (no transports: they add threads and
+// memory). The line format follows --log-format: pino's JSON, readable text for a terminal,
+// or journal lines ("<N>" priority prefix) when stdout is the journal.
+import pino, { type Logger } from "pino";
+import type { Config } from "./config/schema.js";
+
+export type Log = Logger;
+
+/** Fields carried by every line about one GPU. */
+export interface GpuLogFields {
+  gpuIndex: number;
+  gpuUuid: string;
+  gpuPciBusId: string;
+}
+
+const LEVEL_NAMES: Record<number, string> = {
+  10: "TRACE",
+  20: "DEBUG",
+  30: "INFO",
+  40: "WARN",
+  50: "ERROR",
+  60: "FATAL",
+};
+/** syslog priorities, as journald stores them. */
+const JOURNAL_PRIORITY: Record<number, number> = { 10: 7, 20: 7, 30: 6, 40: 4, 50: 3, 60: 2 };
+const STANDARD_KEYS = new Set(["level", "time", "pid", "hostname", "msg", "gpuIndex", "gpuUuid", "gpuPciBusId"]);
+
+type Entry = Record<string, unknown> & { level: number; time: number; msg?: string };
+
+function extras(entry: Entry): string {
+  const parts: string[] = [];
+  for (const [key, value] of Object.entries(entry)) {
+    if (STANDARD_KEYS.has(key) || value === undefined) continue;
+    const text = typeof value === "string" ? value : JSON.stringify(value);
+    parts.push(`${key}=${/\s/.test(text) ? JSON.stringify(text) : text}`);
+  }
+  return parts.length ? ` (${parts.join(" ")})` : "";
+}
+
+function gpuPrefix(entry: Entry): string {
+  return entry.gpuIndex === undefined ? "" : `GPU ${entry.gpuIndex} ${entry.gpuPciBusId}: `;
+}
+
+/** One human-readable line, without the time (journald adds its own). */
+export function describe(entry: Entry): string {
+  return `${gpuPrefix(entry)}${entry.msg ?? ""}${extras(entry)}`;
+}
+
+function formatter(format: "text" | "journal"): (line: string) => string {
+  return (line) => {
+    const entry = JSON.parse(line) as Entry;
+    if (format === "journal") return `<${JOURNAL_PRIORITY[entry.level] ?? 6}>${describe(entry)}\n`;
+    const level = (LEVEL_NAMES[entry.level] ?? "INFO").padEnd(5);
+    return `${new Date(entry.time).toISOString()} ${level} ${describe(entry)}\n`;
+  };
+}
+
+/** stdout is the journal when JOURNAL_STREAM names its device and inode (systemd.exec(5)). */
+export function stdoutIsJournal(env: NodeJS.ProcessEnv, stat: { dev: number; ino: number } | undefined): boolean {
+  if (!env.JOURNAL_STREAM || !stat) return false;
+  return env.JOURNAL_STREAM === `${stat.dev}:${stat.ino}`;
+}
+
+export function resolveLogFormat(format: Config["logFormat"], journal: boolean): "text" | "json" | "journal" {
+  if (format !== "auto") return format;
+  return journal ? "journal" : "text";
+}
+
+export function createLog(level: Config["logLevel"], format: "text" | "json" | "journal"): Log {
+  const out = pino.destination({ dest: 1, sync: true });
+  const stream =
+    format === "json"
+      ? out
+      : (() => {
+          const render = formatter(format);
+          return { write: (line: string) => out.write(render(line)) };
+        })();
+  return pino({ level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.epochTime }, stream);
+}
+
+export function gpuLog(log: Log, fields: GpuLogFields): Log {
+  return log.child(fields);
+}

@@ -1,0 +1,71 @@
+// Entry point of the bundle: parse the command line, load the configuration, then run the
+// daemon or a client command. Every failure ends with its exit code and a message that
+// says the cause and the fix.
+import { fstatSync } from "node:fs";
+import { parseCommandLine } from "./cli/command-line.js";
+import { helpText, versionText } from "./cli/help.js";
+import { statusCommand } from "./commands/status.js";
+import { loadConfig } from "./config/load-config.js";
+import { Daemon } from "./daemon.js";
+import { ExitCode } from "./exit-codes.js";
+import { FatalError } from "./fatal-error.js";
+import { createLog, type Log, resolveLogFormat, stdoutIsJournal } from "./log.js";
+import { RuntimeDir } from "./runtime-dir.js";
+
+function fail(err: unknown): never {
+  const fatal = err instanceof FatalError ? err : null;
+  process.stderr.write(`gpu-persistd: ${fatal ? fatal.message : ((err as Error).stack ?? String(err))}\n`);
+  process.exit(fatal ? fatal.exitCode : ExitCode.FAILURE);
+}
+
+function stdoutStat(): { dev: number; ino: number } | undefined {
+  try {
+    return fstatSync(1);
+  } catch {
+    return undefined;
+  }
+}
+
+async function runDaemon(config: ReturnType<typeof loadConfig>): Promise<void> {
+  const format = resolveLogFormat(config.logFormat, stdoutIsJournal(process.env, stdoutStat()));
+  const log: Log = createLog(config.logLevel, format);
+  const runtime = RuntimeDir.claim(config.runtimeDir);
+  const daemon = new Daemon(config, log, runtime);
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    process.on(signal, () => void daemon.stop(ExitCode.OK, `received ${signal}`));
+  }
+  try {
+    await daemon.start();
+  } catch (err) {
+    const fatal =
+      err instanceof FatalError ? err : new FatalError(ExitCode.FAILURE, (err as Error).stack ?? String(err));
+    log.fatal(`start-up failed: ${fatal.message}`);
+    await daemon.stop(fatal.exitCode, "start-up failed");
+  }
+}
+
+async function main(argv: readonly string[]): Promise<void> {
+  const commandLine = parseCommandLine(argv);
+  if (commandLine.help) {
+    process.stdout.write(helpText());
+    return;
+  }
+  if (commandLine.version) {
+    process.stdout.write(versionText());
+    return;
+  }
+  const config = loadConfig({
+    ...(commandLine.configPath !== undefined ? { path: commandLine.configPath } : {}),
+    overrides: commandLine.overrides,
+  });
+  switch (commandLine.command) {
+    case "run":
+      return runDaemon(config);
+    case "status":
+      return statusCommand(config.runtimeDir, commandLine.json);
+  }
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  fail(err);
+});

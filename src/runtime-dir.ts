@@ -1,0 +1,105 @@
+// The runtime directory: PID file (the single-instance lock) and the daemon's sockets.
+import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, rmdirSync, rmSync, writeSync } from "node:fs";
+import { join } from "node:path";
+import { tryLockFile } from "../native-bindings/libc.js";
+import { ExitCode } from "./exit-codes.js";
+import { FatalError } from "./fatal-error.js";
+
+export const PID_FILE_NAME = "nvidia-persistenced.pid";
+export const CONTROL_SOCKET_NAME = "gpu-persistd.sock";
+export const RPC_SOCKET_NAME = "socket";
+export const SIM_DEVICE_DIR_NAME = "sim-dev";
+
+export function controlSocketPath(dir: string): string {
+  return join(dir, CONTROL_SOCKET_NAME);
+}
+
+function permissionAware(err: unknown, what: string): FatalError {
+  const e = err as NodeJS.ErrnoException;
+  if (e.code === "EACCES" || e.code === "EPERM" || e.code === "EROFS") {
+    return new FatalError(
+      ExitCode.NO_PERMISSION,
+      `${what}: ${e.message}. Run as root (as the systemd unit does), or point --runtime-dir at a writable directory.`,
+    );
+  }
+  return new FatalError(ExitCode.FAILURE, `${what}: ${e.message}`);
+}
+
+export class RuntimeDir {
+  readonly dir: string;
+  readonly #createdDir: boolean;
+  readonly #pidFd: number;
+  #extraPaths: string[] = [];
+
+  private constructor(dir: string, createdDir: boolean, pidFd: number) {
+    this.dir = dir;
+    this.#createdDir = createdDir;
+    this.#pidFd = pidFd;
+  }
+
+  get pidFile(): string {
+    return join(this.dir, PID_FILE_NAME);
+  }
+  get controlSocket(): string {
+    return controlSocketPath(this.dir);
+  }
+  get rpcSocket(): string {
+    return join(this.dir, RPC_SOCKET_NAME);
+  }
+  get simDeviceDir(): string {
+    return join(this.dir, SIM_DEVICE_DIR_NAME);
+  }
+
+  /**
+   * Creates the directory if needed, locks the PID file and writes our PID. A second
+   * instance is refused with the PID of the first. The lock, not the file's existence,
+   * decides: a file left by a killed daemon is simply taken over.
+   */
+  static claim(dir: string): RuntimeDir {
+    let created = false;
+    try {
+      created = mkdirSync(dir, { recursive: true, mode: 0o755 }) !== undefined;
+    } catch (err) {
+      throw permissionAware(err, `cannot create runtime directory ${dir}`);
+    }
+    const pidPath = join(dir, PID_FILE_NAME);
+    let fd: number;
+    try {
+      fd = openSync(pidPath, "a+", 0o644);
+    } catch (err) {
+      throw permissionAware(err, `cannot open PID file ${pidPath}`);
+    }
+    // "a+" only to create without truncating: another instance's PID must survive our look.
+    if (!tryLockFile(fd)) {
+      const holder = readFileSync(pidPath, "utf8").trim() || "unknown";
+      closeSync(fd);
+      throw new FatalError(
+        ExitCode.FAILURE,
+        `another persistence daemon (PID ${holder}) holds the lock on ${pidPath}. ` +
+          "Stop it first (systemctl stop gpu-persistd nvidia-persistenced), or give this one another --runtime-dir.",
+      );
+    }
+    ftruncateSync(fd, 0);
+    writeSync(fd, `${process.pid}\n`, 0);
+    return new RuntimeDir(dir, created, fd);
+  }
+
+  /** Records a path (a socket, the stand-in device directory) to remove at exit. */
+  track(path: string): void {
+    this.#extraPaths.push(path);
+  }
+
+  /** Removes everything this daemon put here; the directory too if it created it. */
+  remove(): void {
+    for (const path of this.#extraPaths) rmSync(path, { recursive: true, force: true });
+    rmSync(this.pidFile, { force: true });
+    closeSync(this.#pidFd);
+    if (this.#createdDir) {
+      try {
+        rmdirSync(this.dir);
+      } catch {
+        // Not empty: someone else's files are there; leave them.
+      }
+    }
+  }
+}

@@ -1,0 +1,32 @@
+// --simulate: the daemon loads the simulated libnvidia-ml built beside it and tells it the
+// GPU count or profile through the environment it reads at nvmlInit.
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { deviceNodePath } from "./gpu/device-node.js";
+
+const SIM_LIBRARY = "libnvidia-ml-sim.so";
+
+/** The simulator beside the bundle (dist/), or in dist/ when running from the sources. */
+export function simulatorLibraryPath(): string {
+  const candidates = [new URL(`./${SIM_LIBRARY}`, import.meta.url), new URL(`../dist/${SIM_LIBRARY}`, import.meta.url)];
+  const found = candidates.map((u) => fileURLToPath(u)).find((p) => existsSync(p));
+  if (!found) {
+    throw new Error(`the GPU simulator ${SIM_LIBRARY} is missing next to the daemon: run 'npm run build'`);
+  }
+  return found;
+}
+
+/** "on" keeps the count of GPU_PERSISTD_SIM_CONFIG's file; a number or a profile overrides it. */
+export function configureSimulator(simulate: string, env: NodeJS.ProcessEnv = process.env): void {
+  if (/^\d+$/.test(simulate)) env.GPU_PERSISTD_SIM_GPUS = simulate;
+  else if (simulate !== "on") env.GPU_PERSISTD_SIM_PROFILE = simulate;
+}
+
+/** Stand-in device nodes: plain files the daemon opens and holds as it would /dev/nvidiaN. */
+export function createStandInNodes(dir: string, minors: number[]): void {
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  for (const minor of minors) {
+    const path = deviceNodePath(dir, minor);
+    if (!existsSync(path)) writeFileSync(path, "");
+  }
+}

@@ -159,7 +159,7 @@ export class Daemon {
       if (held.length === 0) {
         const first = selected.find((g) => g.error !== null);
         throw new FatalError(
-          selected.every((g) => g.error?.startsWith("NVML_ERROR_NO_PERMISSION"))
+          selected.length > 0 && selected.every((g) => g.error?.startsWith("NVML_ERROR_NO_PERMISSION"))
             ? ExitCode.NO_PERMISSION
             : ExitCode.FAILURE,
           selected.length === 0

@@ -629,3 +629,15 @@ EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
     pthread_mutex_unlock(&lock);
     return done("nvmlEventSetFree", -1, NVML_SUCCESS);
 }
+
+/* ---- test hook (not part of NVML) ---------------------------------------------- */
+
+/* Forgets all state so the next nvmlInit re-reads the configuration, as a new process
+ * would. Only for tests that load the simulator in-process; no call may be in flight. */
+EXPORT void gpuPersistdSimReset(void) {
+    pthread_mutex_lock(&lock);
+    if (S.call_log_fd >= 0) close(S.call_log_fd);
+    memset(&S, 0, sizeof S);
+    S.call_log_fd = -1;
+    pthread_mutex_unlock(&lock);
+}

@@ -66,8 +66,9 @@ export function parseCommandLine(argv: readonly string[]): CommandLine {
     parsed = parseArgs({ args: normalise(argv), options: PARSE_OPTIONS, allowPositionals: true, strict: true });
   } catch (err) {
     const message = (err as Error).message;
+    // parseArgs names an option as '-u, --user <value>' or '--bogus': report the long form.
     const named = /'([^']+)'/.exec(message)?.[1] ?? "";
-    const option = named.split(" ")[0] ?? named;
+    const option = /--[\w-]+/.exec(named)?.[0] ?? named.split(" ")[0] ?? named;
     switch ((err as NodeJS.ErrnoException).code) {
       case "ERR_PARSE_ARGS_UNKNOWN_OPTION":
         throw usageError(`unrecognized option '${option}'`);

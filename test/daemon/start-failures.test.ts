@@ -1,0 +1,153 @@
+// Every way start-up can fail: the exit code and a message that names the cause and the fix.
+import { existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { DaemonProcess, runBundle, Scratch, statusJson } from "../helpers/daemon.js";
+
+let scratch: Scratch;
+const daemons: DaemonProcess[] = [];
+
+afterEach(async () => {
+  for (const d of daemons.splice(0)) {
+    if (d.child.exitCode === null && d.child.signalCode === null) await d.stop("SIGKILL");
+  }
+  scratch?.cleanup();
+});
+
+function run(args: string[], config: Parameters<Scratch["writeSimConfig"]>[0] = {}) {
+  scratch = new Scratch();
+  scratch.writeSimConfig(config);
+  return runBundle([`--runtime-dir=${scratch.runtimeDir}`, ...args], {
+    GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
+  });
+}
+
+describe("NVML unavailable", () => {
+  it("exits 69 naming the library path when it is missing", () => {
+    const result = run(["--nvml-library=/opt/nowhere/libnvidia-ml.so.1"]);
+    expect(result.code).toBe(69);
+    expect(result.output).toContain("cannot load the NVML library '/opt/nowhere/libnvidia-ml.so.1'");
+    expect(result.output).toContain("--nvml-library");
+    expect(existsSync(scratch.runtimeDir)).toBe(false);
+  });
+
+  it("exits 69 naming the missing function when the library is not NVML", () => {
+    const result = run(["--nvml-library=libc.so.6"]);
+    expect(result.code).toBe(69);
+    expect(result.output).toContain("'libc.so.6' does not export nvmlInit_v2");
+  });
+
+  it("exits 69 with the fix when the driver is not loaded", () => {
+    const result = run(["--simulate=2"], { faults: [{ call: "nvmlInit_v2", return: 9 }] });
+    expect(result.code).toBe(69);
+    expect(result.output).toContain("NVML_ERROR_DRIVER_NOT_LOADED");
+    expect(result.output).toContain("modprobe nvidia");
+  });
+
+  it("exits 69 when NVML reports no GPUs", () => {
+    const result = run(["--simulate"], { gpus: 0 });
+    expect(result.code).toBe(69);
+    expect(result.output).toContain("NVML reports no GPUs");
+  });
+});
+
+describe("no GPU can be held", () => {
+  it("exits 77 when every setter says NO_PERMISSION", () => {
+    const result = run(["--simulate=3"], { faults: [{ call: "nvmlDeviceSetPersistenceMode", return: 4 }] });
+    expect(result.code).toBe(77);
+    expect(result.output).toContain("no selected GPU could be held");
+    expect(result.output).toContain("NVML_ERROR_NO_PERMISSION");
+    expect(existsSync(scratch.runtimeDir)).toBe(false);
+  });
+
+  it("exits 1 when every GPU fails otherwise, naming the first failure", () => {
+    const result = run(["--simulate=2"], { faults: [{ call: "nvmlDeviceGetPersistenceMode", return: 15 }] });
+    expect(result.code).toBe(1);
+    expect(result.output).toContain("NVML_ERROR_GPU_IS_LOST");
+  });
+
+  it("exits 1 when --devices matches no GPU, saying what was found", () => {
+    const result = run(["--simulate=2", "--devices=7"]);
+    expect(result.code).toBe(1);
+    expect(result.output).toContain("--devices names '7', but no GPU has that index (2 GPUs found)");
+  });
+
+  it("fails a GPU whose NVML call hangs past the time limit, and keeps the others", async () => {
+    scratch = new Scratch();
+    scratch.writeSimConfig({ faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 0, hangMs: 5000 }] });
+    const d = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=2"], {
+      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
+      GPU_PERSISTD_NVML_TIMEOUT_MS: "300",
+    });
+    daemons.push(d);
+    await d.waitReady();
+    const gpu0 = statusJson(scratch.runtimeDir).devices[0];
+    expect(gpu0?.held).toBe(false);
+    expect(gpu0?.error).toContain("nvmlDeviceGetPersistenceMode did not return within 300 ms");
+  });
+});
+
+describe("single instance", () => {
+  it("refuses a second daemon on the same runtime directory, naming the first's PID", async () => {
+    scratch = new Scratch();
+    scratch.writeSimConfig({});
+    const env = { GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath };
+    const first = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1"], env);
+    daemons.push(first);
+    await first.waitReady();
+    const second = runBundle([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1"], env);
+    expect(second.code).toBe(1);
+    expect(second.output).toContain(`another persistence daemon (PID ${first.pid}) holds the lock`);
+    // The refused instance must leave the first one's files alone.
+    expect(statusJson(scratch.runtimeDir).pid).toBe(first.pid);
+  });
+
+  it("starts after a SIGKILL left a stale PID file and socket", async () => {
+    scratch = new Scratch();
+    scratch.writeSimConfig({});
+    const env = { GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath };
+    const first = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1"], env);
+    await first.waitReady();
+    await first.stop("SIGKILL");
+    expect(existsSync(join(scratch.runtimeDir, "nvidia-persistenced.pid"))).toBe(true);
+    const second = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1"], env);
+    daemons.push(second);
+    await second.waitReady();
+    expect(statusJson(scratch.runtimeDir).pid).toBe(second.pid);
+  });
+
+  it("exits 1 naming the runtime directory when it cannot be created", () => {
+    scratch = new Scratch();
+    const blocker = join(scratch.dir, "file");
+    writeFileSync(blocker, "");
+    const result = runBundle([`--runtime-dir=${blocker}/run`, "--simulate=1"]);
+    expect(result.code).toBe(1);
+    expect(result.output).toContain(`cannot create runtime directory ${blocker}/run`);
+  });
+});
+
+describe("status client", () => {
+  it("says the daemon is not running, and how to start it, when nothing listens", () => {
+    scratch = new Scratch();
+    const result = runBundle(["status", `--runtime-dir=${scratch.runtimeDir}`]);
+    expect(result.code).toBe(69);
+    expect(result.stderr).toContain("gpu-persistd is not running");
+    expect(result.stderr).toContain("systemctl start gpu-persistd");
+  });
+
+  it("prints a table naming each GPU's state", async () => {
+    scratch = new Scratch();
+    scratch.writeSimConfig({ faults: [{ call: "nvmlDeviceSetPersistenceMode", gpu: 1, return: 4 }] });
+    const d = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=2"], {
+      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
+    });
+    daemons.push(d);
+    await d.waitReady();
+    const result = runBundle(["status", `--runtime-dir=${scratch.runtimeDir}`]);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain(`PID ${d.pid}: 1/2 GPUs held (simulated GPUs)`);
+    const row = result.stdout.split("\n").find((line) => line.startsWith("1 "));
+    expect(row?.split(/\s+/).slice(0, 6)).toEqual(["1", "00000000:07:00.0", "1", "disabled", "NO", "ERROR"]);
+    expect(row).toContain("NVML_ERROR_NO_PERMISSION");
+  });
+});

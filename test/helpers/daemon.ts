@@ -1,0 +1,156 @@
+// Runs the built daemon (dist/gpu-persistd.mjs) as a child process against the simulator,
+// the way an admin or systemd would, and reads what it reports.
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+export const ROOT = resolve(import.meta.dirname, "../..");
+export const BUNDLE = join(ROOT, "dist/gpu-persistd.mjs");
+export const SIM_LIBRARY = join(ROOT, "dist/libnvidia-ml-sim.so");
+
+/** Keeps the machine's /etc/gpu-persistd/config.json out of the tests. */
+const EMPTY_CONFIG = join(mkdtempSync(join(tmpdir(), "gpu-persistd-config-")), "config.json");
+writeFileSync(EMPTY_CONFIG, "{}");
+const BASE_ENV = { PATH: process.env.PATH, GPU_PERSISTD_CONFIG: EMPTY_CONFIG };
+
+export interface SimConfig {
+  gpus?: number | Record<string, unknown>[];
+  attachDelayMs?: number;
+  setDelayMs?: number;
+  faults?: Record<string, unknown>[];
+  events?: Record<string, unknown>[];
+  statePath?: string;
+  callLogPath?: string;
+}
+
+/** A scratch directory with a runtime dir, a simulator config and its call log. */
+export class Scratch {
+  readonly dir = mkdtempSync(join(tmpdir(), "gpu-persistd-test-"));
+  readonly runtimeDir = join(this.dir, "run");
+  readonly simConfigPath = join(this.dir, "sim.json");
+  readonly callLogPath = join(this.dir, "calls.log");
+
+  writeSimConfig(config: SimConfig): void {
+    writeFileSync(this.simConfigPath, JSON.stringify({ callLogPath: this.callLogPath, ...config }));
+  }
+
+  /** Every NVML call the simulator served: [call, gpu index, return code]. */
+  calls(): { call: string; gpu: number; ret: number; pid: number; time: number }[] {
+    if (!existsSync(this.callLogPath)) return [];
+    return readFileSync(this.callLogPath, "utf8")
+      .trim()
+      .split("\n")
+      .filter(Boolean)
+      .map((line) => {
+        const [time, pid, call, gpu, ret] = line.split(" ");
+        return { time: Number(time), pid: Number(pid), call: call as string, gpu: Number(gpu), ret: Number(ret) };
+      });
+  }
+
+  callCount(name: string, gpu?: number): number {
+    return this.calls().filter((c) => c.call === name && (gpu === undefined || c.gpu === gpu)).length;
+  }
+
+  cleanup(): void {
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+export class DaemonProcess {
+  readonly child: ChildProcess;
+  output = "";
+  readonly exited: Promise<Exit>;
+
+  constructor(args: string[], env: NodeJS.ProcessEnv = {}) {
+    this.child = spawn(process.execPath, [BUNDLE, ...args], {
+      env: { ...BASE_ENV, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    this.child.stdout?.on("data", (d: Buffer) => {
+      this.output += d.toString();
+    });
+    this.child.stderr?.on("data", (d: Buffer) => {
+      this.output += d.toString();
+    });
+    this.exited = new Promise((resolve) => this.child.on("exit", (code, signal) => resolve({ code, signal })));
+  }
+
+  get pid(): number {
+    return this.child.pid as number;
+  }
+
+  /** Resolves once `text` appears in the output; rejects if the process exits first. */
+  async waitFor(text: string | RegExp, timeoutMs = 20_000): Promise<void> {
+    const found = () => (typeof text === "string" ? this.output.includes(text) : text.test(this.output));
+    const deadline = Date.now() + timeoutMs;
+    let exited = false;
+    void this.exited.then(() => {
+      exited = true;
+    });
+    while (!found()) {
+      if (exited) throw new Error(`daemon exited before printing ${text}:\n${this.output}`);
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${text}:\n${this.output}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  async waitReady(): Promise<void> {
+    await this.waitFor(/ready: \d+\/\d+ GPUs held/);
+  }
+
+  /** Sends a signal and waits for the exit; kills it for good if it takes longer than `timeoutMs`. */
+  async stop(signal: NodeJS.Signals = "SIGTERM", timeoutMs = 10_000): Promise<Exit & { ms: number }> {
+    const start = performance.now();
+    this.child.kill(signal);
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), timeoutMs);
+    const exit = await this.exited;
+    clearTimeout(timer);
+    return { ...exit, ms: performance.now() - start };
+  }
+}
+
+/** Runs the bundle to completion (a client command, or a daemon that fails to start). */
+export function runBundle(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 20_000) {
+  const result = spawnSync(process.execPath, [BUNDLE, ...args], {
+    env: { ...BASE_ENV, ...env },
+    encoding: "utf8",
+    timeout: timeoutMs,
+  });
+  return { code: result.status, stdout: result.stdout, stderr: result.stderr, output: result.stdout + result.stderr };
+}
+
+export interface StatusDevice {
+  index: number;
+  uuid: string;
+  pciBusId: string;
+  minor: number;
+  name: string;
+  persistence: string;
+  selected: boolean;
+  held: boolean;
+  error: string | null;
+}
+
+export function statusJson(runtimeDir: string): { pid: number; devices: StatusDevice[] } {
+  const result = runBundle(["status", "--json", `--runtime-dir=${runtimeDir}`]);
+  if (result.code !== 0) throw new Error(`status failed (${result.code}): ${result.output}`);
+  return JSON.parse(result.stdout);
+}
+
+/** Paths of the files the process holds open, from /proc/PID/fd. */
+export function openFiles(pid: number): string[] {
+  const dir = `/proc/${pid}/fd`;
+  return readdirSync(dir).flatMap((fd) => {
+    try {
+      return [readlinkSync(join(dir, fd))];
+    } catch {
+      return [];
+    }
+  });
+}

@@ -1,0 +1,123 @@
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import { loadConfig } from "../../src/config/load-config.js";
+import { configSchema } from "../../src/config/schema.js";
+import { FatalError } from "../../src/fatal-error.js";
+
+const dir = mkdtempSync(join(tmpdir(), "gpu-persistd-config-test-"));
+let fileCount = 0;
+
+function file(contents: string): string {
+  const path = join(dir, `config-${fileCount++}.json`);
+  writeFileSync(path, contents);
+  return path;
+}
+
+function configError(run: () => unknown): string {
+  try {
+    run();
+  } catch (err) {
+    expect(err).toBeInstanceOf(FatalError);
+    expect((err as FatalError).exitCode).toBe(78);
+    return (err as Error).message;
+  }
+  throw new Error("expected a configuration error");
+}
+
+describe("configuration sources", () => {
+  it("gives the defaults when the default file is absent", () => {
+    const config = loadConfig({ overrides: {} }, { GPU_PERSISTD_CONFIG: undefined });
+    expect(config).toMatchObject({
+      persistenceMode: true,
+      runtimeDir: "/run/nvidia-persistenced",
+      nvmlLibrary: "libnvidia-ml.so.1",
+      devices: [],
+      dryRun: false,
+    });
+  });
+
+  it("applies file, then environment, then command line", () => {
+    const path = file(JSON.stringify({ runtimeDir: "/from-file", dryRun: true, devices: ["0"], logLevel: "warn" }));
+    const previous = { ...process.env };
+    process.env.GPU_PERSISTD_RUNTIME_DIR = "/from-env";
+    process.env.GPU_PERSISTD_DEVICES = "1,2";
+    try {
+      const config = loadConfig({ path, overrides: { runtimeDir: "/from-cli" } });
+      expect(config.runtimeDir).toBe("/from-cli");
+      expect(config.devices).toEqual(["1", "2"]);
+      expect(config.dryRun).toBe(true);
+      expect(config.logLevel).toBe("warn");
+    } finally {
+      process.env = previous;
+    }
+  });
+
+  it("reads booleans and numbers from the environment strictly", () => {
+    const previous = { ...process.env };
+    process.env.GPU_PERSISTD_DRY_RUN = "yes";
+    process.env.GPU_PERSISTD_NVML_TIMEOUT_MS = "2500";
+    try {
+      const config = loadConfig({ path: file("{}"), overrides: {} });
+      expect(config.dryRun).toBe(true);
+      expect(config.nvmlTimeoutMs).toBe(2500);
+      process.env.GPU_PERSISTD_DRY_RUN = "maybe";
+      expect(configError(() => loadConfig({ path: file("{}"), overrides: {} }))).toContain("dryRun");
+    } finally {
+      process.env = previous;
+    }
+  });
+});
+
+describe("bad configuration exits 78 and names the key, the value and what is allowed", () => {
+  it.each([
+    ['{"frobnicate": 1}', ["unknown setting 'frobnicate'", "known settings:", "persistenceMode"]],
+    ['{"persistenceMode": "maybe"}', ["persistenceMode", "maybe", "true or false"]],
+    ['{"logLevel": "loud"}', ["logLevel", "loud", "debug"]],
+    ['{"devices": ["0", "banana"]}', ["devices", '"banana"', "PCI bus id"]],
+    ['{"simulate": "999"}', ["simulate", "999", "1..256"]],
+    ['{"nvmlTimeoutMs": 0}', ["nvmlTimeoutMs", "positive integer"]],
+    ["{not json", ["not valid JSON"]],
+    ["[1, 2]", ["must hold a JSON object"]],
+  ])("%s", (contents, fragments) => {
+    const path = file(contents);
+    const message = configError(() => loadConfig({ path, overrides: {} }));
+    for (const fragment of fragments) expect(message).toContain(fragment);
+  });
+
+  it("refuses a huge file before parsing it", () => {
+    const path = file(`{"user": "${"x".repeat(100_000)}"}`);
+    expect(configError(() => loadConfig({ path, overrides: {} }))).toContain("at most 65536 are accepted");
+  });
+
+  it("refuses a missing file named explicitly", () => {
+    expect(configError(() => loadConfig({ path: join(dir, "absent.json"), overrides: {} }))).toContain(
+      "cannot read config file",
+    );
+  });
+
+  it("loads any JSON object either successfully or with a configuration error, never otherwise", () => {
+    const keys = Object.keys(configSchema);
+    const value = fc.oneof(
+      fc.boolean(),
+      fc.integer(),
+      fc.string(),
+      fc.array(fc.string(), { maxLength: 3 }),
+      fc.constant(null),
+    );
+    fc.assert(
+      fc.property(fc.dictionary(fc.oneof(fc.constantFrom(...keys), fc.string()), value, { maxKeys: 5 }), (object) => {
+        const path = file(JSON.stringify(object));
+        try {
+          loadConfig({ path, overrides: {} });
+          return true;
+        } catch (err) {
+          return err instanceof FatalError && err.exitCode === 78;
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+});

@@ -1,25 +1,28 @@
-// libc functions Node lacks, through koffi. Loaded lazily: a process that never needs them
-// (the status client, say) never maps libc through koffi.
+// libc through koffi, for what Node lacks. One lazily loaded handle serves every binding
+// here: a process that never needs libc (the status client, say) never maps it.
 import koffi, { type LibraryHandle } from "koffi";
 
-type KoffiFunction = ReturnType<LibraryHandle["func"]>;
+export type KoffiFunction = ReturnType<LibraryHandle["func"]>;
 
-interface Libc {
-  lockf: KoffiFunction;
-  exit: KoffiFunction;
+let handle: LibraryHandle | undefined;
+const declared = new Map<string, KoffiFunction>();
+
+/** Declares (once) and returns a libc function from its C prototype. */
+export function libcFunction(prototype: string): KoffiFunction {
+  let fn = declared.get(prototype);
+  if (!fn) {
+    handle ??= koffi.load("libc.so.6");
+    fn = handle.func(prototype);
+    declared.set(prototype, fn);
+  }
+  return fn;
 }
 
-let libc: Libc | undefined;
-
-function load(): Libc {
-  if (!libc) {
-    const lib = koffi.load("libc.so.6");
-    libc = {
-      lockf: lib.func("int lockf(int fd, int cmd, int64_t len)"),
-      exit: lib.func("void _exit(int status)"),
-    };
-  }
-  return libc;
+/** errno after the last libc call, with its symbolic name where known. */
+export function lastErrno(): { errno: number; code: string } {
+  const errno = koffi.errno();
+  const code = Object.entries(koffi.os.errno).find(([, v]) => v === errno)?.[0] ?? `errno ${errno}`;
+  return { errno, code };
 }
 
 const F_TLOCK = 2;
@@ -30,11 +33,10 @@ const F_TLOCK = 2;
  * The lock dies with the process, so a stale file left by SIGKILL never blocks a restart.
  */
 export function tryLockFile(fd: number): boolean {
-  const { lockf } = load();
-  if (lockf(fd, F_TLOCK, 0) === 0) return true;
-  const errno = koffi.errno();
-  if (errno === koffi.os.errno.EAGAIN || errno === koffi.os.errno.EACCES) return false;
-  throw new Error(`lockf failed: errno ${errno}`);
+  if (libcFunction("int lockf(int fd, int cmd, int64_t len)")(fd, F_TLOCK, 0) === 0) return true;
+  const { code } = lastErrno();
+  if (code === "EAGAIN" || code === "EACCES") return false;
+  throw new Error(`lockf failed: ${code}`);
 }
 
 /**
@@ -42,6 +44,6 @@ export function tryLockFile(fd: number): boolean {
  * blocked on the libuv pool (measured: process.exit waited 5 s for one).
  */
 export function hardExit(code: number): never {
-  load().exit(code);
+  libcFunction("void _exit(int status)")(code);
   throw new Error("unreachable: _exit returned");
 }

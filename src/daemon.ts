@@ -1,16 +1,12 @@
-// The daemon's life: claim the runtime directory, bring every selected GPU up in parallel,
-// serve status, and on SIGTERM/SIGINT let go of everything and exit, never waiting on a
-// hung NVML call.
+// The daemon's life: claim the runtime directory, bring every selected GPU up in parallel
+// (telling systemd how it goes), serve status, check NVML's health to gate the watchdog,
+// reload on SIGHUP, and on SIGTERM/SIGINT let go of everything and exit, never waiting on
+// a hung NVML call.
 import type { Server } from "node:net";
 import { hardExit } from "../native-bindings/libc.js";
 import { Nvml } from "../native-bindings/nvml.js";
 import { NvmlError, NvmlLoadError } from "../native-bindings/nvml-errors.js";
-import {
-  NVML_ERROR_DRIVER_NOT_LOADED,
-  NVML_ERROR_LIB_RM_VERSION_MISMATCH,
-  NVML_ERROR_LIBRARY_NOT_FOUND,
-  NVML_ERROR_NO_PERMISSION,
-} from "../native-bindings/nvml-return-codes.js";
+import { NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_NO_PERMISSION } from "../native-bindings/nvml-return-codes.js";
 import { VERSION } from "./cli/help.js";
 import type { Config } from "./config/schema.js";
 import { type ControlRequest, startControlServer } from "./control/control-server.js";
@@ -19,50 +15,69 @@ import { FatalError } from "./fatal-error.js";
 import { holdGpus, identifyGpus, selectGpus } from "./gpu/bring-up.js";
 import { describeError } from "./gpu/describe-error.js";
 import { REAL_DEVICE_DIR, releaseDeviceNode } from "./gpu/device-node.js";
-import { type GpuRecord, gpuStatus } from "./gpu/gpu-record.js";
+import { type GpuRecord, type GpuStatus, gpuStatus } from "./gpu/gpu-record.js";
 import { parseGpuSelector } from "./gpu/gpu-selector.js";
 import { PersistenceSetter } from "./gpu/persistence-setter.js";
-import type { Log } from "./log.js";
+import { HealthMonitor } from "./health/health-monitor.js";
+import { gpuLog, type Log } from "./log.js";
+import { dropPrivileges, resolveIdentity } from "./privileges.js";
 import type { RuntimeDir } from "./runtime-dir.js";
 import { configureSimulator, createStandInNodes, simulatorLibraryPath } from "./simulation.js";
+import type { SystemdNotifier } from "./systemd/notify.js";
+import { watchdogUsec } from "./systemd/notify.js";
+import { Watchdog } from "./systemd/watchdog.js";
 
 export interface DaemonStatus {
   pid: number;
   version: string;
   simulated: boolean;
   dryRun: boolean;
-  devices: ReturnType<typeof gpuStatus>[];
+  uid: number;
+  devices: GpuStatus[];
 }
 
-/** Exit code for an NVML failure that leaves the daemon nothing to do. */
+/** While bring-up runs, systemd's start timeout is pushed this far ahead, this often. */
+const EXTEND_EVERY_MS = 5000;
+const EXTEND_BY_USEC = 20_000_000;
+/** Failures named in the STATUS line; the rest are counted. */
+const STATUS_FAILURES_SHOWN = 3;
+
+/** NVML that cannot start is "unavailable" (69), unless it said we lack permission (77). */
 function exitCodeForNvml(err: unknown): ExitCode {
-  if (!(err instanceof NvmlError)) return ExitCode.FAILURE;
-  switch (err.code) {
-    case NVML_ERROR_NO_PERMISSION:
-      return ExitCode.NO_PERMISSION;
-    case NVML_ERROR_DRIVER_NOT_LOADED:
-    case NVML_ERROR_LIBRARY_NOT_FOUND:
-    case NVML_ERROR_LIB_RM_VERSION_MISMATCH:
-      return ExitCode.UNAVAILABLE;
-    default:
-      return ExitCode.FAILURE;
-  }
+  return err instanceof NvmlError && err.code === NVML_ERROR_NO_PERMISSION
+    ? ExitCode.NO_PERMISSION
+    : ExitCode.UNAVAILABLE;
+}
+
+export interface DaemonDeps {
+  log: Log;
+  runtime: RuntimeDir;
+  notifier: SystemdNotifier;
+  /** Reads the configuration again (file, environment, the same command line), for SIGHUP. */
+  reloadConfig: () => Config;
+  /** Applies a new log level to the live logger. */
+  setLogLevel: (level: Config["logLevel"]) => void;
+  env: NodeJS.ProcessEnv;
 }
 
 export class Daemon {
-  readonly #config: Config;
+  #config: Config;
+  readonly #deps: DaemonDeps;
   readonly #log: Log;
-  readonly #runtime: RuntimeDir;
   readonly #setter: PersistenceSetter;
   #nvml: Nvml | null = null;
   #gpus: GpuRecord[] = [];
+  #deviceDir = REAL_DEVICE_DIR;
   #control: Server | null = null;
+  #health: HealthMonitor | null = null;
+  #watchdog: Watchdog | null = null;
   #stopping = false;
+  #reloading: Promise<void> | null = null;
 
-  constructor(config: Config, log: Log, runtime: RuntimeDir) {
+  constructor(config: Config, deps: DaemonDeps) {
     this.#config = config;
-    this.#log = log;
-    this.#runtime = runtime;
+    this.#deps = deps;
+    this.#log = deps.log;
     this.#setter = new PersistenceSetter(config.dryRun);
   }
 
@@ -76,15 +91,30 @@ export class Daemon {
       version: VERSION,
       simulated: this.#config.simulate !== "",
       dryRun: this.#config.dryRun,
+      uid: process.getuid?.() ?? -1,
       devices: this.#gpus.map(gpuStatus),
     };
+  }
+
+  /** The systemd STATUS= text: `7/8 GPUs persistent; 00000000:1B:00.0: NVML_ERROR_NO_PERMISSION`. */
+  statusLine(): string {
+    const selected = this.#gpus.filter((g) => g.selected);
+    const held = selected.filter((g) => g.fd !== null).length;
+    const wanted = this.#config.persistenceMode;
+    const failures = wanted ? selected.filter((g) => g.fd === null && (g.error !== null || g.lost)) : [];
+    const shown = failures
+      .slice(0, STATUS_FAILURES_SHOWN)
+      .map((g) => `${g.pciBusId || `GPU ${g.index}`}: ${g.lost ? "lost" : (g.error ?? "").split(":")[0]}`);
+    if (failures.length > STATUS_FAILURES_SHOWN) shown.push(`${failures.length - STATUS_FAILURES_SHOWN} more failed`);
+    const head = `${held}/${selected.length} GPUs persistent${wanted ? "" : " (started with --no-persistence-mode)"}`;
+    return [head, ...shown].join("; ");
   }
 
   #loadNvml(): Nvml {
     const simulate = this.#config.simulate;
     let path = this.#config.nvmlLibrary;
     if (simulate !== "") {
-      configureSimulator(simulate);
+      configureSimulator(simulate, this.#deps.env);
       path = simulatorLibraryPath();
       this.#log.info({ library: path }, `simulating GPUs (${simulate === "on" ? "as configured" : simulate})`);
     }
@@ -107,23 +137,72 @@ export class Daemon {
             ? " Run as root (as the systemd unit does)."
             : "";
       throw new FatalError(
-        exitCodeForNvml(err) === ExitCode.FAILURE ? ExitCode.UNAVAILABLE : exitCodeForNvml(err),
+        exitCodeForNvml(err),
         `cannot initialise NVML from ${nvml.path}: ${describeError(err)}.${hint}`,
       );
     }
+  }
+
+  /** Keeps systemd's start timeout ahead of a slow bring-up; returns the stopper. */
+  #extendWhileSlow(progress: () => string): () => void {
+    if (!this.#deps.notifier.enabled) return () => {};
+    const timer = setInterval(
+      () => this.#deps.notifier.extendTimeout(EXTEND_BY_USEC, `bringing GPUs up: ${progress()}`),
+      EXTEND_EVERY_MS,
+    );
+    timer.unref();
+    return () => clearInterval(timer);
   }
 
   /** Brings the GPUs up; throws FatalError when no selected GPU can be held. */
   async start(): Promise<void> {
     const config = this.#config;
     this.#log.info(
-      { version: VERSION, runtimeDir: this.#runtime.dir, dryRun: config.dryRun },
+      { version: VERSION, runtimeDir: this.#deps.runtime.dir, dryRun: config.dryRun },
       `Started (${process.pid})`,
     );
     if (config.nvidiaCfgPath) {
       this.#log.info(`--nvidia-cfg-path ${config.nvidiaCfgPath} accepted and ignored: GPUs are found through NVML`);
     }
+    // Before any GPU is touched: an unknown user must not leave GPUs half set up.
+    const identity = resolveIdentity(config.user, config.group);
     const started = performance.now();
+    let settled = 0;
+    let total = 0;
+    const stopExtending = this.#extendWhileSlow(() => `${settled}/${total} settled`);
+    try {
+      await this.#bringUp(
+        (n) => {
+          total = n;
+        },
+        () => {
+          settled++;
+        },
+      );
+    } finally {
+      stopExtending();
+    }
+    this.#control = await startControlServer(
+      this.#deps.runtime.controlSocket,
+      (r) => this.#handleControl(r),
+      this.#log,
+    );
+    if (identity) {
+      dropPrivileges(identity, [this.#deps.runtime.dir]);
+      this.#log.info(`now running as ${identity.description}`);
+    }
+    this.#startHealth();
+    const selected = this.#gpus.filter((g) => g.selected).length;
+    const held = this.#gpus.filter((g) => g.fd !== null).length;
+    this.#log.info(
+      { held, selected, bringUpMs: Math.round(performance.now() - started) },
+      `ready: ${held}/${selected} GPUs held`,
+    );
+    this.#deps.notifier.ready(this.statusLine());
+  }
+
+  async #bringUp(onTotal: (n: number) => void, onSettled: () => void): Promise<void> {
+    const config = this.#config;
     const nvml = this.#loadNvml();
     await this.#initNvml(nvml);
     this.#nvml = nvml;
@@ -138,42 +217,79 @@ export class Daemon {
       );
     }
     this.#gpus = await identifyGpus(nvml, count, this.#log);
-    const selectors = config.devices.map((d) => parseGpuSelector(d)).filter((s) => s !== null);
-    const { selected, unmatched } = selectGpus(this.#gpus, selectors);
-    for (const message of unmatched) this.#log.error(message);
-
-    let deviceDir = REAL_DEVICE_DIR;
+    const { selected, unmatched } = this.#select(config);
+    onTotal(selected.length);
     if (config.simulate !== "") {
-      deviceDir = this.#runtime.simDeviceDir;
-      this.#runtime.track(deviceDir);
+      this.#deviceDir = this.#deps.runtime.simDeviceDir;
+      this.#deps.runtime.track(this.#deviceDir);
       createStandInNodes(
-        deviceDir,
+        this.#deviceDir,
         this.#gpus.filter((g) => g.minor >= 0).map((g) => g.minor),
       );
     }
     if (!config.persistenceMode) {
       this.#log.info("starting with every GPU released (--no-persistence-mode)");
-    } else {
-      await holdGpus(selected, { nvml, setter: this.#setter, deviceDir, log: this.#log });
-      const held = selected.filter((g) => g.fd !== null);
-      if (held.length === 0) {
-        const first = selected.find((g) => g.error !== null);
-        throw new FatalError(
-          selected.length > 0 && selected.every((g) => g.error?.startsWith("NVML_ERROR_NO_PERMISSION"))
-            ? ExitCode.NO_PERMISSION
-            : ExitCode.FAILURE,
-          selected.length === 0
-            ? "no GPU is selected: check --devices against 'nvidia-smi -L'"
-            : `no selected GPU could be held (first failure: GPU ${first?.index} ${first?.pciBusId}: ${first?.error})`,
-        );
-      }
+      return;
     }
-    this.#control = await startControlServer(this.#runtime.controlSocket, (r) => this.#handleControl(r), this.#log);
-    const held = this.#gpus.filter((g) => g.fd !== null).length;
-    this.#log.info(
-      { held, selected: selected.length, bringUpMs: Math.round(performance.now() - started) },
-      `ready: ${held}/${selected.length} GPUs held`,
+    await holdGpus(selected, { nvml, setter: this.#setter, deviceDir: this.#deviceDir, log: this.#log, onSettled });
+    if (selected.some((g) => g.fd !== null)) return;
+    const first = selected.find((g) => g.error !== null);
+    throw new FatalError(
+      selected.length > 0 && selected.every((g) => g.error?.startsWith("NVML_ERROR_NO_PERMISSION"))
+        ? ExitCode.NO_PERMISSION
+        : ExitCode.FAILURE,
+      selected.length === 0
+        ? `no GPU is selected: ${unmatched.join("; ")}. Check --devices against 'nvidia-smi -L'.`
+        : `no selected GPU could be held (first failure: GPU ${first?.index} ${first?.pciBusId}: ${first?.error})`,
     );
+  }
+
+  #select(config: Config): ReturnType<typeof selectGpus> {
+    const selectors = config.devices.map((d) => parseGpuSelector(d)).filter((s) => s !== null);
+    const selection = selectGpus(this.#gpus, selectors);
+    for (const message of selection.unmatched) this.#log.error(message);
+    return selection;
+  }
+
+  #startHealth(): void {
+    const nvml = this.#nvml;
+    if (!nvml) return;
+    const usec = watchdogUsec(this.#deps.env);
+    // Several checks per watchdog interval, so one slow round does not cost a restart.
+    const intervalMs = usec ? Math.min(this.#config.healthIntervalMs, usec / 1000 / 3) : this.#config.healthIntervalMs;
+    this.#health = new HealthMonitor(
+      nvml,
+      {
+        heldGpus: () => this.#gpus.filter((g) => g.fd !== null),
+        onLost: (gpu, reason) => this.#markLost(gpu, reason),
+      },
+      Math.max(10, Math.round(intervalMs)),
+      this.#log,
+    );
+    this.#health.start();
+    if (usec && this.#deps.notifier.enabled) {
+      const health = this.#health;
+      this.#watchdog = new Watchdog(this.#deps.notifier, usec, () => health.lastHealthyAt, this.#log);
+      this.#watchdog.start();
+      this.#log.info(`watchdog: pinging every ${Math.round(usec / 2000)} ms while NVML health checks pass`);
+    }
+  }
+
+  #markLost(gpu: GpuRecord, reason: string): void {
+    if (gpu.lost) return;
+    gpu.lost = true;
+    gpu.error = reason;
+    this.#release(gpu);
+    gpuLog(this.#log, { gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pciBusId }).error(
+      `GPU is lost (${reason}): released it; the other GPUs stay held. A reset or reboot is needed to recover it.`,
+    );
+    this.#deps.notifier.status(this.statusLine());
+  }
+
+  #release(gpu: GpuRecord): void {
+    if (gpu.fd === null) return;
+    releaseDeviceNode(gpu.fd);
+    gpu.fd = null;
   }
 
   #handleControl(request: ControlRequest): unknown {
@@ -181,12 +297,56 @@ export class Daemon {
     throw new Error(`unknown command '${request.command}' (known: status)`);
   }
 
-  #releaseAll(): void {
-    for (const gpu of this.#gpus) {
-      if (gpu.fd === null) continue;
-      releaseDeviceNode(gpu.fd);
-      gpu.fd = null;
+  /** SIGHUP: re-read the configuration and apply what can change while running. */
+  reload(): Promise<void> {
+    if (this.#stopping) return Promise.resolve();
+    this.#reloading ??= this.#reload().finally(() => {
+      this.#reloading = null;
+    });
+    return this.#reloading;
+  }
+
+  async #reload(): Promise<void> {
+    this.#deps.notifier.reloading();
+    this.#log.info("reloading the configuration (SIGHUP)");
+    let next: Config;
+    try {
+      next = this.#deps.reloadConfig();
+    } catch (err) {
+      this.#log.error(`reload failed, keeping the running configuration: ${(err as Error).message}`);
+      this.#deps.notifier.ready(this.statusLine());
+      return;
     }
+    const restartOnly = (
+      ["runtimeDir", "nvmlLibrary", "simulate", "user", "group", "dryRun", "logFormat"] as const
+    ).filter((key) => JSON.stringify(next[key]) !== JSON.stringify(this.#config[key]));
+    for (const key of restartOnly) {
+      this.#log.warn(`${key} changed: it takes effect when the daemon restarts (systemctl restart gpu-persistd)`);
+    }
+    const previous = this.#config;
+    this.#config = { ...next, ...Object.fromEntries(restartOnly.map((k) => [k, previous[k]])) };
+    this.#deps.setLogLevel(this.#config.logLevel);
+    await this.#applySelection();
+    this.#log.info(`reload done: ${this.statusLine()}`);
+    this.#deps.notifier.ready(this.statusLine());
+  }
+
+  /** Holds newly wanted GPUs and releases the ones no longer wanted; the rest are untouched. */
+  async #applySelection(): Promise<void> {
+    const nvml = this.#nvml;
+    if (!nvml) return;
+    this.#select(this.#config);
+    const want = (g: GpuRecord) => this.#config.persistenceMode && g.selected && !g.lost;
+    for (const gpu of this.#gpus) {
+      if (gpu.fd !== null && !want(gpu)) {
+        this.#release(gpu);
+        gpuLog(this.#log, { gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pciBusId }).info(
+          "released the GPU (no longer selected)",
+        );
+      }
+    }
+    const toHold = this.#gpus.filter((g) => g.fd === null && want(g));
+    await holdGpus(toHold, { nvml, setter: this.#setter, deviceDir: this.#deviceDir, log: this.#log });
   }
 
   /**
@@ -196,17 +356,18 @@ export class Daemon {
   async stop(code: ExitCode, reason: string): Promise<never> {
     if (this.#stopping) return new Promise<never>(() => {});
     this.#stopping = true;
+    this.#deps.notifier.stopping();
     this.#log.info(`stopping: ${reason}`);
+    this.#watchdog?.stop();
+    this.#health?.stop();
     this.#control?.close();
-    this.#releaseAll();
-    this.#runtime.remove();
+    for (const gpu of this.#gpus) this.#release(gpu);
+    this.#deps.runtime.remove();
     const nvml = this.#nvml;
     if (nvml) {
+      const limitMs = this.#config.stopTimeoutMs;
       const limit = new Promise<string>((resolve) =>
-        setTimeout(
-          () => resolve(`nvmlShutdown did not return within ${this.#config.stopTimeoutMs} ms`),
-          this.#config.stopTimeoutMs,
-        ).unref(),
+        setTimeout(() => resolve(`nvmlShutdown did not return within ${limitMs} ms`), limitMs).unref(),
       );
       const outcome = await Promise.race([nvml.shutdown().then(() => "", describeError), limit]);
       if (outcome) this.#log.warn(`exiting without a clean NVML shutdown: ${outcome}`);

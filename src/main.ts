@@ -5,12 +5,15 @@ import { fstatSync } from "node:fs";
 import { parseCommandLine } from "./cli/command-line.js";
 import { helpText, versionText } from "./cli/help.js";
 import { statusCommand } from "./commands/status.js";
-import { loadConfig } from "./config/load-config.js";
+import { type ConfigSource, loadConfig } from "./config/load-config.js";
+import type { Config } from "./config/schema.js";
 import { Daemon } from "./daemon.js";
 import { ExitCode } from "./exit-codes.js";
 import { FatalError } from "./fatal-error.js";
 import { createLog, type Log, resolveLogFormat, stdoutIsJournal } from "./log.js";
 import { RuntimeDir } from "./runtime-dir.js";
+import { JournalSender } from "./systemd/journal.js";
+import { SystemdNotifier } from "./systemd/notify.js";
 
 function fail(err: unknown): never {
   const fatal = err instanceof FatalError ? err : null;
@@ -26,14 +29,26 @@ function stdoutStat(): { dev: number; ino: number } | undefined {
   }
 }
 
-async function runDaemon(config: ReturnType<typeof loadConfig>): Promise<void> {
+async function runDaemon(config: Config, source: ConfigSource): Promise<void> {
   const format = resolveLogFormat(config.logFormat, stdoutIsJournal(process.env, stdoutStat()));
-  const log: Log = createLog(config.logLevel, format);
+  const journal = format === "journal" ? new JournalSender(process.env.GPU_PERSISTD_JOURNAL_SOCKET) : undefined;
+  const log: Log = createLog(config.logLevel, format, journal);
+  const notifier = new SystemdNotifier(process.env, (err) => log.warn(`sd_notify: ${err.message}`));
   const runtime = RuntimeDir.claim(config.runtimeDir);
-  const daemon = new Daemon(config, log, runtime);
+  const daemon = new Daemon(config, {
+    log,
+    runtime,
+    notifier,
+    env: process.env,
+    reloadConfig: () => loadConfig(source),
+    setLogLevel: (level) => {
+      log.level = level;
+    },
+  });
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     process.on(signal, () => void daemon.stop(ExitCode.OK, `received ${signal}`));
   }
+  process.on("SIGHUP", () => void daemon.reload());
   try {
     await daemon.start();
   } catch (err) {
@@ -54,13 +69,14 @@ async function main(argv: readonly string[]): Promise<void> {
     process.stdout.write(versionText());
     return;
   }
-  const config = loadConfig({
+  const source: ConfigSource = {
     ...(commandLine.configPath !== undefined ? { path: commandLine.configPath } : {}),
     overrides: commandLine.overrides,
-  });
+  };
+  const config = loadConfig(source);
   switch (commandLine.command) {
     case "run":
-      return runDaemon(config);
+      return runDaemon(config, source);
     case "status":
       return statusCommand(config.runtimeDir, commandLine.json);
   }

@@ -98,7 +98,8 @@ export class RuntimeDir {
       try {
         rmdirSync(this.dir);
       } catch {
-        // Not empty: someone else's files are there; leave them.
+        // Someone else's files are there, or a privilege drop left us unable to remove it
+        // from its root-owned parent: leave it (systemd's RuntimeDirectory= removes it).
       }
     }
   }

@@ -139,6 +139,12 @@ export const configSchema = {
     default: 10000,
     env: "GPU_PERSISTD_NVML_TIMEOUT_MS",
   },
+  healthIntervalMs: {
+    doc: "Interval of the NVML health check, in milliseconds (shortened to a third of systemd's watchdog interval).",
+    format: "positive-int",
+    default: 10000,
+    env: "GPU_PERSISTD_HEALTH_INTERVAL_MS",
+  },
   stopTimeoutMs: {
     doc: "Time a stop may spend on NVML before the process exits anyway, in milliseconds.",
     format: "positive-int",
@@ -163,6 +169,7 @@ export interface Config {
   dryRun: boolean;
   simulate: string;
   nvmlTimeoutMs: number;
+  healthIntervalMs: number;
   stopTimeoutMs: number;
 }
 

@@ -33,6 +33,7 @@ function emptyRecord(index: number): GpuRecord {
     handle: null,
     persistence: "unknown",
     selected: false,
+    lost: false,
     fd: null,
     error: null,
   };
@@ -100,6 +101,10 @@ export async function holdGpu(gpu: GpuRecord, ctx: BringUpContext): Promise<void
       if (outcome === "enabled") {
         gpu.persistence = "enabled";
         log.info("persistence mode enabled");
+      } else if (outcome === "closed") {
+        // The hold below is what keeps the GPU initialised; NVML's setter would call us back.
+        gpu.persistence = "enabled";
+        log.info("persistence mode reads disabled; holding the GPU without NVML's setter (RPC socket up)");
       } else {
         log.info("dry run: persistence mode reads disabled; not calling the setter");
       }

@@ -11,6 +11,8 @@ export interface GpuRecord {
   persistence: "enabled" | "disabled" | "unknown";
   /** Chosen by --devices (every GPU when none is given). */
   selected: boolean;
+  /** NVML said the GPU is lost (Xid 79): released, and left alone until the daemon restarts. */
+  lost: boolean;
   /** The fd held open on the GPU's device node, or null when released. */
   fd: number | null;
   /** Why the GPU is not held as wanted: includes NVML's error name where NVML said so. */
@@ -26,6 +28,7 @@ export interface GpuStatus {
   persistence: GpuRecord["persistence"];
   selected: boolean;
   held: boolean;
+  lost: boolean;
   error: string | null;
 }
 
@@ -39,6 +42,7 @@ export function gpuStatus(gpu: GpuRecord): GpuStatus {
     persistence: gpu.persistence,
     selected: gpu.selected,
     held: gpu.fd !== null,
+    lost: gpu.lost,
     error: gpu.error,
   };
 }

@@ -4,7 +4,8 @@
 import type { DeviceHandle, Nvml } from "../../native-bindings/nvml.js";
 import { PERSISTENCE_ENABLED } from "../../native-bindings/nvml.js";
 
-export type SetOutcome = "enabled" | "dry-run";
+/** "closed": the RPC socket listens, so the GPU is held by its node alone, NVML untouched. */
+export type SetOutcome = "enabled" | "dry-run" | "closed";
 
 export class PersistenceSetter {
   readonly #dryRun: boolean;
@@ -20,16 +21,12 @@ export class PersistenceSetter {
   }
 
   /**
-   * Enables persistence through NVML. Returns "dry-run" without calling NVML under
-   * --dry-run; throws once the RPC socket listens; rethrows NVML's error otherwise.
+   * Enables persistence through NVML. Without calling NVML, returns "dry-run" under
+   * --dry-run and "closed" once the RPC socket listens; rethrows NVML's error otherwise.
    */
   async enable(nvml: Nvml, device: DeviceHandle): Promise<SetOutcome> {
     if (this.#dryRun) return "dry-run";
-    if (this.#rpcListening) {
-      throw new Error(
-        "refusing nvmlDeviceSetPersistenceMode while the RPC socket listens: NVML would route it back to this daemon",
-      );
-    }
+    if (this.#rpcListening) return "closed";
     await nvml.setPersistenceMode(device, PERSISTENCE_ENABLED);
     return "enabled";
   }

@@ -1,0 +1,109 @@
+// The health loop: a cheap NVML call per held GPU (and one for NVML itself) at a fixed
+// interval, each on the thread pool with a time limit. Its last success gates the systemd
+// watchdog: a hung or failing NVML stops the pings, so systemd restarts the daemon.
+import type { Nvml } from "../../native-bindings/nvml.js";
+import { NvmlError, NvmlTimeoutError } from "../../native-bindings/nvml-errors.js";
+import { NVML_ERROR_GPU_IS_LOST } from "../../native-bindings/nvml-return-codes.js";
+import { describeError } from "../gpu/describe-error.js";
+import type { GpuRecord } from "../gpu/gpu-record.js";
+import type { Log } from "../log.js";
+
+export interface HealthHooks {
+  /** The GPUs to check: those held now. */
+  heldGpus(): GpuRecord[];
+  /** NVML said the GPU is lost (Xid 79 and kin): a hardware fault, not a hung daemon. */
+  onLost(gpu: GpuRecord, reason: string): void;
+}
+
+export class HealthMonitor {
+  readonly #nvml: Nvml;
+  readonly #hooks: HealthHooks;
+  readonly #log: Log;
+  readonly #intervalMs: number;
+  #timer: NodeJS.Timeout | null = null;
+  #running = false;
+  #lastHealthyAt: number = performance.now();
+  /** Calls that timed out and were logged; cleared when the same check succeeds again. */
+  readonly #reportedHangs = new Set<string>();
+
+  constructor(nvml: Nvml, hooks: HealthHooks, intervalMs: number, log: Log) {
+    this.#nvml = nvml;
+    this.#hooks = hooks;
+    this.#intervalMs = intervalMs;
+    this.#log = log;
+  }
+
+  /** performance.now() of the last round in which NVML answered every call. */
+  get lastHealthyAt(): number {
+    return this.#lastHealthyAt;
+  }
+
+  get intervalMs(): number {
+    return this.#intervalMs;
+  }
+
+  start(): void {
+    this.#timer = setInterval(() => void this.round(), this.#intervalMs);
+    this.#timer.unref();
+  }
+
+  stop(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+  }
+
+  #hung(key: string, err: NvmlTimeoutError, gpu?: GpuRecord): void {
+    if (this.#reportedHangs.has(key)) return;
+    this.#reportedHangs.add(key);
+    const fields = gpu ? { gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pciBusId } : {};
+    this.#log.error(fields, `health check: ${err.message}; withholding watchdog pings until NVML answers`);
+  }
+
+  /** One round; never overlaps the previous one, so a hung NVML cannot pile up calls. */
+  async round(): Promise<boolean> {
+    if (this.#running) return false;
+    this.#running = true;
+    let healthy = true;
+    try {
+      try {
+        await this.#nvml.deviceCount();
+        this.#reportedHangs.delete("count");
+      } catch (err) {
+        healthy = false;
+        if (err instanceof NvmlTimeoutError) this.#hung("count", err);
+        else this.#log.error(`health check: ${describeError(err)}`);
+      }
+      const results = await Promise.all(this.#hooks.heldGpus().map((gpu) => this.#checkGpu(gpu)));
+      healthy &&= results.every(Boolean);
+    } finally {
+      this.#running = false;
+    }
+    if (healthy) this.#lastHealthyAt = performance.now();
+    return healthy;
+  }
+
+  async #checkGpu(gpu: GpuRecord): Promise<boolean> {
+    const key = `gpu:${gpu.uuid}`;
+    if (gpu.handle === null) return true;
+    try {
+      await this.#nvml.persistenceMode(gpu.handle);
+      this.#reportedHangs.delete(key);
+      return true;
+    } catch (err) {
+      if (err instanceof NvmlTimeoutError) {
+        this.#hung(key, err, gpu);
+        return false;
+      }
+      if (err instanceof NvmlError && err.code === NVML_ERROR_GPU_IS_LOST) {
+        this.#hooks.onLost(gpu, describeError(err));
+        return true;
+      }
+      // NVML answered: the daemon is not hung, whatever the GPU's trouble.
+      this.#log.warn(
+        { gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pciBusId },
+        `health check: ${describeError(err)}`,
+      );
+      return true;
+    }
+  }
+}

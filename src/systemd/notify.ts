@@ -1,0 +1,93 @@
+// sd_notify(3), in-process: datagrams from the main PID itself (a child such as the
+// systemd-notify binary is rejected under NotifyAccess=main, also after a privilege drop).
+import { DatagramError, UnixDatagramSender, unixAddress } from "../../native-bindings/unix-datagram.js";
+
+export class SystemdNotifier {
+  readonly #sender: UnixDatagramSender | null;
+  readonly #address: Buffer | null;
+  readonly #onError: (err: Error) => void;
+
+  /**
+   * From NOTIFY_SOCKET (a path or `@abstract`). Unset: every method is a silent no-op, as
+   * for a daemon started outside systemd. Malformed: throws DatagramError naming it.
+   */
+  constructor(env: NodeJS.ProcessEnv, onError: (err: Error) => void) {
+    this.#onError = onError;
+    const socket = env.NOTIFY_SOCKET;
+    if (!socket) {
+      this.#sender = null;
+      this.#address = null;
+      return;
+    }
+    this.#address = unixAddress(socket);
+    this.#sender = new UnixDatagramSender();
+  }
+
+  get enabled(): boolean {
+    return this.#sender !== null;
+  }
+
+  /**
+   * Sends `KEY=value` lines in one datagram. Returns true when sent, false when there is no
+   * NOTIFY_SOCKET; a failed send is reported through onError (systemd gone, say) and
+   * returns false.
+   */
+  send(fields: Record<string, string | number>): boolean {
+    if (!this.#sender || !this.#address) return false;
+    const text = Object.entries(fields)
+      .map(([k, v]) => `${k}=${String(v).replaceAll("\n", " ")}`)
+      .join("\n");
+    try {
+      this.#sender.send(this.#address, Buffer.from(`${text}\n`, "utf8"));
+      return true;
+    } catch (err) {
+      this.#onError(err instanceof DatagramError ? err : new Error(String(err)));
+      return false;
+    }
+  }
+
+  ready(status: string): boolean {
+    return this.send({ READY: 1, STATUS: status, MAINPID: process.pid });
+  }
+
+  status(status: string): boolean {
+    return this.send({ STATUS: status });
+  }
+
+  /** RELOADING=1 carries MONOTONIC_USEC, which systemd >= 253 requires and 252 ignores. */
+  reloading(): boolean {
+    return this.send({ RELOADING: 1, STATUS: "reloading configuration", MONOTONIC_USEC: monotonicUsec() });
+  }
+
+  stopping(): boolean {
+    return this.send({ STOPPING: 1, STATUS: "stopping" });
+  }
+
+  extendTimeout(usec: number, status: string): boolean {
+    return this.send({ EXTEND_TIMEOUT_USEC: Math.round(usec), STATUS: status });
+  }
+
+  watchdog(): boolean {
+    return this.send({ WATCHDOG: 1 });
+  }
+
+  close(): void {
+    this.#sender?.close();
+  }
+}
+
+/** CLOCK_MONOTONIC in microseconds: process.hrtime reads the same clock on Linux. */
+export function monotonicUsec(): string {
+  return (process.hrtime.bigint() / 1000n).toString();
+}
+
+/**
+ * The watchdog interval systemd asks for, in microseconds, or null when none applies to
+ * this process (WATCHDOG_USEC unset or invalid, or WATCHDOG_PID naming another process).
+ */
+export function watchdogUsec(env: NodeJS.ProcessEnv, pid: number = process.pid): number | null {
+  const usec = Number(env.WATCHDOG_USEC);
+  if (!env.WATCHDOG_USEC || !Number.isSafeInteger(usec) || usec <= 0) return null;
+  if (env.WATCHDOG_PID && Number(env.WATCHDOG_PID) !== pid) return null;
+  return usec;
+}

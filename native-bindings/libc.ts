@@ -47,3 +47,23 @@ export function hardExit(code: number): never {
   libcFunction("void _exit(int status)")(code);
   throw new Error("unreachable: _exit returned");
 }
+
+/**
+ * Replaces this process with `path` run with `argv` and `env` (same PID, so systemd still
+ * sees its main process). Returns only on failure, with errno's name.
+ */
+export function execve(path: string, argv: string[], env: NodeJS.ProcessEnv): string {
+  // Node marks stdin, stdout and stderr close-on-exec at start-up; the new image must keep them.
+  const fcntl = libcFunction("int fcntl(int fd, int cmd, int arg)");
+  const F_SETFD = 2;
+  for (const fd of [0, 1, 2]) fcntl(fd, F_SETFD, 0);
+  const envp = Object.entries(env)
+    .filter(([, v]) => v !== undefined)
+    .map(([k, v]) => `${k}=${v}`);
+  libcFunction("int execve(const char *path, const char **argv, const char **envp)")(
+    path,
+    [...argv, null],
+    [...envp, null],
+  );
+  return lastErrno().code;
+}

@@ -23,11 +23,14 @@ export class NvmlError extends Error {
 export class NvmlTimeoutError extends Error {
   readonly call: string;
   readonly timeoutMs: number;
-  constructor(call: string, timeoutMs: number) {
+  /** Resolves when the call finally returns and frees its pool thread (maybe never). */
+  readonly returned: Promise<void>;
+  constructor(call: string, timeoutMs: number, returned: Promise<void>) {
     super(`${call} did not return within ${timeoutMs} ms (driver hung?)`);
     this.name = "NvmlTimeoutError";
     this.call = call;
     this.timeoutMs = timeoutMs;
+    this.returned = returned;
   }
 }
 

@@ -96,12 +96,6 @@ function cString(buf: Buffer): string {
   return buf.toString("utf8", 0, end < 0 ? buf.length : end);
 }
 
-/** Calls that have not returned within their limit, still occupying a pool thread. */
-let stuckCalls = 0;
-export function stuckNvmlCalls(): number {
-  return stuckCalls;
-}
-
 export class Nvml {
   readonly path: string;
   readonly #fns: Record<NvmlFunctionName, AnyFn>;
@@ -154,14 +148,14 @@ export class Nvml {
     const fn = this.#fns[name];
     return new Promise<void>((resolve, reject) => {
       let settled = false;
+      let returned: () => void = () => {};
       const timer = setTimeout(() => {
         settled = true;
-        stuckCalls++;
-        reject(new NvmlTimeoutError(name, this.#timeoutMs));
+        reject(new NvmlTimeoutError(name, this.#timeoutMs, new Promise<void>((r) => (returned = r))));
       }, this.#timeoutMs);
       fn.async(...args, (err: Error | null, code: number) => {
         if (settled) {
-          stuckCalls--;
+          returned();
           return;
         }
         settled = true;

@@ -35,12 +35,11 @@ await build({
   target: "node20",
   external: ["koffi"],
   define: { GPU_PERSISTD_VERSION: JSON.stringify(JSON.parse(readFileSync("package.json", "utf8")).version) },
-  // The libuv pool runs every blocking NVML call (koffi fn.async) and file I/O; it is sized
-  // when first used, so the size must be set before any module code runs.
+  // The libuv pool runs every blocking NVML call (koffi fn.async); the shebang sizes it for
+  // the installed command (src/thread-pool.ts re-executes when run as `node FILE`).
   banner: {
     js: [
-      "#!/usr/bin/env node",
-      'process.env.UV_THREADPOOL_SIZE ??= "128";',
+      "#!/usr/bin/env -S UV_THREADPOOL_SIZE=128 node",
       'import { createRequire as __gpdCreateRequire } from "node:module";',
       "const require = __gpdCreateRequire(import.meta.url);",
     ].join("\n"),

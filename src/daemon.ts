@@ -210,6 +210,7 @@ export class Daemon {
     const count = await nvml.deviceCount().catch((err: unknown) => {
       throw new FatalError(ExitCode.UNAVAILABLE, `cannot count GPUs: ${describeError(err)}`);
     });
+    onTotal(count);
     if (count === 0) {
       throw new FatalError(
         ExitCode.UNAVAILABLE,

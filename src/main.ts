@@ -14,6 +14,7 @@ import { createLog, type Log, resolveLogFormat, stdoutIsJournal } from "./log.js
 import { RuntimeDir } from "./runtime-dir.js";
 import { JournalSender } from "./systemd/journal.js";
 import { SystemdNotifier } from "./systemd/notify.js";
+import { ensureThreadPoolSize } from "./thread-pool.js";
 
 function fail(err: unknown): never {
   const fatal = err instanceof FatalError ? err : null;
@@ -30,6 +31,7 @@ function stdoutStat(): { dev: number; ino: number } | undefined {
 }
 
 async function runDaemon(config: Config, source: ConfigSource): Promise<void> {
+  ensureThreadPoolSize();
   const format = resolveLogFormat(config.logFormat, stdoutIsJournal(process.env, stdoutStat()));
   const journal = format === "journal" ? new JournalSender(process.env.GPU_PERSISTD_JOURNAL_SOCKET) : undefined;
   const log: Log = createLog(config.logLevel, format, journal);

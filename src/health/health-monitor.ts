@@ -25,6 +25,8 @@ export class HealthMonitor {
   #lastHealthyAt: number = performance.now();
   /** Calls that timed out and were logged; cleared when the same check succeeds again. */
   readonly #reportedHangs = new Set<string>();
+  /** Checks whose timed-out call still blocks a pool thread: not repeated until it returns. */
+  readonly #stuck = new Set<string>();
 
   constructor(nvml: Nvml, hooks: HealthHooks, intervalMs: number, log: Log) {
     this.#nvml = nvml;
@@ -53,6 +55,8 @@ export class HealthMonitor {
   }
 
   #hung(key: string, err: NvmlTimeoutError, gpu?: GpuRecord): void {
+    this.#stuck.add(key);
+    void err.returned.then(() => this.#stuck.delete(key));
     if (this.#reportedHangs.has(key)) return;
     this.#reportedHangs.add(key);
     const fields = gpu ? { gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pciBusId } : {};
@@ -63,30 +67,34 @@ export class HealthMonitor {
   async round(): Promise<boolean> {
     if (this.#running) return false;
     this.#running = true;
-    let healthy = true;
     try {
-      try {
-        await this.#nvml.deviceCount();
-        this.#reportedHangs.delete("count");
-      } catch (err) {
-        healthy = false;
-        if (err instanceof NvmlTimeoutError) this.#hung("count", err);
-        else this.#log.error(`health check: ${describeError(err)}`);
-      }
-      const results = await Promise.all(this.#hooks.heldGpus().map((gpu) => this.#checkGpu(gpu)));
-      healthy &&= results.every(Boolean);
+      const results = await Promise.all([
+        this.#check("count", () => this.#nvml.deviceCount()),
+        ...this.#hooks
+          .heldGpus()
+          .map((gpu) =>
+            gpu.handle === null
+              ? true
+              : this.#check(`gpu:${gpu.uuid}`, () => this.#nvml.persistenceMode(gpu.handle as bigint), gpu),
+          ),
+      ]);
+      const healthy = results.every(Boolean);
+      if (healthy) this.#lastHealthyAt = performance.now();
+      return healthy;
     } finally {
       this.#running = false;
     }
-    if (healthy) this.#lastHealthyAt = performance.now();
-    return healthy;
   }
 
-  async #checkGpu(gpu: GpuRecord): Promise<boolean> {
-    const key = `gpu:${gpu.uuid}`;
-    if (gpu.handle === null) return true;
+  /**
+   * Whether NVML answered `call` in time. A call still stuck from an earlier round is not
+   * repeated (one blocked thread per check at most). Any answer counts as healthy: a GPU's
+   * own trouble is logged, and a lost GPU handed to onLost, but NVML itself is responsive.
+   */
+  async #check(key: string, call: () => Promise<unknown>, gpu?: GpuRecord): Promise<boolean> {
+    if (this.#stuck.has(key)) return false;
     try {
-      await this.#nvml.persistenceMode(gpu.handle);
+      await call();
       this.#reportedHangs.delete(key);
       return true;
     } catch (err) {
@@ -94,15 +102,12 @@ export class HealthMonitor {
         this.#hung(key, err, gpu);
         return false;
       }
-      if (err instanceof NvmlError && err.code === NVML_ERROR_GPU_IS_LOST) {
+      if (gpu && err instanceof NvmlError && err.code === NVML_ERROR_GPU_IS_LOST) {
         this.#hooks.onLost(gpu, describeError(err));
         return true;
       }
-      // NVML answered: the daemon is not hung, whatever the GPU's trouble.
-      this.#log.warn(
-        { gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pciBusId },
-        `health check: ${describeError(err)}`,
-      );
+      const fields = gpu ? { gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pciBusId } : {};
+      this.#log.warn(fields, `health check: ${describeError(err)}`);
       return true;
     }
   }

@@ -134,10 +134,11 @@ export interface StatusDevice {
   persistence: string;
   selected: boolean;
   held: boolean;
+  lost: boolean;
   error: string | null;
 }
 
-export function statusJson(runtimeDir: string): { pid: number; devices: StatusDevice[] } {
+export function statusJson(runtimeDir: string): { pid: number; uid: number; devices: StatusDevice[] } {
   const result = runBundle(["status", "--json", `--runtime-dir=${runtimeDir}`]);
   if (result.code !== 0) throw new Error(`status failed (${result.code}): ${result.output}`);
   return JSON.parse(result.stdout);

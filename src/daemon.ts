@@ -188,7 +188,8 @@ export class Daemon {
       this.#log,
     );
     if (identity) {
-      dropPrivileges(identity, [this.#deps.runtime.dir]);
+      // Outside systemd the dropped user must still be able to remove its runtime files.
+      dropPrivileges(identity, this.#deps.runtime.managedBySystemd ? [] : [this.#deps.runtime.dir]);
       this.#log.info(`now running as ${identity.description}`);
     }
     this.#startHealth();
@@ -363,7 +364,7 @@ export class Daemon {
     this.#health?.stop();
     this.#control?.close();
     for (const gpu of this.#gpus) this.#release(gpu);
-    this.#deps.runtime.remove();
+    for (const left of this.#deps.runtime.remove()) this.#log.warn(`could not remove ${left}`);
     const nvml = this.#nvml;
     if (nvml) {
       const limitMs = this.#config.stopTimeoutMs;

@@ -1,6 +1,16 @@
 // The runtime directory: PID file (the single-instance lock) and the daemon's sockets.
-import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, rmdirSync, rmSync, writeSync } from "node:fs";
-import { join } from "node:path";
+import {
+  closeSync,
+  fchmodSync,
+  ftruncateSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  rmdirSync,
+  rmSync,
+  writeSync,
+} from "node:fs";
+import { join, resolve } from "node:path";
 import { tryLockFile } from "../native-bindings/libc.js";
 import { ExitCode } from "./exit-codes.js";
 import { FatalError } from "./fatal-error.js";
@@ -27,12 +37,15 @@ function permissionAware(err: unknown, what: string): FatalError {
 
 export class RuntimeDir {
   readonly dir: string;
+  /** systemd created it (RuntimeDirectory=) and removes it when the service stops. */
+  readonly managedBySystemd: boolean;
   readonly #createdDir: boolean;
   readonly #pidFd: number;
   #extraPaths: string[] = [];
 
-  private constructor(dir: string, createdDir: boolean, pidFd: number) {
+  private constructor(dir: string, createdDir: boolean, pidFd: number, managedBySystemd: boolean) {
     this.dir = dir;
+    this.managedBySystemd = managedBySystemd;
     this.#createdDir = createdDir;
     this.#pidFd = pidFd;
   }
@@ -55,7 +68,7 @@ export class RuntimeDir {
    * instance is refused with the PID of the first. The lock, not the file's existence,
    * decides: a file left by a killed daemon is simply taken over.
    */
-  static claim(dir: string): RuntimeDir {
+  static claim(dir: string, env: NodeJS.ProcessEnv = process.env): RuntimeDir {
     let created = false;
     try {
       created = mkdirSync(dir, { recursive: true, mode: 0o755 }) !== undefined;
@@ -81,7 +94,10 @@ export class RuntimeDir {
     }
     ftruncateSync(fd, 0);
     writeSync(fd, `${process.pid}\n`, 0);
-    return new RuntimeDir(dir, created, fd);
+    // As nvidia-persistenced's: readable by all, whatever the umask (the unit sets 0077).
+    fchmodSync(fd, 0o644);
+    const managed = (env.RUNTIME_DIRECTORY ?? "").split(":").some((d) => resolve(d) === resolve(dir));
+    return new RuntimeDir(dir, created, fd, managed);
   }
 
   /** Records a path (a socket, the stand-in device directory) to remove at exit. */
@@ -89,18 +105,25 @@ export class RuntimeDir {
     this.#extraPaths.push(path);
   }
 
-  /** Removes everything this daemon put here; the directory too if it created it. */
-  remove(): void {
-    for (const path of this.#extraPaths) rmSync(path, { recursive: true, force: true });
-    rmSync(this.pidFile, { force: true });
-    closeSync(this.#pidFd);
-    if (this.#createdDir) {
+  /**
+   * Removes everything this daemon put here, and the directory if it created it. Returns
+   * what it could not remove, with the reason. Under systemd's RuntimeDirectory= nothing is
+   * left to do: systemd removes the whole directory when the service stops, also what a
+   * dropped user may no longer unlink.
+   */
+  remove(): string[] {
+    const left: string[] = [];
+    const attempt = (path: string, action: () => void): void => {
       try {
-        rmdirSync(this.dir);
-      } catch {
-        // Someone else's files are there, or a privilege drop left us unable to remove it
-        // from its root-owned parent: leave it (systemd's RuntimeDirectory= removes it).
+        action();
+      } catch (err) {
+        if (!this.managedBySystemd) left.push(`${path}: ${(err as NodeJS.ErrnoException).code ?? err}`);
       }
-    }
+    };
+    for (const path of this.#extraPaths) attempt(path, () => rmSync(path, { recursive: true, force: true }));
+    attempt(this.pidFile, () => rmSync(this.pidFile, { force: true }));
+    closeSync(this.#pidFd);
+    if (this.#createdDir) attempt(this.dir, () => rmdirSync(this.dir));
+    return left;
   }
 }

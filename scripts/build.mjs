@@ -1,6 +1,6 @@
 // Builds the daemon bundle and the simulated libnvidia-ml.
 import { execFileSync } from "node:child_process";
-import { chmodSync, mkdirSync, readFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { build } from "esbuild";
 
 mkdirSync("dist", { recursive: true });
@@ -26,6 +26,8 @@ execFileSync(
   { stdio: "inherit" },
 );
 
+const define = { GPU_PERSISTD_VERSION: JSON.stringify(JSON.parse(readFileSync("package.json", "utf8")).version) };
+
 await build({
   entryPoints: ["src/main.ts"],
   outfile: "dist/gpu-persistd.mjs",
@@ -34,7 +36,7 @@ await build({
   format: "esm",
   target: "node20",
   external: ["koffi"],
-  define: { GPU_PERSISTD_VERSION: JSON.stringify(JSON.parse(readFileSync("package.json", "utf8")).version) },
+  define,
   // The libuv pool runs every blocking NVML call (koffi fn.async); the shebang sizes it for
   // the installed command (src/thread-pool.ts re-executes when run as `node FILE`).
   banner: {
@@ -47,3 +49,18 @@ await build({
   logLevel: "warning",
 });
 chmodSync("dist/gpu-persistd.mjs", 0o755);
+
+// gpu-persistd(8), generated from the option table that --help prints.
+const man = await build({
+  entryPoints: ["src/cli/man-page.ts"],
+  bundle: true,
+  platform: "node",
+  format: "esm",
+  write: false,
+  define,
+  logLevel: "warning",
+});
+const { manPage } = await import(
+  `data:text/javascript;base64,${Buffer.from(man.outputFiles[0].text).toString("base64")}`
+);
+writeFileSync("dist/gpu-persistd.8", manPage());

@@ -33,3 +33,4 @@ mkdirSync(join(dest, "usr/bin"), { recursive: true });
 symlinkSync("../lib/gpu-persistd/gpu-persistd.mjs", join(dest, "usr/bin/gpu-persistd"));
 cpSync("systemd/gpu-persistd.service", join(dest, "usr/lib/systemd/system/gpu-persistd.service"));
 cpSync("systemd/gpu-persistd.sysusers.conf", join(dest, "usr/lib/sysusers.d/gpu-persistd.conf"));
+cpSync("dist/gpu-persistd.8", join(dest, "usr/share/man/man8/gpu-persistd.8"));

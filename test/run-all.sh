@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 # command -> Debian package that provides it
 declare -A NEEDED=(
   [cc]=gcc
+  [python3]=python3
+  [systemd-analyze]=systemd
+  [systemd-nspawn]=systemd-container
+  [mmdebstrap]=mmdebstrap
+  [nsenter]=util-linux
+  [pgrep]=procps
 )
 
 missing=()

@@ -1,0 +1,177 @@
+// Real systemd 252 in systemd-nspawn (about a second a boot): a Debian bookworm rootfs built
+// once with mmdebstrap and cached, booted with a throw-away overlay, commands run inside
+// with nsenter. See ../shared/reference/systemd-testing.md for the measured facts.
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { ROOT } from "./daemon.js";
+
+const ROOTFS_PACKAGES = "systemd,systemd-sysv,dbus,procps,man-db";
+/** Bump the suffix when ROOTFS_PACKAGES changes. */
+const ROOTFS = join(ROOT, ".ci-cache/rootfs-bookworm-2");
+const REQUIRED_TOOLS = ["systemd-nspawn", "mmdebstrap", "nsenter", "pgrep", "systemd-analyze"];
+
+/** Why this machine cannot run the suite, or null when it can. Never a silent skip: tests fail with it. */
+export function nspawnUnavailable(): string | null {
+  if (process.getuid?.() !== 0) return "the real-systemd tests need root (systemd-nspawn, nsenter)";
+  const missing = REQUIRED_TOOLS.filter((tool) => spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0);
+  if (missing.length) {
+    return `missing ${missing.join(", ")}: apt-get install -y --no-install-recommends systemd systemd-container mmdebstrap util-linux procps`;
+  }
+  return null;
+}
+
+/** The cached rootfs, built on first use (about 20 s). */
+export function bookwormRootfs(): string {
+  if (existsSync(join(ROOTFS, ".complete"))) return ROOTFS;
+  const building = `${ROOTFS}.building`;
+  rmSync(building, { recursive: true, force: true });
+  mkdirSync(dirname(ROOTFS), { recursive: true });
+  execFileSync("mmdebstrap", ["--quiet", "--variant=minbase", `--include=${ROOTFS_PACKAGES}`, "bookworm", building], {
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  writeFileSync(join(building, ".complete"), "");
+  rmSync(ROOTFS, { recursive: true, force: true });
+  renameSync(building, ROOTFS);
+  return ROOTFS;
+}
+
+/** Lays out the installed tree (scripts/stage.mjs) in a fresh directory. */
+export function stageInstall(): string {
+  const dir = mkdtempSync(join(tmpdir(), "gpu-persistd-stage-"));
+  execFileSync(process.execPath, [join(ROOT, "scripts/stage.mjs"), dir], { cwd: ROOT });
+  return dir;
+}
+
+export interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export class Container {
+  readonly #nspawn: ChildProcess;
+  readonly pid1: number;
+
+  private constructor(nspawn: ChildProcess, pid1: number) {
+    this.#nspawn = nspawn;
+    this.pid1 = pid1;
+  }
+
+  /** Boots the rootfs with `binds` ([host, guest], read-only) and waits until systemd is up. */
+  static async boot(rootfs: string, binds: [string, string][]): Promise<Container> {
+    const args = [
+      "--quiet",
+      "--keep-unit",
+      "--register=no",
+      "--volatile=overlay",
+      `--machine=gpdtest${process.pid}${Date.now() % 100000}`,
+      "-D",
+      rootfs,
+      "-b",
+      "--console=pipe",
+      ...binds.map(([host, guest]) => `--bind-ro=${host}:${guest}`),
+    ];
+    const nspawn = spawn("systemd-nspawn", args, {
+      env: { ...process.env, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY: "1" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let console = "";
+    nspawn.stdout?.on("data", (d: Buffer) => {
+      console += d.toString();
+    });
+    nspawn.stderr?.on("data", (d: Buffer) => {
+      console += d.toString();
+    });
+    // nspawn's first child can be a short-lived helper: look PID 1 up again until systemd answers.
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      if (nspawn.exitCode !== null) throw new Error(`systemd-nspawn exited (${nspawn.exitCode}):\n${console}`);
+      const found = spawnSync("pgrep", ["-P", String(nspawn.pid)], { encoding: "utf8" }).stdout.trim();
+      const pid1 = Number(found.split("\n")[0]) || 0;
+      if (pid1) {
+        const container = new Container(nspawn, pid1);
+        const state = container.run("systemctl is-system-running", 5000).stdout.trim();
+        if (state === "running" || state === "degraded") return container;
+      }
+      if (Date.now() > deadline) throw new Error(`systemd did not finish booting in the container:\n${console}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** Runs a shell command inside the container, in all its namespaces. */
+  run(command: string, timeoutMs = 30_000): Run {
+    const result = spawnSync("nsenter", ["-t", String(this.pid1), "-a", "sh", "-c", command], {
+      encoding: "utf8",
+      timeout: timeoutMs,
+    });
+    return { code: result.status ?? -1, stdout: result.stdout ?? "", stderr: result.stderr ?? "" };
+  }
+
+  /** Like run, but throws with the output when the command fails. */
+  check(command: string, timeoutMs = 30_000): string {
+    const result = this.run(command, timeoutMs);
+    if (result.code !== 0) throw new Error(`'${command}' failed (${result.code}):\n${result.stdout}${result.stderr}`);
+    return result.stdout;
+  }
+
+  /** Writes a file inside the container (its overlay root, seen from the host). */
+  writeFile(path: string, contents: string): void {
+    const hostPath = join(`/proc/${this.pid1}/root`, path);
+    mkdirSync(dirname(hostPath), { recursive: true });
+    writeFileSync(hostPath, contents);
+  }
+
+  /** One property of a unit, as `systemctl show -p NAME --value` prints it. */
+  unitProperty(unit: string, name: string): string {
+    return this.check(`systemctl show ${unit} -p ${name} --value`).trim();
+  }
+
+  async poweroff(): Promise<void> {
+    const exited = new Promise((resolve) => this.#nspawn.once("exit", resolve));
+    if (this.#nspawn.exitCode === null) {
+      this.run("systemctl poweroff", 5000);
+      const timer = setTimeout(() => this.#nspawn.kill("SIGKILL"), 15_000);
+      await exited;
+      clearTimeout(timer);
+    }
+  }
+}
+
+/**
+ * Boots a container with gpu-persistd installed as the package would install it: the
+ * staged tree bound read-only at /usr/lib/gpu-persistd, the host's node, the unit and
+ * sysusers file in place, the user created.
+ */
+export async function bootWithDaemon(stage: string): Promise<Container> {
+  const node = realpathSync(process.execPath);
+  const container = await Container.boot(bookwormRootfs(), [
+    [join(stage, "usr/lib/gpu-persistd"), "/usr/lib/gpu-persistd"],
+    [node, "/usr/bin/node"],
+  ]);
+  container.check(
+    [
+      "ln -sf ../lib/gpu-persistd/gpu-persistd.mjs /usr/bin/gpu-persistd",
+      "mkdir -p /usr/lib/systemd/system /usr/lib/sysusers.d",
+    ].join(" && "),
+  );
+  for (const [from, to] of [
+    ["usr/lib/systemd/system/gpu-persistd.service", "/usr/lib/systemd/system/gpu-persistd.service"],
+    ["usr/lib/sysusers.d/gpu-persistd.conf", "/usr/lib/sysusers.d/gpu-persistd.conf"],
+    ["usr/share/man/man8/gpu-persistd.8", "/usr/share/man/man8/gpu-persistd.8"],
+  ] as const) {
+    container.writeFile(to, readFileSync(join(stage, from), "utf8"));
+  }
+  container.check("systemd-sysusers && systemctl daemon-reload");
+  return container;
+}

@@ -6,7 +6,8 @@ import { join } from "node:path";
 
 const dest = process.argv[2] ?? "dist/stage";
 const lib = join(dest, "usr/lib/gpu-persistd");
-rmSync(dest, { recursive: true, force: true });
+// Only our own directory is replaced: DEST may be / on a real install.
+rmSync(lib, { recursive: true, force: true });
 mkdirSync(lib, { recursive: true });
 cpSync("dist/gpu-persistd.mjs", join(lib, "gpu-persistd.mjs"));
 cpSync("dist/libnvidia-ml-sim.so", join(lib, "libnvidia-ml-sim.so"));
@@ -30,6 +31,7 @@ for (const entry of ["package.json", "index.js", "linux_x64"]) {
   cpSync(join(native, entry), join(lib, native, entry), { recursive: true });
 }
 mkdirSync(join(dest, "usr/bin"), { recursive: true });
+rmSync(join(dest, "usr/bin/gpu-persistd"), { force: true });
 symlinkSync("../lib/gpu-persistd/gpu-persistd.mjs", join(dest, "usr/bin/gpu-persistd"));
 cpSync("systemd/gpu-persistd.service", join(dest, "usr/lib/systemd/system/gpu-persistd.service"));
 cpSync("systemd/gpu-persistd.sysusers.conf", join(dest, "usr/lib/sysusers.d/gpu-persistd.conf"));

@@ -14,13 +14,15 @@ import { ExitCode } from "./exit-codes.js";
 import { FatalError } from "./fatal-error.js";
 import { holdGpus, identifyGpus, selectGpus } from "./gpu/bring-up.js";
 import { describeError } from "./gpu/describe-error.js";
-import { REAL_DEVICE_DIR, releaseDeviceNode } from "./gpu/device-node.js";
+import { holdDeviceNode, REAL_DEVICE_DIR, releaseDeviceNode } from "./gpu/device-node.js";
 import { type GpuRecord, type GpuStatus, gpuStatus } from "./gpu/gpu-record.js";
 import { parseGpuSelector } from "./gpu/gpu-selector.js";
 import { PersistenceSetter } from "./gpu/persistence-setter.js";
 import { HealthMonitor } from "./health/health-monitor.js";
 import { gpuLog, type Log } from "./log.js";
 import { dropPrivileges, resolveIdentity } from "./privileges.js";
+import { NvPdStatus, type PciAddress, type PersistenceBackend } from "./rpc/persistence-program.js";
+import { RpcServer } from "./rpc/rpc-server.js";
 import type { RuntimeDir } from "./runtime-dir.js";
 import { configureSimulator, createStandInNodes, simulatorLibraryPath } from "./simulation.js";
 import type { SystemdNotifier } from "./systemd/notify.js";
@@ -33,6 +35,9 @@ export interface DaemonStatus {
   simulated: boolean;
   dryRun: boolean;
   uid: number;
+  /** False while a GPU released over RPC must not be pinned by an NVML session. */
+  nvmlSession: boolean;
+  rpcRequests: number;
   devices: GpuStatus[];
 }
 
@@ -69,6 +74,13 @@ export class Daemon {
   #gpus: GpuRecord[] = [];
   #deviceDir = REAL_DEVICE_DIR;
   #control: Server | null = null;
+  #rpc: RpcServer | null = null;
+  /** Whether the NVML session is initialised (it attaches, and so pins, every GPU). */
+  #nvmlOpen = false;
+  /** GPUs an RPC client released: while any is, the NVML session stays closed. */
+  readonly #releasedByRpc = new Set<GpuRecord>();
+  /** RPC state changes run one at a time, as the original's single-threaded server does. */
+  #rpcQueue: Promise<unknown> = Promise.resolve();
   #health: HealthMonitor | null = null;
   #watchdog: Watchdog | null = null;
   #stopping = false;
@@ -92,6 +104,8 @@ export class Daemon {
       simulated: this.#config.simulate !== "",
       dryRun: this.#config.dryRun,
       uid: process.getuid?.() ?? -1,
+      nvmlSession: this.#nvmlOpen,
+      rpcRequests: this.#rpc?.requests ?? 0,
       devices: this.#gpus.map(gpuStatus),
     };
   }
@@ -101,11 +115,13 @@ export class Daemon {
     const selected = this.#gpus.filter((g) => g.selected);
     const held = selected.filter((g) => g.fd !== null).length;
     const wanted = this.#config.persistenceMode;
-    const failures = wanted ? selected.filter((g) => g.fd === null && (g.error !== null || g.lost)) : [];
-    const shown = failures
-      .slice(0, STATUS_FAILURES_SHOWN)
-      .map((g) => `${g.pciBusId || `GPU ${g.index}`}: ${g.lost ? "lost" : (g.error ?? "").split(":")[0]}`);
-    if (failures.length > STATUS_FAILURES_SHOWN) shown.push(`${failures.length - STATUS_FAILURES_SHOWN} more failed`);
+    const failures = selected.filter(
+      (g) => g.fd === null && (this.#releasedByRpc.has(g) || (wanted && (g.error !== null || g.lost))),
+    );
+    const why = (g: GpuRecord) =>
+      g.lost ? "lost" : this.#releasedByRpc.has(g) ? "released" : (g.error ?? "").split(":")[0];
+    const shown = failures.slice(0, STATUS_FAILURES_SHOWN).map((g) => `${g.pciBusId || `GPU ${g.index}`}: ${why(g)}`);
+    if (failures.length > STATUS_FAILURES_SHOWN) shown.push(`${failures.length - STATUS_FAILURES_SHOWN} more`);
     const head = `${held}/${selected.length} GPUs persistent${wanted ? "" : " (started with --no-persistence-mode)"}`;
     return [head, ...shown].join("; ");
   }
@@ -187,6 +203,10 @@ export class Daemon {
       (r) => this.#handleControl(r),
       this.#log,
     );
+    // From here on NVML's setter would reach this daemon through the socket: close it first.
+    this.#setter.closeForRpc();
+    this.#rpc = await RpcServer.listen(this.#deps.runtime.rpcSocket, this.#rpcBackend(), this.#log);
+    this.#log.info(`serving the persistence RPC protocol on ${this.#deps.runtime.rpcSocket}`);
     if (identity) {
       // Outside systemd the dropped user must still be able to remove its runtime files.
       dropPrivileges(identity, this.#deps.runtime.managedBySystemd ? [] : [this.#deps.runtime.dir]);
@@ -207,6 +227,7 @@ export class Daemon {
     const nvml = this.#loadNvml();
     await this.#initNvml(nvml);
     this.#nvml = nvml;
+    this.#nvmlOpen = true;
     this.#log.info({ driver: await nvml.driverVersion().catch(describeError) }, "NVML initialised");
     const count = await nvml.deviceCount().catch((err: unknown) => {
       throw new FatalError(ExitCode.UNAVAILABLE, `cannot count GPUs: ${describeError(err)}`);
@@ -263,6 +284,7 @@ export class Daemon {
       nvml,
       {
         heldGpus: () => this.#gpus.filter((g) => g.fd !== null),
+        nvmlOpen: () => this.#nvmlOpen,
         onLost: (gpu, reason) => this.#markLost(gpu, reason),
       },
       Math.max(10, Math.round(intervalMs)),
@@ -292,6 +314,95 @@ export class Daemon {
     if (gpu.fd === null) return;
     releaseDeviceNode(gpu.fd);
     gpu.fd = null;
+  }
+
+  #gpuAt(address: PciAddress): GpuRecord | undefined {
+    return this.#gpus.find((g) => {
+      const m = /^([0-9A-F]+):([0-9A-F]+):([0-9A-F]+)\./i.exec(g.pciBusId);
+      return (
+        m !== null &&
+        Number.parseInt(m[1] as string, 16) === address.domain &&
+        Number.parseInt(m[2] as string, 16) === address.bus &&
+        Number.parseInt(m[3] as string, 16) === address.slot
+      );
+    });
+  }
+
+  #rpcBackend(): PersistenceBackend {
+    return {
+      mode: (address) => {
+        const gpu = this.#gpuAt(address);
+        return gpu ? gpu.fd !== null : null;
+      },
+      setMode: (address, enabled) => {
+        const run = this.#rpcQueue.then(() => this.#setModeOverRpc(address, enabled));
+        this.#rpcQueue = run.catch(() => {});
+        return run;
+      },
+      // No simulated or supported GPU has coherent (NUMA) memory: nothing to online or offline.
+      setNuma: (address) => (this.#gpuAt(address) ? NvPdStatus.SUCCESS : null),
+    };
+  }
+
+  async #setModeOverRpc(address: PciAddress, enabled: boolean): Promise<NvPdStatus> {
+    const gpu = this.#gpuAt(address);
+    if (!gpu) return NvPdStatus.DEVICE_NOT_FOUND;
+    const log = gpuLog(this.#log, { gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pciBusId });
+    if (!enabled) {
+      if (gpu.fd === null) return NvPdStatus.SUCCESS;
+      this.#release(gpu);
+      gpu.persistence = "disabled";
+      this.#releasedByRpc.add(gpu);
+      log.info("released the GPU at an RPC client's request: this daemon has no fd left on its node");
+      await this.#closeNvmlSession();
+      this.#deps.notifier.status(this.statusLine());
+      return NvPdStatus.SUCCESS;
+    }
+    if (gpu.fd !== null) return NvPdStatus.SUCCESS;
+    if (gpu.lost) return NvPdStatus.DRIVER;
+    try {
+      // Never NVML's setter here: with our socket up it would call this very daemon.
+      gpu.fd = await holdDeviceNode(this.#deviceDir, gpu.minor);
+    } catch (err) {
+      gpu.error = describeError(err);
+      log.error(`cannot hold the GPU at an RPC client's request: ${gpu.error}`);
+      return NvPdStatus.IO;
+    }
+    gpu.error = null;
+    gpu.persistence = "enabled";
+    this.#releasedByRpc.delete(gpu);
+    log.info("holding the GPU at an RPC client's request");
+    if (this.#releasedByRpc.size === 0) await this.#reopenNvmlSession();
+    this.#deps.notifier.status(this.statusLine());
+    return NvPdStatus.SUCCESS;
+  }
+
+  /** Ends the NVML session, which pins every GPU, so a released GPU is free for a reset. */
+  async #closeNvmlSession(): Promise<void> {
+    const nvml = this.#nvml;
+    if (!nvml || !this.#nvmlOpen) return;
+    this.#nvmlOpen = false;
+    try {
+      await nvml.shutdown();
+      this.#log.info("NVML session closed while a GPU is released; health checks pause until it is held again");
+    } catch (err) {
+      this.#log.warn(`nvmlShutdown failed: ${describeError(err)}`);
+    }
+  }
+
+  async #reopenNvmlSession(): Promise<void> {
+    const nvml = this.#nvml;
+    if (!nvml || this.#nvmlOpen) return;
+    try {
+      await nvml.init();
+      for (const gpu of this.#gpus) {
+        if (gpu.pciBusId) gpu.handle = await nvml.handleByPciBusId(gpu.pciBusId);
+      }
+      this.#nvmlOpen = true;
+      this.#log.info("every released GPU is held again: NVML session reopened, health checks resume");
+    } catch (err) {
+      this.#log.error(`cannot reopen the NVML session: ${describeError(err)}; health checks stay paused`);
+    }
   }
 
   #handleControl(request: ControlRequest): unknown {
@@ -363,9 +474,10 @@ export class Daemon {
     this.#watchdog?.stop();
     this.#health?.stop();
     this.#control?.close();
+    this.#rpc?.close();
     for (const gpu of this.#gpus) this.#release(gpu);
     for (const left of this.#deps.runtime.remove()) this.#log.warn(`could not remove ${left}`);
-    const nvml = this.#nvml;
+    const nvml = this.#nvmlOpen ? this.#nvml : null;
     if (nvml) {
       const limitMs = this.#config.stopTimeoutMs;
       const limit = new Promise<string>((resolve) =>

@@ -4,6 +4,7 @@
 import { fstatSync } from "node:fs";
 import { parseCommandLine } from "./cli/command-line.js";
 import { helpText, versionText } from "./cli/help.js";
+import { setPersistenceCommand } from "./commands/set-persistence.js";
 import { statusCommand } from "./commands/status.js";
 import { type ConfigSource, loadConfig } from "./config/load-config.js";
 import type { Config } from "./config/schema.js";
@@ -81,6 +82,13 @@ async function main(argv: readonly string[]): Promise<void> {
       return runDaemon(config, source);
     case "status":
       return statusCommand(config.runtimeDir, commandLine.json);
+    case "release":
+    case "hold":
+      return setPersistenceCommand(
+        config.runtimeDir,
+        commandLine.operands[0] as string,
+        commandLine.command === "hold",
+      );
   }
 }
 

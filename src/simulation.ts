@@ -1,6 +1,6 @@
 // --simulate: the daemon loads the simulated libnvidia-ml built beside it and tells it the
 // GPU count or profile through the environment it reads at nvmlInit.
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { deviceNodePath } from "./gpu/device-node.js";
 
@@ -24,9 +24,12 @@ export function configureSimulator(simulate: string, env: NodeJS.ProcessEnv = pr
 
 /** Stand-in device nodes: plain files the daemon opens and holds as it would /dev/nvidiaN. */
 export function createStandInNodes(dir: string, minors: number[]): void {
-  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  mkdirSync(dir, { recursive: true });
+  chmodSync(dir, 0o755);
   for (const minor of minors) {
     const path = deviceNodePath(dir, minor);
     if (!existsSync(path)) writeFileSync(path, "");
+    // As the driver's nodes: any user may open them, also the daemon after --user.
+    chmodSync(path, 0o666);
   }
 }

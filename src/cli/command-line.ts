@@ -7,7 +7,7 @@ import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { OPTIONS } from "./options.js";
 
-export const COMMANDS = ["run", "status"] as const;
+export const COMMANDS = ["run", "status", "release", "hold"] as const;
 export type Command = (typeof COMMANDS)[number];
 
 export interface CommandLine {
@@ -21,7 +21,7 @@ export interface CommandLine {
   overrides: Partial<Config>;
 }
 
-const OPERAND_COUNT: Record<Command, number> = { run: 0, status: 0 };
+const OPERAND_COUNT: Record<Command, number> = { run: 0, status: 0, release: 1, hold: 1 };
 const OPTIONAL_VALUE_FORM = /^(\d+|on|[a-z][a-z0-9-]*-[a-z0-9-]+)$/;
 
 function usageError(message: string): FatalError {

@@ -27,6 +27,8 @@ export function helpText(): string {
     versionText(),
     "Usage: gpu-persistd [options]            run the daemon (in the foreground)",
     "       gpu-persistd status [--json]      show what the running daemon holds",
+    "       gpu-persistd release GPU          let go of one GPU completely (index, UUID or PCI bus id)",
+    "       gpu-persistd hold GPU             hold it again",
     "",
     "Options:",
   ];

@@ -23,6 +23,8 @@ export function manPage(): string {
     "\\fBgpu\\-persistd\\fR [\\fIoptions\\fR]",
     ".br",
     "\\fBgpu\\-persistd status\\fR [\\fB\\-\\-json\\fR]",
+    ".br",
+    "\\fBgpu\\-persistd release\\fR|\\fBhold\\fR \\fIGPU\\fR",
     ".SH DESCRIPTION",
     "gpu\\-persistd holds an open file descriptor on every selected GPU's device node, so the NVIDIA",
     "driver keeps the GPU initialised when its last client exits, and enables persistence through",

@@ -11,6 +11,8 @@ import type { Log } from "../log.js";
 export interface HealthHooks {
   /** The GPUs to check: those held now. */
   heldGpus(): GpuRecord[];
+  /** Whether the NVML session is open; while closed, there is nothing to ask NVML. */
+  nvmlOpen(): boolean;
   /** NVML said the GPU is lost (Xid 79 and kin): a hardware fault, not a hung daemon. */
   onLost(gpu: GpuRecord, reason: string): void;
 }
@@ -66,6 +68,11 @@ export class HealthMonitor {
   /** One round; never overlaps the previous one, so a hung NVML cannot pile up calls. */
   async round(): Promise<boolean> {
     if (this.#running) return false;
+    if (!this.#hooks.nvmlOpen()) {
+      // The session was closed on purpose (a GPU released over RPC): the daemon is alive.
+      this.#lastHealthyAt = performance.now();
+      return true;
+    }
     this.#running = true;
     try {
       const results = await Promise.all([

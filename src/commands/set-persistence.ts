@@ -1,0 +1,58 @@
+// `gpu-persistd release GPU` and `gpu-persistd hold GPU`: the persistence protocol's Set,
+// as `nvidia-smi -pm` would send it, to the running daemon.
+import { requestControl } from "../control/control-client.js";
+import type { DaemonStatus } from "../daemon.js";
+import { ExitCode } from "../exit-codes.js";
+import { FatalError } from "../fatal-error.js";
+import { parseGpuSelector, selectorMatches } from "../gpu/gpu-selector.js";
+import { NvPdStatus, PERSISTENCE_PROGRAM, PROC_SET_PERSISTENCE } from "../rpc/persistence-program.js";
+import { callOnce } from "../rpc/rpc-client.js";
+import { XdrWriter } from "../rpc/xdr.js";
+import { RPC_SOCKET_NAME } from "../runtime-dir.js";
+
+const STATUS_NAMES = Object.fromEntries(Object.entries(NvPdStatus).map(([k, v]) => [v, k]));
+
+export async function setPersistenceCommand(runtimeDir: string, target: string, hold: boolean): Promise<void> {
+  const selector = parseGpuSelector(target);
+  if (!selector) {
+    throw new FatalError(
+      ExitCode.USAGE,
+      `'${target}' is not a GPU index, UUID (GPU-...) or PCI bus id (00000000:18:00.0)`,
+    );
+  }
+  const status = (await requestControl(runtimeDir, { command: "status" })) as DaemonStatus;
+  const gpu = status.devices.find((d) => selectorMatches(selector, d));
+  if (!gpu) {
+    throw new FatalError(
+      ExitCode.FAILURE,
+      `no GPU matches '${target}' (the daemon knows ${status.devices.length} GPUs; see gpu-persistd status)`,
+    );
+  }
+  const [domain, bus, slot] = gpu.pciBusId.split(/[:.]/).map((part) => Number.parseInt(part, 16));
+  const args = new XdrWriter()
+    .i32(domain ?? 0)
+    .i32(bus ?? 0)
+    .i32(slot ?? 0)
+    .i32(0)
+    .i32(hold ? 1 : 0)
+    .bytes();
+  const reply = await callOnce(`${runtimeDir}/${RPC_SOCKET_NAME}`, PERSISTENCE_PROGRAM, 2, PROC_SET_PERSISTENCE, args);
+  const result = reply.i32("status");
+  const name = `GPU ${gpu.index} ${gpu.pciBusId}`;
+  if (result === NvPdStatus.PERMISSIONS) {
+    throw new FatalError(
+      ExitCode.NO_PERMISSION,
+      `${name}: refused: only root may hold or release GPUs (run with sudo)`,
+    );
+  }
+  if (result !== NvPdStatus.SUCCESS) {
+    throw new FatalError(
+      ExitCode.FAILURE,
+      `${name}: the daemon answered ${STATUS_NAMES[result] ?? result}; see journalctl -u gpu-persistd`,
+    );
+  }
+  const verb = hold ? "held" : "released";
+  process.stdout.write(
+    gpu.held === hold ? `${name}: already ${verb}\n` : `${name}: ${verb} (was ${gpu.held ? "held" : "released"})\n`,
+  );
+}

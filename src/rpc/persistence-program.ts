@@ -1,0 +1,137 @@
+// Program 35006, versions 1 and 2: what NVML (nvidia-smi, pynvml, DCGM) asks the persistence
+// daemon. Types and procedures as in ../shared/reference/rpc-protocol.md.
+import type { PeerCredentials } from "../../native-bindings/peer-credentials.js";
+import { AcceptStat, acceptedReply, progMismatchReply, type RpcCall } from "./rpc-message.js";
+import { XdrError, type XdrReader, XdrWriter } from "./xdr.js";
+
+export const PERSISTENCE_PROGRAM = 35006;
+export const LOWEST_VERSION = 1;
+export const HIGHEST_VERSION = 2;
+
+export const NvPdStatus = {
+  SUCCESS: 0,
+  DAEMON_NOT_PRESENT: 1,
+  DEVICE_NOT_FOUND: 2,
+  DRIVER: 3,
+  INSUFFICIENT_RESOURCES: 4,
+  INVALID_ARGUMENT: 5,
+  IO: 6,
+  PERMISSIONS: 7,
+  RPC: 8,
+  USER_NOT_FOUND: 9,
+  NUMA_FAILURE: 10,
+  UNKNOWN: 11,
+} as const;
+export type NvPdStatus = (typeof NvPdStatus)[keyof typeof NvPdStatus];
+
+export const PROC_NULL = 0;
+export const PROC_SET_PERSISTENCE = 1;
+/** Version 1: get persistence mode; version 2: set NUMA status. */
+export const PROC_2 = 2;
+
+/** A GPU as the protocol names it; the PCI function is ignored, as the original does. */
+export interface PciAddress {
+  domain: number;
+  bus: number;
+  slot: number;
+}
+
+export interface PersistenceBackend {
+  /** true: held (persistence on), false: released, null: no such GPU. */
+  mode(address: PciAddress): boolean | null;
+  /** Holds or releases the GPU; resolves the status to answer. */
+  setMode(address: PciAddress, enabled: boolean): Promise<NvPdStatus>;
+  /** NUMA online/offline for GPUs with coherent memory; null: no such GPU. */
+  setNuma(address: PciAddress, online: boolean): NvPdStatus | null;
+}
+
+export interface Handled {
+  reply: Buffer;
+  /** Set when the request was refused or malformed: what to log about the peer. */
+  rejected?: string;
+  /** Set when the request changed a GPU's state. */
+  changed?: string;
+}
+
+function readAddress(args: XdrReader): PciAddress {
+  const domain = args.i32("domain");
+  const bus = args.i32("bus");
+  const slot = args.i32("slot");
+  args.i32("function");
+  return { domain, bus, slot };
+}
+
+const status = (xid: number, value: number): Buffer =>
+  acceptedReply(xid, AcceptStat.SUCCESS, new XdrWriter().i32(value).bytes());
+
+function describe(address: PciAddress): string {
+  const hex = (n: number, width: number) => n.toString(16).toUpperCase().padStart(width, "0");
+  return `${hex(address.domain, 8)}:${hex(address.bus, 2)}:${hex(address.slot, 2)}.0`;
+}
+
+/** Answers one call for program 35006 (or says why not), deciding root-only from `peer`. */
+export async function handlePersistenceCall(
+  call: RpcCall,
+  peer: PeerCredentials,
+  backend: PersistenceBackend,
+): Promise<Handled> {
+  const { xid } = call;
+  if (call.prog !== PERSISTENCE_PROGRAM) {
+    return { reply: acceptedReply(xid, AcceptStat.PROG_UNAVAIL), rejected: `unknown program ${call.prog}` };
+  }
+  if (call.vers < LOWEST_VERSION || call.vers > HIGHEST_VERSION) {
+    return {
+      reply: progMismatchReply(xid, LOWEST_VERSION, HIGHEST_VERSION),
+      rejected: `unsupported version ${call.vers}`,
+    };
+  }
+  if (call.proc === PROC_NULL) return { reply: acceptedReply(xid, AcceptStat.SUCCESS) };
+  const isSet = call.proc === PROC_SET_PERSISTENCE;
+  const isGet = call.proc === PROC_2 && call.vers === 1;
+  const isNuma = call.proc === PROC_2 && call.vers === 2;
+  if (!isSet && !isGet && !isNuma) {
+    return {
+      reply: acceptedReply(xid, AcceptStat.PROC_UNAVAIL),
+      rejected: `unknown procedure ${call.proc} of version ${call.vers}`,
+    };
+  }
+  let address: PciAddress;
+  let value = 0;
+  try {
+    address = readAddress(call.args);
+    if (!isGet) value = call.args.i32(isSet ? "mode" : "NUMA status");
+  } catch (err) {
+    if (!(err instanceof XdrError)) throw err;
+    return { reply: acceptedReply(xid, AcceptStat.GARBAGE_ARGS), rejected: `undecodable arguments: ${err.message}` };
+  }
+  if (isGet) {
+    const mode = backend.mode(address);
+    const body =
+      mode === null ? new XdrWriter().i32(NvPdStatus.DEVICE_NOT_FOUND) : new XdrWriter().i32(0).i32(mode ? 1 : 0);
+    return { reply: acceptedReply(xid, AcceptStat.SUCCESS, body.bytes()) };
+  }
+  const what = isSet
+    ? `set persistence ${value === 1 ? "on" : "off"}`
+    : `set NUMA ${value === 1 ? "online" : "offline"}`;
+  if (peer.uid !== 0) {
+    return {
+      reply: status(xid, NvPdStatus.PERMISSIONS),
+      rejected: `${what} for ${describe(address)} refused: only root may change it`,
+    };
+  }
+  if (value !== 0 && value !== 1) {
+    return { reply: status(xid, NvPdStatus.INVALID_ARGUMENT), rejected: `${what}: invalid value ${value}` };
+  }
+  if (isNuma) {
+    const result = backend.setNuma(address, value === 1);
+    return { reply: status(xid, result ?? NvPdStatus.DEVICE_NOT_FOUND) };
+  }
+  const before = backend.mode(address);
+  if (before === null) return { reply: status(xid, NvPdStatus.DEVICE_NOT_FOUND) };
+  const result = await backend.setMode(address, value === 1);
+  const after = backend.mode(address);
+  return {
+    reply: status(xid, result),
+    ...(before !== after ? { changed: `${describe(address)} ${after ? "held" : "released"} (pid ${peer.pid})` } : {}),
+  };
+}

@@ -205,6 +205,7 @@ export class Daemon {
     );
     // From here on NVML's setter would reach this daemon through the socket: close it first.
     this.#setter.closeForRpc();
+    this.#log.debug("NVML's persistence setter closed: the RPC socket opens now");
     this.#rpc = await RpcServer.listen(this.#deps.runtime.rpcSocket, this.#rpcBackend(), this.#log);
     this.#log.info(`serving the persistence RPC protocol on ${this.#deps.runtime.rpcSocket}`);
     if (identity) {

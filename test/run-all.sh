@@ -4,21 +4,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# command -> Debian package that provides it
+# What the suites use -> the Debian package that provides it.
 declare -A NEEDED=(
-  [cc]=gcc
-  [python3]=python3
-  [systemd-analyze]=systemd
-  [systemd-nspawn]=systemd-container
-  [mmdebstrap]=mmdebstrap
-  [nsenter]=util-linux
-  [pgrep]=procps
+  [cmd:cc]=gcc
+  [cmd:python3]=python3
+  [cmd:systemd-analyze]=systemd
+  [cmd:systemd-nspawn]=systemd-container
+  [cmd:mmdebstrap]=mmdebstrap
+  [cmd:nsenter]=util-linux
+  [cmd:setpriv]=util-linux
+  [cmd:pgrep]=procps
+  [file:/usr/include/tirpc/rpc/rpc.h]=libtirpc-dev
 )
 
 missing=()
-for cmd in "${!NEEDED[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEEDED[$cmd]}")
+for need in "${!NEEDED[@]}"; do
+  case $need in
+    cmd:*) command -v "${need#cmd:}" >/dev/null 2>&1 ;;
+    file:*) [[ -e ${need#file:} ]] ;;
+  esac || missing+=("${NEEDED[$need]}")
 done
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | grep .)
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "test: installing ${missing[*]}"

@@ -138,7 +138,13 @@ export interface StatusDevice {
   error: string | null;
 }
 
-export function statusJson(runtimeDir: string): { pid: number; uid: number; devices: StatusDevice[] } {
+export function statusJson(runtimeDir: string): {
+  pid: number;
+  uid: number;
+  nvmlSession: boolean;
+  rpcRequests: number;
+  devices: StatusDevice[];
+} {
   const result = runBundle(["status", "--json", `--runtime-dir=${runtimeDir}`]);
   if (result.code !== 0) throw new Error(`status failed (${result.code}): ${result.output}`);
   return JSON.parse(result.stdout);

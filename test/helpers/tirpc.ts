@@ -46,6 +46,7 @@ export function tirpc(socket: string, args: (string | number)[], asNobody = fals
   const command = [tirpcClient(), socket, ...args.map(String)];
   const argv = asNobody ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ...command] : command;
   const result = spawnSync(argv[0] as string, argv.slice(1), { encoding: "utf8", timeout: 20_000 });
-  if (result.status !== 0) throw new Error(`tirpc-client ${args.join(" ")} failed (${result.status}): ${result.stdout}${result.stderr}`);
+  if (result.status !== 0)
+    throw new Error(`tirpc-client ${args.join(" ")} failed (${result.status}): ${result.stdout}${result.stderr}`);
   return JSON.parse(result.stdout.trim().split("\n").at(-1) as string) as TirpcResult;
 }

@@ -18,7 +18,10 @@ function emptyConfig(): string {
   return path;
 }
 
-const heldNodes = () => openFiles(daemon.pid).filter((p) => p.includes("/sim-dev/nvidia")).sort();
+const heldNodes = () =>
+  openFiles(daemon.pid)
+    .filter((p) => p.includes("/sim-dev/nvidia"))
+    .sort();
 const node = (minor: number) => join(scratch.runtimeDir, "sim-dev", `nvidia${minor}`);
 
 beforeAll(async () => {
@@ -141,10 +144,21 @@ describe("gpu-persistd release / hold", () => {
   it("exits 77 with the fix when not run as root, changing nothing", () => {
     const result = spawnSync(
       "setpriv",
-      ["--reuid=65534", "--regid=65534", "--clear-groups", process.execPath, BUNDLE, "release", "2", `--runtime-dir=${scratch.runtimeDir}`],
+      [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        process.execPath,
+        BUNDLE,
+        "release",
+        "2",
+        `--runtime-dir=${scratch.runtimeDir}`,
+      ],
       { encoding: "utf8", env: { PATH: process.env.PATH, GPU_PERSISTD_CONFIG: emptyConfig() } },
     );
-    expect(result.stderr).toContain("GPU 2 00000000:08:00.0: refused: only root may hold or release GPUs (run with sudo)");
+    expect(result.stderr).toContain(
+      "GPU 2 00000000:08:00.0: refused: only root may hold or release GPUs (run with sudo)",
+    );
     expect(result.status).toBe(77);
     expect(heldNodes()).toEqual([0, 1, 2, 3].map(node));
   });

@@ -158,7 +158,12 @@ describe("stop", () => {
       GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
     });
     await daemon.waitReady();
-    expect(readdirSync(scratch.runtimeDir).sort()).toEqual(["gpu-persistd.sock", "nvidia-persistenced.pid", "sim-dev", "socket"]);
+    expect(readdirSync(scratch.runtimeDir).sort()).toEqual([
+      "gpu-persistd.sock",
+      "nvidia-persistenced.pid",
+      "sim-dev",
+      "socket",
+    ]);
     await daemon.stop();
     expect(readdirSync(scratch.runtimeDir)).toEqual([]);
   });

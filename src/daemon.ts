@@ -14,11 +14,13 @@ import { ExitCode } from "./exit-codes.js";
 import { FatalError } from "./fatal-error.js";
 import { holdGpus, identifyGpus, selectGpus } from "./gpu/bring-up.js";
 import { describeError } from "./gpu/describe-error.js";
-import { holdDeviceNode, REAL_DEVICE_DIR, releaseDeviceNode } from "./gpu/device-node.js";
+import { deviceNodePath, holdDeviceNode, REAL_DEVICE_DIR, releaseDeviceNode } from "./gpu/device-node.js";
+import { initWhenDriverLoads } from "./gpu/driver-wait.js";
 import { type GpuRecord, type GpuStatus, gpuStatus } from "./gpu/gpu-record.js";
 import { parseGpuSelector } from "./gpu/gpu-selector.js";
 import { PersistenceSetter } from "./gpu/persistence-setter.js";
 import { HealthMonitor } from "./health/health-monitor.js";
+import { XidWaiter } from "./health/xid-events.js";
 import { gpuLog, type Log } from "./log.js";
 import { dropPrivileges, resolveIdentity } from "./privileges.js";
 import { NvPdStatus, type PciAddress, type PersistenceBackend } from "./rpc/persistence-program.js";
@@ -82,6 +84,7 @@ export class Daemon {
   /** RPC state changes run one at a time, as the original's single-threaded server does. */
   #rpcQueue: Promise<unknown> = Promise.resolve();
   #health: HealthMonitor | null = null;
+  #xid: XidWaiter | null = null;
   #watchdog: Watchdog | null = null;
   #stopping = false;
   #reloading: Promise<void> | null = null;
@@ -144,8 +147,9 @@ export class Daemon {
 
   async #initNvml(nvml: Nvml): Promise<void> {
     try {
-      await nvml.init();
+      await initWhenDriverLoads(nvml, this.#config.driverWaitMs, this.#log, this.#deps.notifier);
     } catch (err) {
+      if (err instanceof FatalError) throw err;
       const hint =
         err instanceof NvmlError && err.code === NVML_ERROR_DRIVER_NOT_LOADED
           ? " Load the NVIDIA kernel module (modprobe nvidia) and check that /dev/nvidiactl exists."
@@ -214,6 +218,7 @@ export class Daemon {
       this.#log.info(`now running as ${identity.description}`);
     }
     this.#startHealth();
+    await this.#startXidWaiter();
     const selected = this.#gpus.filter((g) => g.selected).length;
     const held = this.#gpus.filter((g) => g.fd !== null).length;
     this.#log.info(
@@ -286,6 +291,8 @@ export class Daemon {
       {
         heldGpus: () => this.#gpus.filter((g) => g.fd !== null),
         nvmlOpen: () => this.#nvmlOpen,
+        onDrift: (gpu, reason) => void this.#reHold(gpu, reason),
+        onPersistenceOff: (gpu) => this.#persistenceOff(gpu),
         onLost: (gpu, reason) => this.#markLost(gpu, reason),
       },
       Math.max(10, Math.round(intervalMs)),
@@ -298,6 +305,75 @@ export class Daemon {
       this.#watchdog.start();
       this.#log.info(`watchdog: pinging every ${Math.round(usec / 2000)} ms while NVML health checks pass`);
     }
+  }
+
+  /** Drift: the fd no longer holds the node. Open it again (never through NVML's setter). */
+  async #reHold(gpu: GpuRecord, reason: string): Promise<void> {
+    const log = gpuLog(this.#log, { gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pciBusId });
+    log.warn(`the GPU is not held as it should be: ${reason}; holding it again`);
+    const old = gpu.fd;
+    try {
+      gpu.fd = await holdDeviceNode(this.#deviceDir, gpu.minor);
+      gpu.nodePath = deviceNodePath(this.#deviceDir, gpu.minor);
+      gpu.error = null;
+      log.info("holding the GPU again");
+    } catch (err) {
+      gpu.fd = null;
+      gpu.error = describeError(err);
+      log.error(`cannot hold the GPU again: ${gpu.error}`);
+      this.#deps.notifier.status(this.statusLine());
+    }
+    if (old !== null) {
+      try {
+        releaseDeviceNode(old);
+      } catch {
+        // Already closed under us: that was the drift.
+      }
+    }
+  }
+
+  /** GPUs already warned about: once each, not every health round. */
+  readonly #persistenceOffWarned = new Set<GpuRecord>();
+
+  #persistenceOff(gpu: GpuRecord): void {
+    if (this.#config.dryRun || this.#persistenceOffWarned.has(gpu)) return;
+    this.#persistenceOffWarned.add(gpu);
+    gpuLog(this.#log, { gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pciBusId }).warn(
+      "persistence mode reads disabled although the daemon holds this GPU (the legacy flag was cleared: nvidia-smi -pm 0?). " +
+        "The daemon's open fd keeps the GPU initialised; NVML's setter is not called while the RPC socket listens.",
+    );
+  }
+
+  async #startXidWaiter(): Promise<void> {
+    const nvml = this.#nvml;
+    if (!nvml || !this.#nvmlOpen) return;
+    this.#xid = new XidWaiter(
+      nvml,
+      {
+        gpuByHandle: (handle) => this.#gpus.find((g) => g.handle === handle),
+        onLost: (gpu, reason) => this.#markLost(gpu, reason),
+        onXid: (gpu, xid) => {
+          gpu.xids[xid] = (gpu.xids[xid] ?? 0) + 1;
+        },
+      },
+      this.#log,
+    );
+    try {
+      const watched = await this.#xid.start(this.#gpus.filter((g) => g.handle !== null));
+      this.#log.info(`watching Xid events on ${watched} GPUs`);
+    } catch (err) {
+      this.#xid = null;
+      this.#log.warn(`cannot watch Xid events: ${describeError(err)}`);
+    }
+  }
+
+  /** Stops the Xid waiter, waiting at most stopTimeoutMs for its NVML call to return. */
+  async #stopXidWaiter(): Promise<void> {
+    const xid = this.#xid;
+    this.#xid = null;
+    if (!xid) return;
+    const limitMs = this.#config.stopTimeoutMs;
+    await Promise.race([xid.stop(), new Promise((r) => setTimeout(r, limitMs).unref())]);
   }
 
   #markLost(gpu: GpuRecord, reason: string): void {
@@ -315,6 +391,7 @@ export class Daemon {
     if (gpu.fd === null) return;
     releaseDeviceNode(gpu.fd);
     gpu.fd = null;
+    gpu.nodePath = null;
   }
 
   #gpuAt(address: PciAddress): GpuRecord | undefined {
@@ -364,6 +441,7 @@ export class Daemon {
     try {
       // Never NVML's setter here: with our socket up it would call this very daemon.
       gpu.fd = await holdDeviceNode(this.#deviceDir, gpu.minor);
+      gpu.nodePath = deviceNodePath(this.#deviceDir, gpu.minor);
     } catch (err) {
       gpu.error = describeError(err);
       log.error(`cannot hold the GPU at an RPC client's request: ${gpu.error}`);
@@ -382,6 +460,7 @@ export class Daemon {
   async #closeNvmlSession(): Promise<void> {
     const nvml = this.#nvml;
     if (!nvml || !this.#nvmlOpen) return;
+    await this.#stopXidWaiter();
     this.#nvmlOpen = false;
     try {
       await nvml.shutdown();
@@ -401,6 +480,7 @@ export class Daemon {
       }
       this.#nvmlOpen = true;
       this.#log.info("every released GPU is held again: NVML session reopened, health checks resume");
+      await this.#startXidWaiter();
     } catch (err) {
       this.#log.error(`cannot reopen the NVML session: ${describeError(err)}; health checks stay paused`);
     }
@@ -474,6 +554,8 @@ export class Daemon {
     this.#log.info(`stopping: ${reason}`);
     this.#watchdog?.stop();
     this.#health?.stop();
+    // Not awaited: its NVML wait returns within half a second, or is hung; _exit ends both.
+    void this.#xid?.stop();
     this.#control?.close();
     this.#rpc?.close();
     for (const gpu of this.#gpus) this.#release(gpu);

@@ -31,6 +31,12 @@ convict.addFormats({
     },
     coerce: (value: string) => (/^\d+$/.test(value) ? Number(value) : value),
   },
+  "non-negative-int": {
+    validate(value: unknown) {
+      if (!Number.isInteger(value) || (value as number) < 0) throw new Error("must be an integer of 0 or more");
+    },
+    coerce: (value: string) => (/^\d+$/.test(value) ? Number(value) : value),
+  },
   "gpu-list": {
     validate(value: unknown) {
       if (!Array.isArray(value)) throw new Error("must be a list of GPU indexes, UUIDs or PCI bus ids");
@@ -139,6 +145,12 @@ export const configSchema = {
     default: 10000,
     env: "GPU_PERSISTD_NVML_TIMEOUT_MS",
   },
+  driverWaitMs: {
+    doc: "How long to wait at start for the NVIDIA driver to load, in milliseconds (0: do not wait).",
+    format: "non-negative-int",
+    default: 60000,
+    env: "GPU_PERSISTD_DRIVER_WAIT_MS",
+  },
   healthIntervalMs: {
     doc: "Interval of the NVML health check, in milliseconds (shortened to a third of systemd's watchdog interval).",
     format: "positive-int",
@@ -169,6 +181,7 @@ export interface Config {
   dryRun: boolean;
   simulate: string;
   nvmlTimeoutMs: number;
+  driverWaitMs: number;
   healthIntervalMs: number;
   stopTimeoutMs: number;
 }

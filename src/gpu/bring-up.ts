@@ -6,7 +6,7 @@ import { PERSISTENCE_ENABLED } from "../../native-bindings/nvml.js";
 import { forEachLimited } from "../concurrency.js";
 import { gpuLog, type Log } from "../log.js";
 import { describeError } from "./describe-error.js";
-import { holdDeviceNode } from "./device-node.js";
+import { deviceNodePath, holdDeviceNode } from "./device-node.js";
 import type { GpuRecord } from "./gpu-record.js";
 import { type GpuSelector, selectorMatches } from "./gpu-selector.js";
 import type { PersistenceSetter } from "./persistence-setter.js";
@@ -34,7 +34,9 @@ function emptyRecord(index: number): GpuRecord {
     persistence: "unknown",
     selected: false,
     lost: false,
+    xids: {},
     fd: null,
+    nodePath: null,
     error: null,
   };
 }
@@ -110,6 +112,7 @@ export async function holdGpu(gpu: GpuRecord, ctx: BringUpContext): Promise<void
       }
     }
     gpu.fd = await holdDeviceNode(ctx.deviceDir, gpu.minor);
+    gpu.nodePath = deviceNodePath(ctx.deviceDir, gpu.minor);
     gpu.error = null;
     log.info({ minor: gpu.minor }, "holding the GPU");
   } catch (err) {

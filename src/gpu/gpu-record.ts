@@ -13,8 +13,12 @@ export interface GpuRecord {
   selected: boolean;
   /** NVML said the GPU is lost (Xid 79): released, and left alone until the daemon restarts. */
   lost: boolean;
+  /** Xid events seen since start, by Xid number. */
+  xids: Record<number, number>;
   /** The fd held open on the GPU's device node, or null when released. */
   fd: number | null;
+  /** The node `fd` was opened from. */
+  nodePath: string | null;
   /** Why the GPU is not held as wanted: includes NVML's error name where NVML said so. */
   error: string | null;
 }
@@ -29,6 +33,7 @@ export interface GpuStatus {
   selected: boolean;
   held: boolean;
   lost: boolean;
+  xids: Record<number, number>;
   error: string | null;
 }
 
@@ -43,6 +48,7 @@ export function gpuStatus(gpu: GpuRecord): GpuStatus {
     selected: gpu.selected,
     held: gpu.fd !== null,
     lost: gpu.lost,
+    xids: gpu.xids,
     error: gpu.error,
   };
 }

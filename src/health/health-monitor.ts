@@ -1,12 +1,37 @@
 // The health loop: a cheap NVML call per held GPU (and one for NVML itself) at a fixed
 // interval, each on the thread pool with a time limit. Its last success gates the systemd
 // watchdog: a hung or failing NVML stops the pings, so systemd restarts the daemon.
+import { fstatSync, type Stats, statSync } from "node:fs";
 import type { Nvml } from "../../native-bindings/nvml.js";
 import { NvmlError, NvmlTimeoutError } from "../../native-bindings/nvml-errors.js";
 import { NVML_ERROR_GPU_IS_LOST } from "../../native-bindings/nvml-return-codes.js";
 import { describeError } from "../gpu/describe-error.js";
 import type { GpuRecord } from "../gpu/gpu-record.js";
 import type { Log } from "../log.js";
+
+/**
+ * Why `gpu.fd` no longer holds the GPU's node, or null when it does: the fd was closed, or
+ * the node at the path is another device (char nodes: rdev) or file (stand-ins: inode).
+ */
+export function fdDrift(gpu: GpuRecord): string | null {
+  if (gpu.fd === null || gpu.nodePath === null) return null;
+  let held: Stats;
+  try {
+    held = fstatSync(gpu.fd);
+  } catch (err) {
+    return `its fd ${gpu.fd} is no longer open (${(err as NodeJS.ErrnoException).code})`;
+  }
+  let current: Stats;
+  try {
+    current = statSync(gpu.nodePath);
+  } catch (err) {
+    return `${gpu.nodePath} is gone (${(err as NodeJS.ErrnoException).code})`;
+  }
+  const same = held.isCharacterDevice()
+    ? held.rdev === current.rdev
+    : held.ino === current.ino && held.dev === current.dev;
+  return same ? null : `${gpu.nodePath} was replaced since it was opened`;
+}
 
 export interface HealthHooks {
   /** The GPUs to check: those held now. */
@@ -15,6 +40,10 @@ export interface HealthHooks {
   nvmlOpen(): boolean;
   /** NVML said the GPU is lost (Xid 79 and kin): a hardware fault, not a hung daemon. */
   onLost(gpu: GpuRecord, reason: string): void;
+  /** The held fd no longer refers to the GPU's node (closed, or the node was replaced). */
+  onDrift(gpu: GpuRecord, reason: string): void;
+  /** Persistence reads disabled on a GPU the daemon holds. */
+  onPersistenceOff(gpu: GpuRecord): void;
 }
 
 export class HealthMonitor {
@@ -75,15 +104,14 @@ export class HealthMonitor {
     }
     this.#running = true;
     try {
+      const held = this.#hooks.heldGpus();
+      for (const gpu of held) {
+        const drift = fdDrift(gpu);
+        if (drift) this.#hooks.onDrift(gpu, drift);
+      }
       const results = await Promise.all([
         this.#check("count", () => this.#nvml.deviceCount()),
-        ...this.#hooks
-          .heldGpus()
-          .map((gpu) =>
-            gpu.handle === null
-              ? true
-              : this.#check(`gpu:${gpu.uuid}`, () => this.#nvml.persistenceMode(gpu.handle as bigint), gpu),
-          ),
+        ...held.map((gpu) => (gpu.handle === null ? true : this.#checkGpu(gpu, gpu.handle))),
       ]);
       const healthy = results.every(Boolean);
       if (healthy) this.#lastHealthyAt = performance.now();
@@ -91,6 +119,16 @@ export class HealthMonitor {
     } finally {
       this.#running = false;
     }
+  }
+
+  #checkGpu(gpu: GpuRecord, handle: bigint): Promise<boolean> {
+    return this.#check(
+      `gpu:${gpu.uuid}`,
+      async () => {
+        if ((await this.#nvml.persistenceMode(handle)) === 0) this.#hooks.onPersistenceOff(gpu);
+      },
+      gpu,
+    );
   }
 
   /**

@@ -37,8 +37,13 @@ describe("NVML unavailable", () => {
     expect(result.output).toContain("'libc.so.6' does not export nvmlInit_v2");
   });
 
-  it("exits 69 with the fix when the driver is not loaded", () => {
-    const result = run(["--simulate=2"], { faults: [{ call: "nvmlInit_v2", return: 9 }] });
+  it("exits 69 with the fix when the driver is not loaded and driver waiting is off", () => {
+    scratch = new Scratch();
+    scratch.writeSimConfig({ faults: [{ call: "nvmlInit_v2", return: 9 }] });
+    const result = runBundle([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=2"], {
+      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
+      GPU_PERSISTD_DRIVER_WAIT_MS: "0",
+    });
     expect(result.code).toBe(69);
     expect(result.output).toContain("NVML_ERROR_DRIVER_NOT_LOADED");
     expect(result.output).toContain("modprobe nvidia");

@@ -135,6 +135,7 @@ export interface StatusDevice {
   selected: boolean;
   held: boolean;
   lost: boolean;
+  xids: Record<string, number>;
   error: string | null;
 }
 

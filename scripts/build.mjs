@@ -41,7 +41,7 @@ await build({
   // the installed command (src/thread-pool.ts re-executes when run as `node FILE`).
   banner: {
     js: [
-      "#!/usr/bin/env -S UV_THREADPOOL_SIZE=128 node",
+      "#!/usr/bin/env -S UV_THREADPOOL_SIZE=128 node --max-semi-space-size=1",
       'import { createRequire as __gpdCreateRequire } from "node:module";',
       "const require = __gpdCreateRequire(import.meta.url);",
     ].join("\n"),

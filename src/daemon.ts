@@ -40,6 +40,7 @@ export interface DaemonStatus {
   /** False while a GPU released over RPC must not be pinned by an NVML session. */
   nvmlSession: boolean;
   rpcRequests: number;
+  memory: NodeJS.MemoryUsage;
   devices: GpuStatus[];
 }
 
@@ -109,6 +110,7 @@ export class Daemon {
       uid: process.getuid?.() ?? -1,
       nvmlSession: this.#nvmlOpen,
       rpcRequests: this.#rpc?.requests ?? 0,
+      memory: process.memoryUsage(),
       devices: this.#gpus.map(gpuStatus),
     };
   }

@@ -100,6 +100,8 @@ export class Nvml {
   readonly path: string;
   readonly #fns: Record<NvmlFunctionName, AnyFn>;
   readonly #timeoutMs: number;
+  /** Calls started and not yet returned from the library, timed out ones included. */
+  #inFlight = 0;
 
   private constructor(path: string, fns: Record<NvmlFunctionName, AnyFn>, timeoutMs: number) {
     this.path = path;
@@ -153,7 +155,9 @@ export class Nvml {
         settled = true;
         reject(new NvmlTimeoutError(name, this.#timeoutMs, new Promise<void>((r) => (returned = r))));
       }, this.#timeoutMs);
+      this.#inFlight++;
       fn.async(...args, (err: Error | null, code: number) => {
+        this.#inFlight--;
         if (settled) {
           returned();
           return;
@@ -165,6 +169,20 @@ export class Nvml {
         else resolve();
       });
     });
+  }
+
+  /**
+   * Resolves true once no call is inside the library, false if some still are after
+   * `timeoutMs`. nvmlShutdown must not run beside another call: real NVML crashes when a
+   * blocked nvmlEventSetWait_v2 outlives the session (seen on the H100).
+   */
+  async idle(timeoutMs: number): Promise<boolean> {
+    const deadline = performance.now() + timeoutMs;
+    while (this.#inFlight > 0) {
+      if (performance.now() >= deadline) return false;
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    return true;
   }
 
   async init(): Promise<void> {

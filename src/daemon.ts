@@ -462,8 +462,14 @@ export class Daemon {
   async #closeNvmlSession(): Promise<void> {
     const nvml = this.#nvml;
     if (!nvml || !this.#nvmlOpen) return;
-    await this.#stopXidWaiter();
+    // No new calls from here; the Xid wait and any health call in flight must return first.
     this.#nvmlOpen = false;
+    await this.#stopXidWaiter();
+    if (!(await nvml.idle(this.#config.stopTimeoutMs))) {
+      this.#nvmlOpen = true;
+      this.#log.warn("NVML calls are still in flight: the NVML session stays open, so it still pins every GPU");
+      return;
+    }
     try {
       await nvml.shutdown();
       this.#log.info("NVML session closed while a GPU is released; health checks pause until it is held again");
@@ -556,21 +562,32 @@ export class Daemon {
     this.#log.info(`stopping: ${reason}`);
     this.#watchdog?.stop();
     this.#health?.stop();
-    // Not awaited: its NVML wait returns within half a second, or is hung; _exit ends both.
-    void this.#xid?.stop();
+    const xid = this.#xid;
+    this.#xid = null;
+    void xid?.stop();
     this.#control?.close();
     this.#rpc?.close();
     for (const gpu of this.#gpus) this.#release(gpu);
     for (const left of this.#deps.runtime.remove()) this.#log.warn(`could not remove ${left}`);
     const nvml = this.#nvmlOpen ? this.#nvml : null;
+    this.#nvmlOpen = false;
     if (nvml) {
+      // nvmlShutdown beside a call still inside NVML (the Xid wait, a health check) crashes
+      // real NVML: give them stopTimeoutMs to return, else leave the session to the kernel.
+      const started = performance.now();
       const limitMs = this.#config.stopTimeoutMs;
-      const limit = new Promise<string>((resolve) =>
-        setTimeout(() => resolve(`nvmlShutdown did not return within ${limitMs} ms`), limitMs).unref(),
-      );
-      const outcome = await Promise.race([nvml.shutdown().then(() => "", describeError), limit]);
-      if (outcome) this.#log.warn(`exiting without a clean NVML shutdown: ${outcome}`);
+      if (!(await nvml.idle(limitMs))) {
+        this.#log.warn(`exiting without a clean NVML shutdown: NVML calls still in flight after ${limitMs} ms`);
+      } else {
+        const left = Math.max(1, limitMs - (performance.now() - started));
+        const limit = new Promise<string>((resolve) =>
+          setTimeout(() => resolve(`nvmlShutdown did not return within ${limitMs} ms`), left).unref(),
+        );
+        const outcome = await Promise.race([nvml.shutdown().then(() => "", describeError), limit]);
+        if (outcome) this.#log.warn(`exiting without a clean NVML shutdown: ${outcome}`);
+      }
     }
+
     this.#log.info(`Shutdown (${process.pid})`);
     // _exit: process.exit() would wait for NVML calls still blocked on the thread pool.
     return hardExit(code);

@@ -54,6 +54,7 @@ export class HealthMonitor {
   #timer: NodeJS.Timeout | null = null;
   #running = false;
   #lastHealthyAt: number = performance.now();
+  #passedOnce = false;
   /** Calls that timed out and were logged; cleared when the same check succeeds again. */
   readonly #reportedHangs = new Set<string>();
   /** Checks whose timed-out call still blocks a pool thread: not repeated until it returns. */
@@ -114,7 +115,11 @@ export class HealthMonitor {
         ...held.map((gpu) => (gpu.handle === null ? true : this.#checkGpu(gpu, gpu.handle))),
       ]);
       const healthy = results.every(Boolean);
-      if (healthy) this.#lastHealthyAt = performance.now();
+      if (healthy) {
+        if (!this.#passedOnce) this.#log.debug(`health check passed (${held.length} GPUs)`);
+        this.#passedOnce = true;
+        this.#lastHealthyAt = performance.now();
+      }
       return healthy;
     } finally {
       this.#running = false;

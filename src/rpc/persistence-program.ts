@@ -51,6 +51,8 @@ export interface Handled {
   rejected?: string;
   /** Set when the request changed a GPU's state. */
   changed?: string;
+  /** Set for queries: what was asked and answered, for the debug log. */
+  answered?: string;
 }
 
 function readAddress(args: XdrReader): PciAddress {
@@ -108,7 +110,11 @@ export async function handlePersistenceCall(
     const mode = backend.mode(address);
     const body =
       mode === null ? new XdrWriter().i32(NvPdStatus.DEVICE_NOT_FOUND) : new XdrWriter().i32(0).i32(mode ? 1 : 0);
-    return { reply: acceptedReply(xid, AcceptStat.SUCCESS, body.bytes()) };
+    const answer = mode === null ? "DEVICE_NOT_FOUND" : mode ? "enabled" : "disabled";
+    return {
+      reply: acceptedReply(xid, AcceptStat.SUCCESS, body.bytes()),
+      answered: `get persistence of ${describe(address)} (v${call.vers}): ${answer}`,
+    };
   }
   const what = isSet
     ? `set persistence ${value === 1 ? "on" : "off"}`

@@ -112,6 +112,7 @@ export class RpcServer {
             const handled = await handlePersistenceCall(decoded.call, peer, backend);
             if (handled.rejected) rejections.report(peer, handled.rejected);
             if (handled.changed) log.info(`RPC: ${handled.changed}`);
+            if (handled.answered) log.debug({ peerPid: peer.pid, peerUid: peer.uid }, `RPC: ${handled.answered}`);
             reply = handled.reply;
           } catch (err) {
             log.error(`RPC: procedure ${decoded.call.proc} failed: ${(err as Error).stack ?? err}`);

@@ -110,7 +110,7 @@ t0=$(now_ms)
 kill -TERM "$gpd_pid"
 wait "$gpd_pid" && gpd_exit=0 || gpd_exit=$?
 gpd_stop_ms=$(($(now_ms) - t0))
-gpd_files_left=$(ls -A "$RUNTIME" 2>/dev/null | wc -l)
+gpd_files_left=$({ ls -A "$RUNTIME" 2>/dev/null || true; } | wc -l)
 
 echo "== NVIDIA's nvidia-persistenced, default options"
 real_ready_ms=-1 real_rss_kb=-1 real_cpu_ticks=-1 real_stop_ms=-1 real_query_ms=-1 real_threads=-1

@@ -86,7 +86,7 @@ nvidia-smi -L >"$OUT/nvidia-smi-L.txt"
 
 echo "== gpu-persistd --dry-run against the real libnvidia-ml"
 t0=$(now_ms)
-GPU_PERSISTD_HEALTH_INTERVAL_MS=500 gpd --dry-run --verbose --runtime-dir="$RUNTIME" >"$OUT/gpu-persistd.log" 2>&1 &
+gpd --dry-run --verbose --runtime-dir="$RUNTIME" >"$OUT/gpu-persistd.log" 2>&1 &
 gpd_pid=$!
 wait_for "$OUT/gpu-persistd.log" 'ready: [0-9]+/[0-9]+ GPUs held'
 gpd_ready_ms=$(($(now_ms) - t0))

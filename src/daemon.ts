@@ -247,7 +247,7 @@ export class Daemon {
         "NVML reports no GPUs: check that the NVIDIA driver sees them (nvidia-smi -L, dmesg | grep -i nvrm).",
       );
     }
-    this.#gpus = await identifyGpus(nvml, count, this.#log);
+    this.#gpus = await identifyGpus(nvml, count, this.#log, this.#config.bringUpConcurrency);
     const { selected, unmatched } = this.#select(config);
     onTotal(selected.length);
     if (config.simulate !== "") {
@@ -262,7 +262,14 @@ export class Daemon {
       this.#log.info("starting with every GPU released (--no-persistence-mode)");
       return;
     }
-    await holdGpus(selected, { nvml, setter: this.#setter, deviceDir: this.#deviceDir, log: this.#log, onSettled });
+    await holdGpus(selected, {
+      nvml,
+      setter: this.#setter,
+      deviceDir: this.#deviceDir,
+      log: this.#log,
+      concurrency: this.#config.bringUpConcurrency,
+      onSettled,
+    });
     if (selected.some((g) => g.fd !== null)) return;
     const first = selected.find((g) => g.error !== null);
     throw new FatalError(
@@ -548,7 +555,13 @@ export class Daemon {
       }
     }
     const toHold = this.#gpus.filter((g) => g.fd === null && want(g));
-    await holdGpus(toHold, { nvml, setter: this.#setter, deviceDir: this.#deviceDir, log: this.#log });
+    await holdGpus(toHold, {
+      nvml,
+      setter: this.#setter,
+      deviceDir: this.#deviceDir,
+      log: this.#log,
+      concurrency: this.#config.bringUpConcurrency,
+    });
   }
 
   /**

@@ -31,6 +31,14 @@ convict.addFormats({
     },
     coerce: (value: string) => (/^\d+$/.test(value) ? Number(value) : value),
   },
+  "bring-up-concurrency": {
+    validate(value: unknown) {
+      if (!Number.isInteger(value) || (value as number) < 1 || (value as number) > 96) {
+        throw new Error("must be an integer from 1 to 96");
+      }
+    },
+    coerce: (value: string) => (/^\d+$/.test(value) ? Number(value) : value),
+  },
   "non-negative-int": {
     validate(value: unknown) {
       if (!Number.isInteger(value) || (value as number) < 0) throw new Error("must be an integer of 0 or more");
@@ -145,6 +153,12 @@ export const configSchema = {
     default: 10000,
     env: "GPU_PERSISTD_NVML_TIMEOUT_MS",
   },
+  bringUpConcurrency: {
+    doc: "GPUs brought up at once, 1..96 (1: one after another, as nvidia-persistenced does).",
+    format: "bring-up-concurrency",
+    default: 96,
+    env: "GPU_PERSISTD_BRING_UP_CONCURRENCY",
+  },
   driverWaitMs: {
     doc: "How long to wait at start for the NVIDIA driver to load, in milliseconds (0: do not wait).",
     format: "non-negative-int",
@@ -181,6 +195,7 @@ export interface Config {
   dryRun: boolean;
   simulate: string;
   nvmlTimeoutMs: number;
+  bringUpConcurrency: number;
   driverWaitMs: number;
   healthIntervalMs: number;
   stopTimeoutMs: number;

@@ -11,14 +11,16 @@ import type { GpuRecord } from "./gpu-record.js";
 import { type GpuSelector, selectorMatches } from "./gpu-selector.js";
 import type { PersistenceSetter } from "./persistence-setter.js";
 
-/** GPUs brought up at once; below the libuv pool size so file I/O and health checks keep threads. */
-export const BRING_UP_CONCURRENCY = 96;
+/** Most GPUs brought up at once: below the libuv pool (128) so health checks and file I/O keep threads. */
+export const MAX_BRING_UP_CONCURRENCY = 96;
 
 export interface BringUpContext {
   nvml: Nvml;
   setter: PersistenceSetter;
   deviceDir: string;
   log: Log;
+  /** GPUs brought up at once (1: one after another, as nvidia-persistenced does). */
+  concurrency: number;
   /** Called once a GPU is settled (held or failed), for progress reports. */
   onSettled?: (gpu: GpuRecord) => void;
 }
@@ -53,9 +55,9 @@ async function identify(nvml: Nvml, gpu: GpuRecord): Promise<void> {
 }
 
 /** Looks up every GPU NVML reports, in parallel; a GPU that cannot be identified keeps its error. */
-export async function identifyGpus(nvml: Nvml, count: number, log: Log): Promise<GpuRecord[]> {
+export async function identifyGpus(nvml: Nvml, count: number, log: Log, concurrency: number): Promise<GpuRecord[]> {
   const gpus = Array.from({ length: count }, (_, i) => emptyRecord(i));
-  await forEachLimited(gpus, BRING_UP_CONCURRENCY, async (gpu) => {
+  await forEachLimited(gpus, concurrency, async (gpu) => {
     try {
       await identify(nvml, gpu);
       log.debug({ gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pciBusId, name: gpu.name }, "found GPU");
@@ -123,5 +125,5 @@ export async function holdGpu(gpu: GpuRecord, ctx: BringUpContext): Promise<void
 }
 
 export async function holdGpus(gpus: GpuRecord[], ctx: BringUpContext): Promise<void> {
-  await forEachLimited(gpus, BRING_UP_CONCURRENCY, (gpu) => holdGpu(gpu, ctx));
+  await forEachLimited(gpus, ctx.concurrency, (gpu) => holdGpu(gpu, ctx));
 }

@@ -92,7 +92,14 @@ export class RpcServer {
     this.#sockets.add(socket);
     socket.on("close", () => this.#sockets.delete(socket));
     socket.on("error", () => socket.destroy());
+    // A client that closes its end gets its pending replies, then the connection goes at once
+    // (not at the idle timeout): NVML opens one connection per query.
+    socket.on("end", () => {
+      ended = true;
+      if (!working) socket.destroy();
+    });
     socket.setTimeout(limits.idleTimeoutMs, () => socket.destroy());
+    let ended = false;
     const assembler = new RecordAssembler(limits);
     const queue: Buffer[] = [];
     let working = false;
@@ -124,6 +131,7 @@ export class RpcServer {
         if (queue.length < limits.maxQueuedCalls && socket.isPaused()) socket.resume();
       }
       working = false;
+      if (ended) socket.destroy();
     };
     socket.on("data", (chunk: Buffer) => {
       let records: Buffer[];

@@ -41,6 +41,9 @@ static CLIENT *connect_to(const char *path, unsigned long prog, unsigned long ve
         printf("{\"error\":\"connect\",\"detail\":\"%s\"}\n", clnt_spcreateerror(path));
         exit(2);
     }
+    /* clntunix_create leaves the socket open at clnt_destroy unless told otherwise; NVML's
+     * client closes its connection after each query, and so must this one. */
+    clnt_control(c, CLSET_FD_CLOSE, NULL);
     if (auth_sys) {
         auth_destroy(c->cl_auth);
         c->cl_auth = authunix_create_default();

@@ -6,9 +6,7 @@ import koffi, { type LibraryHandle } from "koffi";
 type KoffiFunction = ReturnType<LibraryHandle["func"]>;
 
 import { NvmlError, NvmlLoadError, NvmlTimeoutError } from "./nvml-errors.js";
-import { NVML_SUCCESS } from "./nvml-return-codes.js";
-
-export const DEFAULT_NVML_LIBRARY = "libnvidia-ml.so.1";
+import { NVML_ERROR_TIMEOUT, NVML_SUCCESS } from "./nvml-return-codes.js";
 
 /** An nvmlDevice_t: an opaque pointer, a BigInt under koffi 3. */
 export type DeviceHandle = bigint;
@@ -31,7 +29,6 @@ export interface EventData {
   eventData: bigint;
 }
 
-export const PERSISTENCE_DISABLED = 0;
 export const PERSISTENCE_ENABLED = 1;
 
 export const EVENT_XID_CRITICAL_ERROR = 0x8n;
@@ -284,7 +281,7 @@ export class Nvml {
     try {
       await this.#call("nvmlEventSetWait_v2", set, out, timeoutMs);
     } catch (err) {
-      if (err instanceof NvmlError && err.codeName === "NVML_ERROR_TIMEOUT") return null;
+      if (err instanceof NvmlError && err.code === NVML_ERROR_TIMEOUT) return null;
       throw err;
     }
     return { device: out.device, eventType: BigInt(out.eventType), eventData: BigInt(out.eventData) };

@@ -12,7 +12,7 @@ import type { Config } from "./config/schema.js";
 import { type ControlRequest, startControlServer } from "./control/control-server.js";
 import { ExitCode } from "./exit-codes.js";
 import { FatalError } from "./fatal-error.js";
-import { holdGpus, identifyGpus, selectGpus } from "./gpu/bring-up.js";
+import { type BringUpContext, holdGpus, identifyGpus, selectGpus } from "./gpu/bring-up.js";
 import { describeError } from "./gpu/describe-error.js";
 import { deviceNodePath, holdDeviceNode, REAL_DEVICE_DIR, releaseDeviceNode } from "./gpu/device-node.js";
 import { initWhenDriverLoads } from "./gpu/driver-wait.js";
@@ -95,10 +95,6 @@ export class Daemon {
     this.#deps = deps;
     this.#log = deps.log;
     this.#setter = new PersistenceSetter(config.dryRun);
-  }
-
-  get gpus(): readonly GpuRecord[] {
-    return this.#gpus;
   }
 
   status(): DaemonStatus {
@@ -262,14 +258,7 @@ export class Daemon {
       this.#log.info("starting with every GPU released (--no-persistence-mode)");
       return;
     }
-    await holdGpus(selected, {
-      nvml,
-      setter: this.#setter,
-      deviceDir: this.#deviceDir,
-      log: this.#log,
-      concurrency: this.#config.bringUpConcurrency,
-      onSettled,
-    });
+    await holdGpus(selected, { ...this.#holdContext(nvml), onSettled });
     if (selected.some((g) => g.fd !== null)) return;
     const first = selected.find((g) => g.error !== null);
     throw new FatalError(
@@ -280,6 +269,16 @@ export class Daemon {
         ? `no GPU is selected: ${unmatched.join("; ")}. Check --devices against 'nvidia-smi -L'.`
         : `no selected GPU could be held (first failure: GPU ${first?.index} ${first?.pciBusId}: ${first?.error})`,
     );
+  }
+
+  #holdContext(nvml: Nvml): BringUpContext {
+    return {
+      nvml,
+      setter: this.#setter,
+      deviceDir: this.#deviceDir,
+      log: this.#log,
+      concurrency: this.#config.bringUpConcurrency,
+    };
   }
 
   #select(config: Config): ReturnType<typeof selectGpus> {
@@ -555,13 +554,7 @@ export class Daemon {
       }
     }
     const toHold = this.#gpus.filter((g) => g.fd === null && want(g));
-    await holdGpus(toHold, {
-      nvml,
-      setter: this.#setter,
-      deviceDir: this.#deviceDir,
-      log: this.#log,
-      concurrency: this.#config.bringUpConcurrency,
-    });
+    await holdGpus(toHold, this.#holdContext(nvml));
   }
 
   /**

@@ -6,6 +6,8 @@ import { parseGpuSelector } from "../gpu/gpu-selector.js";
 export const DEFAULT_CONFIG_PATH = "/etc/gpu-persistd/config.json";
 export const SIMULATION_PROFILES = ["dgx-h100"] as const;
 export const MAX_SIMULATED_GPUS = 256;
+/** Most GPUs brought up at once: below the libuv pool (128) so health checks and file I/O keep threads. */
+export const MAX_BRING_UP_CONCURRENCY = 96;
 
 // Strict formats: a value that is not clearly of the type stays as given and fails
 // validation, rather than being coerced (convict's Boolean turns "yes" into true silently).
@@ -33,8 +35,8 @@ convict.addFormats({
   },
   "bring-up-concurrency": {
     validate(value: unknown) {
-      if (!Number.isInteger(value) || (value as number) < 1 || (value as number) > 96) {
-        throw new Error("must be an integer from 1 to 96");
+      if (!Number.isInteger(value) || (value as number) < 1 || (value as number) > MAX_BRING_UP_CONCURRENCY) {
+        throw new Error(`must be an integer from 1 to ${MAX_BRING_UP_CONCURRENCY}`);
       }
     },
     coerce: (value: string) => (/^\d+$/.test(value) ? Number(value) : value),
@@ -154,9 +156,9 @@ export const configSchema = {
     env: "GPU_PERSISTD_NVML_TIMEOUT_MS",
   },
   bringUpConcurrency: {
-    doc: "GPUs brought up at once, 1..96 (1: one after another, as nvidia-persistenced does).",
+    doc: `GPUs brought up at once, 1..${MAX_BRING_UP_CONCURRENCY} (1: one after another, as nvidia-persistenced does).`,
     format: "bring-up-concurrency",
-    default: 96,
+    default: MAX_BRING_UP_CONCURRENCY,
     env: "GPU_PERSISTD_BRING_UP_CONCURRENCY",
   },
   driverWaitMs: {

@@ -11,9 +11,6 @@ import type { GpuRecord } from "./gpu-record.js";
 import { type GpuSelector, selectorMatches } from "./gpu-selector.js";
 import type { PersistenceSetter } from "./persistence-setter.js";
 
-/** Most GPUs brought up at once: below the libuv pool (128) so health checks and file I/O keep threads. */
-export const MAX_BRING_UP_CONCURRENCY = 96;
-
 export interface BringUpContext {
   nvml: Nvml;
   setter: PersistenceSetter;

@@ -4,10 +4,11 @@
 import { connect } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { frameRecord, RecordAssembler } from "../../src/rpc/record-marking.js";
+import { frameRecord } from "../../src/rpc/record-marking.js";
 import { encodeCall } from "../../src/rpc/rpc-client.js";
 import { XdrWriter } from "../../src/rpc/xdr.js";
 import { DaemonProcess, Scratch, statusJson } from "../helpers/daemon.js";
+import { rpcGet } from "../helpers/rpc.js";
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20261125);
 const RECORDS = 100_000;
@@ -45,8 +46,7 @@ function generator(seed: number): () => number {
   };
 }
 
-const getArgs = (bus: number) => new XdrWriter().i32(0).i32(bus).i32(0).i32(0).bytes();
-const validGet = (xid: number, bus = 6) => encodeCall(xid, 35006, 1, 2, getArgs(bus));
+const get = (xid: number, bus = 6) => rpcGet(socket, xid, bus);
 
 /** A record payload: a valid call mutated (bytes flipped, cut, extended, words replaced), or noise. */
 function fuzzPayload(random: () => number): Buffer {
@@ -83,26 +83,6 @@ function sendAll(records: Buffer[]): Promise<void> {
     s.on("error", (err: NodeJS.ErrnoException) =>
       err.code === "EPIPE" || err.code === "ECONNRESET" ? resolve() : reject(err),
     );
-  });
-}
-
-/** One valid Get on its own connection, as NVML makes it; resolves the persistence mode. */
-function get(xid: number, bus = 6): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = connect(socket);
-    const assembler = new RecordAssembler({ maxRecordBytes: 4096, maxFragments: 4 });
-    s.setTimeout(20_000, () => s.destroy(new Error("timeout")));
-    s.on("connect", () => s.write(frameRecord(validGet(xid, bus))));
-    s.on("error", reject);
-    s.on("data", (chunk: Buffer) => {
-      const [reply] = assembler.push(chunk);
-      if (!reply) return;
-      s.end();
-      // xid, REPLY, MSG_ACCEPTED, verifier (0, 0), SUCCESS, status, mode
-      if (reply.readUInt32BE(0) !== xid || reply.readUInt32BE(20) !== 0 || reply.readInt32BE(24) !== 0) {
-        reject(new Error(`unexpected reply ${reply.toString("hex")}`));
-      } else resolve(reply.readInt32BE(28));
-    });
   });
 }
 

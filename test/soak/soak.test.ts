@@ -6,10 +6,8 @@ import { readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { frameRecord, RecordAssembler } from "../../src/rpc/record-marking.js";
-import { encodeCall } from "../../src/rpc/rpc-client.js";
-import { XdrWriter } from "../../src/rpc/xdr.js";
 import { DaemonProcess, Scratch, statusJson } from "../helpers/daemon.js";
+import { rpcGet } from "../helpers/rpc.js";
 
 const SECONDS = Number(process.env.SOAK_SECONDS ?? 60);
 const WARM_UP_SECONDS = Math.max(10, Math.round(SECONDS / 4));
@@ -52,25 +50,6 @@ async function liveAfterFullGc(pid: number, dir: string, runtimeDir: string): Pr
   rmSync(join(dir, snapshot));
   const memory = (statusJson(runtimeDir) as unknown as { memory: { heapUsed: number; external: number } }).memory;
   return Math.round((memory.heapUsed + memory.external) / 1024);
-}
-
-function rpcGet(socket: string, bus: number, xid: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const s = connect(socket);
-    const assembler = new RecordAssembler({ maxRecordBytes: 4096, maxFragments: 4 });
-    s.setTimeout(5000, () => s.destroy(new Error("RPC timeout")));
-    s.on("connect", () =>
-      s.write(frameRecord(encodeCall(xid, 35006, 1, 2, new XdrWriter().i32(0).i32(bus).i32(0).i32(0).bytes()))),
-    );
-    s.on("error", reject);
-    s.on("data", (chunk: Buffer) => {
-      const [reply] = assembler.push(chunk);
-      if (!reply) return;
-      s.end();
-      if (reply.readInt32BE(24) === 0 && reply.readInt32BE(28) === 1) resolve();
-      else reject(new Error(`unexpected reply ${reply.toString("hex")}`));
-    });
-  });
 }
 
 function status(path: string): Promise<void> {
@@ -117,7 +96,12 @@ describe("soak", () => {
           const second = Date.now();
           await Promise.all(
             Array.from({ length: CALLS_PER_SECOND }, (_, i) =>
-              (i % 3 === 0 ? status(controlSocket) : rpcGet(rpcSocket, 6 + (i % 8), calls + i)).catch((err: Error) => {
+              (i % 3 === 0
+                ? status(controlSocket)
+                : rpcGet(rpcSocket, calls + i, 6 + (i % 8), 5000).then((mode) => {
+                    if (mode !== 1) throw new Error(`GPU reads persistence ${mode}`);
+                  })
+              ).catch((err: Error) => {
                 failures.push(err.message);
               }),
             ),

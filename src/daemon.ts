@@ -2,6 +2,7 @@
 // (telling systemd how it goes), serve status, check NVML's health to gate the watchdog,
 // reload on SIGHUP, and on SIGTERM/SIGINT let go of everything and exit, never waiting on
 // a hung NVML call.
+import type { Server as HttpServer } from "node:http";
 import type { Server } from "node:net";
 import { hardExit } from "../native-bindings/libc.js";
 import { Nvml } from "../native-bindings/nvml.js";
@@ -22,6 +23,10 @@ import { PersistenceSetter } from "./gpu/persistence-setter.js";
 import { HealthMonitor } from "./health/health-monitor.js";
 import { XidWaiter } from "./health/xid-events.js";
 import { gpuLog, type Log } from "./log.js";
+import { DaemonMetrics } from "./metrics/daemon-metrics.js";
+import { type ListenAddress, parseLoopbackAddress } from "./metrics/listen-address.js";
+import { startMetricsListener } from "./metrics/metrics-listener.js";
+import { MetricsTextfile } from "./metrics/metrics-textfile.js";
 import { dropPrivileges, resolveIdentity } from "./privileges.js";
 import { NvPdStatus, type PciAddress, type PersistenceBackend } from "./rpc/persistence-program.js";
 import { RpcServer } from "./rpc/rpc-server.js";
@@ -87,6 +92,9 @@ export class Daemon {
   #health: HealthMonitor | null = null;
   #xid: XidWaiter | null = null;
   #watchdog: Watchdog | null = null;
+  readonly #metrics = new DaemonMetrics();
+  #metricsListener: HttpServer | null = null;
+  #metricsTextfile: MetricsTextfile | null = null;
   #stopping = false;
   #reloading: Promise<void> | null = null;
 
@@ -109,6 +117,15 @@ export class Daemon {
       memory: process.memoryUsage(),
       devices: this.#gpus.map(gpuStatus),
     };
+  }
+
+  /** The Prometheus text of every metric, as served and written. */
+  metricsText(): string {
+    return this.#metrics.render({
+      version: VERSION,
+      devices: this.#gpus.map(gpuStatus),
+      rpcRequests: this.#rpc?.requestCounts ?? new Map(),
+    });
   }
 
   /** The systemd STATUS= text: `7/8 GPUs persistent; 00000000:1B:00.0: NVML_ERROR_NO_PERMISSION`. */
@@ -210,6 +227,12 @@ export class Daemon {
     this.#log.debug("NVML's persistence setter closed: the RPC socket opens now");
     this.#rpc = await RpcServer.listen(this.#deps.runtime.rpcSocket, this.#rpcBackend(), this.#log);
     this.#log.info(`serving the persistence RPC protocol on ${this.#deps.runtime.rpcSocket}`);
+    if (config.metricsListen) {
+      // Before the drop: a port below 1024 needs root to bind, not to serve.
+      const address = parseLoopbackAddress(config.metricsListen) as ListenAddress;
+      this.#metricsListener = await startMetricsListener(address, () => this.metricsText());
+      this.#log.info(`serving metrics on http://${config.metricsListen}/metrics`);
+    }
     if (identity) {
       // Outside systemd the dropped user must still be able to remove its runtime files.
       dropPrivileges(identity, this.#deps.runtime.managedBySystemd ? [] : [this.#deps.runtime.dir]);
@@ -219,10 +242,15 @@ export class Daemon {
     await this.#startXidWaiter();
     const selected = this.#gpus.filter((g) => g.selected).length;
     const held = this.#gpus.filter((g) => g.fd !== null).length;
-    this.#log.info(
-      { held, selected, bringUpMs: Math.round(performance.now() - started) },
-      `ready: ${held}/${selected} GPUs held`,
-    );
+    const bringUpMs = performance.now() - started;
+    this.#metrics.recordBringUp(bringUpMs / 1000);
+    if (config.metricsTextfile) {
+      // After the drop: the first write proves the daemon's final user may write there.
+      this.#metricsTextfile = new MetricsTextfile(config.metricsTextfile, () => this.metricsText(), this.#log);
+      this.#metricsTextfile.start(config.healthIntervalMs);
+      this.#log.info(`writing metrics to ${config.metricsTextfile} every ${config.healthIntervalMs} ms`);
+    }
+    this.#log.info({ held, selected, bringUpMs: Math.round(bringUpMs) }, `ready: ${held}/${selected} GPUs held`);
     this.#deps.notifier.ready(this.statusLine());
   }
 
@@ -302,6 +330,7 @@ export class Daemon {
         onDrift: (gpu, reason) => void this.#reHold(gpu, reason),
         onPersistenceOff: (gpu) => this.#persistenceOff(gpu),
         onLost: (gpu, reason) => this.#markLost(gpu, reason),
+        onRound: (seconds, healthy) => this.#metrics.observeHealthRound(seconds, healthy),
       },
       Math.max(10, Math.round(intervalMs)),
       this.#log,
@@ -526,7 +555,17 @@ export class Daemon {
       return;
     }
     const restartOnly = (
-      ["runtimeDir", "nvmlLibrary", "simulate", "user", "group", "dryRun", "logFormat"] as const
+      [
+        "runtimeDir",
+        "nvmlLibrary",
+        "simulate",
+        "user",
+        "group",
+        "dryRun",
+        "logFormat",
+        "metricsListen",
+        "metricsTextfile",
+      ] as const
     ).filter((key) => JSON.stringify(next[key]) !== JSON.stringify(this.#config[key]));
     for (const key of restartOnly) {
       this.#log.warn(`${key} changed: it takes effect when the daemon restarts (systemctl restart gpu-persistd)`);
@@ -574,6 +613,10 @@ export class Daemon {
     this.#control?.close();
     this.#rpc?.close();
     for (const gpu of this.#gpus) this.#release(gpu);
+    this.#metricsListener?.close();
+    this.#metricsListener?.closeAllConnections();
+    // The file then says what is true after the stop: no GPU held.
+    this.#metricsTextfile?.stop();
     for (const left of this.#deps.runtime.remove()) this.#log.warn(`could not remove ${left}`);
     const nvml = this.#nvmlOpen ? this.#nvml : null;
     this.#nvmlOpen = false;

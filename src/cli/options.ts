@@ -122,5 +122,17 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: "auto (journal under systemd, text otherwise), text, json or journal.",
     apply: (v) => ({ logFormat: String(v) as Config["logFormat"] }),
   },
-  { long: "json", help: "With status: print JSON." },
+  {
+    long: "metrics-listen",
+    value: "ADDRESS",
+    help: "Serve Prometheus metrics at http://ADDRESS/metrics, loopback only (127.0.0.1:9400, [::1]:9400).",
+    apply: (v) => ({ metricsListen: String(v) }),
+  },
+  {
+    long: "metrics-textfile",
+    value: "FILE",
+    help: "Write Prometheus metrics to FILE (*.prom) for node_exporter's textfile collector.",
+    apply: (v) => ({ metricsTextfile: String(v) }),
+  },
+  { long: "json", help: "With status and doctor: print JSON." },
 ];

@@ -2,6 +2,7 @@
 // and validation. The command line (src/cli/options.ts) maps its flags onto these keys.
 import convict from "convict";
 import { parseGpuSelector } from "../gpu/gpu-selector.js";
+import { parseLoopbackAddress } from "../metrics/listen-address.js";
 
 export const DEFAULT_CONFIG_PATH = "/etc/gpu-persistd/config.json";
 export const SIMULATION_PROFILES = ["dgx-h100"] as const;
@@ -62,6 +63,25 @@ convict.addFormats({
   text: {
     validate(value: unknown) {
       if (typeof value !== "string") throw new Error("must be a string");
+    },
+  },
+  "loopback-address": {
+    validate(value: unknown) {
+      if (typeof value !== "string") throw new Error("must be a string");
+      if (value === "") return;
+      const parsed = parseLoopbackAddress(value);
+      if (typeof parsed === "string") throw new Error(parsed);
+    },
+  },
+  "textfile-path": {
+    validate(value: unknown) {
+      if (typeof value !== "string") throw new Error("must be a string");
+      if (value === "") return;
+      if (!value.startsWith("/") || !value.endsWith(".prom")) {
+        throw new Error(
+          `must be an absolute path ending in .prom (node_exporter reads only those), such as /var/lib/prometheus/node-exporter/gpu-persistd.prom`,
+        );
+      }
     },
   },
   simulation: {
@@ -179,6 +199,18 @@ export const configSchema = {
     default: 1000,
     env: "GPU_PERSISTD_STOP_TIMEOUT_MS",
   },
+  metricsListen: {
+    doc: 'Serve Prometheus metrics at http://ADDRESS/metrics, on loopback only ("127.0.0.1:9400"; empty: off).',
+    format: "loopback-address",
+    default: "",
+    env: "GPU_PERSISTD_METRICS_LISTEN",
+  },
+  metricsTextfile: {
+    doc: "Write Prometheus metrics to this .prom file for node_exporter's textfile collector, every health interval (empty: off).",
+    format: "textfile-path",
+    default: "",
+    env: "GPU_PERSISTD_METRICS_TEXTFILE",
+  },
 };
 
 export type ConfigKey = keyof typeof configSchema;
@@ -201,6 +233,8 @@ export interface Config {
   driverWaitMs: number;
   healthIntervalMs: number;
   stopTimeoutMs: number;
+  metricsListen: string;
+  metricsTextfile: string;
 }
 
 export function newConfig(): convict.Config<Config> {

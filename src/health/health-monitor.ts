@@ -44,6 +44,8 @@ export interface HealthHooks {
   onDrift(gpu: GpuRecord, reason: string): void;
   /** Persistence reads disabled on a GPU the daemon holds. */
   onPersistenceOff(gpu: GpuRecord): void;
+  /** A round that asked NVML ended: its duration, and whether every call answered. */
+  onRound(seconds: number, healthy: boolean): void;
 }
 
 export class HealthMonitor {
@@ -104,6 +106,7 @@ export class HealthMonitor {
       return true;
     }
     this.#running = true;
+    const started = performance.now();
     try {
       const held = this.#hooks.heldGpus();
       for (const gpu of held) {
@@ -120,6 +123,7 @@ export class HealthMonitor {
         this.#passedOnce = true;
         this.#lastHealthyAt = performance.now();
       }
+      this.#hooks.onRound((performance.now() - started) / 1000, healthy);
       return healthy;
     } finally {
       this.#running = false;

@@ -45,8 +45,14 @@ export interface PersistenceBackend {
   setNuma(address: PciAddress, online: boolean): NvPdStatus | null;
 }
 
+/** Procedure names as metrics label them. */
+export type ProcedureName = "null" | "set_persistence_mode" | "get_persistence_mode" | "set_numa_status" | "unknown";
+
 export interface Handled {
   reply: Buffer;
+  procedure: ProcedureName;
+  /** How the call ended, for metrics: "ok", or what refused it (an NvPdStatus or AcceptStat, in lower case). */
+  result: string;
   /** Set when the request was refused or malformed: what to log about the peer. */
   rejected?: string;
   /** Set when the request changed a GPU's state. */
@@ -79,24 +85,42 @@ export async function handlePersistenceCall(
 ): Promise<Handled> {
   const { xid } = call;
   if (call.prog !== PERSISTENCE_PROGRAM) {
-    return { reply: acceptedReply(xid, AcceptStat.PROG_UNAVAIL), rejected: `unknown program ${call.prog}` };
+    return {
+      reply: acceptedReply(xid, AcceptStat.PROG_UNAVAIL),
+      procedure: "unknown",
+      result: "prog_unavail",
+      rejected: `unknown program ${call.prog}`,
+    };
   }
   if (call.vers < LOWEST_VERSION || call.vers > HIGHEST_VERSION) {
     return {
       reply: progMismatchReply(xid, LOWEST_VERSION, HIGHEST_VERSION),
+      procedure: "unknown",
+      result: "prog_mismatch",
       rejected: `unsupported version ${call.vers}`,
     };
   }
-  if (call.proc === PROC_NULL) return { reply: acceptedReply(xid, AcceptStat.SUCCESS) };
+  if (call.proc === PROC_NULL)
+    return { reply: acceptedReply(xid, AcceptStat.SUCCESS), procedure: "null", result: "ok" };
   const isSet = call.proc === PROC_SET_PERSISTENCE;
   const isGet = call.proc === PROC_2 && call.vers === 1;
   const isNuma = call.proc === PROC_2 && call.vers === 2;
   if (!isSet && !isGet && !isNuma) {
     return {
       reply: acceptedReply(xid, AcceptStat.PROC_UNAVAIL),
+      procedure: "unknown",
+      result: "proc_unavail",
       rejected: `unknown procedure ${call.proc} of version ${call.vers}`,
     };
   }
+  const procedure: ProcedureName = isSet ? "set_persistence_mode" : isGet ? "get_persistence_mode" : "set_numa_status";
+  /** A reply carrying `value`, labelled with its status name. */
+  const statusReply = (value: NvPdStatus, extra: Partial<Handled> = {}): Handled => ({
+    reply: status(xid, value),
+    procedure,
+    result: resultName(value),
+    ...extra,
+  });
   let address: PciAddress;
   let value = 0;
   try {
@@ -104,7 +128,12 @@ export async function handlePersistenceCall(
     if (!isGet) value = call.args.i32(isSet ? "mode" : "NUMA status");
   } catch (err) {
     if (!(err instanceof XdrError)) throw err;
-    return { reply: acceptedReply(xid, AcceptStat.GARBAGE_ARGS), rejected: `undecodable arguments: ${err.message}` };
+    return {
+      reply: acceptedReply(xid, AcceptStat.GARBAGE_ARGS),
+      procedure,
+      result: "garbage_args",
+      rejected: `undecodable arguments: ${err.message}`,
+    };
   }
   if (isGet) {
     const mode = backend.mode(address);
@@ -113,6 +142,8 @@ export async function handlePersistenceCall(
     const answer = mode === null ? "DEVICE_NOT_FOUND" : mode ? "enabled" : "disabled";
     return {
       reply: acceptedReply(xid, AcceptStat.SUCCESS, body.bytes()),
+      procedure,
+      result: mode === null ? "device_not_found" : "ok",
       answered: `get persistence of ${describe(address)} (v${call.vers}): ${answer}`,
     };
   }
@@ -120,24 +151,30 @@ export async function handlePersistenceCall(
     ? `set persistence ${value === 1 ? "on" : "off"}`
     : `set NUMA ${value === 1 ? "online" : "offline"}`;
   if (peer.uid !== 0) {
-    return {
-      reply: status(xid, NvPdStatus.PERMISSIONS),
+    return statusReply(NvPdStatus.PERMISSIONS, {
       rejected: `${what} for ${describe(address)} refused: only root may change it`,
-    };
+    });
   }
   if (value !== 0 && value !== 1) {
-    return { reply: status(xid, NvPdStatus.INVALID_ARGUMENT), rejected: `${what}: invalid value ${value}` };
+    return statusReply(NvPdStatus.INVALID_ARGUMENT, { rejected: `${what}: invalid value ${value}` });
   }
   if (isNuma) {
     const result = backend.setNuma(address, value === 1);
-    return { reply: status(xid, result ?? NvPdStatus.DEVICE_NOT_FOUND) };
+    return statusReply(result ?? NvPdStatus.DEVICE_NOT_FOUND);
   }
   const before = backend.mode(address);
-  if (before === null) return { reply: status(xid, NvPdStatus.DEVICE_NOT_FOUND) };
+  if (before === null) return statusReply(NvPdStatus.DEVICE_NOT_FOUND);
   const result = await backend.setMode(address, value === 1);
   const after = backend.mode(address);
-  return {
-    reply: status(xid, result),
-    ...(before !== after ? { changed: `${describe(address)} ${after ? "held" : "released"} (pid ${peer.pid})` } : {}),
-  };
+  return statusReply(
+    result,
+    before !== after ? { changed: `${describe(address)} ${after ? "held" : "released"} (pid ${peer.pid})` } : {},
+  );
+}
+
+/** "ok" for SUCCESS, else the status's name in lower case ("permissions"). */
+function resultName(value: NvPdStatus): string {
+  if (value === NvPdStatus.SUCCESS) return "ok";
+  const name = Object.entries(NvPdStatus).find(([, v]) => v === value)?.[0] ?? "unknown";
+  return name.toLowerCase();
 }

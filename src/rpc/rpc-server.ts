@@ -36,15 +36,29 @@ function fdOf(socket: Socket): number {
 export class RpcServer {
   readonly #server: Server;
   readonly #sockets = new Set<Socket>();
-  #requests = 0;
+  /** Requests since start, by procedure and result (status and metrics). */
+  readonly #counts = new Map<string, Map<string, number>>();
 
   private constructor(server: Server) {
     this.#server = server;
   }
 
-  /** Calls answered since start (for status and benchmarks). */
+  /** Requests since start, by procedure, then result. */
+  get requestCounts(): ReadonlyMap<string, ReadonlyMap<string, number>> {
+    return this.#counts;
+  }
+
+  /** Requests since start, all procedures and results together. */
   get requests(): number {
-    return this.#requests;
+    let total = 0;
+    for (const results of this.#counts.values()) for (const n of results.values()) total += n;
+    return total;
+  }
+
+  #count(procedure: string, result: string): void {
+    const results = this.#counts.get(procedure) ?? new Map<string, number>();
+    this.#counts.set(procedure, results);
+    results.set(result, (results.get(result) ?? 0) + 1);
   }
 
   static async listen(
@@ -110,9 +124,12 @@ export class RpcServer {
         const record = queue.shift() as Buffer;
         const decoded = decodeCall(record);
         let reply: Buffer | null = null;
-        if (decoded.kind === "ignore") rejections.report(peer, `not an RPC call: ${decoded.reason}`);
-        else if (decoded.kind === "denied") {
+        if (decoded.kind === "ignore") {
+          rejections.report(peer, `not an RPC call: ${decoded.reason}`);
+          this.#count("unknown", "not_a_call");
+        } else if (decoded.kind === "denied") {
           rejections.report(peer, decoded.reason);
+          this.#count("unknown", "denied");
           reply = decoded.reply;
         } else {
           try {
@@ -120,13 +137,14 @@ export class RpcServer {
             if (handled.rejected) rejections.report(peer, handled.rejected);
             if (handled.changed) log.info(`RPC: ${handled.changed}`);
             if (handled.answered) log.debug({ peerPid: peer.pid, peerUid: peer.uid }, `RPC: ${handled.answered}`);
+            this.#count(handled.procedure, handled.result);
             reply = handled.reply;
           } catch (err) {
             log.error(`RPC: procedure ${decoded.call.proc} failed: ${(err as Error).stack ?? err}`);
+            this.#count("unknown", "system_err");
             reply = acceptedReply(decoded.call.xid, AcceptStat.SYSTEM_ERR);
           }
         }
-        this.#requests++;
         if (reply && !socket.destroyed) socket.write(frameRecord(reply));
         if (queue.length < limits.maxQueuedCalls && socket.isPaused()) socket.resume();
       }

@@ -1,7 +1,8 @@
 // gpu-persistd.service under real systemd 252 in systemd-nspawn, on simulated GPUs added
 // by a drop-in, exactly as an admin would run it: start, status, reload, watchdog, journal,
 // stop, privilege drop.
-import { rmSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bootWithDaemon, type Container, nspawnUnavailable, stageInstall } from "../helpers/nspawn.js";
 
@@ -48,6 +49,18 @@ function install(dropIn: string, simConfig: object, config?: object): void {
   container.check(
     "systemctl daemon-reload && systemctl reset-failed gpu-persistd 2>/dev/null; journalctl --rotate --vacuum-time=1s -q; true",
   );
+}
+
+/** Runs `body` with a drop-in from the package's examples installed, as the README says to. */
+function withExampleDropIn(name: string, body: () => void): void {
+  const target = `/etc/systemd/system/gpu-persistd.service.d/${name}`;
+  container.writeFile(target, readFileSync(join(stage, "usr/share/doc/gpu-persistd/examples", name), "utf8"));
+  container.check("systemctl daemon-reload");
+  try {
+    body();
+  } finally {
+    container.check(`rm -f ${target} && systemctl daemon-reload`);
+  }
 }
 
 describe("gpu-persistd.service", () => {
@@ -127,6 +140,51 @@ describe("gpu-persistd.service", () => {
     expect(performance.now() - start).toBeLessThan(3000);
     expect(container.run("test -e /run/nvidia-persistenced").code).not.toBe(0);
     expect(container.check("journalctl -u gpu-persistd -o cat --no-pager")).toMatch(/Shutdown \(\d+\)/);
+  });
+
+  it("refuses metricsListen under the default unit, naming the drop-in, and is not restarted", () => {
+    install(simDropIn(), {}, { metricsListen: "127.0.0.1:9400" });
+    expect(container.run("systemctl start gpu-persistd").code).not.toBe(0);
+    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("failed");
+    expect(container.unitProperty("gpu-persistd", "NRestarts")).toBe("0");
+    const errors = container.check("journalctl -u gpu-persistd -p err -o cat --no-pager");
+    expect(errors).toContain("cannot serve metrics on 127.0.0.1:9400: EAFNOSUPPORT");
+    expect(errors).toContain("/usr/share/doc/gpu-persistd/examples/metrics-listen.conf");
+  });
+
+  it("serves metrics on the host's loopback with the metrics-listen drop-in", () => {
+    install(simDropIn(), {}, { metricsListen: "127.0.0.1:9400" });
+    withExampleDropIn("metrics-listen.conf", () => {
+      container.check("systemctl start gpu-persistd");
+      const metrics = container.check(
+        `node -e 'fetch("http://127.0.0.1:9400/metrics").then(r => r.text()).then(t => process.stdout.write(t))'`,
+      );
+      expect(metrics.match(/^gpu_persistd_gpu_held\{.*\} 1$/gm)).toHaveLength(4);
+      container.check("systemctl stop gpu-persistd");
+    });
+  });
+
+  it("writes the metrics textfile with the metrics-textfile drop-in, readable by node_exporter", () => {
+    const dir = "/var/lib/prometheus/node-exporter";
+    container.check(`mkdir -p ${dir} && chgrp nvidia-persistenced ${dir} && chmod 0775 ${dir}`);
+    install(simDropIn(), {}, { metricsTextfile: `${dir}/gpu-persistd.prom` });
+    expect(container.run("systemctl start gpu-persistd").code).not.toBe(0);
+    expect(container.check("journalctl -u gpu-persistd -p err -o cat --no-pager")).toContain(
+      "EROFS: the default gpu-persistd.service may write only its runtime directory",
+    );
+    install(simDropIn(), {}, { metricsTextfile: `${dir}/gpu-persistd.prom` });
+    withExampleDropIn("metrics-textfile.conf", () => {
+      container.check("systemctl start gpu-persistd");
+      expect(container.check(`stat -c %a ${dir}/gpu-persistd.prom`).trim()).toBe("644");
+      expect(container.check(`cat ${dir}/gpu-persistd.prom`).match(/^gpu_persistd_gpu_held\{.*\} 1$/gm)).toHaveLength(
+        4,
+      );
+      container.check("systemctl stop gpu-persistd");
+      // After the stop the file says so: nothing held.
+      expect(container.check(`cat ${dir}/gpu-persistd.prom`).match(/^gpu_persistd_gpu_held\{.*\} 0$/gm)).toHaveLength(
+        4,
+      );
+    });
   });
 
   it("is killed and restarted by the watchdog when NVML hangs, and comes back READY", async () => {

@@ -1,0 +1,113 @@
+// What gpu-persistd exports to Prometheus: per-GPU state, Xid counts, health-check latency,
+// bring-up duration and RPC requests. The daemon records into one instance; the exporters
+// (metrics-listener.ts, metrics-textfile.ts) render it on demand.
+import type { GpuStatus } from "../gpu/gpu-record.js";
+import { family, Histogram, type Labels } from "./prometheus-text.js";
+
+export interface MetricsSnapshot {
+  version: string;
+  devices: GpuStatus[];
+  /** Answered RPC calls by procedure and result. */
+  rpcRequests: ReadonlyMap<string, ReadonlyMap<string, number>>;
+}
+
+/** Health rounds take a few ms on a healthy host; the top buckets catch a driver in trouble. */
+const HEALTH_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+export class DaemonMetrics {
+  readonly #startTimeSeconds = Date.now() / 1000;
+  readonly #healthDuration = new Histogram(HEALTH_BUCKETS_SECONDS);
+  readonly #healthRounds = { passed: 0, failed: 0 };
+  #bringUpSeconds: number | null = null;
+
+  /** One health round: how long NVML took to answer every call, and whether all answered. */
+  observeHealthRound(seconds: number, healthy: boolean): void {
+    this.#healthDuration.observe(seconds);
+    this.#healthRounds[healthy ? "passed" : "failed"]++;
+  }
+
+  recordBringUp(seconds: number): void {
+    this.#bringUpSeconds = seconds;
+  }
+
+  render(snapshot: MetricsSnapshot): string {
+    const gpuLabels = (d: GpuStatus): Labels => ({
+      gpu: String(d.index),
+      uuid: d.uuid,
+      pci_bus_id: d.pciBusId,
+      name: d.name,
+    });
+    const perGpu = (value: (d: GpuStatus) => number | null) =>
+      snapshot.devices.flatMap((d) => {
+        const v = value(d);
+        return v === null ? [] : [{ labels: gpuLabels(d), value: v }];
+      });
+    const flag = (b: boolean) => (b ? 1 : 0);
+    return [
+      family("gpu_persistd_build_info", "gauge", "Always 1; the daemon's version as a label.", [
+        { labels: { version: snapshot.version }, value: 1 },
+      ]),
+      family("gpu_persistd_start_time_seconds", "gauge", "When the daemon started, in seconds since the epoch.", [
+        { value: Math.round(this.#startTimeSeconds) },
+      ]),
+      family(
+        "gpu_persistd_bring_up_duration_seconds",
+        "gauge",
+        "Time from start until every selected GPU was held or had failed.",
+        this.#bringUpSeconds === null ? [] : [{ value: this.#bringUpSeconds }],
+      ),
+      family(
+        "gpu_persistd_gpu_selected",
+        "gauge",
+        "1 when the GPU is chosen by the devices setting.",
+        perGpu((d) => flag(d.selected)),
+      ),
+      family(
+        "gpu_persistd_gpu_held",
+        "gauge",
+        "1 while gpu-persistd holds the GPU's device node open (the GPU stays initialised).",
+        perGpu((d) => flag(d.held)),
+      ),
+      family(
+        "gpu_persistd_gpu_persistence_mode",
+        "gauge",
+        "The GPU's persistence mode as NVML last read it: 1 enabled, 0 disabled (absent while unknown).",
+        perGpu((d) => (d.persistence === "unknown" ? null : flag(d.persistence === "enabled"))),
+      ),
+      family(
+        "gpu_persistd_gpu_lost",
+        "gauge",
+        "1 once NVML reported the GPU lost (Xid 79 and kin); cleared only by a restart.",
+        perGpu((d) => flag(d.lost)),
+      ),
+      family(
+        "gpu_persistd_xid_events_total",
+        "counter",
+        "Xid events seen since start, by GPU and Xid code.",
+        snapshot.devices.flatMap((d) =>
+          Object.entries(d.xids).map(([xid, count]) => ({ labels: { ...gpuLabels(d), xid }, value: count })),
+        ),
+      ),
+      family(
+        "gpu_persistd_health_check_duration_seconds",
+        "histogram",
+        "Duration of one NVML health round (every held GPU, in parallel).",
+        this.#healthDuration.samples(),
+      ),
+      family(
+        "gpu_persistd_health_checks_total",
+        "counter",
+        "NVML health rounds by result: passed, or failed (a call hung; watchdog pings withheld).",
+        Object.entries(this.#healthRounds).map(([result, value]) => ({ labels: { result }, value })),
+      ),
+      family(
+        "gpu_persistd_rpc_requests_total",
+        "counter",
+        "Persistence RPC calls answered, by procedure and result.",
+        [...snapshot.rpcRequests].flatMap(([procedure, results]) =>
+          [...results].map(([result, value]) => ({ labels: { procedure, result }, value })),
+        ),
+      ),
+    ].join("");
+  }
+}

@@ -1,0 +1,80 @@
+// Writes the metrics for node_exporter's textfile collector: the whole file replaced at
+// once (a temporary file renamed over it), so a scrape never reads half of it.
+import { chmodSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import { ExitCode } from "../exit-codes.js";
+import { FatalError } from "../fatal-error.js";
+import type { Log } from "../log.js";
+
+const UNIT_HINT =
+  "the default gpu-persistd.service may write only its runtime directory (ProtectSystem=strict): " +
+  "install the drop-in /usr/share/doc/gpu-persistd/examples/metrics-textfile.conf (ReadWritePaths= the file's directory) " +
+  "as /etc/systemd/system/gpu-persistd.service.d/metrics-textfile.conf, then systemctl daemon-reload";
+
+export class MetricsTextfile {
+  readonly #path: string;
+  readonly #temporary: string;
+  readonly #render: () => string;
+  readonly #log: Log;
+  #timer: NodeJS.Timeout | null = null;
+  #failing = false;
+
+  constructor(path: string, render: () => string, log: Log) {
+    this.#path = path;
+    // node_exporter reads *.prom only: the temporary name is never collected.
+    this.#temporary = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
+    this.#render = render;
+    this.#log = log;
+  }
+
+  /** Writes once (throwing a FatalError that says the fix if it cannot), then every intervalMs. */
+  start(intervalMs: number): void {
+    try {
+      this.#write();
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      const why =
+        e.code === "EROFS"
+          ? `${e.code}: ${UNIT_HINT}`
+          : e.code === "EACCES" || e.code === "EPERM"
+            ? `${e.code}: the directory must be writable by the daemon's user (uid ${process.getuid?.()}): chgrp nvidia-persistenced ${dirname(this.#path)} && chmod g+w ${dirname(this.#path)}`
+            : e.code === "ENOENT"
+              ? `the directory ${dirname(this.#path)} does not exist (node_exporter's textfile directory; is prometheus-node-exporter installed?)`
+              : e.message;
+      throw new FatalError(ExitCode.CONFIG, `cannot write metrics to ${this.#path}: ${why}`);
+    }
+    this.#timer = setInterval(() => this.#writeLogged(), intervalMs);
+    this.#timer.unref();
+  }
+
+  /** A last write (the state at stop: nothing held), then no more. */
+  stop(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+    this.#writeLogged();
+  }
+
+  #write(): void {
+    try {
+      writeFileSync(this.#temporary, this.#render());
+      // node_exporter runs as its own user; the unit's UMask=0077 would hide the file from it.
+      chmodSync(this.#temporary, 0o644);
+      renameSync(this.#temporary, this.#path);
+    } catch (err) {
+      rmSync(this.#temporary, { force: true });
+      throw err;
+    }
+  }
+
+  /** Later failures are logged once until a write succeeds again; the daemon keeps its GPUs. */
+  #writeLogged(): void {
+    try {
+      this.#write();
+      if (this.#failing) this.#log.info(`metrics: writing ${this.#path} works again`);
+      this.#failing = false;
+    } catch (err) {
+      if (!this.#failing) this.#log.warn(`metrics: cannot write ${this.#path}: ${(err as Error).message}`);
+      this.#failing = true;
+    }
+  }
+}

@@ -1,0 +1,146 @@
+// Metrics from a running daemon on simulated GPUs: the HTTP listener and the textfile carry
+// per-GPU state, Xid counters, health-check latency, bring-up time and RPC counts; each way
+// the exporters can fail stops the start with the cause and the fix.
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { DaemonProcess, runBundle, Scratch, type SimConfig } from "../helpers/daemon.js";
+import { rpcGet } from "../helpers/rpc.js";
+
+let scratch: Scratch;
+let daemon: DaemonProcess | undefined;
+
+afterEach(async () => {
+  if (daemon && daemon.child.exitCode === null && daemon.child.signalCode === null) await daemon.stop("SIGKILL");
+  daemon = undefined;
+  scratch?.cleanup();
+});
+
+function start(args: string[], sim: SimConfig = {}): DaemonProcess {
+  scratch = new Scratch();
+  scratch.writeSimConfig(sim);
+  daemon = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, ...args], {
+    GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
+    GPU_PERSISTD_HEALTH_INTERVAL_MS: "50",
+  });
+  return daemon;
+}
+
+/** A free loopback port, found by binding port 0. */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** The value of the one sample whose line starts with `prefix`. */
+function sample(text: string, prefix: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(prefix));
+  if (!line) throw new Error(`no sample ${prefix} in:\n${text}`);
+  return Number(line.slice(line.lastIndexOf(" ") + 1));
+}
+
+describe("metrics over HTTP", () => {
+  it("reports GPUs, Xids, health latency, bring-up time and RPC requests by procedure and result", async () => {
+    const port = await freePort();
+    const d = start([`--simulate=2`, `--metrics-listen=127.0.0.1:${port}`], {
+      events: [
+        { gpu: 1, type: 8, data: 48, afterMs: 100 },
+        { gpu: 1, type: 8, data: 48, afterMs: 120 },
+        { gpu: 0, type: 8, data: 13, afterMs: 140 },
+      ],
+    });
+    await d.waitReady();
+    await d.waitFor("Xid 13");
+    await rpcGet(join(scratch.runtimeDir, "socket"), 1);
+    await rpcGet(join(scratch.runtimeDir, "socket"), 2, 6);
+    await new Promise((r) => setTimeout(r, 200));
+    const response = await fetch(`http://127.0.0.1:${port}/metrics`);
+    expect(response.status).toBe(200);
+    expect(response.headers.get("content-type")).toBe("text/plain; version=0.0.4; charset=utf-8");
+    const text = await response.text();
+    const gpu0 = 'gpu="0",uuid="GPU-9e3779b9-6ef3-4f37-86ef-c5e6902c0000",pci_bus_id="00000000:06:00.0"';
+    expect(sample(text, `gpu_persistd_gpu_held{${gpu0}`)).toBe(1);
+    expect(sample(text, `gpu_persistd_gpu_persistence_mode{${gpu0}`)).toBe(1);
+    expect(sample(text, `gpu_persistd_gpu_lost{${gpu0}`)).toBe(0);
+    expect(text).toMatch(/^gpu_persistd_xid_events_total\{gpu="1",.*,xid="48"\} 2$/m);
+    expect(text).toMatch(/^gpu_persistd_xid_events_total\{gpu="0",.*,xid="13"\} 1$/m);
+    expect(sample(text, 'gpu_persistd_rpc_requests_total{procedure="get_persistence_mode",result="ok"}')).toBe(2);
+    expect(sample(text, "gpu_persistd_bring_up_duration_seconds")).toBeGreaterThan(0);
+    expect(sample(text, "gpu_persistd_health_check_duration_seconds_count")).toBeGreaterThan(0);
+    expect(sample(text, 'gpu_persistd_health_checks_total{result="passed"}')).toBeGreaterThan(0);
+    expect(sample(text, 'gpu_persistd_health_checks_total{result="failed"}')).toBe(0);
+    expect(sample(text, 'gpu_persistd_build_info{version="')).toBe(1);
+
+    expect((await fetch(`http://127.0.0.1:${port}/`)).status).toBe(404);
+    expect((await fetch(`http://127.0.0.1:${port}/metrics`, { method: "POST" })).status).toBe(405);
+  });
+
+  it("counts refused and unknown RPC calls under their result", async () => {
+    const port = await freePort();
+    const d = start([`--simulate=1`, `--metrics-listen=127.0.0.1:${port}`]);
+    await d.waitReady();
+    // Bus 0x42 has no GPU: NVML clients get DEVICE_NOT_FOUND.
+    await rpcGet(join(scratch.runtimeDir, "socket"), 3, 0x42).catch(() => {});
+    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    expect(
+      sample(text, 'gpu_persistd_rpc_requests_total{procedure="get_persistence_mode",result="device_not_found"}'),
+    ).toBe(1);
+  });
+
+  it("fails the start with exit 78 when the port is taken, naming it", async () => {
+    const busy = createServer();
+    await new Promise<void>((resolve) => busy.listen(0, "127.0.0.1", resolve));
+    const { port } = busy.address() as { port: number };
+    try {
+      scratch = new Scratch();
+      scratch.writeSimConfig({});
+      const result = runBundle(
+        [`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1", `--metrics-listen=127.0.0.1:${port}`],
+        {
+          GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
+        },
+      );
+      expect(result.code).toBe(78);
+      expect(result.output).toContain(`cannot serve metrics on 127.0.0.1:${port}: 127.0.0.1:${port} is in use`);
+      // Nothing is left held or listening.
+      expect(existsSync(scratch.runtimeDir)).toBe(false);
+    } finally {
+      busy.close();
+    }
+  });
+});
+
+describe("metrics textfile", () => {
+  it("is written whole, world-readable, kept current, and says nothing is held after the stop", async () => {
+    scratch = new Scratch();
+    const path = join(scratch.dir, "gpu-persistd.prom");
+    const d = start(["--simulate=2", `--metrics-textfile=${path}`]);
+    await d.waitReady();
+    expect(statSync(path).mode & 0o777).toBe(0o644);
+    const first = readFileSync(path, "utf8");
+    expect(first.match(/^gpu_persistd_gpu_held\{.*\} 1$/gm)).toHaveLength(2);
+    await new Promise((r) => setTimeout(r, 300));
+    // Health rounds every 50 ms: a later file has counted some.
+    expect(sample(readFileSync(path, "utf8"), "gpu_persistd_health_check_duration_seconds_count")).toBeGreaterThan(0);
+    await d.stop("SIGTERM");
+    expect(readFileSync(path, "utf8").match(/^gpu_persistd_gpu_held\{.*\} 0$/gm)).toHaveLength(2);
+    expect(existsSync(join(scratch.dir, `.gpu-persistd.prom.${d.child.pid}.tmp`))).toBe(false);
+  });
+
+  it("fails the start with exit 78 when the directory is missing, saying what it should be", () => {
+    scratch = new Scratch();
+    scratch.writeSimConfig({});
+    const result = runBundle(
+      [`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1", `--metrics-textfile=${scratch.dir}/none/g.prom`],
+      { GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath },
+    );
+    expect(result.code).toBe(78);
+    expect(result.output).toContain(
+      `the directory ${scratch.dir}/none does not exist (node_exporter's textfile directory`,
+    );
+  });
+});

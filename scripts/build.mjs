@@ -26,22 +26,24 @@ execFileSync(
   { stdio: "inherit" },
 );
 
+const nodeFlags = JSON.parse(readFileSync("src/node-flags.json", "utf8"));
 const define = { GPU_PERSISTD_VERSION: JSON.stringify(JSON.parse(readFileSync("package.json", "utf8")).version) };
 
-await build({
+const bundle = await build({
   entryPoints: ["src/main.ts"],
+  metafile: true,
   outfile: "dist/gpu-persistd.mjs",
   bundle: true,
   platform: "node",
   format: "esm",
-  target: "node20",
+  target: "node18",
   external: ["koffi"],
   define,
   // The libuv pool runs every blocking NVML call (koffi fn.async); the shebang sizes it for
   // the installed command (src/thread-pool.ts re-executes when run as `node FILE`).
   banner: {
     js: [
-      "#!/usr/bin/env -S UV_THREADPOOL_SIZE=128 node --max-semi-space-size=1",
+      `#!/usr/bin/env -S UV_THREADPOOL_SIZE=128 node ${nodeFlags.v8.join(" ")}`,
       'import { createRequire as __gpdCreateRequire } from "node:module";',
       "const require = __gpdCreateRequire(import.meta.url);",
     ].join("\n"),
@@ -49,6 +51,16 @@ await build({
   logLevel: "warning",
 });
 chmodSync("dist/gpu-persistd.mjs", 0o755);
+
+// The npm packages inside the bundle, for the .deb's copyright file (scripts/package.mjs).
+const bundled = new Map();
+for (const input of Object.keys(bundle.metafile.inputs)) {
+  const match = /^node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(input);
+  if (!match || bundled.has(match[1])) continue;
+  const { name, version, license } = JSON.parse(readFileSync(`node_modules/${match[1]}/package.json`, "utf8"));
+  bundled.set(name, { name, version, license });
+}
+writeFileSync("dist/bundled-packages.json", `${JSON.stringify([...bundled.values()], null, 2)}\n`);
 
 // gpu-persistd(8), generated from the option table that --help prints.
 const man = await build({

@@ -5,13 +5,16 @@
 // shebang sets it already, so only `node dist/gpu-persistd.mjs` pays for the re-exec. The
 // re-exec also passes the V8 flags the shebang gives.
 import { execve } from "../native-bindings/libc.js";
+import nodeFlags from "./node-flags.json" with { type: "json" };
 
 export const THREAD_POOL_SIZE = 128;
 /**
- * A 1 MB young generation instead of 16: an idle daemon's RSS then stays near its floor
- * rather than saw-toothing by tens of MB between scavenges. Also in the shebang.
+ * The shebang's V8 flags (scripts/build.mjs reads the same file). A 1 MB young generation
+ * instead of 16: an idle daemon's RSS then stays near its floor rather than saw-toothing by
+ * tens of MB between scavenges. No WebAssembly: the unit runs Node with --jitless, which
+ * otherwise prints "disabling flag --expose_wasm" to the journal at every start.
  */
-export const V8_FLAGS = ["--max-semi-space-size=1"];
+const V8_FLAGS: readonly string[] = nodeFlags.v8;
 
 /** Returns normally when the pool size is already set; otherwise never returns, or throws. */
 export function ensureThreadPoolSize(): void {

@@ -14,6 +14,8 @@ declare -A NEEDED=(
   [cmd:nsenter]=util-linux
   [cmd:setpriv]=util-linux
   [cmd:pgrep]=procps
+  [cmd:lintian]=lintian
+  [cmd:strip]=binutils
   [file:/usr/include/tirpc/rpc/rpc.h]=libtirpc-dev
 )
 

@@ -1,0 +1,135 @@
+// Builds dist/gpu-persistd_<version>_amd64.deb with dpkg-deb alone (no debhelper): the
+// installed tree of scripts/stage.mjs, the man page and docs compressed as Debian wants,
+// the default config as a conffile, and the maintainer scripts of packaging/deb/.
+// Run after `npm run build` (npm run package does both).
+
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { chmodSync, cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { join, relative } from "node:path";
+import { gzipSync } from "node:zlib";
+
+const { version } = JSON.parse(readFileSync("package.json", "utf8"));
+const changelog = readFileSync("packaging/deb/changelog", "utf8");
+if (!changelog.startsWith(`gpu-persistd (${version})`)) {
+  throw new Error(`packaging/deb/changelog does not start with version ${version} of package.json: add an entry`);
+}
+
+const root = "dist/deb";
+rmSync(root, { recursive: true, force: true });
+execFileSync(process.execPath, ["scripts/stage.mjs", root], { stdio: "inherit" });
+
+// Debian 12 keeps units in /lib/systemd/system (lintian: systemd-service-file-outside-lib).
+mkdirSync(join(root, "lib/systemd"), { recursive: true });
+cpSync(join(root, "usr/lib/systemd/system"), join(root, "lib/systemd/system"), { recursive: true });
+rmSync(join(root, "usr/lib/systemd"), { recursive: true });
+
+const lib = join(root, "usr/lib/gpu-persistd");
+execFileSync("strip", ["--strip-unneeded", join(lib, "libnvidia-ml-sim.so")]);
+
+/** gzip -9n: no name, no time stamp, so the same input gives the same bytes. */
+function gzipTo(path, data) {
+  writeFileSync(path, gzipSync(data, { level: 9 }));
+}
+const man = join(root, "usr/share/man/man8/gpu-persistd.8");
+gzipTo(`${man}.gz`, readFileSync(man));
+rmSync(man);
+
+const doc = join(root, "usr/share/doc/gpu-persistd");
+mkdirSync(doc, { recursive: true });
+cpSync("README.md", join(doc, "README.md"));
+gzipTo(join(doc, "changelog.gz"), changelog);
+writeFileSync(join(doc, "copyright"), copyright());
+
+mkdirSync(join(root, "etc/gpu-persistd"), { recursive: true });
+cpSync("packaging/deb/config.json", join(root, "etc/gpu-persistd/config.json"));
+
+// Modes set explicitly: the build's umask must not leak into the package.
+for (const path of walk(root)) {
+  const executable = statSync(path).mode & 0o111 && !path.endsWith(".json") && !path.endsWith(".md");
+  chmodSync(path, statSync(path).isDirectory() || executable ? 0o755 : 0o644);
+}
+
+const control = join(root, "DEBIAN");
+mkdirSync(control);
+const installedKiB = walk(root)
+  .filter((p) => !statSync(p).isDirectory())
+  .reduce((sum, p) => sum + Math.ceil(statSync(p).size / 1024), 0);
+writeFileSync(
+  join(control, "control"),
+  readFileSync("packaging/deb/control.in", "utf8")
+    .replace("@VERSION@", version)
+    .replace("@INSTALLED_SIZE@", String(installedKiB)),
+);
+cpSync("packaging/deb/conffiles", join(control, "conffiles"));
+for (const script of ["postinst", "prerm", "postrm"]) {
+  cpSync(join("packaging/deb", script), join(control, script));
+  chmodSync(join(control, script), 0o755);
+}
+const conffiles = new Set(readFileSync("packaging/deb/conffiles", "utf8").trim().split("\n"));
+const sums = walk(root)
+  .filter((p) => !p.startsWith(control) && !statSync(p).isDirectory() && !conffiles.has(`/${relative(root, p)}`))
+  .map((p) => `${createHash("md5").update(readFileSync(p)).digest("hex")}  ${relative(root, p)}`);
+writeFileSync(join(control, "md5sums"), `${sums.join("\n")}\n`);
+chmodSync(join(control, "md5sums"), 0o644);
+
+const deb = `dist/gpu-persistd_${version}_amd64.deb`;
+execFileSync("dpkg-deb", ["--root-owner-group", "-Zxz", "--build", root, deb], {
+  stdio: ["ignore", "ignore", "inherit"],
+});
+console.log(`${deb}: ${(statSync(deb).size / 1024).toFixed(0)} KiB, ${installedKiB} KiB installed`);
+
+/** Every path under dir, depth first, symlinks not followed. */
+function walk(dir) {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
+    const path = join(dir, entry.name);
+    if (entry.isSymbolicLink()) return [];
+    return entry.isDirectory() ? [path, ...walk(path)] : [path];
+  });
+}
+
+/** debian/copyright (DEP-5): ours, koffi, and every npm package esbuild put into the bundle. */
+function copyright() {
+  const bundled = JSON.parse(readFileSync("dist/bundled-packages.json", "utf8"));
+  const mit = readFileSync("LICENSE", "utf8").split("\n").slice(2).join("\n").trim();
+  const indent = (text) =>
+    text
+      .split("\n")
+      .map((line) => (line.trim() === "" ? " ." : ` ${line}`))
+      .join("\n");
+  const licenses = new Set(bundled.map((p) => p.license));
+  for (const license of licenses) {
+    if (!["MIT", "ISC", "Apache-2.0"].includes(license)) throw new Error(`no copyright text for license ${license}`);
+  }
+  return [
+    "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/",
+    "Upstream-Name: gpu-persistd",
+    "",
+    "Files: *",
+    "Copyright: 2026 gpu-persistd developers",
+    "License: MIT",
+    "",
+    "Files: usr/lib/gpu-persistd/node_modules/*",
+    "Copyright: 2026 Niels Martignène <niels.martignene@protonmail.com>",
+    "License: MIT",
+    "Comment: koffi, its JavaScript loader and its glibc x86-64 native module.",
+    "",
+    "Files: usr/lib/gpu-persistd/gpu-persistd.mjs",
+    "Copyright: 2026 gpu-persistd developers, and the authors of the npm packages it bundles",
+    `License: MIT and ${[...licenses].filter((l) => l !== "MIT").join(" and ")}`,
+    "Comment: esbuild bundles these npm packages into the file (name, version, license):",
+    ...bundled.map((p) => ` ${p.name} ${p.version} ${p.license}`),
+    "",
+    "License: MIT",
+    indent(mit),
+    "",
+    "License: ISC",
+    indent(
+      'Permission to use, copy, modify, and/or distribute this software for any purpose with or without fee is hereby granted, provided that the above copyright notice and this permission notice appear in all copies.\n\nTHE SOFTWARE IS PROVIDED "AS IS" AND THE AUTHOR DISCLAIMS ALL WARRANTIES WITH REGARD TO THIS SOFTWARE INCLUDING ALL IMPLIED WARRANTIES OF MERCHANTABILITY AND FITNESS. IN NO EVENT SHALL THE AUTHOR BE LIABLE FOR ANY SPECIAL, DIRECT, INDIRECT, OR CONSEQUENTIAL DAMAGES OR ANY DAMAGES WHATSOEVER RESULTING FROM LOSS OF USE, DATA OR PROFITS, WHETHER IN AN ACTION OF CONTRACT, NEGLIGENCE OR OTHER TORTIOUS ACTION, ARISING OUT OF OR IN CONNECTION WITH THE USE OR PERFORMANCE OF THIS SOFTWARE.',
+    ),
+    "",
+    "License: Apache-2.0",
+    " On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.",
+    "",
+  ].join("\n");
+}

@@ -1,0 +1,100 @@
+// The .deb as an admin meets it: lintian, then a stock Debian 12 (real systemd 252 in
+// systemd-nspawn, Debian's own repositories, no compiler, no Node) where
+// `apt-get install ./gpu-persistd_*.deb` pulls Debian's nodejs, creates the user, enables
+// and starts the unit; then stop, purge and autoremove must leave the system as it was.
+import { execFileSync, spawnSync } from "node:child_process";
+import { readdirSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ROOT } from "../helpers/daemon.js";
+import { bookwormRootfs, Container, nspawnUnavailable } from "../helpers/nspawn.js";
+
+const unavailable =
+  nspawnUnavailable() ??
+  (spawnSync("sh", ["-c", "command -v lintian dpkg-deb strip"]).status === 0
+    ? null
+    : "missing lintian, dpkg-deb or strip: apt-get install -y --no-install-recommends lintian dpkg-dev binutils");
+
+// A drop-in in /run: simulated GPUs for the package's own unit, gone with the boot, not a
+// file the package must clean.
+const SIMULATE_DROP_IN = "/run/systemd/system/gpu-persistd.service.d/simulate.conf";
+const APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0";
+/** Every file outside what apt, dpkg, logs and the boot itself change. */
+const SNAPSHOT = [
+  "find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp",
+  "-o -path /var/cache -o -path /var/log -o -path /var/lib/apt -o -path /var/lib/dpkg \\) -prune -o -print | sort;",
+  "echo '--- users'; cat /etc/passwd /etc/group",
+].join(" ");
+
+let deb = "";
+let container: Container;
+
+beforeAll(async () => {
+  if (unavailable) throw new Error(`cannot run the package suite: ${unavailable}`);
+  execFileSync(process.execPath, ["scripts/package.mjs"], { cwd: ROOT, stdio: ["ignore", "ignore", "inherit"] });
+  deb = readdirSync(join(ROOT, "dist")).find((f) => /^gpu-persistd_.*_amd64\.deb$/.test(f)) ?? "";
+  container = await Container.boot(bookwormRootfs(), [[join(ROOT, "dist"), "/mnt/dist"]]);
+}, 180_000);
+
+afterAll(async () => {
+  await container?.poweroff();
+});
+
+function simulate(gpus: number): void {
+  container.writeFile(
+    SIMULATE_DROP_IN,
+    `[Service]\nExecStart=\nExecStart=/usr/bin/gpu-persistd --user nvidia-persistenced --simulate=${gpus}\n`,
+  );
+}
+
+describe("gpu-persistd .deb", () => {
+  it("has no lintian errors", () => {
+    const result = spawnSync("lintian", ["--fail-on", "error", join(ROOT, "dist", deb)], { encoding: "utf8" });
+    expect(result.stdout).not.toMatch(/^E: /m);
+    expect(result.status, result.stdout + result.stderr).toBe(0);
+  });
+
+  it("installs on stock Debian 12 with Debian's nodejs, starts, and purges without a trace", () => {
+    expect(container.run("command -v node cc gcc").stdout, "the rootfs must have no Node and no compiler").toBe("");
+    const before = container.check(SNAPSHOT);
+    simulate(2);
+
+    const install = container.run(
+      `apt-get update -q && ${APT} --no-install-recommends install /mnt/dist/${deb}`,
+      300_000,
+    );
+    expect(install.code, install.stdout + install.stderr).toBe(0);
+    expect(container.check("node --version")).toMatch(/^v18\./);
+    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
+    expect(container.unitProperty("gpu-persistd", "UnitFileState")).toBe("enabled");
+    expect(container.check("ps -o user= -p $(systemctl show -p MainPID --value gpu-persistd)")).toBe(
+      "nvidia-persistenced\n",
+    );
+    const status = JSON.parse(container.check("gpu-persistd status --json"));
+    expect(status.devices.map((d: { held: boolean }) => d.held)).toEqual([true, true]);
+    expect(container.check("man -w gpu-persistd").trim()).toBe("/usr/share/man/man8/gpu-persistd.8.gz");
+    // Node's own start-up warnings (--jitless without --no-expose-wasm) would land here; the
+    // unit's other lines come from systemd (nspawn cannot give it a private loopback).
+    expect(container.check("journalctl -q -t gpu-persistd -p warning --no-pager")).toBe("");
+
+    container.check("systemctl stop gpu-persistd");
+    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("inactive");
+    expect(container.run("test -e /run/nvidia-persistenced").code).toBe(1);
+
+    const purge = container.run(`${APT} purge gpu-persistd && ${APT} autoremove --purge`, 120_000);
+    expect(purge.code, purge.stdout + purge.stderr).toBe(0);
+    expect(container.run("systemctl list-unit-files --no-legend gpu-persistd.service").stdout).toBe("");
+    expect(container.check(SNAPSHOT)).toBe(before);
+  });
+
+  it("keeps a nvidia-persistenced user it did not create, on purge", () => {
+    container.check("useradd --system --no-create-home --home-dir / --shell /usr/sbin/nologin nvidia-persistenced");
+    simulate(1);
+    const install = container.run(`${APT} --no-install-recommends install /mnt/dist/${deb}`, 300_000);
+    expect(install.code, install.stdout + install.stderr).toBe(0);
+    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
+    container.check(`${APT} purge gpu-persistd`, 120_000);
+    expect(container.run("getent passwd nvidia-persistenced").code).toBe(0);
+    expect(container.run("test -e /var/lib/gpu-persistd").code).toBe(1);
+  });
+});

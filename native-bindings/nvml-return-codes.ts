@@ -38,6 +38,7 @@ export const NVML_SUCCESS = 0;
 export const NVML_ERROR_NO_PERMISSION = 4;
 export const NVML_ERROR_DRIVER_NOT_LOADED = 9;
 export const NVML_ERROR_TIMEOUT = 10;
+export const NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18;
 export const NVML_ERROR_GPU_IS_LOST = 15;
 
 export function nvmlReturnName(code: number): string {

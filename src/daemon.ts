@@ -31,7 +31,7 @@ import { dropPrivileges, resolveIdentity } from "./privileges.js";
 import { NvPdStatus, type PciAddress, type PersistenceBackend } from "./rpc/persistence-program.js";
 import { RpcServer } from "./rpc/rpc-server.js";
 import type { RuntimeDir } from "./runtime-dir.js";
-import { configureSimulator, createStandInNodes, simulatorLibraryPath } from "./simulation.js";
+import { createStandInNodes, nvmlLibraryFor } from "./simulation.js";
 import type { SystemdNotifier } from "./systemd/notify.js";
 import { watchdogUsec } from "./systemd/notify.js";
 import { Watchdog } from "./systemd/watchdog.js";
@@ -146,10 +146,8 @@ export class Daemon {
 
   #loadNvml(): Nvml {
     const simulate = this.#config.simulate;
-    let path = this.#config.nvmlLibrary;
+    const path = nvmlLibraryFor(this.#config, this.#deps.env);
     if (simulate !== "") {
-      configureSimulator(simulate, this.#deps.env);
-      path = simulatorLibraryPath();
       this.#log.info({ library: path }, `simulating GPUs (${simulate === "on" ? "as configured" : simulate})`);
     }
     try {

@@ -4,6 +4,7 @@
 import { fstatSync } from "node:fs";
 import { parseCommandLine } from "./cli/command-line.js";
 import { helpText, versionText } from "./cli/help.js";
+import { doctorCommand } from "./commands/doctor.js";
 import { setPersistenceCommand } from "./commands/set-persistence.js";
 import { statusCommand } from "./commands/status.js";
 import { type ConfigSource, loadConfig } from "./config/load-config.js";
@@ -72,6 +73,8 @@ async function main(argv: readonly string[]): Promise<void> {
     process.stdout.write(versionText());
     return;
   }
+  // doctor reads the configuration itself: a broken one is a finding, not an exit.
+  if (commandLine.command === "doctor") return doctorCommand(commandLine);
   const source: ConfigSource = {
     ...(commandLine.configPath !== undefined ? { path: commandLine.configPath } : {}),
     overrides: commandLine.overrides,

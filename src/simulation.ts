@@ -22,6 +22,16 @@ export function configureSimulator(simulate: string, env: NodeJS.ProcessEnv = pr
   else if (simulate !== "on") env.GPU_PERSISTD_SIM_PROFILE = simulate;
 }
 
+/**
+ * The NVML library the configuration names: the simulator under --simulate (told its GPU
+ * count through `env`), else nvmlLibrary. The daemon and doctor load the same one.
+ */
+export function nvmlLibraryFor(config: { simulate: string; nvmlLibrary: string }, env: NodeJS.ProcessEnv): string {
+  if (config.simulate === "") return config.nvmlLibrary;
+  configureSimulator(config.simulate, env);
+  return simulatorLibraryPath();
+}
+
 /** Stand-in device nodes: plain files the daemon opens and holds as it would /dev/nvidiaN. */
 export function createStandInNodes(dir: string, minors: number[]): void {
   mkdirSync(dir, { recursive: true });

@@ -7,7 +7,7 @@ import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { OPTIONS } from "./options.js";
 
-export const COMMANDS = ["run", "status", "release", "hold"] as const;
+export const COMMANDS = ["run", "status", "release", "hold", "doctor"] as const;
 export type Command = (typeof COMMANDS)[number];
 
 export interface CommandLine {
@@ -18,10 +18,12 @@ export interface CommandLine {
   version: boolean;
   json: boolean;
   configPath?: string;
+  /** doctor --root: the system to examine, when not /. */
+  root?: string;
   overrides: Partial<Config>;
 }
 
-const OPERAND_COUNT: Record<Command, number> = { run: 0, status: 0, release: 1, hold: 1 };
+const OPERAND_COUNT: Record<Command, number> = { run: 0, status: 0, release: 1, hold: 1, doctor: 0 };
 const OPTIONAL_VALUE_FORM = /^(\d+|on|[a-z][a-z0-9-]*-[a-z0-9-]+)$/;
 
 function usageError(message: string): FatalError {
@@ -106,6 +108,8 @@ export function parseCommandLine(argv: readonly string[]): CommandLine {
   const uvm = argv.filter((a) => /^--?(no-)?uvm-persistence-mode$/.test(a)).at(-1);
   if (uvm) overrides.uvmPersistenceMode = !uvm.includes("no-");
   const configPath = values.config as string | undefined;
+  const root = values.root as string | undefined;
+  if (root !== undefined && command !== "doctor") throw usageError("option '--root' is for 'doctor' only");
   return {
     command,
     operands: rest,
@@ -113,6 +117,7 @@ export function parseCommandLine(argv: readonly string[]): CommandLine {
     version: values.version === true,
     json: values.json === true,
     ...(configPath !== undefined ? { configPath } : {}),
+    ...(root !== undefined ? { root } : {}),
     overrides,
   };
 }

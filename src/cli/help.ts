@@ -29,6 +29,7 @@ export function helpText(): string {
     "       gpu-persistd status [--json]      show what the running daemon holds",
     "       gpu-persistd release GPU          let go of one GPU completely (index, UUID or PCI bus id)",
     "       gpu-persistd hold GPU             hold it again",
+    "       gpu-persistd doctor [--json]      check driver, devices, units, user and GPUs; say each fix",
     "",
     "Options:",
   ];

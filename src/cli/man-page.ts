@@ -25,6 +25,8 @@ export function manPage(): string {
     "\\fBgpu\\-persistd status\\fR [\\fB\\-\\-json\\fR]",
     ".br",
     "\\fBgpu\\-persistd release\\fR|\\fBhold\\fR \\fIGPU\\fR",
+    ".br",
+    "\\fBgpu\\-persistd doctor\\fR [\\fB\\-\\-json\\fR] [\\fB\\-\\-root\\fR \\fIDIR\\fR]",
     ".SH DESCRIPTION",
     "gpu\\-persistd holds an open file descriptor on every selected GPU's device node, so the NVIDIA",
     "driver keeps the GPU initialised when its last client exits, and enables persistence through",

@@ -135,4 +135,9 @@ export const OPTIONS: readonly OptionSpec[] = [
     apply: (v) => ({ metricsTextfile: String(v) }),
   },
   { long: "json", help: "With status and doctor: print JSON." },
+  {
+    long: "root",
+    value: "DIR",
+    help: "With doctor: examine the system laid out under DIR instead of / (an image, a test tree).",
+  },
 ];

@@ -9,6 +9,8 @@ const MAX_CONFIG_BYTES = 64 * 1024;
 export interface ConfigSource {
   /** Path given with --config / GPU_PERSISTD_CONFIG; when absent the default may be missing. */
   path?: string;
+  /** Where the config file is when no path is given (a missing default file is no error). */
+  defaultPath?: string;
   /** Values from the command line, applied last. */
   overrides: Partial<Config>;
 }
@@ -48,7 +50,7 @@ function readConfigFile(path: string, explicit: boolean): Record<string, unknown
  */
 export function loadConfig(source: ConfigSource, env: NodeJS.ProcessEnv = process.env): Config {
   const explicitPath = source.path ?? env.GPU_PERSISTD_CONFIG;
-  const path = explicitPath ?? DEFAULT_CONFIG_PATH;
+  const path = explicitPath ?? source.defaultPath ?? DEFAULT_CONFIG_PATH;
   const fileValues = readConfigFile(path, explicitPath !== undefined);
   const conf = newConfig();
   const origin = `config file ${path}`;

@@ -18,6 +18,7 @@ const unavailable =
 // A drop-in in /run: simulated GPUs for the package's own unit, gone with the boot, not a
 // file the package must clean.
 const SIMULATE_DROP_IN = "/run/systemd/system/gpu-persistd.service.d/simulate.conf";
+const SIM_CONFIG = "/run/gpu-persistd-sim.json";
 const APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0";
 /** Every file outside what apt, dpkg, logs and the boot itself change. */
 const SNAPSHOT = [
@@ -40,10 +41,21 @@ afterAll(async () => {
   await container?.poweroff();
 });
 
+/**
+ * Simulated GPUs for the unit. The simulator keeps persistence in a state file, which doctor's
+ * NVML reads too (real NVML would ask the daemon over its socket).
+ */
 function simulate(gpus: number): void {
+  container.writeFile(SIM_CONFIG, JSON.stringify({ statePath: "/run/nvidia-persistenced/sim-state" }));
   container.writeFile(
     SIMULATE_DROP_IN,
-    `[Service]\nExecStart=\nExecStart=/usr/bin/gpu-persistd --user nvidia-persistenced --simulate=${gpus}\n`,
+    [
+      "[Service]",
+      "ExecStart=",
+      `ExecStart=/usr/bin/gpu-persistd --user nvidia-persistenced --simulate=${gpus}`,
+      `Environment=GPU_PERSISTD_SIM_CONFIG=${SIM_CONFIG}`,
+      "",
+    ].join("\n"),
   );
 }
 
@@ -76,6 +88,14 @@ describe("gpu-persistd .deb", () => {
     // Node's own start-up warnings (--jitless without --no-expose-wasm) would land here; the
     // unit's other lines come from systemd (nspawn cannot give it a private loopback).
     expect(container.check("journalctl -q -t gpu-persistd -p warning --no-pager")).toBe("");
+
+    // doctor on the installed system: the service side passes; this container has no driver.
+    const doctor = container.run(`GPU_PERSISTD_SIM_CONFIG=${SIM_CONFIG} gpu-persistd doctor --json`);
+    expect(doctor.code).toBe(1);
+    const checks = JSON.parse(doctor.stdout).checks as { id: string; ok: boolean; fix?: string }[];
+    const failed = checks.filter((c) => !c.ok).map((c) => c.id);
+    expect(failed, doctor.stdout).toEqual(["kernel-module", "device-nodes", "driver-version"]);
+    expect(checks.find((c) => c.id === "kernel-module")?.fix).toContain("modprobe nvidia");
 
     container.check("systemctl stop gpu-persistd");
     expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("inactive");

@@ -126,6 +126,15 @@ describe("gpu-persistd's own options", () => {
       overrides: { runtimeDir: "/x" },
     });
   });
+
+  it("reads doctor with --json, --root and setting overrides", () => {
+    expect(parseCommandLine(["doctor", "--json", "--root=/img", "--metrics-listen", "127.0.0.1:9400"])).toMatchObject({
+      command: "doctor",
+      json: true,
+      root: "/img",
+      overrides: { metricsListen: "127.0.0.1:9400" },
+    });
+  });
 });
 
 describe("bad usage exits 64 and names the option", () => {
@@ -136,6 +145,7 @@ describe("bad usage exits 64 and names the option", () => {
     [["--dry-run=yes"], "option '--dry-run' takes no value"],
     [["frobnicate"], "unknown command 'frobnicate'"],
     [["status", "extra"], "unexpected argument 'extra'"],
+    [["status", "--root=/x"], "option '--root' is for 'doctor' only"],
   ])("%j", (argv, message) => {
     const err = usageError(argv);
     expect(err.message).toContain(message);

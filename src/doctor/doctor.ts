@@ -1,0 +1,119 @@
+// `gpu-persistd doctor`: every check that explains why GPUs are not kept initialised, with
+// the exact fix, on this host or on a system laid out under --root. It reads only: the one
+// NVML session it opens changes no GPU setting.
+import type { CommandLine } from "../cli/command-line.js";
+import { parseCommandLine } from "../cli/command-line.js";
+import { loadConfig } from "../config/load-config.js";
+import { type Config, DEFAULT_CONFIG_PATH, newConfig } from "../config/schema.js";
+import { requestControl } from "../control/control-client.js";
+import type { DaemonStatus } from "../daemon.js";
+import { type Check, fail, pass } from "./check.js";
+import { deviceNodeChecks, kernelModuleCheck } from "./driver-checks.js";
+import { HostRoot } from "./host-root.js";
+import { nvmlChecks } from "./nvml-checks.js";
+import { accountCheck, persistencedCheck, runtimeChecks, unitCheck } from "./service-checks.js";
+
+export interface DoctorReport {
+  ok: boolean;
+  root: string;
+  checks: Check[];
+}
+
+/** The options of the unit's last ExecStart= (file, then drop-ins), or why they cannot be read. */
+function unitOptions(host: HostRoot): { overrides: Partial<Config>; from: string; error?: string } {
+  let execStart = "";
+  let from = "";
+  for (const source of host.unitSources("gpu-persistd.service")) {
+    for (const line of (host.read(source) ?? "").split("\n")) {
+      const match = /^\s*ExecStart\s*=\s*(.*)$/.exec(line);
+      if (!match) continue;
+      execStart = (match[1] as string).trim();
+      from = source;
+    }
+  }
+  if (!execStart) return { overrides: {}, from: "" };
+  // Prefixes such as "-" or "+" change how systemd runs the command, not its arguments.
+  const argv = execStart
+    .replace(/^[-@:+!]+/, "")
+    .split(/\s+/)
+    .slice(1);
+  try {
+    return { overrides: parseCommandLine(argv).overrides, from };
+  } catch (err) {
+    return { overrides: {}, from, error: `ExecStart in ${from}: ${(err as Error).message}` };
+  }
+}
+
+function configuration(
+  host: HostRoot,
+  commandLine: CommandLine,
+  env: NodeJS.ProcessEnv,
+): { config: Config; check: Check } {
+  const title = "configuration";
+  const unit = unitOptions(host);
+  const path = commandLine.configPath ?? env.GPU_PERSISTD_CONFIG ?? host.path(DEFAULT_CONFIG_PATH);
+  if (unit.error) {
+    return {
+      config: newConfig().getProperties(),
+      check: fail("config", title, unit.error, `systemctl edit --full gpu-persistd.service, and fix ExecStart`),
+    };
+  }
+  try {
+    const config = loadConfig(
+      {
+        ...(commandLine.configPath !== undefined ? { path: commandLine.configPath } : {}),
+        defaultPath: host.path(DEFAULT_CONFIG_PATH),
+        overrides: { ...unit.overrides, ...commandLine.overrides },
+      },
+      env,
+    );
+    const options = Object.keys(unit.overrides).length ? `, with the options of ${unit.from}` : "";
+    return { config, check: pass("config", title, `${path}${options}`) };
+  } catch (err) {
+    return {
+      config: newConfig().getProperties(),
+      check: fail("config", title, (err as Error).message, `correct ${path}, then: systemctl reload gpu-persistd`),
+    };
+  }
+}
+
+export async function runDoctor(commandLine: CommandLine, env: NodeJS.ProcessEnv): Promise<DoctorReport> {
+  const host = new HostRoot(commandLine.root ?? "/");
+  const { config, check: configCheck } = configuration(host, commandLine, env);
+  let daemon: DaemonStatus | null = null;
+  let daemonError = "";
+  try {
+    daemon = (await requestControl(host.path(config.runtimeDir), { command: "status" }, 3000)) as DaemonStatus;
+  } catch (err) {
+    daemonError = (err as Error).message;
+  }
+  const { check: account, account: user } = accountCheck(host, config);
+  const checks = [
+    configCheck,
+    kernelModuleCheck(host),
+    ...deviceNodeChecks(host, user),
+    persistencedCheck(host),
+    unitCheck(host),
+    account,
+    ...runtimeChecks(host, config, daemon, daemonError),
+    ...(await nvmlChecks(host, config, env, daemon)),
+  ];
+  return { ok: checks.every((c) => c.ok), root: host.root, checks };
+}
+
+export function formatReport(report: DoctorReport): string {
+  const width = Math.max(...report.checks.map((c) => c.title.length));
+  const lines = report.checks.flatMap((c) => [
+    `${c.ok ? "PASS" : "FAIL"}  ${c.title.padEnd(width)}  ${c.detail}`,
+    ...(c.fix ? [`      ${" ".repeat(width)}  fix: ${c.fix}`] : []),
+  ]);
+  const failed = report.checks.filter((c) => !c.ok).length;
+  const where = report.root === "/" ? "" : ` (system under ${report.root})`;
+  lines.push(
+    "",
+    failed
+      ? `gpu-persistd doctor: ${failed} of ${report.checks.length} checks failed${where}.`
+      : `gpu-persistd doctor: all ${report.checks.length} checks passed${where}.`,
+  );
+  return `${lines.join("\n")}\n`;
+}

@@ -1,0 +1,92 @@
+// The driver side: kernel module, device nodes and their permissions for the daemon's user,
+// the NVML library and whether it matches the loaded kernel module.
+import { statSync } from "node:fs";
+import { type Check, fail, pass } from "./check.js";
+import type { Account, HostRoot } from "./host-root.js";
+
+const MODULE_FIX =
+  "modprobe nvidia (to load it at boot: echo nvidia > /etc/modules-load.d/nvidia.conf); " +
+  "if the module is missing, install the NVIDIA driver (Debian: apt-get install nvidia-driver)";
+
+/** The kernel module's version from /proc/driver/nvidia/version, or null. */
+export function kernelDriverVersion(host: HostRoot): string | null {
+  const text = host.read("/proc/driver/nvidia/version") ?? "";
+  return /Kernel Module(?: for \S+)?\s+(\S+)/.exec(text)?.[1] ?? null;
+}
+
+export function kernelModuleCheck(host: HostRoot): Check {
+  const title = "NVIDIA kernel module";
+  // /sys/module also lists a driver built into the kernel, which /proc/modules does not.
+  const listed = (host.read("/proc/modules") ?? "").split("\n").some((l) => l.startsWith("nvidia "));
+  if (!listed && !host.exists("/sys/module/nvidia")) {
+    return fail(
+      "kernel-module",
+      title,
+      "the nvidia module is not loaded (neither /proc/modules nor /sys/module lists it)",
+      MODULE_FIX,
+    );
+  }
+  const version = kernelDriverVersion(host);
+  return pass("kernel-module", title, `nvidia loaded, driver ${version ?? "(version not readable)"}`);
+}
+
+/** /dev/nvidiactl and /dev/nvidiaN, in that order. */
+function deviceNodes(host: HostRoot): string[] {
+  const gpus = host
+    .list("/dev")
+    .filter((n) => /^nvidia\d+$/.test(n))
+    .sort((a, b) => Number(a.slice(6)) - Number(b.slice(6)));
+  return [...(host.exists("/dev/nvidiactl") ? ["nvidiactl"] : []), ...gpus].map((n) => `/dev/${n}`);
+}
+
+/** Whether `account` may open `mode`/`uid`/`gid` for reading and writing. */
+function mayReadWrite(account: Account, mode: number, uid: number, gid: number): boolean {
+  if (account.uid === 0) return true;
+  if (account.uid === uid) return (mode & 0o600) === 0o600;
+  if (account.gid === gid || account.groups.includes(gid)) return (mode & 0o060) === 0o060;
+  return (mode & 0o006) === 0o006;
+}
+
+/**
+ * The nodes exist, and the daemon's user (null: it stays root) may open them: it opens them
+ * again after the drop, to re-hold a GPU or hold one an RPC client asks for.
+ */
+export function deviceNodeChecks(host: HostRoot, account: Account | null): Check[] {
+  const nodes = deviceNodes(host);
+  const gpus = nodes.filter((n) => n !== "/dev/nvidiactl");
+  if (!nodes.includes("/dev/nvidiactl") || gpus.length === 0) {
+    const missing = [nodes.includes("/dev/nvidiactl") ? "" : "/dev/nvidiactl", gpus.length ? "" : "/dev/nvidia0..N"]
+      .filter(Boolean)
+      .join(" and ");
+    return [
+      fail(
+        "device-nodes",
+        "GPU device nodes",
+        `${missing} missing`,
+        "load the driver (modprobe nvidia); the nodes come from the driver's udev rule or nvidia-modprobe (nvidia-modprobe -c 0)",
+      ),
+    ];
+  }
+  const found = pass("device-nodes", "GPU device nodes", `${nodes.join(", ")}`);
+  const title = `device access for ${account ? `user ${account.name}` : "root"}`;
+  if (!account) return [found, pass("device-access", title, "the daemon stays root (no user configured)")];
+  const denied = nodes.filter((n) => {
+    const st = statSync(host.path(n));
+    return !mayReadWrite(account, st.mode, st.uid, st.gid);
+  });
+  if (!denied.length) {
+    return [found, pass("device-access", title, `${account.name} may read and write every node`)];
+  }
+  const st = statSync(host.path(denied[0] as string));
+  const mode = (st.mode & 0o777).toString(8).padStart(4, "0");
+  return [
+    found,
+    fail(
+      "device-access",
+      title,
+      `${account.name} (uid ${account.uid}) cannot open ${denied.join(", ")} for reading and writing (mode ${mode}, owner ${st.uid}:${st.gid})`,
+      `usermod -aG ${st.gid} ${account.name} (the nodes' group), or have the driver create them 0666: ` +
+        "options nvidia NVreg_DeviceFileMode=0666 in /etc/modprobe.d/nvidia.conf, then reload the module",
+    ),
+  ];
+}

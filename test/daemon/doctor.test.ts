@@ -1,0 +1,249 @@
+// gpu-persistd doctor on a system laid out under --root (proc, dev, etc, the unit) with the
+// simulated NVML: first a healthy host where every check passes, then each fault an admin
+// meets, each with its failing check and the exact fix.
+import { chmodSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { DaemonProcess, ROOT, runBundle, Scratch, type SimConfig } from "../helpers/daemon.js";
+
+interface Check {
+  id: string;
+  title: string;
+  ok: boolean;
+  detail: string;
+  fix?: string;
+}
+
+let scratch: Scratch;
+let root: string;
+let daemon: DaemonProcess | undefined;
+
+function put(path: string, contents: string, mode = 0o644): void {
+  const full = join(root, path);
+  mkdirSync(dirname(full), { recursive: true });
+  writeFileSync(full, contents);
+  chmodSync(full, mode);
+}
+
+function link(path: string, target: string): void {
+  const full = join(root, path);
+  mkdirSync(dirname(full), { recursive: true });
+  rmSync(full, { force: true });
+  symlinkSync(target, full);
+}
+
+/** A GPU host with two GPUs, the package installed and enabled, the unit simulating. */
+function healthyHost(sim: SimConfig = {}): void {
+  scratch = new Scratch();
+  scratch.writeSimConfig({ statePath: join(scratch.dir, "sim-state"), ...sim });
+  root = join(scratch.dir, "root");
+  put("/proc/modules", "nvidia_uvm 1 0 - Live 0x0\nnvidia 2 1 nvidia_uvm, Live 0x0\n");
+  put(
+    "/proc/driver/nvidia/version",
+    "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04-sim  Release Build  (dvs-builder@U22)\n",
+  );
+  for (const node of ["nvidiactl", "nvidia0", "nvidia1"]) put(`/dev/${node}`, "", 0o666);
+  put("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nnvidia-persistenced:x:998:998::/:/usr/sbin/nologin\n");
+  put("/etc/group", "root:x:0:\nnvidia-persistenced:x:998:\nvideo:x:44:\n");
+  put("/lib/systemd/system/gpu-persistd.service", readFileSync(join(ROOT, "systemd/gpu-persistd.service"), "utf8"));
+  put(
+    "/etc/systemd/system/gpu-persistd.service.d/simulate.conf",
+    "[Service]\nExecStart=\nExecStart=/usr/bin/gpu-persistd --user nvidia-persistenced --simulate=2\n",
+  );
+  link("/etc/systemd/system/multi-user.target.wants/gpu-persistd.service", "/lib/systemd/system/gpu-persistd.service");
+}
+
+/** The simulator's config; no GPU_PERSISTD_CONFIG, so doctor reads the config file under the root. */
+function env(): NodeJS.ProcessEnv {
+  return { GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath, GPU_PERSISTD_CONFIG: undefined };
+}
+
+/** The daemon as the unit runs it, but as root (the fake root's user is not on this host). */
+async function startDaemon(): Promise<DaemonProcess> {
+  daemon = new DaemonProcess([`--runtime-dir=${join(root, "run/nvidia-persistenced")}`, "--simulate=2"], env());
+  await daemon.waitReady();
+  return daemon;
+}
+
+function doctor(extra: string[] = []): { code: number; checks: Check[]; text: string } {
+  const json = runBundle(["doctor", "--json", `--root=${root}`, ...extra], env());
+  const text = runBundle(["doctor", `--root=${root}`, ...extra], env());
+  const report = JSON.parse(json.output) as { ok: boolean; checks: Check[] };
+  expect(report.ok).toBe(json.code === 0);
+  expect(text.code).toBe(json.code);
+  return { code: json.code ?? -1, checks: report.checks, text: text.output };
+}
+
+function check(checks: Check[], id: string): Check {
+  const found = checks.find((c) => c.id === id);
+  if (!found) throw new Error(`no check ${id} in ${JSON.stringify(checks, null, 2)}`);
+  return found;
+}
+
+beforeEach(() => healthyHost());
+
+afterEach(async () => {
+  if (daemon && daemon.child.exitCode === null && daemon.child.signalCode === null) await daemon.stop("SIGKILL");
+  daemon = undefined;
+  scratch?.cleanup();
+});
+
+describe("gpu-persistd doctor", () => {
+  it("passes every check on a healthy host, and exits 0", async () => {
+    await startDaemon();
+    const { code, checks, text } = doctor();
+    expect(checks.filter((c) => !c.ok)).toEqual([]);
+    expect(code).toBe(0);
+    expect(checks.map((c) => c.id)).toEqual([
+      "config",
+      "kernel-module",
+      "device-nodes",
+      "device-access",
+      "nvidia-persistenced",
+      "unit",
+      "account",
+      "runtime-dir",
+      "daemon",
+      "nvml-library",
+      "driver-version",
+      "gpu:0",
+      "gpu:1",
+    ]);
+    expect(check(checks, "config").detail).toContain(
+      "with the options of /etc/systemd/system/gpu-persistd.service.d/simulate.conf",
+    );
+    expect(check(checks, "account").detail).toBe("user nvidia-persistenced (uid 998, from /etc/passwd), gid 998");
+    expect(check(checks, "driver-version").detail).toBe("both 580.159.04-sim");
+    expect(check(checks, "gpu:1").detail).toMatch(/^persistence enabled, held by gpu-persistd \(PID \d+\)$/);
+    expect(text).toContain("gpu-persistd doctor: all 13 checks passed");
+    expect(text).toMatch(/^PASS {2}NVIDIA kernel module +nvidia loaded, driver 580\.159\.04-sim$/m);
+  });
+
+  it("fails when nvidia-persistenced runs beside it, and says how to stop and mask it", async () => {
+    await startDaemon();
+    put("/proc/4242/cmdline", "/usr/bin/nvidia-persistenced\0--user\0nvidia-persistenced\0");
+    const { code, checks, text } = doctor();
+    expect(code).toBe(1);
+    const c = check(checks, "nvidia-persistenced");
+    expect(c.detail).toContain("running (PID 4242)");
+    expect(c.fix).toBe(
+      "systemctl disable --now nvidia-persistenced.service && systemctl mask nvidia-persistenced.service",
+    );
+    expect(text).toContain("fix: systemctl disable --now nvidia-persistenced.service");
+    expect(text).toContain("gpu-persistd doctor: 1 of 13 checks failed");
+  });
+
+  it("passes a masked nvidia-persistenced, naming the mask and how to undo it", () => {
+    link("/etc/systemd/system/nvidia-persistenced.service", "/dev/null");
+    const c = check(doctor().checks, "nvidia-persistenced");
+    expect(c.ok).toBe(true);
+    expect(c.detail).toContain("masked (/etc/systemd/system/nvidia-persistenced.service -> /dev/null)");
+    expect(c.detail).toContain("systemctl unmask nvidia-persistenced.service");
+  });
+
+  it("fails an nvidia-persistenced that is enabled though stopped: it races at the next boot", () => {
+    put("/lib/systemd/system/nvidia-persistenced.service", "[Service]\nExecStart=/usr/bin/nvidia-persistenced\n");
+    link(
+      "/etc/systemd/system/multi-user.target.wants/nvidia-persistenced.service",
+      "/lib/systemd/system/nvidia-persistenced.service",
+    );
+    const c = check(doctor().checks, "nvidia-persistenced");
+    expect(c.ok).toBe(false);
+    expect(c.detail).toContain("enabled (multi-user.target)");
+  });
+
+  it("fails a masked gpu-persistd.service with the unmask and enable commands", () => {
+    link("/etc/systemd/system/gpu-persistd.service", "/dev/null");
+    const c = check(doctor().checks, "unit");
+    expect(c.ok).toBe(false);
+    expect(c.detail).toContain("masked (/etc/systemd/system/gpu-persistd.service -> /dev/null");
+    expect(c.fix).toBe("systemctl unmask gpu-persistd.service && systemctl enable --now gpu-persistd.service");
+  });
+
+  it("fails a unit that is installed but not enabled", () => {
+    rmSync(join(root, "etc/systemd/system/multi-user.target.wants"), { recursive: true });
+    const c = check(doctor().checks, "unit");
+    expect(c.ok).toBe(false);
+    expect(c.fix).toBe("systemctl enable --now gpu-persistd.service");
+  });
+
+  it("fails without the kernel module, and without device nodes, saying how to load them", () => {
+    put("/proc/modules", "snd 1 0 - Live 0x0\n");
+    rmSync(join(root, "dev/nvidiactl"));
+    const { checks } = doctor();
+    expect(check(checks, "kernel-module").fix).toContain("modprobe nvidia");
+    expect(check(checks, "device-nodes").detail).toBe("/dev/nvidiactl missing");
+  });
+
+  it("fails when the daemon's user cannot open a device node, naming the node and the fix", () => {
+    chmodSync(join(root, "dev/nvidia1"), 0o660);
+    const c = check(doctor().checks, "device-access");
+    expect(c.ok).toBe(false);
+    expect(c.detail).toContain(
+      "nvidia-persistenced (uid 998) cannot open /dev/nvidia1 for reading and writing (mode 0660",
+    );
+    expect(c.fix).toContain("NVreg_DeviceFileMode=0666");
+  });
+
+  it("fails when the configured user does not exist, with the sysusers command", () => {
+    put("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\n");
+    const c = check(doctor().checks, "account");
+    expect(c.ok).toBe(false);
+    expect(c.detail).toBe("user 'nvidia-persistenced' does not exist");
+    expect(c.fix).toBe("systemd-sysusers gpu-persistd.conf (the package's sysusers file creates it)");
+  });
+
+  it("fails on a driver upgrade without a reboot: library and kernel module differ", () => {
+    put("/proc/driver/nvidia/version", "NVRM version: NVIDIA UNIX x86_64 Kernel Module  575.57.08  Release Build\n");
+    const c = check(doctor().checks, "driver-version");
+    expect(c.ok).toBe(false);
+    expect(c.detail).toBe("libnvidia-ml is 580.159.04-sim, the kernel module 575.57.08");
+    expect(c.fix).toContain("reboot");
+  });
+
+  it("reports NVML's own version-mismatch error from nvmlInit with the same fix", () => {
+    healthyHost({ faults: [{ call: "nvmlInit_v2", return: 18 }] });
+    const c = check(doctor().checks, "driver-version");
+    expect(c.ok).toBe(false);
+    expect(c.detail).toContain("NVML_ERROR_LIB_RM_VERSION_MISMATCH");
+    expect(c.fix).toContain("reboot");
+  });
+
+  it("fails when NVML cannot be loaded, naming the library", () => {
+    rmSync(join(root, "etc/systemd/system/gpu-persistd.service.d"), { recursive: true });
+    const c = check(doctor(["--nvml-library=/nonexistent/libnvidia-ml.so.1"]).checks, "nvml-library");
+    expect(c.ok).toBe(false);
+    expect(c.detail).toContain("/nonexistent/libnvidia-ml.so.1");
+    expect(c.fix).toContain("libnvidia-ml1");
+  });
+
+  it("fails when the daemon is not running: no runtime directory, GPUs not held", () => {
+    const { checks } = doctor();
+    expect(check(checks, "runtime-dir").detail).toBe(
+      "/run/nvidia-persistenced does not exist: gpu-persistd is not running",
+    );
+    expect(check(checks, "runtime-dir").fix).toContain("systemctl start gpu-persistd.service");
+    expect(check(checks, "gpu:0").detail).toContain("not held: gpu-persistd is not running");
+  });
+
+  it("fails a GPU an RPC client released, with the command that holds it again", async () => {
+    await startDaemon();
+    const runtime = join(root, "run/nvidia-persistenced");
+    expect(runBundle(["release", "1", `--runtime-dir=${runtime}`], env()).code).toBe(0);
+    const c = check(doctor().checks, "gpu:1");
+    expect(c.ok).toBe(false);
+    expect(c.detail).toContain("not held");
+    expect(c.fix).toBe("gpu-persistd hold 00000000:07:00.0");
+    expect(runBundle(["hold", "00000000:07:00.0", `--runtime-dir=${runtime}`], env()).code).toBe(0);
+    expect(check(doctor().checks, "gpu:1").ok).toBe(true);
+  });
+
+  it("reports a broken config file as a failed check, not a crash", () => {
+    put("/etc/gpu-persistd/config.json", '{"devices": 7}');
+    const { code, checks } = doctor();
+    expect(code).toBe(1);
+    const c = check(checks, "config");
+    expect(c.detail).toContain("devices");
+    expect(c.fix).toContain(`correct ${join(root, "etc/gpu-persistd/config.json")}`);
+  });
+});

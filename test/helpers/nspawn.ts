@@ -17,8 +17,6 @@ import { dirname, join } from "node:path";
 import { ROOT } from "./daemon.js";
 
 const ROOTFS_PACKAGES = "systemd,systemd-sysv,dbus,procps,man-db";
-/** Bump the suffix when ROOTFS_PACKAGES changes. */
-const ROOTFS = join(ROOT, ".ci-cache/rootfs-bookworm-2");
 const REQUIRED_TOOLS = ["systemd-nspawn", "mmdebstrap", "nsenter", "pgrep", "systemd-analyze"];
 
 /** Why this machine cannot run the suite, or null when it can. Never a silent skip: tests fail with it. */
@@ -31,19 +29,29 @@ export function nspawnUnavailable(): string | null {
   return null;
 }
 
-/** The cached rootfs, built on first use (about 20 s). */
-export function bookwormRootfs(): string {
-  if (existsSync(join(ROOTFS, ".complete"))) return ROOTFS;
-  const building = `${ROOTFS}.building`;
+/** A Debian 12 minbase rootfs with `include`, cached under .ci-cache/NAME (about 20 s the first time). */
+function cachedRootfs(name: string, include: string): string {
+  const rootfs = join(ROOT, ".ci-cache", name);
+  if (existsSync(join(rootfs, ".complete"))) return rootfs;
+  const building = `${rootfs}.building`;
   rmSync(building, { recursive: true, force: true });
-  mkdirSync(dirname(ROOTFS), { recursive: true });
-  execFileSync("mmdebstrap", ["--quiet", "--variant=minbase", `--include=${ROOTFS_PACKAGES}`, "bookworm", building], {
-    stdio: ["ignore", "ignore", "inherit"],
-  });
+  mkdirSync(dirname(rootfs), { recursive: true });
+  const args = ["--quiet", "--variant=minbase", ...(include ? [`--include=${include}`] : []), "bookworm", building];
+  execFileSync("mmdebstrap", args, { stdio: ["ignore", "ignore", "inherit"] });
   writeFileSync(join(building, ".complete"), "");
-  rmSync(ROOTFS, { recursive: true, force: true });
-  renameSync(building, ROOTFS);
-  return ROOTFS;
+  rmSync(rootfs, { recursive: true, force: true });
+  renameSync(building, rootfs);
+  return rootfs;
+}
+
+/** A bootable Debian 12 with systemd. Bump the name's suffix when ROOTFS_PACKAGES changes. */
+export function bookwormRootfs(): string {
+  return cachedRootfs("rootfs-bookworm-2", ROOTFS_PACKAGES);
+}
+
+/** Debian 12 minbase: what the debian:bookworm-slim image holds (apt, no systemd). */
+export function bookwormSlimRootfs(): string {
+  return cachedRootfs("rootfs-bookworm-slim-1", "");
 }
 
 /** Lays out the installed tree (scripts/stage.mjs) in a fresh directory. */

@@ -2,12 +2,12 @@
 // systemd-nspawn, Debian's own repositories, no compiler, no Node) where
 // `apt-get install ./gpu-persistd_*.deb` pulls Debian's nodejs, creates the user, enables
 // and starts the unit; then stop, purge and autoremove must leave the system as it was.
-import { execFileSync, spawnSync } from "node:child_process";
-import { readdirSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROOT } from "../helpers/daemon.js";
 import { bookwormRootfs, Container, nspawnUnavailable } from "../helpers/nspawn.js";
+import { buildDeb } from "../helpers/package.js";
 
 const unavailable =
   nspawnUnavailable() ??
@@ -32,8 +32,7 @@ let container: Container;
 
 beforeAll(async () => {
   if (unavailable) throw new Error(`cannot run the package suite: ${unavailable}`);
-  execFileSync(process.execPath, ["scripts/package.mjs"], { cwd: ROOT, stdio: ["ignore", "ignore", "inherit"] });
-  deb = readdirSync(join(ROOT, "dist")).find((f) => /^gpu-persistd_.*_amd64\.deb$/.test(f)) ?? "";
+  deb = buildDeb();
   container = await Container.boot(bookwormRootfs(), [[join(ROOT, "dist"), "/mnt/dist"]]);
 }, 180_000);
 

@@ -86,7 +86,8 @@ nvidia-smi -L >"$OUT/nvidia-smi-L.txt"
 
 echo "== gpu-persistd --dry-run against the real libnvidia-ml"
 t0=$(now_ms)
-gpd --dry-run --verbose --runtime-dir="$RUNTIME" >"$OUT/gpu-persistd.log" 2>&1 &
+gpd --dry-run --verbose --runtime-dir="$RUNTIME" --metrics-listen=127.0.0.1:9477 \
+  --metrics-textfile="$OUT/gpu-persistd.prom" >"$OUT/gpu-persistd.log" 2>&1 &
 gpd_pid=$!
 wait_for "$OUT/gpu-persistd.log" 'ready: [0-9]+/[0-9]+ GPUs held'
 gpd_ready_ms=$(($(now_ms) - t0))
@@ -99,6 +100,8 @@ if s["dryRun"] is not True or s["simulated"] is not False:
 PY
 ls -l "/proc/$gpd_pid/fd" >"$OUT/gpu-persistd-fds.txt"
 sleep 3 # a few health rounds and event waits
+# doctor reads only: the driver, the nodes, NVML against the kernel module, the daemon, each GPU.
+(gpd doctor --json) >"$OUT/doctor.json" || true
 nvidia-smi -q >"$OUT/nvidia-smi-q-with-gpu-persistd.txt"
 nvidia-smi --query-gpu=persistence_mode --format=csv >"$OUT/query-with-gpu-persistd.csv"
 gpd_query_ms=$(query_ms)
@@ -106,6 +109,9 @@ gpd_rss_kb=$(rss_kb "$gpd_pid")
 c0=$(cpu_ticks "$gpd_pid"); sleep "$IDLE_SECONDS"; c1=$(cpu_ticks "$gpd_pid")
 gpd_cpu_ticks=$((c1 - c0))
 gpd_threads=$(awk '/^Threads:/ {print $2}' "/proc/$gpd_pid/status")
+# After the queries and the idle minute: RPC calls and health rounds are counted by now.
+python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9477/metrics").read().decode())' \
+  >"$OUT/metrics.txt"
 t0=$(now_ms)
 kill -TERM "$gpd_pid"
 wait "$gpd_pid" && gpd_exit=0 || gpd_exit=$?
@@ -136,6 +142,7 @@ while True:
 fi
 if [[ $real_status == started ]]; then
   real_pid=$(cat /var/run/nvidia-persistenced/nvidia-persistenced.pid)
+  (gpd doctor --json) >"$OUT/doctor-with-nvidia-persistenced.json" || true
   nvidia-smi --query-gpu=persistence_mode --format=csv >"$OUT/query-with-nvidia-persistenced.csv"
   real_query_ms=$(query_ms)
   real_rss_kb=$(rss_kb "$real_pid")
@@ -164,6 +171,10 @@ identity = all(
     and ours[s["uuid"]]["minor"] == int(s["minor"])
     for s in smi) and len(smi) == len(status["devices"])
 fds = open(f"{out}/gpu-persistd-fds.txt").read()
+metrics = open(f"{out}/metrics.txt").read()
+doctor = json.load(open(f"{out}/doctor.json"))
+doctor_failed = sorted(c["id"] for c in doctor["checks"] if not c["ok"])
+doctor_real = json.load(open(f"{out}/doctor-with-nvidia-persistenced.json")) if os.path.exists(f"{out}/doctor-with-nvidia-persistenced.json") else None
 log = open(f"{out}/gpu-persistd.log").read()
 tick = os.sysconf("SC_CLK_TCK")
 idle = int("$IDLE_SECONDS")
@@ -183,6 +194,18 @@ result = {
         "clean_stop_exit_code": int("$gpd_exit"),
         "runtime_files_left": int("$gpd_files_left"),
         "setter_never_called": "persistence mode enabled" not in log,
+        "metrics_every_gpu_held": metrics.count("gpu_persistd_gpu_held{") == len(smi)
+            and all(l.endswith(" 1") for l in metrics.splitlines() if l.startswith("gpu_persistd_gpu_held{")),
+        "metrics_rpc_gets_counted": 'gpu_persistd_rpc_requests_total{procedure="get_persistence_mode",result="ok"}' in metrics,
+        "metrics_health_rounds_passed": re.search(r'^gpu_persistd_health_checks_total\{result="passed"\} [1-9]', metrics, re.M) is not None,
+        # Written once more at the stop: nothing held any more.
+        "metrics_textfile_after_stop": "gpu_persistd_gpu_held{" in open(f"{out}/gpu-persistd.prom").read()
+            and all(l.endswith(" 0") for l in open(f"{out}/gpu-persistd.prom").read().splitlines() if l.startswith("gpu_persistd_gpu_held{")),
+        # Not installed as a unit here (no systemd): that check alone may fail.
+        "doctor_only_unit_fails": doctor_failed == ["unit"],
+        "doctor_driver_version": next(c["detail"] for c in doctor["checks"] if c["id"] == "driver-version"),
+        "doctor_sees_nvidia_persistenced": doctor_real is None or any(
+            c["id"] == "nvidia-persistenced" and not c["ok"] and "running (PID" in c["detail"] for c in doctor_real["checks"]),
     },
     "gpu_persistd": {"ready_ms": $gpd_ready_ms, "rss_kb": $gpd_rss_kb, "threads": $gpd_threads,
                      "idle_cpu_ms_per_min": round($gpd_cpu_ticks * 1000 / tick * 60 / idle, 1),

@@ -1,6 +1,7 @@
 // Builds the daemon bundle and the simulated libnvidia-ml.
 import { execFileSync } from "node:child_process";
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { pathToFileURL } from "node:url";
 import { build } from "esbuild";
 
 mkdirSync("dist", { recursive: true });
@@ -63,16 +64,19 @@ for (const input of Object.keys(bundle.metafile.inputs)) {
 writeFileSync("dist/bundled-packages.json", `${JSON.stringify([...bundled.values()], null, 2)}\n`);
 
 // gpu-persistd(8), generated from the option table that --help prints.
-const man = await build({
+// Bundled to a temporary file, not a data: URL: the settings' schema pulls in CommonJS
+// packages that need a real `require`.
+const manModule = "dist/.man-page.mjs";
+await build({
   entryPoints: ["src/cli/man-page.ts"],
+  outfile: manModule,
   bundle: true,
   platform: "node",
   format: "esm",
-  write: false,
   define,
+  banner: { js: 'import { createRequire } from "node:module"; const require = createRequire(import.meta.url);' },
   logLevel: "warning",
 });
-const { manPage } = await import(
-  `data:text/javascript;base64,${Buffer.from(man.outputFiles[0].text).toString("base64")}`
-);
+const { manPage } = await import(pathToFileURL(manModule).href);
+rmSync(manModule);
 writeFileSync("dist/gpu-persistd.8", manPage());

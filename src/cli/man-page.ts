@@ -1,4 +1,5 @@
 // gpu-persistd(8), in roff, from the same option table as --help.
+import { configSchema } from "../config/schema.js";
 import { VERSION } from "./help.js";
 import { OPTIONS, type OptionSpec } from "./options.js";
 
@@ -12,6 +13,10 @@ function optionItem(o: OptionSpec): string {
     Boolean,
   );
   return `.TP\n${forms.join(", ")}\n${roff(o.help)}${o.upstream ? "" : " (gpu\\-persistd only.)"}`;
+}
+
+function settingItem([key, spec]: [string, { doc: string; env: string; default: unknown }]): string {
+  return `.TP\n\\fB${key}\\fR (\\fB${spec.env}\\fR; default ${roff(JSON.stringify(spec.default))})\n${roff(spec.doc)}`;
 }
 
 export function manPage(): string {
@@ -35,6 +40,23 @@ export function manPage(): string {
     "fields, and reloads its configuration on SIGHUP.",
     ".SH OPTIONS",
     ...OPTIONS.map(optionItem),
+    ".SH COMMANDS",
+    ".TP",
+    "\\fBstatus\\fR [\\fB\\-\\-json\\fR]",
+    "What the running daemon holds, per GPU.",
+    ".TP",
+    "\\fBrelease\\fR \\fIGPU\\fR, \\fBhold\\fR \\fIGPU\\fR",
+    "Let go of one GPU completely (for a reset, MIG change or vfio), or hold it again. Root only.",
+    ".TP",
+    "\\fBdoctor\\fR [\\fB\\-\\-json\\fR] [\\fB\\-\\-root\\fR \\fIDIR\\fR]",
+    "Check the kernel module, device nodes and their access, NVML and its version against the",
+    "kernel module, nvidia\\-persistenced (running, enabled or masked), the unit (masked, enabled),",
+    "the user and group, the runtime directory and sockets, the daemon, and each GPU; print the fix",
+    "for each failure. Exit 0 when all pass, 1 otherwise. It changes nothing.",
+    ".SH SETTINGS",
+    "Keys of /etc/gpu\\-persistd/config.json (a JSON object), each also a variable; the command line",
+    "wins over the variables, which win over the file.",
+    ...Object.entries(configSchema).map(settingItem),
     ".SH FILES",
     ".TP",
     "/etc/gpu\\-persistd/config.json",

@@ -1,11 +1,11 @@
 // Metrics from a running daemon on simulated GPUs: the HTTP listener and the textfile carry
 // per-GPU state, Xid counters, health-check latency, bring-up time and RPC counts; each way
 // the exporters can fail stops the start with the cause and the fix.
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { DaemonProcess, runBundle, Scratch, type SimConfig } from "../helpers/daemon.js";
+import { DaemonProcess, runBundle, Scratch, type SimConfig, statusJson } from "../helpers/daemon.js";
 import { rpcGet } from "../helpers/rpc.js";
 
 let scratch: Scratch;
@@ -129,6 +129,22 @@ describe("metrics textfile", () => {
     await d.stop("SIGTERM");
     expect(readFileSync(path, "utf8").match(/^gpu_persistd_gpu_held\{.*\} 0$/gm)).toHaveLength(2);
     expect(existsSync(join(scratch.dir, `.gpu-persistd.prom.${d.child.pid}.tmp`))).toBe(false);
+  });
+
+  it("warns once when a later write fails, keeps the GPUs, and says when writing works again", async () => {
+    scratch = new Scratch();
+    const dir = join(scratch.dir, "textfile");
+    mkdirSync(dir);
+    const d = start(["--simulate=2", `--metrics-textfile=${dir}/gpu-persistd.prom`]);
+    await d.waitReady();
+    rmSync(dir, { recursive: true });
+    await d.waitFor(`metrics: cannot write ${dir}/gpu-persistd.prom`);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(d.output.split(`metrics: cannot write ${dir}`).length - 1).toBe(1);
+    expect(statusJson(scratch.runtimeDir).devices.every((g) => g.held)).toBe(true);
+    mkdirSync(dir);
+    await d.waitFor(`metrics: writing ${dir}/gpu-persistd.prom works again`);
+    expect(existsSync(join(dir, "gpu-persistd.prom"))).toBe(true);
   });
 
   it("fails the start with exit 78 when the directory is missing, saying what it should be", () => {

@@ -1,32 +1,17 @@
 // The daemon end to end, through the real koffi path into the simulated libnvidia-ml.
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
-import { DaemonProcess, openFiles, Scratch, statusJson } from "../helpers/daemon.js";
+import { describe, expect, it } from "vitest";
+import { DaemonFixture, openFiles, statusJson } from "../helpers/daemon.js";
 
-let scratch: Scratch;
-let daemon: DaemonProcess | undefined;
-
-afterEach(async () => {
-  if (daemon && daemon.child.exitCode === null && daemon.child.signalCode === null) await daemon.stop("SIGKILL");
-  daemon = undefined;
-  scratch?.cleanup();
-});
-
-function start(args: string[], config: Parameters<Scratch["writeSimConfig"]>[0] = {}): DaemonProcess {
-  scratch = new Scratch();
-  scratch.writeSimConfig(config);
-  daemon = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, ...args], {
-    GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-  });
-  return daemon;
-}
+const fixture = new DaemonFixture();
+const start = fixture.start.bind(fixture);
 
 describe.each([1, 8, 64])("bring-up of %i simulated GPUs", (count) => {
   it("holds every GPU, reports it in status, and shows the fds in /proc", async () => {
     const d = start([`--simulate=${count}`]);
     await d.waitReady();
-    const status = statusJson(scratch.runtimeDir);
+    const status = statusJson(fixture.scratch.runtimeDir);
     expect(status.pid).toBe(d.pid);
     expect(status.devices).toHaveLength(count);
     const uuids = new Set(status.devices.map((g) => g.uuid));
@@ -38,11 +23,11 @@ describe.each([1, 8, 64])("bring-up of %i simulated GPUs", (count) => {
     }
     const held = openFiles(d.pid).filter((p) => p.includes("/sim-dev/nvidia"));
     expect(held.sort()).toEqual(
-      status.devices.map((g) => join(scratch.runtimeDir, "sim-dev", `nvidia${g.minor}`)).sort(),
+      status.devices.map((g) => join(fixture.scratch.runtimeDir, "sim-dev", `nvidia${g.minor}`)).sort(),
     );
     const exit = await d.stop();
     expect(exit.code).toBe(0);
-    expect(existsSync(scratch.runtimeDir)).toBe(false);
+    expect(existsSync(fixture.scratch.runtimeDir)).toBe(false);
   });
 });
 
@@ -53,13 +38,13 @@ describe("bring-up", () => {
     const bringUpMs = Number(/bringUpMs=(\d+)/.exec(d.output)?.[1]);
     // A generous bound: a serial bring-up takes 4000 ms; the bench measures the real ratio.
     expect(bringUpMs).toBeLessThan(4 * 500);
-    expect(statusJson(scratch.runtimeDir).devices.every((g) => g.held)).toBe(true);
+    expect(statusJson(fixture.scratch.runtimeDir).devices.every((g) => g.held)).toBe(true);
   });
 
   it("models a DGX H100 with --simulate=dgx-h100", async () => {
     const d = start(["--simulate=dgx-h100"]);
     await d.waitReady();
-    const devices = statusJson(scratch.runtimeDir).devices;
+    const devices = statusJson(fixture.scratch.runtimeDir).devices;
     expect(devices.map((g) => g.pciBusId)).toEqual(
       ["18", "2A", "3A", "5D", "9A", "AB", "BA", "DB"].map((bus) => `00000000:${bus}:00.0`),
     );
@@ -71,7 +56,7 @@ describe("bring-up", () => {
       gpus: [{ uuid: "GPU-11111111-2222-3333-4444-555555555555", pciBusId: "0000:1b:00.0", minor: 5 }, {}, {}],
     });
     await d.waitReady();
-    const devices = statusJson(scratch.runtimeDir).devices;
+    const devices = statusJson(fixture.scratch.runtimeDir).devices;
     expect(devices).toHaveLength(3);
     expect(devices[0]).toMatchObject({
       uuid: "GPU-11111111-2222-3333-4444-555555555555",
@@ -84,19 +69,21 @@ describe("bring-up", () => {
   it("calls the setter only for GPUs whose persistence reads disabled", async () => {
     const d = start(["--simulate"], { gpus: [{ persistence: 1 }, { persistence: 0 }, { persistence: 1 }, {}] });
     await d.waitReady();
-    expect(scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(2);
-    expect(scratch.callCount("nvmlDeviceSetPersistenceMode", 1)).toBe(1);
-    expect(scratch.callCount("nvmlDeviceSetPersistenceMode", 3)).toBe(1);
+    expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(2);
+    expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode", 1)).toBe(1);
+    expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode", 3)).toBe(1);
     expect(d.output).toContain("GPU 0 00000000:06:00.0: already in requested persistence mode");
-    expect(statusJson(scratch.runtimeDir).devices.every((g) => g.held && g.persistence === "enabled")).toBe(true);
+    expect(statusJson(fixture.scratch.runtimeDir).devices.every((g) => g.held && g.persistence === "enabled")).toBe(
+      true,
+    );
   });
 
   it("never calls the setter under --dry-run, yet holds every GPU", async () => {
     const d = start(["--simulate=4", "--dry-run"]);
     await d.waitReady();
-    expect(scratch.callCount("nvmlDeviceGetPersistenceMode")).toBe(4);
-    expect(scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(0);
-    const devices = statusJson(scratch.runtimeDir).devices;
+    expect(fixture.scratch.callCount("nvmlDeviceGetPersistenceMode")).toBe(4);
+    expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(0);
+    const devices = statusJson(fixture.scratch.runtimeDir).devices;
     expect(devices.every((g) => g.held && g.persistence === "disabled")).toBe(true);
   });
 
@@ -104,7 +91,7 @@ describe("bring-up", () => {
     const d = start(["--simulate=4"], { faults: [{ call: "nvmlDeviceSetPersistenceMode", gpu: 2, return: 4 }] });
     await d.waitReady();
     expect(d.output).toContain("ready: 3/4 GPUs held");
-    const devices = statusJson(scratch.runtimeDir).devices;
+    const devices = statusJson(fixture.scratch.runtimeDir).devices;
     expect(devices.filter((g) => g.held).map((g) => g.index)).toEqual([0, 1, 3]);
     expect(devices[2]?.held).toBe(false);
     expect(devices[2]?.error).toContain("NVML_ERROR_NO_PERMISSION");
@@ -115,7 +102,7 @@ describe("bring-up", () => {
   it("holds only the GPUs --devices names, by index, UUID or PCI bus id", async () => {
     const d = start(["--simulate=6", "--devices=1,GPU-78dde6e4-bbcd-4cdc-9bbc-230c0f710003,0000:0b:00.0"]);
     await d.waitReady();
-    const devices = statusJson(scratch.runtimeDir).devices;
+    const devices = statusJson(fixture.scratch.runtimeDir).devices;
     expect(devices.filter((g) => g.held).map((g) => g.index)).toEqual([1, 3, 5]);
     expect(devices.filter((g) => g.selected).map((g) => g.index)).toEqual([1, 3, 5]);
   });
@@ -124,8 +111,8 @@ describe("bring-up", () => {
     const d = start(["--simulate=2", "--no-persistence-mode"]);
     await d.waitReady();
     expect(d.output).toContain("ready: 0/2 GPUs held");
-    expect(scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(0);
-    expect(statusJson(scratch.runtimeDir).devices.some((g) => g.held)).toBe(false);
+    expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(0);
+    expect(statusJson(fixture.scratch.runtimeDir).devices.some((g) => g.held)).toBe(false);
   });
 });
 
@@ -138,7 +125,7 @@ describe("stop", () => {
     const exit = await d.stop("SIGTERM");
     expect(exit.code).toBe(0);
     expect(exit.ms).toBeLessThan(2000);
-    expect(existsSync(scratch.runtimeDir)).toBe(false);
+    expect(existsSync(fixture.scratch.runtimeDir)).toBe(false);
   });
 
   it("exits 0 on SIGINT after releasing every GPU", async () => {
@@ -150,21 +137,18 @@ describe("stop", () => {
   });
 
   it("keeps a runtime directory it did not create, removing only its own files", async () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({});
+    fixture.prepare();
     const { mkdirSync } = await import("node:fs");
-    mkdirSync(scratch.runtimeDir);
-    daemon = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=2"], {
-      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-    });
+    mkdirSync(fixture.scratch.runtimeDir);
+    const daemon = fixture.spawn(["--simulate=2"]);
     await daemon.waitReady();
-    expect(readdirSync(scratch.runtimeDir).sort()).toEqual([
+    expect(readdirSync(fixture.scratch.runtimeDir).sort()).toEqual([
       "gpu-persistd.sock",
       "nvidia-persistenced.pid",
       "sim-dev",
       "socket",
     ]);
     await daemon.stop();
-    expect(readdirSync(scratch.runtimeDir)).toEqual([]);
+    expect(readdirSync(fixture.scratch.runtimeDir)).toEqual([]);
   });
 });

@@ -3,8 +3,8 @@
 // meets, each with its failing check and the exact fix.
 import { chmodSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { DaemonProcess, ROOT, runBundle, Scratch, type SimConfig } from "../helpers/daemon.js";
+import { beforeEach, describe, expect, it } from "vitest";
+import { DaemonFixture, type DaemonProcess, ROOT, runBundle, type SimConfig } from "../helpers/daemon.js";
 
 interface Check {
   id: string;
@@ -14,9 +14,8 @@ interface Check {
   fix?: string;
 }
 
-let scratch: Scratch;
+const fixture = new DaemonFixture();
 let root: string;
-let daemon: DaemonProcess | undefined;
 
 function put(path: string, contents: string, mode = 0o644): void {
   const full = join(root, path);
@@ -34,7 +33,7 @@ function link(path: string, target: string): void {
 
 /** A GPU host with two GPUs, the package installed and enabled, the unit simulating. */
 function healthyHost(sim: SimConfig = {}): void {
-  scratch = new Scratch();
+  const scratch = fixture.prepare();
   scratch.writeSimConfig({ statePath: join(scratch.dir, "sim-state"), ...sim });
   root = join(scratch.dir, "root");
   put("/proc/modules", "nvidia_uvm 1 0 - Live 0x0\nnvidia 2 1 nvidia_uvm, Live 0x0\n");
@@ -55,12 +54,13 @@ function healthyHost(sim: SimConfig = {}): void {
 
 /** The simulator's config; no GPU_PERSISTD_CONFIG, so doctor reads the config file under the root. */
 function env(): NodeJS.ProcessEnv {
-  return { GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath, GPU_PERSISTD_CONFIG: undefined };
+  return fixture.env({ GPU_PERSISTD_CONFIG: undefined });
 }
 
 /** The daemon as the unit runs it, but as root (the fake root's user is not on this host). */
 async function startDaemon(): Promise<DaemonProcess> {
-  daemon = new DaemonProcess([`--runtime-dir=${join(root, "run/nvidia-persistenced")}`, "--simulate=2"], env());
+  // The last --runtime-dir wins: the root's, where doctor looks.
+  const daemon = fixture.spawn([`--runtime-dir=${join(root, "run/nvidia-persistenced")}`, "--simulate=2"], env());
   await daemon.waitReady();
   return daemon;
 }
@@ -81,12 +81,6 @@ function check(checks: Check[], id: string): Check {
 }
 
 beforeEach(() => healthyHost());
-
-afterEach(async () => {
-  if (daemon && daemon.child.exitCode === null && daemon.child.signalCode === null) await daemon.stop("SIGKILL");
-  daemon = undefined;
-  scratch?.cleanup();
-});
 
 describe("gpu-persistd doctor", () => {
   it("passes every check on a healthy host, and exits 0", async () => {

@@ -3,27 +3,11 @@
 import { chmodSync, existsSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
-import { DaemonProcess, openFiles, runBundle, Scratch, type SimConfig, statusJson } from "../helpers/daemon.js";
+import { describe, expect, it } from "vitest";
+import { DaemonFixture, openFiles, statusJson } from "../helpers/daemon.js";
 
-let scratch: Scratch;
-let daemon: DaemonProcess | undefined;
-
-afterEach(async () => {
-  if (daemon && daemon.child.exitCode === null && daemon.child.signalCode === null) await daemon.stop("SIGKILL");
-  daemon = undefined;
-  scratch?.cleanup();
-});
-
-function start(args: string[], sim: SimConfig = {}, env: NodeJS.ProcessEnv = {}): DaemonProcess {
-  scratch = new Scratch();
-  scratch.writeSimConfig(sim);
-  daemon = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, ...args], {
-    GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-    ...env,
-  });
-  return daemon;
-}
+const fixture = new DaemonFixture();
+const start = fixture.start.bind(fixture);
 
 describe("driver not loaded at boot", () => {
   it("waits with backoff while the driver loads, then comes up", async () => {
@@ -31,22 +15,21 @@ describe("driver not loaded at boot", () => {
     await d.waitReady();
     expect(d.output).toContain("waiting for the NVIDIA driver (NVML_ERROR_DRIVER_NOT_LOADED)");
     expect(d.output).toMatch(/the NVIDIA driver answered after \d+ ms/);
-    expect(scratch.callCount("nvmlInit_v2")).toBe(4);
+    expect(fixture.scratch.callCount("nvmlInit_v2")).toBe(4);
   });
 
   it("gives up after driverWaitMs with exit 69, the cause and the fix", () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({ faults: [{ call: "nvmlInit_v2", return: 9 }] });
-    const result = runBundle([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=2"], {
-      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-      GPU_PERSISTD_DRIVER_WAIT_MS: "1000",
-    });
+    const result = fixture.run(
+      ["--simulate=2"],
+      { faults: [{ call: "nvmlInit_v2", return: 9 }] },
+      { GPU_PERSISTD_DRIVER_WAIT_MS: "1000" },
+    );
     expect(result.code).toBe(69);
     expect(result.output).toContain("the NVIDIA driver is not loaded (NVML_ERROR_DRIVER_NOT_LOADED");
     expect(result.output).toContain("did not load within 1 s");
     expect(result.output).toContain("modprobe nvidia");
-    expect(scratch.callCount("nvmlInit_v2")).toBeGreaterThanOrEqual(3);
-    expect(existsSync(scratch.runtimeDir)).toBe(false);
+    expect(fixture.scratch.callCount("nvmlInit_v2")).toBeGreaterThanOrEqual(3);
+    expect(existsSync(fixture.scratch.runtimeDir)).toBe(false);
   });
 });
 
@@ -60,7 +43,7 @@ describe("Xid events", () => {
     const lines = d.output.split("\n").filter((l) => l.includes("Xid 48: double-bit ECC error"));
     expect(lines).toHaveLength(5);
     expect(lines[0]).toMatch(/ERROR GPU 1 00000000:07:00\.0: Xid 48: double-bit ECC error/);
-    expect(statusJson(scratch.runtimeDir).devices[1]?.xids).toEqual({ 48: 30 });
+    expect(statusJson(fixture.scratch.runtimeDir).devices[1]?.xids).toEqual({ 48: 30 });
     expect(d.output).toContain("watching Xid events on 2 GPUs");
   });
 
@@ -68,7 +51,7 @@ describe("Xid events", () => {
     const d = start(["--simulate=3"], { events: [{ gpu: 2, type: 8, data: 79, afterMs: 300 }] });
     await d.waitReady();
     await d.waitFor("GPU 2 00000000:08:00.0: GPU is lost");
-    const devices = statusJson(scratch.runtimeDir).devices;
+    const devices = statusJson(fixture.scratch.runtimeDir).devices;
     expect(devices.map((g) => [g.held, g.lost])).toEqual([
       [true, false],
       [true, false],
@@ -83,33 +66,30 @@ describe("drift", () => {
   it("holds a GPU again when its node is replaced under the daemon", async () => {
     const d = start(["--simulate=2"], {}, { GPU_PERSISTD_HEALTH_INTERVAL_MS: "100" });
     await d.waitReady();
-    const node = join(scratch.runtimeDir, "sim-dev", "nvidia1");
+    const node = join(fixture.scratch.runtimeDir, "sim-dev", "nvidia1");
     rmSync(node);
     writeFileSync(node, "");
     chmodSync(node, 0o666);
     await d.waitFor("GPU 1 00000000:07:00.0: holding the GPU again");
     expect(d.output).toContain("was replaced since it was opened");
     const held = openFiles(d.pid).filter((p) => p.includes("/sim-dev/nvidia"));
-    expect(held.sort()).toEqual([join(scratch.runtimeDir, "sim-dev", "nvidia0"), node]);
+    expect(held.sort()).toEqual([join(fixture.scratch.runtimeDir, "sim-dev", "nvidia0"), node]);
   });
 
   it("warns once when persistence reads disabled on a held GPU, without calling the setter", async () => {
-    scratch = new Scratch();
-    const statePath = join(scratch.dir, "state");
-    scratch.writeSimConfig({ statePath });
-    daemon = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=2"], {
-      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-      GPU_PERSISTD_HEALTH_INTERVAL_MS: "100",
-    });
+    fixture.prepare();
+    const statePath = join(fixture.scratch.dir, "state");
+    fixture.scratch.writeSimConfig({ statePath });
+    const daemon = fixture.spawn(["--simulate=2"], { GPU_PERSISTD_HEALTH_INTERVAL_MS: "100" });
     await daemon.waitReady();
-    const uuid = statusJson(scratch.runtimeDir).devices[0]?.uuid as string;
-    const other = statusJson(scratch.runtimeDir).devices[1]?.uuid as string;
+    const uuid = statusJson(fixture.scratch.runtimeDir).devices[0]?.uuid as string;
+    const other = statusJson(fixture.scratch.runtimeDir).devices[1]?.uuid as string;
     // Someone clears GPU 0's legacy flag behind the daemon's back (the simulator keeps it here).
     writeFileSync(statePath, `${uuid} 0\n${other} 1\n`);
     await daemon.waitFor("GPU 0 00000000:06:00.0: persistence mode reads disabled although the daemon holds");
     await new Promise((r) => setTimeout(r, 400));
     expect(daemon.output.match(/persistence mode reads disabled although/g)).toHaveLength(1);
-    expect(scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(2);
+    expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(2);
   });
 });
 
@@ -128,7 +108,7 @@ describe("bounded everything", () => {
     expect(exit.code).toBe(0);
     expect(exit.ms).toBeLessThan(2000);
     expect(d.output).toContain("exiting without a clean NVML shutdown: NVML calls still in flight after 1000 ms");
-    expect(existsSync(scratch.runtimeDir)).toBe(false);
+    expect(existsSync(fixture.scratch.runtimeDir)).toBe(false);
   });
 
   it("stops within 2 s when an NVML call hangs during bring-up", async () => {
@@ -142,40 +122,23 @@ describe("bounded everything", () => {
 
 describe("privilege drop", () => {
   it("refuses an unknown user with exit 67 before touching any GPU", () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({});
-    const result = runBundle([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=2", "--user=no-such-user"], {
-      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-    });
+    const result = fixture.run(["--simulate=2", "--user=no-such-user"]);
     expect(result.code).toBe(67);
     expect(result.output).toContain("unknown user 'no-such-user' (--user): no such entry in the user database");
-    expect(scratch.calls()).toEqual([]);
+    expect(fixture.scratch.calls()).toEqual([]);
   });
 
   it("refuses an unknown group with exit 67 before touching any GPU", () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({});
-    const result = runBundle(
-      [`--runtime-dir=${scratch.runtimeDir}`, "--simulate=2", "-u", "nobody", "-g", "no-such-group"],
-      {
-        GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-      },
-    );
+    const result = fixture.run(["--simulate=2", "-u", "nobody", "-g", "no-such-group"]);
     expect(result.code).toBe(67);
     expect(result.output).toContain("unknown group 'no-such-group' (--group)");
-    expect(scratch.calls()).toEqual([]);
+    expect(fixture.scratch.calls()).toEqual([]);
   });
 
   it("runs as the user and the --group's gid after bring-up, verified in /proc", async () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({});
-    chmodSync(scratch.dir, 0o755);
-    daemon = new DaemonProcess(
-      [`--runtime-dir=${scratch.runtimeDir}`, "--simulate=2", "--group=nogroup", "--user=nobody"],
-      {
-        GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-      },
-    );
+    fixture.prepare();
+    chmodSync(fixture.scratch.dir, 0o755);
+    const daemon = fixture.spawn(["--simulate=2", "--group=nogroup", "--user=nobody"]);
     await daemon.waitReady();
     const { readFileSync } = await import("node:fs");
     const status = readFileSync(`/proc/${daemon.pid}/status`, "utf8");
@@ -183,17 +146,17 @@ describe("privilege drop", () => {
     expect(status).toMatch(/^Gid:\s+65534\s+65534\s+65534\s+65534$/m);
     expect(status).toMatch(/^Groups:\s+65534\s*$/m);
     // Still answers, still stops cleanly and removes its runtime files as the dropped user.
-    expect(statusJson(scratch.runtimeDir).devices.every((g) => g.held)).toBe(true);
+    expect(statusJson(fixture.scratch.runtimeDir).devices.every((g) => g.held)).toBe(true);
     const exit = await daemon.stop();
     expect(exit.code).toBe(0);
-    expect(existsSync(join(scratch.runtimeDir, "nvidia-persistenced.pid"))).toBe(false);
+    expect(existsSync(join(fixture.scratch.runtimeDir, "nvidia-persistenced.pid"))).toBe(false);
   });
 });
 
 describe("bad input on the control socket", () => {
   function request(payload: string): Promise<string> {
     return new Promise((resolve, reject) => {
-      const s = connect(join(scratch.runtimeDir, "gpu-persistd.sock"), () => s.write(payload));
+      const s = connect(join(fixture.scratch.runtimeDir, "gpu-persistd.sock"), () => s.write(payload));
       let reply = "";
       s.on("data", (d) => {
         reply += d.toString();
@@ -213,43 +176,37 @@ describe("bad input on the control socket", () => {
     );
     expect(JSON.parse(await request("[1,2]\n")).error).toContain('"command" string');
     expect(JSON.parse(await request("x".repeat(10_000))).error).toBe("request longer than 4096 bytes");
-    expect(statusJson(scratch.runtimeDir).devices[0]?.held).toBe(true);
+    expect(statusJson(fixture.scratch.runtimeDir).devices[0]?.held).toBe(true);
   });
 });
 
 describe("reload", () => {
   it("holds and releases only the difference when the selection changes, never calling the setter", async () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({});
-    const config = join(scratch.dir, "config.json");
+    fixture.prepare();
+    const config = join(fixture.scratch.dir, "config.json");
     writeFileSync(config, JSON.stringify({ devices: ["0", "1"] }));
-    daemon = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=4", `--config=${config}`], {
-      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-    });
+    const daemon = fixture.spawn(["--simulate=4", `--config=${config}`]);
     await daemon.waitReady();
-    expect(statusJson(scratch.runtimeDir).devices.map((g) => g.held)).toEqual([true, true, false, false]);
-    const setterCalls = scratch.callCount("nvmlDeviceSetPersistenceMode");
+    expect(statusJson(fixture.scratch.runtimeDir).devices.map((g) => g.held)).toEqual([true, true, false, false]);
+    const setterCalls = fixture.scratch.callCount("nvmlDeviceSetPersistenceMode");
     writeFileSync(config, JSON.stringify({ devices: ["1", "2"] }));
     daemon.child.kill("SIGHUP");
     await daemon.waitFor("reload done");
-    expect(statusJson(scratch.runtimeDir).devices.map((g) => g.held)).toEqual([false, true, true, false]);
+    expect(statusJson(fixture.scratch.runtimeDir).devices.map((g) => g.held)).toEqual([false, true, true, false]);
     expect(daemon.output).toContain("GPU 0 00000000:06:00.0: released the GPU (no longer selected)");
-    expect(scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(setterCalls);
+    expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(setterCalls);
   });
 
   it("keeps the running configuration when the new one is bad, saying why", async () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({});
-    const config = join(scratch.dir, "config.json");
+    fixture.prepare();
+    const config = join(fixture.scratch.dir, "config.json");
     writeFileSync(config, "{}");
-    daemon = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=2", `--config=${config}`], {
-      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-    });
+    const daemon = fixture.spawn(["--simulate=2", `--config=${config}`]);
     await daemon.waitReady();
     writeFileSync(config, JSON.stringify({ logLevel: "chatty" }));
     daemon.child.kill("SIGHUP");
     await daemon.waitFor("reload failed, keeping the running configuration");
     expect(daemon.output).toContain('logLevel: must be one of the possible values: ["debug","info","warn","error"]');
-    expect(statusJson(scratch.runtimeDir).devices.every((g) => g.held)).toBe(true);
+    expect(statusJson(fixture.scratch.runtimeDir).devices.every((g) => g.held)).toBe(true);
   });
 });

@@ -4,28 +4,14 @@
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
-import { DaemonProcess, runBundle, Scratch, type SimConfig, statusJson } from "../helpers/daemon.js";
+import { describe, expect, it } from "vitest";
+import { DaemonFixture, type SimConfig, statusJson } from "../helpers/daemon.js";
 import { rpcGet } from "../helpers/rpc.js";
 
-let scratch: Scratch;
-let daemon: DaemonProcess | undefined;
-
-afterEach(async () => {
-  if (daemon && daemon.child.exitCode === null && daemon.child.signalCode === null) await daemon.stop("SIGKILL");
-  daemon = undefined;
-  scratch?.cleanup();
-});
-
-function start(args: string[], sim: SimConfig = {}): DaemonProcess {
-  scratch = new Scratch();
-  scratch.writeSimConfig(sim);
-  daemon = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, ...args], {
-    GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-    GPU_PERSISTD_HEALTH_INTERVAL_MS: "50",
-  });
-  return daemon;
-}
+const fixture = new DaemonFixture();
+/** Health rounds (and textfile writes) every 50 ms. */
+const FAST_HEALTH = { GPU_PERSISTD_HEALTH_INTERVAL_MS: "50" };
+const start = (args: string[], sim: SimConfig = {}) => fixture.start(args, sim, FAST_HEALTH);
 
 /** A free loopback port, found by binding port 0. */
 async function freePort(): Promise<number> {
@@ -55,8 +41,8 @@ describe("metrics over HTTP", () => {
     });
     await d.waitReady();
     await d.waitFor("Xid 13");
-    await rpcGet(join(scratch.runtimeDir, "socket"), 1);
-    await rpcGet(join(scratch.runtimeDir, "socket"), 2, 6);
+    await rpcGet(join(fixture.scratch.runtimeDir, "socket"), 1);
+    await rpcGet(join(fixture.scratch.runtimeDir, "socket"), 2, 6);
     await new Promise((r) => setTimeout(r, 200));
     const response = await fetch(`http://127.0.0.1:${port}/metrics`);
     expect(response.status).toBe(200);
@@ -84,7 +70,7 @@ describe("metrics over HTTP", () => {
     const d = start([`--simulate=1`, `--metrics-listen=127.0.0.1:${port}`]);
     await d.waitReady();
     // Bus 0x42 has no GPU: NVML clients get DEVICE_NOT_FOUND.
-    await rpcGet(join(scratch.runtimeDir, "socket"), 3, 0x42).catch(() => {});
+    await rpcGet(join(fixture.scratch.runtimeDir, "socket"), 3, 0x42).catch(() => {});
     const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
     expect(
       sample(text, 'gpu_persistd_rpc_requests_total{procedure="get_persistence_mode",result="device_not_found"}'),
@@ -96,18 +82,11 @@ describe("metrics over HTTP", () => {
     await new Promise<void>((resolve) => busy.listen(0, "127.0.0.1", resolve));
     const { port } = busy.address() as { port: number };
     try {
-      scratch = new Scratch();
-      scratch.writeSimConfig({});
-      const result = runBundle(
-        [`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1", `--metrics-listen=127.0.0.1:${port}`],
-        {
-          GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-        },
-      );
+      const result = fixture.run(["--simulate=1", `--metrics-listen=127.0.0.1:${port}`]);
       expect(result.code).toBe(78);
       expect(result.output).toContain(`cannot serve metrics on 127.0.0.1:${port}: 127.0.0.1:${port} is in use`);
       // Nothing is left held or listening.
-      expect(existsSync(scratch.runtimeDir)).toBe(false);
+      expect(existsSync(fixture.scratch.runtimeDir)).toBe(false);
     } finally {
       busy.close();
     }
@@ -116,9 +95,9 @@ describe("metrics over HTTP", () => {
 
 describe("metrics textfile", () => {
   it("is written whole, world-readable, kept current, and says nothing is held after the stop", async () => {
-    scratch = new Scratch();
-    const path = join(scratch.dir, "gpu-persistd.prom");
-    const d = start(["--simulate=2", `--metrics-textfile=${path}`]);
+    fixture.prepare();
+    const path = join(fixture.scratch.dir, "gpu-persistd.prom");
+    const d = fixture.spawn(["--simulate=2", `--metrics-textfile=${path}`], FAST_HEALTH);
     await d.waitReady();
     expect(statSync(path).mode & 0o777).toBe(0o644);
     const first = readFileSync(path, "utf8");
@@ -128,35 +107,30 @@ describe("metrics textfile", () => {
     expect(sample(readFileSync(path, "utf8"), "gpu_persistd_health_check_duration_seconds_count")).toBeGreaterThan(0);
     await d.stop("SIGTERM");
     expect(readFileSync(path, "utf8").match(/^gpu_persistd_gpu_held\{.*\} 0$/gm)).toHaveLength(2);
-    expect(existsSync(join(scratch.dir, `.gpu-persistd.prom.${d.child.pid}.tmp`))).toBe(false);
+    expect(existsSync(join(fixture.scratch.dir, `.gpu-persistd.prom.${d.child.pid}.tmp`))).toBe(false);
   });
 
   it("warns once when a later write fails, keeps the GPUs, and says when writing works again", async () => {
-    scratch = new Scratch();
-    const dir = join(scratch.dir, "textfile");
+    fixture.prepare();
+    const dir = join(fixture.scratch.dir, "textfile");
     mkdirSync(dir);
-    const d = start(["--simulate=2", `--metrics-textfile=${dir}/gpu-persistd.prom`]);
+    const d = fixture.spawn(["--simulate=2", `--metrics-textfile=${dir}/gpu-persistd.prom`], FAST_HEALTH);
     await d.waitReady();
     rmSync(dir, { recursive: true });
     await d.waitFor(`metrics: cannot write ${dir}/gpu-persistd.prom`);
     await new Promise((r) => setTimeout(r, 200));
     expect(d.output.split(`metrics: cannot write ${dir}`).length - 1).toBe(1);
-    expect(statusJson(scratch.runtimeDir).devices.every((g) => g.held)).toBe(true);
+    expect(statusJson(fixture.scratch.runtimeDir).devices.every((g) => g.held)).toBe(true);
     mkdirSync(dir);
     await d.waitFor(`metrics: writing ${dir}/gpu-persistd.prom works again`);
     expect(existsSync(join(dir, "gpu-persistd.prom"))).toBe(true);
   });
 
   it("fails the start with exit 78 when the directory is missing, saying what it should be", () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({});
-    const result = runBundle(
-      [`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1", `--metrics-textfile=${scratch.dir}/none/g.prom`],
-      { GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath },
-    );
+    const result = fixture.run(["--simulate=1", "--metrics-textfile=/nonexistent/dir/g.prom"]);
     expect(result.code).toBe(78);
     expect(result.output).toContain(
-      `the directory ${scratch.dir}/none does not exist (node_exporter's textfile directory`,
+      "the directory /nonexistent/dir does not exist (node_exporter's textfile directory",
     );
   });
 });

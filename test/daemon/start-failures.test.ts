@@ -1,26 +1,11 @@
 // Every way start-up can fail: the exit code and a message that names the cause and the fix.
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
-import { DaemonProcess, runBundle, Scratch, statusJson } from "../helpers/daemon.js";
+import { describe, expect, it } from "vitest";
+import { DaemonFixture, runBundle, statusJson } from "../helpers/daemon.js";
 
-let scratch: Scratch;
-const daemons: DaemonProcess[] = [];
-
-afterEach(async () => {
-  for (const d of daemons.splice(0)) {
-    if (d.child.exitCode === null && d.child.signalCode === null) await d.stop("SIGKILL");
-  }
-  scratch?.cleanup();
-});
-
-function run(args: string[], config: Parameters<Scratch["writeSimConfig"]>[0] = {}) {
-  scratch = new Scratch();
-  scratch.writeSimConfig(config);
-  return runBundle([`--runtime-dir=${scratch.runtimeDir}`, ...args], {
-    GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-  });
-}
+const fixture = new DaemonFixture();
+const run = fixture.run.bind(fixture);
 
 describe("NVML unavailable", () => {
   it("exits 69 naming the library path when it is missing", () => {
@@ -28,7 +13,7 @@ describe("NVML unavailable", () => {
     expect(result.code).toBe(69);
     expect(result.output).toContain("cannot load the NVML library '/opt/nowhere/libnvidia-ml.so.1'");
     expect(result.output).toContain("--nvml-library");
-    expect(existsSync(scratch.runtimeDir)).toBe(false);
+    expect(existsSync(fixture.scratch.runtimeDir)).toBe(false);
   });
 
   it("exits 69 naming the missing function when the library is not NVML", () => {
@@ -38,12 +23,11 @@ describe("NVML unavailable", () => {
   });
 
   it("exits 69 with the fix when the driver is not loaded and driver waiting is off", () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({ faults: [{ call: "nvmlInit_v2", return: 9 }] });
-    const result = runBundle([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=2"], {
-      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-      GPU_PERSISTD_DRIVER_WAIT_MS: "0",
-    });
+    const result = run(
+      ["--simulate=2"],
+      { faults: [{ call: "nvmlInit_v2", return: 9 }] },
+      { GPU_PERSISTD_DRIVER_WAIT_MS: "0" },
+    );
     expect(result.code).toBe(69);
     expect(result.output).toContain("NVML_ERROR_DRIVER_NOT_LOADED");
     expect(result.output).toContain("modprobe nvidia");
@@ -62,7 +46,7 @@ describe("no GPU can be held", () => {
     expect(result.code).toBe(77);
     expect(result.output).toContain("no selected GPU could be held");
     expect(result.output).toContain("NVML_ERROR_NO_PERMISSION");
-    expect(existsSync(scratch.runtimeDir)).toBe(false);
+    expect(existsSync(fixture.scratch.runtimeDir)).toBe(false);
   });
 
   it("exits 1 when every GPU fails otherwise, naming the first failure", () => {
@@ -78,15 +62,13 @@ describe("no GPU can be held", () => {
   });
 
   it("fails a GPU whose NVML call hangs past the time limit, and keeps the others", async () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({ faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 0, hangMs: 5000 }] });
-    const d = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=2"], {
-      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-      GPU_PERSISTD_NVML_TIMEOUT_MS: "300",
-    });
-    daemons.push(d);
+    const d = fixture.start(
+      ["--simulate=2"],
+      { faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 0, hangMs: 5000 }] },
+      { GPU_PERSISTD_NVML_TIMEOUT_MS: "300" },
+    );
     await d.waitReady();
-    const gpu0 = statusJson(scratch.runtimeDir).devices[0];
+    const gpu0 = statusJson(fixture.scratch.runtimeDir).devices[0];
     expect(gpu0?.held).toBe(false);
     expect(gpu0?.error).toContain("nvmlDeviceGetPersistenceMode did not return within 300 ms");
   });
@@ -94,36 +76,27 @@ describe("no GPU can be held", () => {
 
 describe("single instance", () => {
   it("refuses a second daemon on the same runtime directory, naming the first's PID", async () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({});
-    const env = { GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath };
-    const first = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1"], env);
-    daemons.push(first);
+    const first = fixture.start(["--simulate=1"]);
     await first.waitReady();
-    const second = runBundle([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1"], env);
+    const second = runBundle([`--runtime-dir=${fixture.scratch.runtimeDir}`, "--simulate=1"], fixture.env());
     expect(second.code).toBe(1);
     expect(second.output).toContain(`another persistence daemon (PID ${first.pid}) holds the lock`);
     // The refused instance must leave the first one's files alone.
-    expect(statusJson(scratch.runtimeDir).pid).toBe(first.pid);
+    expect(statusJson(fixture.scratch.runtimeDir).pid).toBe(first.pid);
   });
 
   it("starts after a SIGKILL left a stale PID file and socket", async () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({});
-    const env = { GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath };
-    const first = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1"], env);
+    const first = fixture.start(["--simulate=1"]);
     await first.waitReady();
     await first.stop("SIGKILL");
-    expect(existsSync(join(scratch.runtimeDir, "nvidia-persistenced.pid"))).toBe(true);
-    const second = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1"], env);
-    daemons.push(second);
+    expect(existsSync(join(fixture.scratch.runtimeDir, "nvidia-persistenced.pid"))).toBe(true);
+    const second = fixture.spawn(["--simulate=1"]);
     await second.waitReady();
-    expect(statusJson(scratch.runtimeDir).pid).toBe(second.pid);
+    expect(statusJson(fixture.scratch.runtimeDir).pid).toBe(second.pid);
   });
 
   it("exits 1 naming the runtime directory when it cannot be created", () => {
-    scratch = new Scratch();
-    const blocker = join(scratch.dir, "file");
+    const blocker = join(fixture.prepare().dir, "file");
     writeFileSync(blocker, "");
     const result = runBundle([`--runtime-dir=${blocker}/run`, "--simulate=1"]);
     expect(result.code).toBe(1);
@@ -133,22 +106,18 @@ describe("single instance", () => {
 
 describe("status client", () => {
   it("says the daemon is not running, and how to start it, when nothing listens", () => {
-    scratch = new Scratch();
-    const result = runBundle(["status", `--runtime-dir=${scratch.runtimeDir}`]);
+    const result = runBundle(["status", `--runtime-dir=${fixture.prepare().runtimeDir}`]);
     expect(result.code).toBe(69);
     expect(result.stderr).toContain("gpu-persistd is not running");
     expect(result.stderr).toContain("systemctl start gpu-persistd");
   });
 
   it("prints a table naming each GPU's state", async () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({ faults: [{ call: "nvmlDeviceSetPersistenceMode", gpu: 1, return: 4 }] });
-    const d = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=2"], {
-      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
+    const d = fixture.start(["--simulate=2"], {
+      faults: [{ call: "nvmlDeviceSetPersistenceMode", gpu: 1, return: 4 }],
     });
-    daemons.push(d);
     await d.waitReady();
-    const result = runBundle(["status", `--runtime-dir=${scratch.runtimeDir}`]);
+    const result = runBundle(["status", `--runtime-dir=${fixture.scratch.runtimeDir}`]);
     expect(result.code).toBe(0);
     expect(result.stdout).toContain(`PID ${d.pid}: 1/2 GPUs held (simulated GPUs)`);
     const row = result.stdout.split("\n").find((line) => line.startsWith("1 "));

@@ -3,18 +3,14 @@
 import { chmodSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { DaemonProcess, Scratch, type SimConfig, statusJson } from "../helpers/daemon.js";
+import { DaemonFixture, type DaemonProcess, type SimConfig, statusJson } from "../helpers/daemon.js";
 import { type Datagram, DatagramReceiver } from "../helpers/datagram-receiver.js";
 
-let scratch: Scratch;
-let daemon: DaemonProcess | undefined;
+const fixture = new DaemonFixture();
 const receivers: DatagramReceiver[] = [];
 
-afterEach(async () => {
-  if (daemon && daemon.child.exitCode === null && daemon.child.signalCode === null) await daemon.stop("SIGKILL");
-  daemon = undefined;
+afterEach(() => {
   for (const r of receivers.splice(0)) r.close();
-  scratch?.cleanup();
 });
 
 async function receiver(address: string): Promise<DatagramReceiver> {
@@ -30,18 +26,12 @@ async function startNotified(
   env: NodeJS.ProcessEnv = {},
   abstract = false,
 ): Promise<{ d: DaemonProcess; notify: DatagramReceiver }> {
-  scratch = new Scratch();
-  scratch.writeSimConfig(sim);
+  const scratch = fixture.prepare(sim);
   // A user the daemon drops to must reach its runtime directory, as it does under /run.
   chmodSync(scratch.dir, 0o755);
   const address = abstract ? `@gpu-persistd-test-${process.pid}-${Date.now()}` : join(scratch.dir, "notify");
   const notify = await receiver(address);
-  daemon = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, ...args], {
-    GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-    NOTIFY_SOCKET: address,
-    ...env,
-  });
-  return { d: daemon, notify };
+  return { d: fixture.spawn(args, { NOTIFY_SOCKET: address, ...env }), notify };
 }
 
 const isReady = (m: Datagram) => m.fields.READY === "1";
@@ -54,7 +44,7 @@ describe("sd_notify", () => {
     expect(ready.fields.MAINPID).toBe(String(d.pid));
     expect(ready.fields.STATUS).toBe("8/8 GPUs persistent");
     // READY comes only once every GPU is held: status already answers.
-    expect(statusJson(scratch.runtimeDir).devices.every((g) => g.held)).toBe(true);
+    expect(statusJson(fixture.scratch.runtimeDir).devices.every((g) => g.held)).toBe(true);
   });
 
   it("works on an abstract socket", async () => {
@@ -77,7 +67,7 @@ describe("sd_notify", () => {
     const ready = await notify.waitFor(isReady);
     expect(ready.pid).toBe(d.pid);
     expect(ready.uid).toBe(65534);
-    expect(statusJson(scratch.runtimeDir).uid).toBe(65534);
+    expect(statusJson(fixture.scratch.runtimeDir).uid).toBe(65534);
     expect(d.output).toContain("now running as user nobody (65534)");
   });
 
@@ -110,24 +100,14 @@ describe("sd_notify", () => {
   });
 
   it("sends nothing, and reports no error, without NOTIFY_SOCKET", async () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({});
-    daemon = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1"], {
-      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-      WATCHDOG_USEC: "200000",
-    });
+    const daemon = fixture.start(["--simulate=1"], {}, { WATCHDOG_USEC: "200000" });
     await daemon.waitReady();
     expect(daemon.output).not.toContain("sd_notify");
     expect(daemon.output).not.toContain("watchdog");
   });
 
   it("reports a notify socket that is not there", async () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({});
-    daemon = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1"], {
-      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-      NOTIFY_SOCKET: join(scratch.dir, "absent"),
-    });
+    const daemon = fixture.start(["--simulate=1"], {}, { NOTIFY_SOCKET: "/nonexistent/notify" });
     await daemon.waitReady();
     await daemon.waitFor("sd_notify: sendto failed: ENOENT");
   });
@@ -179,7 +159,7 @@ describe("watchdog", () => {
     const after = notify.received.length;
     await new Promise((r) => setTimeout(r, 800));
     expect(notify.received.slice(after).some((m) => m.fields.WATCHDOG === "1")).toBe(true);
-    const devices = statusJson(scratch.runtimeDir).devices;
+    const devices = statusJson(fixture.scratch.runtimeDir).devices;
     expect(devices.map((g) => g.held)).toEqual([true, false, true]);
     expect(devices[1]).toMatchObject({ lost: true });
     expect(devices[1]?.error).toContain("NVML_ERROR_GPU_IS_LOST");
@@ -189,11 +169,9 @@ describe("watchdog", () => {
 
 describe("journald native protocol", () => {
   it("sends each entry with its priority and the GPU fields", async () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({ faults: [{ call: "nvmlDeviceSetPersistenceMode", gpu: 1, return: 4 }] });
+    const scratch = fixture.prepare({ faults: [{ call: "nvmlDeviceSetPersistenceMode", gpu: 1, return: 4 }] });
     const journal = await receiver(join(scratch.dir, "journal"));
-    daemon = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=2", "--log-format=journal"], {
-      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
+    const daemon = fixture.spawn(["--simulate=2", "--log-format=journal"], {
       GPU_PERSISTD_JOURNAL_SOCKET: journal.address,
     });
     const ready = await journal.waitFor((m) => (m.fields.MESSAGE ?? "").startsWith("ready:"));
@@ -208,12 +186,11 @@ describe("journald native protocol", () => {
   });
 
   it("falls back to priority-prefixed stdout lines, saying so, when journald is absent", async () => {
-    scratch = new Scratch();
-    scratch.writeSimConfig({});
-    daemon = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1", "--log-format=journal"], {
-      GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
-      GPU_PERSISTD_JOURNAL_SOCKET: join(scratch.dir, "absent"),
-    });
+    const daemon = fixture.start(
+      ["--simulate=1", "--log-format=journal"],
+      {},
+      { GPU_PERSISTD_JOURNAL_SOCKET: "/nonexistent/journal" },
+    );
     await daemon.waitFor("<6>ready: 1/1 GPUs held");
     expect(daemon.output).toMatch(/^<4>journald's native socket refused an entry \(sendto failed: ENOENT\)/);
   });

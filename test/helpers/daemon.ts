@@ -4,6 +4,7 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { afterEach } from "vitest";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
 export const BUNDLE = join(ROOT, "dist/gpu-persistd.mjs");
@@ -161,4 +162,61 @@ export function openFiles(pid: number): string[] {
       return [];
     }
   });
+}
+
+/**
+ * What every daemon suite sets up per test: a scratch directory with its simulator config,
+ * the daemons started in it, and their teardown after each test (registered on creation).
+ */
+export class DaemonFixture {
+  #scratch: Scratch | null = null;
+  readonly #daemons: DaemonProcess[] = [];
+
+  constructor() {
+    afterEach(async () => {
+      for (const d of this.#daemons.splice(0)) {
+        if (d.child.exitCode === null && d.child.signalCode === null) await d.stop("SIGKILL");
+      }
+      this.#scratch?.cleanup();
+      this.#scratch = null;
+    });
+  }
+
+  /** This test's scratch directory (prepare, start or run made it). */
+  get scratch(): Scratch {
+    if (!this.#scratch) throw new Error("no scratch directory yet: call prepare, start or run first");
+    return this.#scratch;
+  }
+
+  /** A fresh scratch directory whose simulator config is `sim`. */
+  prepare(sim: SimConfig = {}): Scratch {
+    this.#scratch?.cleanup();
+    this.#scratch = new Scratch();
+    this.#scratch.writeSimConfig(sim);
+    return this.#scratch;
+  }
+
+  /** The environment that points the daemon at this test's simulator config, plus `extra`. */
+  env(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+    return { GPU_PERSISTD_SIM_CONFIG: this.scratch.simConfigPath, ...extra };
+  }
+
+  /** Starts a daemon on the current scratch directory's runtime dir. */
+  spawn(args: string[], env: NodeJS.ProcessEnv = {}): DaemonProcess {
+    const d = new DaemonProcess([`--runtime-dir=${this.scratch.runtimeDir}`, ...args], this.env(env));
+    this.#daemons.push(d);
+    return d;
+  }
+
+  /** prepare(sim), then spawn. */
+  start(args: string[], sim: SimConfig = {}, env: NodeJS.ProcessEnv = {}): DaemonProcess {
+    this.prepare(sim);
+    return this.spawn(args, env);
+  }
+
+  /** prepare(sim), then run the bundle to completion. */
+  run(args: string[], sim: SimConfig = {}, env: NodeJS.ProcessEnv = {}) {
+    this.prepare(sim);
+    return runBundle([`--runtime-dir=${this.scratch.runtimeDir}`, ...args], this.env(env));
+  }
 }

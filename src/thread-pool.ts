@@ -11,8 +11,8 @@ export const THREAD_POOL_SIZE = 128;
 /**
  * The shebang's V8 flags (scripts/build.mjs reads the same file). A 1 MB young generation
  * instead of 16: an idle daemon's RSS then stays near its floor rather than saw-toothing by
- * tens of MB between scavenges. No WebAssembly: the unit runs Node with --jitless, which
- * otherwise prints "disabling flag --expose_wasm" to the journal at every start.
+ * tens of MB between scavenges. Only flags every supported Node accepts (18 to 24): Node 24
+ * refuses --no-expose-wasm, which would silence 18's and 20's one line about --jitless.
  */
 const V8_FLAGS: readonly string[] = nodeFlags.v8;
 

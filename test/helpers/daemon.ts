@@ -68,8 +68,9 @@ export class DaemonProcess {
   output = "";
   readonly exited: Promise<Exit>;
 
-  constructor(args: string[], env: NodeJS.ProcessEnv = {}) {
-    this.child = spawn(process.execPath, [BUNDLE, ...args], {
+  /** Runs the bundle with `node` (default: the Node running the tests). */
+  constructor(args: string[], env: NodeJS.ProcessEnv = {}, node = process.execPath) {
+    this.child = spawn(node, [BUNDLE, ...args], {
       env: { ...BASE_ENV, ...env },
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -117,8 +118,8 @@ export class DaemonProcess {
 }
 
 /** Runs the bundle to completion (a client command, or a daemon that fails to start). */
-export function runBundle(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 20_000) {
-  const result = spawnSync(process.execPath, [BUNDLE, ...args], {
+export function runBundle(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 20_000, node = process.execPath) {
+  const result = spawnSync(node, [BUNDLE, ...args], {
     env: { ...BASE_ENV, ...env },
     encoding: "utf8",
     timeout: timeoutMs,
@@ -201,9 +202,9 @@ export class DaemonFixture {
     return { GPU_PERSISTD_SIM_CONFIG: this.scratch.simConfigPath, ...extra };
   }
 
-  /** Starts a daemon on the current scratch directory's runtime dir. */
-  spawn(args: string[], env: NodeJS.ProcessEnv = {}): DaemonProcess {
-    const d = new DaemonProcess([`--runtime-dir=${this.scratch.runtimeDir}`, ...args], this.env(env));
+  /** Starts a daemon on the current scratch directory's runtime dir, with `node`. */
+  spawn(args: string[], env: NodeJS.ProcessEnv = {}, node = process.execPath): DaemonProcess {
+    const d = new DaemonProcess([`--runtime-dir=${this.scratch.runtimeDir}`, ...args], this.env(env), node);
     this.#daemons.push(d);
     return d;
   }

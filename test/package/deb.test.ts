@@ -84,8 +84,8 @@ describe("gpu-persistd .deb", () => {
     const status = JSON.parse(container.check("gpu-persistd status --json"));
     expect(status.devices.map((d: { held: boolean }) => d.held)).toEqual([true, true]);
     expect(container.check("man -w gpu-persistd").trim()).toBe("/usr/share/man/man8/gpu-persistd.8.gz");
-    // Node's own start-up warnings (--jitless without --no-expose-wasm) would land here; the
-    // unit's other lines come from systemd (nspawn cannot give it a private loopback).
+    // Nothing at warning or worse from the daemon (systemd's own lines about the private
+    // loopback that nspawn cannot give are not the daemon's).
     expect(container.check("journalctl -q -t gpu-persistd -p warning --no-pager")).toBe("");
 
     // doctor on the installed system: the service side passes; this container has no driver.

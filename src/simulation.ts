@@ -7,7 +7,7 @@ import { deviceNodePath } from "./gpu/device-node.js";
 const SIM_LIBRARY = "libnvidia-ml-sim.so";
 
 /** The simulator beside the bundle (dist/), or in dist/ when running from the sources. */
-export function simulatorLibraryPath(): string {
+function simulatorLibraryPath(): string {
   const candidates = [new URL(`./${SIM_LIBRARY}`, import.meta.url), new URL(`../dist/${SIM_LIBRARY}`, import.meta.url)];
   const found = candidates.map((u) => fileURLToPath(u)).find((p) => existsSync(p));
   if (!found) {
@@ -17,7 +17,7 @@ export function simulatorLibraryPath(): string {
 }
 
 /** "on" keeps the count of GPU_PERSISTD_SIM_CONFIG's file; a number or a profile overrides it. */
-export function configureSimulator(simulate: string, env: NodeJS.ProcessEnv = process.env): void {
+function configureSimulator(simulate: string, env: NodeJS.ProcessEnv = process.env): void {
   if (/^\d+$/.test(simulate)) env.GPU_PERSISTD_SIM_GPUS = simulate;
   else if (simulate !== "on") env.GPU_PERSISTD_SIM_PROFILE = simulate;
 }

@@ -10,6 +10,7 @@ import type { DaemonStatus } from "../daemon.js";
 import { type Check, fail, pass } from "./check.js";
 import { deviceNodeChecks, kernelModuleCheck } from "./driver-checks.js";
 import { HostRoot } from "./host-root.js";
+import { metricsChecks } from "./metrics-checks.js";
 import { nvmlChecks } from "./nvml-checks.js";
 import { accountCheck, persistencedCheck, runtimeChecks, unitCheck } from "./service-checks.js";
 
@@ -21,16 +22,9 @@ export interface DoctorReport {
 
 /** The options of the unit's last ExecStart= (file, then drop-ins), or why they cannot be read. */
 function unitOptions(host: HostRoot): { overrides: Partial<Config>; from: string; error?: string } {
-  let execStart = "";
-  let from = "";
-  for (const source of host.unitSources("gpu-persistd.service")) {
-    for (const line of (host.read(source) ?? "").split("\n")) {
-      const match = /^\s*ExecStart\s*=\s*(.*)$/.exec(line);
-      if (!match) continue;
-      execStart = (match[1] as string).trim();
-      from = source;
-    }
-  }
+  const last = host.unitDirective("gpu-persistd.service", "ExecStart").at(-1);
+  const execStart = last?.value ?? "";
+  const from = last?.source ?? "";
   if (!execStart) return { overrides: {}, from: "" };
   // Prefixes such as "-" or "+" change how systemd runs the command, not its arguments.
   const argv = execStart
@@ -95,6 +89,7 @@ export async function runDoctor(commandLine: CommandLine, env: NodeJS.ProcessEnv
     persistencedCheck(host),
     unitCheck(host),
     account,
+    ...metricsChecks(host, config, user),
     ...runtimeChecks(host, config, daemon, daemonError),
     ...(await nvmlChecks(host, config, env, daemon)),
   ];

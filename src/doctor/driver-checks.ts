@@ -2,7 +2,7 @@
 // the NVML library and whether it matches the loaded kernel module.
 import { statSync } from "node:fs";
 import { type Check, fail, pass } from "./check.js";
-import type { Account, HostRoot } from "./host-root.js";
+import { type Account, accountMay, type HostRoot } from "./host-root.js";
 
 const MODULE_FIX =
   "modprobe nvidia (to load it at boot: echo nvidia > /etc/modules-load.d/nvidia.conf); " +
@@ -39,14 +39,6 @@ function deviceNodes(host: HostRoot): string[] {
   return [...(host.exists("/dev/nvidiactl") ? ["nvidiactl"] : []), ...gpus].map((n) => `/dev/${n}`);
 }
 
-/** Whether `account` may open `mode`/`uid`/`gid` for reading and writing. */
-function mayReadWrite(account: Account, mode: number, uid: number, gid: number): boolean {
-  if (account.uid === 0) return true;
-  if (account.uid === uid) return (mode & 0o600) === 0o600;
-  if (account.gid === gid || account.groups.includes(gid)) return (mode & 0o060) === 0o060;
-  return (mode & 0o006) === 0o006;
-}
-
 /**
  * The nodes exist, and the daemon's user (null: it stays root) may open them: it opens them
  * again after the drop, to re-hold a GPU or hold one an RPC client asks for.
@@ -70,10 +62,7 @@ export function deviceNodeChecks(host: HostRoot, account: Account | null): Check
   const found = pass("device-nodes", "GPU device nodes", `${nodes.join(", ")}`);
   const title = `device access for ${account ? `user ${account.name}` : "root"}`;
   if (!account) return [found, pass("device-access", title, "the daemon stays root (no user configured)")];
-  const denied = nodes.filter((n) => {
-    const st = statSync(host.path(n));
-    return !mayReadWrite(account, st.mode, st.uid, st.gid);
-  });
+  const denied = nodes.filter((n) => !accountMay(account, statSync(host.path(n)), 6));
   if (!denied.length) {
     return [found, pass("device-access", title, `${account.name} may read and write every node`)];
   }

@@ -17,6 +17,27 @@ export interface Account {
 /** Unit directories in systemd's order of precedence (the first that has the unit wins). */
 const UNIT_DIRS = ["/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"];
 
+/** One assignment of a unit setting, and the file it is in. */
+export interface Directive {
+  value: string;
+  source: string;
+}
+
+/**
+ * Whether `account` has `want` (read 4, write 2, execute 1, or a sum) on a file with this
+ * stat, by the owner, group and other bits as the kernel checks them (root may do anything).
+ */
+export function accountMay(account: Account, st: { mode: number; uid: number; gid: number }, want: number): boolean {
+  if (account.uid === 0) return true;
+  const bits =
+    account.uid === st.uid
+      ? (st.mode >> 6) & 7
+      : account.gid === st.gid || account.groups.includes(st.gid)
+        ? (st.mode >> 3) & 7
+        : st.mode & 7;
+  return (bits & want) === want;
+}
+
 export class HostRoot {
   readonly root: string;
 
@@ -115,6 +136,24 @@ export class HostRoot {
       }
     }
     return [file, ...[...byName.keys()].sort().map((name) => byName.get(name) as string)];
+  }
+
+  /**
+   * Every assignment of `key` in the unit's file and drop-ins, in the order systemd reads
+   * them; an empty assignment clears those before it (systemd's rule for list settings).
+   */
+  unitDirective(unit: string, key: string): Directive[] {
+    const found: Directive[] = [];
+    const pattern = new RegExp(`^\\s*${key}\\s*=\\s*(.*?)\\s*$`);
+    for (const source of this.unitSources(unit)) {
+      for (const line of (this.read(source) ?? "").split("\n")) {
+        const value = pattern.exec(line)?.[1];
+        if (value === undefined) continue;
+        if (value === "") found.length = 0;
+        else found.push({ value, source });
+      }
+    }
+    return found;
   }
 
   /** Targets whose .wants/ directory in /etc enables `unit`. */

@@ -96,6 +96,7 @@ describe("gpu-persistd doctor", () => {
       "nvidia-persistenced",
       "unit",
       "account",
+      "metrics",
       "runtime-dir",
       "daemon",
       "nvml-library",
@@ -109,7 +110,7 @@ describe("gpu-persistd doctor", () => {
     expect(check(checks, "account").detail).toBe("user nvidia-persistenced (uid 998, from /etc/passwd), gid 998");
     expect(check(checks, "driver-version").detail).toBe("both 580.159.04-sim");
     expect(check(checks, "gpu:1").detail).toMatch(/^persistence enabled, held by gpu-persistd \(PID \d+\)$/);
-    expect(text).toContain("gpu-persistd doctor: all 13 checks passed");
+    expect(text).toContain("gpu-persistd doctor: all 14 checks passed");
     expect(text).toMatch(/^PASS {2}NVIDIA kernel module +nvidia loaded, driver 580\.159\.04-sim$/m);
   });
 
@@ -124,7 +125,7 @@ describe("gpu-persistd doctor", () => {
       "systemctl disable --now nvidia-persistenced.service && systemctl mask nvidia-persistenced.service",
     );
     expect(text).toContain("fix: systemctl disable --now nvidia-persistenced.service");
-    expect(text).toContain("gpu-persistd doctor: 1 of 13 checks failed");
+    expect(text).toContain("gpu-persistd doctor: 1 of 14 checks failed");
   });
 
   it("passes a masked nvidia-persistenced, naming the mask and how to undo it", () => {
@@ -230,6 +231,45 @@ describe("gpu-persistd doctor", () => {
     expect(c.fix).toBe("gpu-persistd hold 00000000:07:00.0");
     expect(runBundle(["hold", "00000000:07:00.0", `--runtime-dir=${runtime}`], env()).code).toBe(0);
     expect(check(doctor().checks, "gpu:1").ok).toBe(true);
+  });
+
+  it("fails a metrics listener the unit forbids, with the drop-in that allows it", () => {
+    put("/etc/gpu-persistd/config.json", JSON.stringify({ metricsListen: "127.0.0.1:9400" }));
+    const c = check(doctor().checks, "metrics-listen");
+    expect(c.ok).toBe(false);
+    expect(c.detail).toBe(
+      "metricsListen is 127.0.0.1:9400, but gpu-persistd.service has PrivateNetwork=yes (its own empty network)",
+    );
+    expect(c.fix).toContain("/usr/share/doc/gpu-persistd/examples/metrics-listen.conf");
+    put(
+      "/etc/systemd/system/gpu-persistd.service.d/metrics-listen.conf",
+      readFileSync(join(ROOT, "systemd/metrics-listen.conf"), "utf8"),
+    );
+    expect(check(doctor().checks, "metrics-listen")).toMatchObject({ ok: true });
+  });
+
+  it("fails a metrics textfile directory that is missing, read-only to the unit, or not writable by its user", () => {
+    const dir = "/var/lib/prometheus/node-exporter";
+    put("/etc/gpu-persistd/config.json", JSON.stringify({ metricsTextfile: `${dir}/gpu-persistd.prom` }));
+    expect(check(doctor().checks, "metrics-textfile").fix).toContain("apt-get install prometheus-node-exporter");
+    mkdirSync(join(root, dir), { recursive: true });
+    chmodSync(join(root, dir), 0o755);
+    const readOnly = check(doctor().checks, "metrics-textfile");
+    expect(readOnly.detail).toContain("makes /var/lib/prometheus/node-exporter read-only (ProtectSystem=strict");
+    expect(readOnly.fix).toContain("examples/metrics-textfile.conf");
+    put(
+      "/etc/systemd/system/gpu-persistd.service.d/metrics-textfile.conf",
+      readFileSync(join(ROOT, "systemd/metrics-textfile.conf"), "utf8"),
+    );
+    const notWritable = check(doctor().checks, "metrics-textfile");
+    expect(notWritable.detail).toContain(
+      "nvidia-persistenced cannot create files in /var/lib/prometheus/node-exporter",
+    );
+    expect(notWritable.fix).toBe(
+      "chgrp nvidia-persistenced /var/lib/prometheus/node-exporter && chmod g+w /var/lib/prometheus/node-exporter",
+    );
+    chmodSync(join(root, dir), 0o777);
+    expect(check(doctor().checks, "metrics-textfile")).toMatchObject({ ok: true });
   });
 
   it("reports a broken config file as a failed check, not a crash", () => {

@@ -116,4 +116,23 @@ describe("gpu-persistd .deb", () => {
     expect(container.run("getent passwd nvidia-persistenced").code).toBe(0);
     expect(container.run("test -e /var/lib/gpu-persistd").code).toBe(1);
   });
+
+  it("on reinstall (an upgrade's scripts) keeps the admin's config edits and a disable", () => {
+    simulate(1);
+    container.check(`${APT} --no-install-recommends install /mnt/dist/${deb}`, 300_000);
+    container.check(`sed -i 's/"logLevel": "info"/"logLevel": "debug"/' /etc/gpu-persistd/config.json`);
+    container.check("systemctl disable --now gpu-persistd");
+    const reinstall = container.run(`${APT} install --reinstall /mnt/dist/${deb}`, 120_000);
+    expect(reinstall.code, reinstall.stdout + reinstall.stderr).toBe(0);
+    expect(container.check('grep -c \'"logLevel": "debug"\' /etc/gpu-persistd/config.json').trim()).toBe("1");
+    expect(container.unitProperty("gpu-persistd", "UnitFileState")).toBe("disabled");
+    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("inactive");
+    // Enabled again, a reinstall restarts it (postinst configure with the old version).
+    container.check("systemctl enable --now gpu-persistd");
+    const pid = container.unitProperty("gpu-persistd", "MainPID");
+    container.check(`${APT} install --reinstall /mnt/dist/${deb}`, 120_000);
+    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
+    expect(container.unitProperty("gpu-persistd", "MainPID")).not.toBe(pid);
+    container.check(`${APT} purge gpu-persistd`, 120_000);
+  });
 });

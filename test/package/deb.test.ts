@@ -117,6 +117,17 @@ describe("gpu-persistd .deb", () => {
     expect(container.run("test -e /var/lib/gpu-persistd").code).toBe(1);
   });
 
+  it("installs without waiting on a host whose NVIDIA driver is not loaded yet, saying so", () => {
+    container.check(`rm -f ${SIMULATE_DROP_IN} && systemctl daemon-reload`);
+    const install = container.run(`${APT} --no-install-recommends install /mnt/dist/${deb}`, 300_000);
+    expect(install.code, install.stdout + install.stderr).toBe(0);
+    expect(install.stderr).toContain("gpu-persistd: the NVIDIA driver is not loaded; the service waits for it");
+    // Started in the background: it waits for the driver (STATUS says so), it has not failed.
+    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("activating");
+    expect(container.unitProperty("gpu-persistd", "UnitFileState")).toBe("enabled");
+    container.check(`${APT} purge gpu-persistd`, 120_000);
+  });
+
   it("on reinstall (an upgrade's scripts) keeps the admin's config edits and a disable", () => {
     simulate(1);
     container.check(`${APT} --no-install-recommends install /mnt/dist/${deb}`, 300_000);

@@ -1,8 +1,7 @@
 // `gpu-persistd doctor`: every check that explains why GPUs are not kept initialised, with
 // the exact fix, on this host or on a system laid out under --root. It reads only: the one
 // NVML session it opens changes no GPU setting.
-import type { CommandLine } from "../cli/command-line.js";
-import { parseCommandLine } from "../cli/command-line.js";
+import { type CommandLine, parseCommandLine } from "../cli/command-line.js";
 import { loadConfig } from "../config/load-config.js";
 import { type Config, DEFAULT_CONFIG_PATH, newConfig } from "../config/schema.js";
 import { requestControl } from "../control/control-client.js";
@@ -12,7 +11,7 @@ import { deviceNodeChecks, kernelModuleCheck } from "./driver-checks.js";
 import { HostRoot } from "./host-root.js";
 import { metricsChecks } from "./metrics-checks.js";
 import { nvmlChecks } from "./nvml-checks.js";
-import { accountCheck, persistencedCheck, runtimeChecks, unitCheck } from "./service-checks.js";
+import { accountCheck, OURS, persistencedCheck, runtimeChecks, unitCheck } from "./service-checks.js";
 
 export interface DoctorReport {
   ok: boolean;
@@ -22,7 +21,7 @@ export interface DoctorReport {
 
 /** The options of the unit's last ExecStart= (file, then drop-ins), or why they cannot be read. */
 function unitOptions(host: HostRoot): { overrides: Partial<Config>; from: string; error?: string } {
-  const last = host.unitDirective("gpu-persistd.service", "ExecStart").at(-1);
+  const last = host.unitDirective(OURS, "ExecStart").at(-1);
   const execStart = last?.value ?? "";
   const from = last?.source ?? "";
   if (!execStart) return { overrides: {}, from: "" };
@@ -49,7 +48,7 @@ function configuration(
   if (unit.error) {
     return {
       config: newConfig().getProperties(),
-      check: fail("config", title, unit.error, `systemctl edit --full gpu-persistd.service, and fix ExecStart`),
+      check: fail("config", title, unit.error, `systemctl edit --full ${OURS}, and fix ExecStart`),
     };
   }
   try {

@@ -6,8 +6,8 @@ import { dirname } from "node:path";
 import type { Config } from "../config/schema.js";
 import { type Check, fail, pass } from "./check.js";
 import { type Account, accountMay, type HostRoot } from "./host-root.js";
+import { OURS as UNIT } from "./service-checks.js";
 
-const UNIT = "gpu-persistd.service";
 const YES = /^(yes|true|on|1)$/i;
 
 const installDropIn = (name: string) =>

@@ -8,7 +8,8 @@ import { CONTROL_SOCKET_NAME, PID_FILE_NAME, RPC_SOCKET_NAME } from "../runtime-
 import { type Check, fail, pass } from "./check.js";
 import type { Account, HostRoot } from "./host-root.js";
 
-const OURS = "gpu-persistd.service";
+/** The unit doctor examines (its file, drop-ins, enablement, mask). */
+export const OURS = "gpu-persistd.service";
 const THEIRS = "nvidia-persistenced.service";
 const MASK_THEIRS = `systemctl disable --now ${THEIRS} && systemctl mask ${THEIRS}`;
 

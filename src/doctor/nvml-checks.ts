@@ -14,6 +14,11 @@ import { type Check, fail, pass } from "./check.js";
 import { kernelDriverVersion } from "./driver-checks.js";
 import type { HostRoot } from "./host-root.js";
 
+/** The id of the check that says NVML calls are stuck: the process must end with _exit. */
+export const STUCK_CHECK = "nvml-hung";
+/** How long past their time-out stuck calls get to return. */
+const STUCK_GRACE_MS = 1000;
+
 const MISMATCH_FIX =
   "the kernel module and libnvidia-ml come from different driver releases (usually an upgrade without a reboot): " +
   "reboot, or stop every GPU client and reload the modules (rmmod nvidia_uvm nvidia_drm nvidia_modeset nvidia && modprobe nvidia)";
@@ -51,7 +56,7 @@ export async function nvmlChecks(
           ? "modprobe nvidia, and check that /dev/nvidiactl exists"
           : "see NVML's error above; dmesg | grep -i nvrm shows the driver's side";
     checks.push(fail("driver-version", "NVML and kernel driver", `nvmlInit failed: ${describeError(err)}`, fix));
-    return checks;
+    return finish(nvml, config, checks, false);
   }
   try {
     const libraryVersion = await nvml.driverVersion();
@@ -74,62 +79,82 @@ export async function nvmlChecks(
           : pass("driver-version", "NVML and kernel driver", `both ${libraryVersion}`),
     );
     checks.push(...(await gpuChecks(nvml, daemon)));
-  } finally {
+  } catch (err) {
+    checks.push(fail("nvml", "NVML", describeError(err), "dmesg | grep -i -e nvrm -e xid shows the driver's side"));
+  }
+  return finish(nvml, config, checks, true);
+}
+
+/**
+ * Ends the NVML session, unless a call is still stuck in the driver: nvmlShutdown beside it
+ * crashes real NVML, and the stuck thread would keep the process alive (doctor then exits
+ * with _exit; see STUCK_CHECK).
+ */
+async function finish(nvml: Nvml, config: Config, checks: Check[], initialised: boolean): Promise<Check[]> {
+  if (!(await nvml.idle(STUCK_GRACE_MS))) {
+    checks.push(
+      fail(
+        STUCK_CHECK,
+        "NVML responsiveness",
+        `NVML calls did not return within ${config.nvmlTimeoutMs + STUCK_GRACE_MS} ms: the driver is hung`,
+        "dmesg | grep -i -e nvrm -e xid; a GPU reset (nvidia-smi -r -i N) or a reboot",
+      ),
+    );
+  } else if (initialised) {
     await nvml.shutdown().catch(() => {});
   }
   return checks;
 }
 
+/** One check per GPU, the GPUs asked in parallel (a hung GPU costs one time-out, not one each). */
 async function gpuChecks(nvml: Nvml, daemon: DaemonStatus | null): Promise<Check[]> {
   const count = await nvml.deviceCount();
   if (count === 0) {
     return [fail("gpus", "GPUs", "NVML sees no GPU", "lspci | grep -i nvidia; dmesg | grep -i nvrm")];
   }
-  const checks: Check[] = [];
-  for (let index = 0; index < count; index++) {
-    const id = `gpu:${index}`;
-    try {
-      const handle = await nvml.handleByIndex(index);
-      const uuid = await nvml.uuid(handle);
-      const { busId } = await nvml.pciInfo(handle);
-      const persistence = (await nvml.persistenceMode(handle)) === 1 ? "enabled" : "disabled";
-      const title = `GPU ${index} ${busId}`;
-      const held = daemon?.devices.find((d) => d.uuid === uuid);
-      const detail = `persistence ${persistence}`;
-      if (!daemon) {
-        checks.push(
-          fail(id, title, `${detail}; not held: gpu-persistd is not running`, "systemctl start gpu-persistd.service"),
-        );
-      } else if (held && !held.selected) {
-        checks.push(pass(id, title, `${detail}; not selected (devices setting), so not held`));
-      } else if (!held?.held) {
-        checks.push(
-          fail(
-            id,
-            title,
-            `${detail}; not held${held?.lost ? " (lost: NVML reported the GPU fell off the bus)" : ""}${held?.error ? `: ${held.error}` : ""}`,
-            held?.lost
-              ? "the GPU needs a reset or a reboot; then systemctl restart gpu-persistd"
-              : `gpu-persistd hold ${busId}`,
-          ),
-        );
-      } else if (persistence !== "enabled") {
-        checks.push(
-          fail(
-            id,
-            title,
-            `${detail}, though held`,
-            "systemctl restart gpu-persistd.service (it enables persistence at start unless dryRun is set)",
-          ),
-        );
-      } else {
-        checks.push(pass(id, title, `${detail}, held by gpu-persistd (PID ${daemon.pid})`));
-      }
-    } catch (err) {
-      checks.push(
-        fail(id, `GPU ${index}`, `NVML: ${describeError(err)}`, `nvidia-smi -i ${index} -q; dmesg | grep -i nvrm`),
+  return Promise.all(Array.from({ length: count }, (_, index) => gpuCheck(nvml, daemon, index)));
+}
+
+async function gpuCheck(nvml: Nvml, daemon: DaemonStatus | null, index: number): Promise<Check> {
+  const id = `gpu:${index}`;
+  try {
+    const handle = await nvml.handleByIndex(index);
+    const uuid = await nvml.uuid(handle);
+    const { busId } = await nvml.pciInfo(handle);
+    const persistence = (await nvml.persistenceMode(handle)) === 1 ? "enabled" : "disabled";
+    const title = `GPU ${index} ${busId}`;
+    const held = daemon?.devices.find((d) => d.uuid === uuid);
+    const detail = `persistence ${persistence}`;
+    if (!daemon) {
+      return fail(
+        id,
+        title,
+        `${detail}; not held: gpu-persistd is not running`,
+        "systemctl start gpu-persistd.service",
       );
     }
+    if (held && !held.selected) return pass(id, title, `${detail}; not selected (devices setting), so not held`);
+    if (!held?.held) {
+      const lost = held?.lost ? " (lost: NVML reported the GPU fell off the bus)" : "";
+      return fail(
+        id,
+        title,
+        `${detail}; not held${lost}${held?.error ? `: ${held.error}` : ""}`,
+        held?.lost
+          ? "the GPU needs a reset or a reboot; then systemctl restart gpu-persistd"
+          : `gpu-persistd hold ${busId}`,
+      );
+    }
+    if (persistence !== "enabled") {
+      return fail(
+        id,
+        title,
+        `${detail}, though held`,
+        "systemctl restart gpu-persistd.service (it enables persistence at start unless dryRun is set)",
+      );
+    }
+    return pass(id, title, `${detail}, held by gpu-persistd (PID ${daemon.pid})`);
+  } catch (err) {
+    return fail(id, `GPU ${index}`, `NVML: ${describeError(err)}`, `nvidia-smi -i ${index} -q; dmesg | grep -i nvrm`);
   }
-  return checks;
 }

@@ -65,9 +65,12 @@ async function startDaemon(): Promise<DaemonProcess> {
   return daemon;
 }
 
-function doctor(extra: string[] = []): { code: number; checks: Check[]; text: string } {
-  const json = runBundle(["doctor", "--json", `--root=${root}`, ...extra], env());
-  const text = runBundle(["doctor", `--root=${root}`, ...extra], env());
+function doctor(
+  extra: string[] = [],
+  extraEnv: NodeJS.ProcessEnv = {},
+): { code: number; checks: Check[]; text: string } {
+  const json = runBundle(["doctor", "--json", `--root=${root}`, ...extra], { ...env(), ...extraEnv });
+  const text = runBundle(["doctor", `--root=${root}`, ...extra], { ...env(), ...extraEnv });
   const report = JSON.parse(json.output) as { ok: boolean; checks: Check[] };
   expect(report.ok).toBe(json.code === 0);
   expect(text.code).toBe(json.code);
@@ -202,6 +205,16 @@ describe("gpu-persistd doctor", () => {
     expect(c.ok).toBe(false);
     expect(c.detail).toContain("NVML_ERROR_LIB_RM_VERSION_MISMATCH");
     expect(c.fix).toContain("reboot");
+  });
+
+  it("reports a hung driver call, and still exits", () => {
+    healthyHost({ faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, hangMs: 600_000 }] });
+    const { code, checks } = doctor([], { GPU_PERSISTD_NVML_TIMEOUT_MS: "300" });
+    expect(code).toBe(1);
+    // GPU 0 answers; it is not held only because no daemon runs here.
+    expect(check(checks, "gpu:0").detail).toContain("not held: gpu-persistd is not running");
+    expect(check(checks, "gpu:1").detail).toContain("nvmlDeviceGetPersistenceMode did not return within");
+    expect(check(checks, "nvml-hung").fix).toContain("dmesg");
   });
 
   it("fails when NVML cannot be loaded, naming the library", () => {

@@ -74,8 +74,14 @@ writeFileSync(join(control, "md5sums"), `${sums.join("\n")}\n`);
 chmodSync(join(control, "md5sums"), 0o644);
 
 const deb = `dist/gpu-persistd_${version}_amd64.deb`;
+// Reproducible: dpkg-deb clamps every time stamp to SOURCE_DATE_EPOCH, by default the date of
+// this version's changelog entry, so the same sources give the same bytes.
+const released = /^ -- .*> {2}(.+)$/m.exec(changelog)?.[1];
+const epoch = process.env.SOURCE_DATE_EPOCH ?? String(Math.floor(Date.parse(released ?? "") / 1000));
+if (!/^\d+$/.test(epoch)) throw new Error("packaging/deb/changelog's first entry has no readable date line");
 execFileSync("dpkg-deb", ["--root-owner-group", "-Zxz", "--build", root, deb], {
   stdio: ["ignore", "ignore", "inherit"],
+  env: { ...process.env, SOURCE_DATE_EPOCH: epoch },
 });
 console.log(`${deb}: ${(statSync(deb).size / 1024).toFixed(0)} KiB, ${installedKiB} KiB installed`);
 

@@ -3,6 +3,8 @@
 // `apt-get install ./gpu-persistd_*.deb` pulls Debian's nodejs, creates the user, enables
 // and starts the unit; then stop, purge and autoremove must leave the system as it was.
 import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROOT } from "../helpers/daemon.js";
@@ -59,6 +61,16 @@ function simulate(gpus: number): void {
 }
 
 describe("gpu-persistd .deb", () => {
+  it("is reproducible: a second build gives the same bytes", () => {
+    const digest = () =>
+      createHash("sha256")
+        .update(readFileSync(join(ROOT, "dist", deb)))
+        .digest("hex");
+    const first = digest();
+    expect(buildDeb()).toBe(deb);
+    expect(digest()).toBe(first);
+  });
+
   it("has no lintian errors", () => {
     const result = spawnSync("lintian", ["--fail-on", "error", join(ROOT, "dist", deb)], { encoding: "utf8" });
     expect(result.stdout).not.toMatch(/^E: /m);

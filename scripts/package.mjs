@@ -9,6 +9,18 @@ import { chmodSync, cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSy
 import { join, relative } from "node:path";
 import { gzipSync } from "node:zlib";
 
+for (const [tool, pkg] of [
+  ["dpkg-deb", "dpkg"],
+  ["strip", "binutils"],
+]) {
+  try {
+    execFileSync(tool, ["--version"], { stdio: "ignore" });
+  } catch {
+    console.error(`npm run package needs ${tool}: apt-get install -y --no-install-recommends ${pkg}`);
+    process.exit(1);
+  }
+}
+
 const { version } = JSON.parse(readFileSync("package.json", "utf8"));
 const changelog = readFileSync("packaging/deb/changelog", "utf8");
 if (!changelog.startsWith(`gpu-persistd (${version})`)) {

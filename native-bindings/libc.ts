@@ -25,6 +25,37 @@ export function lastErrno(): { errno: number; code: string } {
   return { errno, code };
 }
 
+/** Runs a libc call that returns 0, or -1 with errno; throws Error naming the errno. */
+function zeroOrErrno(name: string, result: number): void {
+  if (result !== 0) throw new Error(`${name}: ${lastErrno().code}`);
+}
+
+/**
+ * The identity calls, straight from libc. Node's own (process.setuid, setgid, initgroups)
+ * refuse to run when Node is linked to a system libuv it cannot prove io_uring-free
+ * (CVE-2024-22017: Debian 13's Node 20 with libuv 1.50, Ubuntu 24.04's Node 18 with 1.48).
+ * The daemon starts with UV_USE_IO_URING=0 (src/libuv-environment.ts), so no io_uring ring can
+ * keep root's credentials past the switch. glibc applies each call to every thread.
+ */
+export function initgroups(user: string, gid: number): void {
+  zeroOrErrno("initgroups", libcFunction("int initgroups(const char *user, uint32_t group)")(user, gid));
+}
+
+export function setgroups(gids: number[]): void {
+  zeroOrErrno(
+    "setgroups",
+    libcFunction("int setgroups(size_t size, const uint32_t *list)")(gids.length, Uint32Array.from(gids)),
+  );
+}
+
+export function setresgid(gid: number): void {
+  zeroOrErrno("setresgid", libcFunction("int setresgid(uint32_t r, uint32_t e, uint32_t s)")(gid, gid, gid));
+}
+
+export function setresuid(uid: number): void {
+  zeroOrErrno("setresuid", libcFunction("int setresuid(uint32_t r, uint32_t e, uint32_t s)")(uid, uid, uid));
+}
+
 const F_TLOCK = 2;
 
 /**

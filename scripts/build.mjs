@@ -41,10 +41,12 @@ const bundle = await build({
   external: ["koffi"],
   define,
   // The libuv pool runs every blocking NVML call (koffi fn.async); the shebang sizes it for
-  // the installed command (src/thread-pool.ts re-executes when run as `node FILE`).
+  // the installed command (src/libuv-environment.ts re-executes when run as `node FILE`).
   banner: {
     js: [
-      `#!/usr/bin/env -S UV_THREADPOOL_SIZE=128 node ${nodeFlags.v8.join(" ")}`,
+      `#!/usr/bin/env -S ${Object.entries(nodeFlags.env)
+        .map(([name, value]) => `${name}=${value}`)
+        .join(" ")} node ${nodeFlags.v8.join(" ")}`,
       'import { createRequire as __gpdCreateRequire } from "node:module";',
       "const require = __gpdCreateRequire(import.meta.url);",
     ].join("\n"),

@@ -12,11 +12,11 @@ import type { Config } from "./config/schema.js";
 import { Daemon } from "./daemon.js";
 import { ExitCode } from "./exit-codes.js";
 import { FatalError } from "./fatal-error.js";
+import { ensureLibuvEnvironment } from "./libuv-environment.js";
 import { createLog, type Log, resolveLogFormat, stdoutIsJournal } from "./log.js";
 import { RuntimeDir } from "./runtime-dir.js";
 import { JournalSender } from "./systemd/journal.js";
 import { SystemdNotifier } from "./systemd/notify.js";
-import { ensureThreadPoolSize } from "./thread-pool.js";
 
 function fail(err: unknown): never {
   const fatal = err instanceof FatalError ? err : null;
@@ -33,7 +33,7 @@ function stdoutStat(): { dev: number; ino: number } | undefined {
 }
 
 async function runDaemon(config: Config, source: ConfigSource): Promise<void> {
-  ensureThreadPoolSize();
+  ensureLibuvEnvironment();
   const format = resolveLogFormat(config.logFormat, stdoutIsJournal(process.env, stdoutStat()));
   const journal = format === "journal" ? new JournalSender(process.env.GPU_PERSISTD_JOURNAL_SOCKET) : undefined;
   const log: Log = createLog(config.logLevel, format, journal);

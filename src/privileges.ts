@@ -2,13 +2,10 @@
 // after bring-up in the only safe order (supplementary groups, gid, uid), then verified
 // from /proc/self/status. Any failed step ends the daemon: it never runs half-dropped.
 import { chownSync, readFileSync } from "node:fs";
+import { initgroups, setgroups, setresgid, setresuid } from "../native-bindings/libc.js";
 import { lookUpGroup, lookUpUser, type UserEntry } from "../native-bindings/user-database.js";
 import { ExitCode } from "./exit-codes.js";
 import { FatalError } from "./fatal-error.js";
-
-// Node has process.initgroups on POSIX; @types/node 20 leaves it out of Process.
-const initgroups = (user: string, gid: number): void =>
-  (process as unknown as { initgroups(user: string, extraGroup: number): void }).initgroups(user, gid);
 
 export interface TargetIdentity {
   user: UserEntry | null;
@@ -73,11 +70,9 @@ export function dropPrivileges(target: TargetIdentity, paths: string[]): void {
   };
   for (const path of paths) step(`chown ${path}`, () => chownSync(path, target.uid, target.gid));
   const user = target.user;
-  step("setting supplementary groups", () =>
-    user ? initgroups(user.name, target.gid) : process.setgroups?.([target.gid]),
-  );
-  step("setgid", () => process.setgid?.(target.gid));
-  step("setuid", () => process.setuid?.(target.uid));
+  step("setting supplementary groups", () => (user ? initgroups(user.name, target.gid) : setgroups([target.gid])));
+  step("setgid", () => setresgid(target.gid));
+  step("setuid", () => setresuid(target.uid));
   const status = readFileSync("/proc/self/status", "utf8");
   const uids = idsOf(status, "Uid");
   const gids = idsOf(status, "Gid");

@@ -29,14 +29,14 @@ export function nspawnUnavailable(): string | null {
   return null;
 }
 
-/** A Debian 12 minbase rootfs with `include`, cached under .ci-cache/NAME (about 20 s the first time). */
-function cachedRootfs(name: string, include: string): string {
+/** A Debian minbase rootfs of `suite` with `include`, cached under .ci-cache/NAME (about 20 s the first time). */
+function cachedRootfs(name: string, include: string, suite = "bookworm"): string {
   const rootfs = join(ROOT, ".ci-cache", name);
   if (existsSync(join(rootfs, ".complete"))) return rootfs;
   const building = `${rootfs}.building`;
   rmSync(building, { recursive: true, force: true });
   mkdirSync(dirname(rootfs), { recursive: true });
-  const args = ["--quiet", "--variant=minbase", ...(include ? [`--include=${include}`] : []), "bookworm", building];
+  const args = ["--quiet", "--variant=minbase", ...(include ? [`--include=${include}`] : []), suite, building];
   execFileSync("mmdebstrap", args, { stdio: ["ignore", "ignore", "inherit"] });
   writeFileSync(join(building, ".complete"), "");
   rmSync(rootfs, { recursive: true, force: true });
@@ -47,6 +47,11 @@ function cachedRootfs(name: string, include: string): string {
 /** A bootable Debian 12 with systemd. Bump the name's suffix when ROOTFS_PACKAGES changes. */
 export function bookwormRootfs(): string {
   return cachedRootfs("rootfs-bookworm-2", ROOTFS_PACKAGES);
+}
+
+/** A bootable Debian 13 (trixie) with systemd, for the package's "Debian 12 and later". */
+export function trixieRootfs(): string {
+  return cachedRootfs("rootfs-trixie-1", ROOTFS_PACKAGES, "trixie");
 }
 
 /** Debian 12 minbase: what the debian:bookworm-slim image holds (apt, no systemd). */

@@ -3,6 +3,7 @@ import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT } from "./daemon.js";
+import type { Container } from "./nspawn.js";
 
 export const VERSION = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version as string;
 
@@ -10,4 +11,27 @@ export const VERSION = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8
 export function buildDeb(): string {
   execFileSync(process.execPath, ["scripts/package.mjs"], { cwd: ROOT, stdio: ["ignore", "ignore", "inherit"] });
   return `gpu-persistd_${VERSION}_amd64.deb`;
+}
+
+export const APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0";
+/** A drop-in in /run: gone with the boot, so not a file the package must clean. */
+export const SIMULATE_DROP_IN = "/run/systemd/system/gpu-persistd.service.d/simulate.conf";
+export const SIM_CONFIG = "/run/gpu-persistd-sim.json";
+
+/**
+ * Simulated GPUs for the package's unit. The simulator keeps persistence in a state file,
+ * which doctor's NVML reads too (real NVML would ask the daemon over its socket).
+ */
+export function simulateInUnit(container: Container, gpus: number): void {
+  container.writeFile(SIM_CONFIG, JSON.stringify({ statePath: "/run/nvidia-persistenced/sim-state" }));
+  container.writeFile(
+    SIMULATE_DROP_IN,
+    [
+      "[Service]",
+      "ExecStart=",
+      `ExecStart=/usr/bin/gpu-persistd --user nvidia-persistenced --simulate=${gpus}`,
+      `Environment=GPU_PERSISTD_SIM_CONFIG=${SIM_CONFIG}`,
+      "",
+    ].join("\n"),
+  );
 }

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROOT } from "../helpers/daemon.js";
 import { bookwormRootfs, Container, nspawnUnavailable } from "../helpers/nspawn.js";
-import { buildDeb } from "../helpers/package.js";
+import { APT, buildDeb, SIM_CONFIG, SIMULATE_DROP_IN, simulateInUnit } from "../helpers/package.js";
 
 const unavailable =
   nspawnUnavailable() ??
@@ -17,11 +17,6 @@ const unavailable =
     ? null
     : "missing lintian, dpkg-deb or strip: apt-get install -y --no-install-recommends lintian dpkg-dev binutils");
 
-// A drop-in in /run: simulated GPUs for the package's own unit, gone with the boot, not a
-// file the package must clean.
-const SIMULATE_DROP_IN = "/run/systemd/system/gpu-persistd.service.d/simulate.conf";
-const SIM_CONFIG = "/run/gpu-persistd-sim.json";
-const APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0";
 /** Every file outside what apt, dpkg, logs and the boot itself change. */
 const SNAPSHOT = [
   "find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp",
@@ -42,23 +37,7 @@ afterAll(async () => {
   await container?.poweroff();
 });
 
-/**
- * Simulated GPUs for the unit. The simulator keeps persistence in a state file, which doctor's
- * NVML reads too (real NVML would ask the daemon over its socket).
- */
-function simulate(gpus: number): void {
-  container.writeFile(SIM_CONFIG, JSON.stringify({ statePath: "/run/nvidia-persistenced/sim-state" }));
-  container.writeFile(
-    SIMULATE_DROP_IN,
-    [
-      "[Service]",
-      "ExecStart=",
-      `ExecStart=/usr/bin/gpu-persistd --user nvidia-persistenced --simulate=${gpus}`,
-      `Environment=GPU_PERSISTD_SIM_CONFIG=${SIM_CONFIG}`,
-      "",
-    ].join("\n"),
-  );
-}
+const simulate = (gpus: number) => simulateInUnit(container, gpus);
 
 describe("gpu-persistd .deb", () => {
   it("is reproducible: a second build gives the same bytes", () => {

@@ -1,0 +1,42 @@
+// The same .deb on Debian 13 (trixie): Debian's Node 20 there is linked to the system libuv
+// 1.50, with which Node refuses process.setuid and kin (CVE-2024-22017); the daemon's libc
+// privilege drop must still run it as nvidia-persistenced. Install, run, purge.
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ROOT } from "../helpers/daemon.js";
+import { Container, nspawnUnavailable, trixieRootfs } from "../helpers/nspawn.js";
+import { APT, buildDeb, simulateInUnit } from "../helpers/package.js";
+
+const unavailable = nspawnUnavailable();
+let deb = "";
+let container: Container;
+
+beforeAll(async () => {
+  if (unavailable) throw new Error(`cannot run the package suite: ${unavailable}`);
+  deb = buildDeb();
+  container = await Container.boot(trixieRootfs(), [[join(ROOT, "dist"), "/mnt/dist"]]);
+}, 180_000);
+
+afterAll(async () => {
+  await container?.poweroff();
+});
+
+describe("gpu-persistd .deb on Debian 13", () => {
+  it("installs with Debian's Node 20, runs as nvidia-persistenced, and purges", () => {
+    simulateInUnit(container, 2);
+    const install = container.run(
+      `apt-get update -q && ${APT} --no-install-recommends install /mnt/dist/${deb}`,
+      300_000,
+    );
+    expect(install.code, install.stdout + install.stderr).toBe(0);
+    expect(container.check("node --version")).toMatch(/^v20\./);
+    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
+    const pid = container.unitProperty("gpu-persistd", "MainPID");
+    expect(container.check(`ps -o user= -p ${pid}`)).toBe("nvidia-persistenced\n");
+    expect(container.check(`grep ^CapEff /proc/${pid}/status`)).toMatch(/^CapEff:\s+0+$/m);
+    const status = JSON.parse(container.check("gpu-persistd status --json"));
+    expect(status.devices.map((d: { held: boolean }) => d.held)).toEqual([true, true]);
+    container.check(`${APT} purge gpu-persistd && ${APT} autoremove --purge`, 120_000);
+    expect(container.run("getent passwd nvidia-persistenced").code).toBe(2);
+  });
+});

@@ -33,7 +33,7 @@ function zeroOrErrno(name: string, result: number): void {
 /**
  * The identity calls, straight from libc. Node's own (process.setuid, setgid, initgroups)
  * refuse to run when Node is linked to a system libuv it cannot prove io_uring-free
- * (CVE-2024-22017: Debian 13's Node 20 with libuv 1.50, Ubuntu 24.04's Node 18 with 1.48).
+ * (CVE-2024-22017; seen with Debian 13's Node 20 and its libuv 1.50).
  * The daemon starts with UV_USE_IO_URING=0 (src/libuv-environment.ts), so no io_uring ring can
  * keep root's credentials past the switch. glibc applies each call to every thread.
  */

@@ -1,7 +1,7 @@
 // Lays out an installed tree under DEST (default dist/stage): the bundle, the simulator,
 // koffi's JavaScript and its glibc x86-64 native module, the systemd files. The .deb, the
 // real-systemd tests and the GPU machine all use this one layout.
-import { cpSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 const dest = process.argv[2] ?? "dist/stage";
@@ -9,18 +9,10 @@ const lib = join(dest, "usr/lib/gpu-persistd");
 // Only our own directory is replaced: DEST may be / on a real install.
 rmSync(lib, { recursive: true, force: true });
 mkdirSync(lib, { recursive: true });
-// An installed command runs the system's node, whatever PATH holds (a service's PATH may
-// reach an admin's /usr/local/bin/node of another version).
+// The bundle without its shebang: /usr/bin/gpu-persistd (below) runs it.
 const bundle = readFileSync("dist/gpu-persistd.mjs", "utf8");
-const shebang = bundle.slice(0, bundle.indexOf("\n"));
-if (!shebang.includes(" node ")) throw new Error(`unexpected shebang in dist/gpu-persistd.mjs: ${shebang}`);
-writeFileSync(
-  join(lib, "gpu-persistd.mjs"),
-  shebang.replace(" node ", " /usr/bin/node ") + bundle.slice(shebang.length),
-  {
-    mode: 0o755,
-  },
-);
+if (!bundle.startsWith("#!")) throw new Error("dist/gpu-persistd.mjs has no shebang: run npm run build");
+writeFileSync(join(lib, "gpu-persistd.mjs"), bundle.slice(bundle.indexOf("\n") + 1), { mode: 0o644 });
 cpSync("dist/libnvidia-ml-sim.so", join(lib, "libnvidia-ml-sim.so"));
 // koffi's loader and JavaScript; its C++ sources, vendored headers and docs are not needed.
 for (const entry of ["package.json", "index.js", "index.cjs", "indirect.js", "indirect.cjs", "LICENSE.txt"]) {
@@ -43,11 +35,28 @@ for (const entry of ["package.json", "index.js", "linux_x64"]) {
 }
 mkdirSync(join(dest, "usr/bin"), { recursive: true });
 rmSync(join(dest, "usr/bin/gpu-persistd"), { force: true });
-symlinkSync("../lib/gpu-persistd/gpu-persistd.mjs", join(dest, "usr/bin/gpu-persistd"));
+writeFileSync(join(dest, "usr/bin/gpu-persistd"), launcher(), { mode: 0o755 });
 cpSync("systemd/gpu-persistd.service", join(dest, "usr/lib/systemd/system/gpu-persistd.service"));
 cpSync("systemd/gpu-persistd.sysusers.conf", join(dest, "usr/lib/sysusers.d/gpu-persistd.conf"));
 cpSync("dist/gpu-persistd.8", join(dest, "usr/share/man/man8/gpu-persistd.8"));
 // Drop-ins an admin installs to allow what the hardened unit forbids by default.
 for (const example of ["metrics-listen.conf", "metrics-textfile.conf"]) {
   cpSync(join("systemd", example), join(dest, "usr/share/doc/gpu-persistd/examples", example));
+}
+
+/**
+ * /usr/bin/gpu-persistd: the system's Node (whatever PATH holds: a service's PATH may reach
+ * an admin's /usr/local/bin/node of another version) with the libuv settings and V8 flags
+ * of src/node-flags.json; a variable the admin set (a larger pool, say) is kept. exec keeps
+ * the PID, so systemd's main PID is the daemon's.
+ */
+function launcher() {
+  const { env, v8 } = JSON.parse(readFileSync("src/node-flags.json", "utf8"));
+  return [
+    "#!/bin/sh",
+    "# gpu-persistd: runs the daemon's bundle with the system's Node (see gpu-persistd(8)).",
+    ...Object.entries(env).map(([name, value]) => `export ${name}="\${${name}-${value}}"`),
+    `exec /usr/bin/node ${v8.join(" ")} /usr/lib/gpu-persistd/gpu-persistd.mjs "$@"`,
+    "",
+  ].join("\n");
 }

@@ -172,19 +172,14 @@ export async function bootWithDaemon(stage: string): Promise<Container> {
     [join(stage, "usr/lib/gpu-persistd"), "/usr/lib/gpu-persistd"],
     [node, "/usr/bin/node"],
   ]);
-  container.check(
-    [
-      "ln -sf ../lib/gpu-persistd/gpu-persistd.mjs /usr/bin/gpu-persistd",
-      "mkdir -p /usr/lib/systemd/system /usr/lib/sysusers.d",
-    ].join(" && "),
-  );
   for (const [from, to] of [
+    ["usr/bin/gpu-persistd", "/usr/bin/gpu-persistd"],
     ["usr/lib/systemd/system/gpu-persistd.service", "/usr/lib/systemd/system/gpu-persistd.service"],
     ["usr/lib/sysusers.d/gpu-persistd.conf", "/usr/lib/sysusers.d/gpu-persistd.conf"],
     ["usr/share/man/man8/gpu-persistd.8", "/usr/share/man/man8/gpu-persistd.8"],
   ] as const) {
     container.writeFile(to, readFileSync(join(stage, from), "utf8"));
   }
-  container.check("systemd-sysusers && systemctl daemon-reload");
+  container.check("chmod 0755 /usr/bin/gpu-persistd && systemd-sysusers && systemctl daemon-reload");
   return container;
 }

@@ -2,8 +2,9 @@
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { afterAll, beforeAll } from "vitest";
 import { ROOT } from "./daemon.js";
-import type { Container } from "./nspawn.js";
+import { Container, nspawnUnavailable } from "./nspawn.js";
 
 export const VERSION = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version as string;
 
@@ -34,4 +35,28 @@ export function simulateInUnit(container: Container, gpus: number): void {
       "",
     ].join("\n"),
   );
+}
+
+/** The package built and a booted `rootfs()` with dist/ at /mnt/dist, for one test file. */
+export interface PackageHost {
+  /** The .deb's file name in /mnt/dist. */
+  deb: string;
+  container: Container;
+}
+
+/**
+ * Builds the package and boots `rootfs()` before the file's tests (failing them, with the
+ * reason, where this machine cannot: `unavailable`), and powers it off after them.
+ */
+export function packageHost(rootfs: () => string, unavailable = nspawnUnavailable()): PackageHost {
+  const host = { deb: "", container: undefined as unknown as Container };
+  beforeAll(async () => {
+    if (unavailable) throw new Error(`cannot run the package suite: ${unavailable}`);
+    host.deb = buildDeb();
+    host.container = await Container.boot(rootfs(), [[join(ROOT, "dist"), "/mnt/dist"]]);
+  }, 180_000);
+  afterAll(async () => {
+    await host.container?.poweroff();
+  });
+  return host;
 }

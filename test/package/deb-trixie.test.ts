@@ -1,28 +1,15 @@
 // The same .deb on Debian 13 (trixie): Debian's Node 20 there is linked to the system libuv
 // 1.50, with which Node refuses process.setuid and kin (CVE-2024-22017); the daemon's libc
 // privilege drop must still run it as nvidia-persistenced. Install, run, purge.
-import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROOT } from "../helpers/daemon.js";
-import { Container, nspawnUnavailable, trixieRootfs } from "../helpers/nspawn.js";
-import { APT, buildDeb, simulateInUnit } from "../helpers/package.js";
+import { describe, expect, it } from "vitest";
+import { trixieRootfs } from "../helpers/nspawn.js";
+import { APT, packageHost, simulateInUnit } from "../helpers/package.js";
 
-const unavailable = nspawnUnavailable();
-let deb = "";
-let container: Container;
-
-beforeAll(async () => {
-  if (unavailable) throw new Error(`cannot run the package suite: ${unavailable}`);
-  deb = buildDeb();
-  container = await Container.boot(trixieRootfs(), [[join(ROOT, "dist"), "/mnt/dist"]]);
-}, 180_000);
-
-afterAll(async () => {
-  await container?.poweroff();
-});
+const host = packageHost(trixieRootfs);
 
 describe("gpu-persistd .deb on Debian 13", () => {
   it("installs with Debian's Node 20, runs as nvidia-persistenced, and purges", () => {
+    const { container, deb } = host;
     simulateInUnit(container, 2);
     const install = container.run(
       `apt-get update -q && ${APT} --no-install-recommends install /mnt/dist/${deb}`,

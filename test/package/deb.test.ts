@@ -6,10 +6,10 @@ import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { ROOT } from "../helpers/daemon.js";
-import { bookwormRootfs, Container, nspawnUnavailable } from "../helpers/nspawn.js";
-import { APT, buildDeb, SIM_CONFIG, SIMULATE_DROP_IN, simulateInUnit } from "../helpers/package.js";
+import { bookwormRootfs, nspawnUnavailable } from "../helpers/nspawn.js";
+import { APT, buildDeb, packageHost, SIM_CONFIG, SIMULATE_DROP_IN, simulateInUnit } from "../helpers/package.js";
 
 const unavailable =
   nspawnUnavailable() ??
@@ -24,118 +24,113 @@ const SNAPSHOT = [
   "echo '--- users'; cat /etc/passwd /etc/group",
 ].join(" ");
 
-let deb = "";
-let container: Container;
+const host = packageHost(bookwormRootfs, unavailable);
 
-beforeAll(async () => {
-  if (unavailable) throw new Error(`cannot run the package suite: ${unavailable}`);
-  deb = buildDeb();
-  container = await Container.boot(bookwormRootfs(), [[join(ROOT, "dist"), "/mnt/dist"]]);
-}, 180_000);
-
-afterAll(async () => {
-  await container?.poweroff();
-});
-
-const simulate = (gpus: number) => simulateInUnit(container, gpus);
+const simulate = (gpus: number) => simulateInUnit(host.container, gpus);
 
 describe("gpu-persistd .deb", () => {
   it("is reproducible: a second build gives the same bytes", () => {
     const digest = () =>
       createHash("sha256")
-        .update(readFileSync(join(ROOT, "dist", deb)))
+        .update(readFileSync(join(ROOT, "dist", host.deb)))
         .digest("hex");
     const first = digest();
-    expect(buildDeb()).toBe(deb);
+    expect(buildDeb()).toBe(host.deb);
     expect(digest()).toBe(first);
   });
 
   it("has no lintian errors or warnings", () => {
-    const result = spawnSync("lintian", ["--fail-on", "error,warning", join(ROOT, "dist", deb)], { encoding: "utf8" });
+    const result = spawnSync("lintian", ["--fail-on", "error,warning", join(ROOT, "dist", host.deb)], {
+      encoding: "utf8",
+    });
     expect(result.stdout).not.toMatch(/^[EW]: /m);
     expect(result.status, result.stdout + result.stderr).toBe(0);
   });
 
   it("installs on stock Debian 12 with Debian's nodejs, starts, and purges without a trace", () => {
-    expect(container.run("command -v node cc gcc").stdout, "the rootfs must have no Node and no compiler").toBe("");
-    const before = container.check(SNAPSHOT);
+    expect(host.container.run("command -v node cc gcc").stdout, "the rootfs must have no Node and no compiler").toBe(
+      "",
+    );
+    const before = host.container.check(SNAPSHOT);
     simulate(2);
 
-    const install = container.run(
-      `apt-get update -q && ${APT} --no-install-recommends install /mnt/dist/${deb}`,
+    const install = host.container.run(
+      `apt-get update -q && ${APT} --no-install-recommends install /mnt/dist/${host.deb}`,
       300_000,
     );
     expect(install.code, install.stdout + install.stderr).toBe(0);
-    expect(container.check("node --version")).toMatch(/^v18\./);
-    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
-    expect(container.unitProperty("gpu-persistd", "UnitFileState")).toBe("enabled");
-    expect(container.check("ps -o user= -p $(systemctl show -p MainPID --value gpu-persistd)")).toBe(
+    expect(host.container.check("node --version")).toMatch(/^v18\./);
+    expect(host.container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
+    expect(host.container.unitProperty("gpu-persistd", "UnitFileState")).toBe("enabled");
+    expect(host.container.check("ps -o user= -p $(systemctl show -p MainPID --value gpu-persistd)")).toBe(
       "nvidia-persistenced\n",
     );
-    const status = JSON.parse(container.check("gpu-persistd status --json"));
+    const status = JSON.parse(host.container.check("gpu-persistd status --json"));
     expect(status.devices.map((d: { held: boolean }) => d.held)).toEqual([true, true]);
-    expect(container.check("man -w gpu-persistd").trim()).toBe("/usr/share/man/man8/gpu-persistd.8.gz");
+    expect(host.container.check("man -w gpu-persistd").trim()).toBe("/usr/share/man/man8/gpu-persistd.8.gz");
     // Nothing at warning or worse from the daemon (systemd's own lines about the private
     // loopback that nspawn cannot give are not the daemon's).
-    expect(container.check("journalctl -q -t gpu-persistd -p warning --no-pager")).toBe("");
+    expect(host.container.check("journalctl -q -t gpu-persistd -p warning --no-pager")).toBe("");
 
     // doctor on the installed system: the service side passes; this container has no driver.
-    const doctor = container.run(`GPU_PERSISTD_SIM_CONFIG=${SIM_CONFIG} gpu-persistd doctor --json`);
+    const doctor = host.container.run(`GPU_PERSISTD_SIM_CONFIG=${SIM_CONFIG} gpu-persistd doctor --json`);
     expect(doctor.code).toBe(1);
     const checks = JSON.parse(doctor.stdout).checks as { id: string; ok: boolean; fix?: string }[];
     const failed = checks.filter((c) => !c.ok).map((c) => c.id);
     expect(failed, doctor.stdout).toEqual(["kernel-module", "device-nodes", "driver-version"]);
     expect(checks.find((c) => c.id === "kernel-module")?.fix).toContain("modprobe nvidia");
 
-    container.check("systemctl stop gpu-persistd");
-    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("inactive");
-    expect(container.run("test -e /run/nvidia-persistenced").code).toBe(1);
+    host.container.check("systemctl stop gpu-persistd");
+    expect(host.container.unitProperty("gpu-persistd", "ActiveState")).toBe("inactive");
+    expect(host.container.run("test -e /run/nvidia-persistenced").code).toBe(1);
 
-    const purge = container.run(`${APT} purge gpu-persistd && ${APT} autoremove --purge`, 120_000);
+    const purge = host.container.run(`${APT} purge gpu-persistd && ${APT} autoremove --purge`, 120_000);
     expect(purge.code, purge.stdout + purge.stderr).toBe(0);
-    expect(container.run("systemctl list-unit-files --no-legend gpu-persistd.service").stdout).toBe("");
-    expect(container.check(SNAPSHOT)).toBe(before);
+    expect(host.container.run("systemctl list-unit-files --no-legend gpu-persistd.service").stdout).toBe("");
+    expect(host.container.check(SNAPSHOT)).toBe(before);
   });
 
   it("keeps a nvidia-persistenced user it did not create, on purge", () => {
-    container.check("useradd --system --no-create-home --home-dir / --shell /usr/sbin/nologin nvidia-persistenced");
+    host.container.check(
+      "useradd --system --no-create-home --home-dir / --shell /usr/sbin/nologin nvidia-persistenced",
+    );
     simulate(1);
-    const install = container.run(`${APT} --no-install-recommends install /mnt/dist/${deb}`, 300_000);
+    const install = host.container.run(`${APT} --no-install-recommends install /mnt/dist/${host.deb}`, 300_000);
     expect(install.code, install.stdout + install.stderr).toBe(0);
-    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
-    container.check(`${APT} purge gpu-persistd`, 120_000);
-    expect(container.run("getent passwd nvidia-persistenced").code).toBe(0);
-    expect(container.run("test -e /var/lib/gpu-persistd").code).toBe(1);
+    expect(host.container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
+    host.container.check(`${APT} purge gpu-persistd`, 120_000);
+    expect(host.container.run("getent passwd nvidia-persistenced").code).toBe(0);
+    expect(host.container.run("test -e /var/lib/gpu-persistd").code).toBe(1);
   });
 
   it("installs without waiting on a host whose NVIDIA driver is not loaded yet, saying how to start it", () => {
-    container.check(`rm -f ${SIMULATE_DROP_IN} && systemctl daemon-reload`);
-    const install = container.run(`${APT} --no-install-recommends install /mnt/dist/${deb}`, 300_000);
+    host.container.check(`rm -f ${SIMULATE_DROP_IN} && systemctl daemon-reload`);
+    const install = host.container.run(`${APT} --no-install-recommends install /mnt/dist/${host.deb}`, 300_000);
     expect(install.code, install.stdout + install.stderr).toBe(0);
     expect(install.stderr).toContain(
       "gpu-persistd: the NVIDIA driver is not loaded, so the service is enabled but not started",
     );
-    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("inactive");
-    expect(container.unitProperty("gpu-persistd", "UnitFileState")).toBe("enabled");
-    container.check(`${APT} purge gpu-persistd`, 120_000);
+    expect(host.container.unitProperty("gpu-persistd", "ActiveState")).toBe("inactive");
+    expect(host.container.unitProperty("gpu-persistd", "UnitFileState")).toBe("enabled");
+    host.container.check(`${APT} purge gpu-persistd`, 120_000);
   });
 
   it("on reinstall (an upgrade's scripts) keeps the admin's config edits and a disable", () => {
     simulate(1);
-    container.check(`${APT} --no-install-recommends install /mnt/dist/${deb}`, 300_000);
-    container.check(`sed -i 's/"logLevel": "info"/"logLevel": "debug"/' /etc/gpu-persistd/config.json`);
-    container.check("systemctl disable --now gpu-persistd");
-    const reinstall = container.run(`${APT} install --reinstall /mnt/dist/${deb}`, 120_000);
+    host.container.check(`${APT} --no-install-recommends install /mnt/dist/${host.deb}`, 300_000);
+    host.container.check(`sed -i 's/"logLevel": "info"/"logLevel": "debug"/' /etc/gpu-persistd/config.json`);
+    host.container.check("systemctl disable --now gpu-persistd");
+    const reinstall = host.container.run(`${APT} install --reinstall /mnt/dist/${host.deb}`, 120_000);
     expect(reinstall.code, reinstall.stdout + reinstall.stderr).toBe(0);
-    expect(container.check('grep -c \'"logLevel": "debug"\' /etc/gpu-persistd/config.json').trim()).toBe("1");
-    expect(container.unitProperty("gpu-persistd", "UnitFileState")).toBe("disabled");
-    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("inactive");
+    expect(host.container.check('grep -c \'"logLevel": "debug"\' /etc/gpu-persistd/config.json').trim()).toBe("1");
+    expect(host.container.unitProperty("gpu-persistd", "UnitFileState")).toBe("disabled");
+    expect(host.container.unitProperty("gpu-persistd", "ActiveState")).toBe("inactive");
     // Enabled again, a reinstall restarts it (postinst configure with the old version).
-    container.check("systemctl enable --now gpu-persistd");
-    const pid = container.unitProperty("gpu-persistd", "MainPID");
-    container.check(`${APT} install --reinstall /mnt/dist/${deb}`, 120_000);
-    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
-    expect(container.unitProperty("gpu-persistd", "MainPID")).not.toBe(pid);
-    container.check(`${APT} purge gpu-persistd`, 120_000);
+    host.container.check("systemctl enable --now gpu-persistd");
+    const pid = host.container.unitProperty("gpu-persistd", "MainPID");
+    host.container.check(`${APT} install --reinstall /mnt/dist/${host.deb}`, 120_000);
+    expect(host.container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
+    expect(host.container.unitProperty("gpu-persistd", "MainPID")).not.toBe(pid);
+    host.container.check(`${APT} purge gpu-persistd`, 120_000);
   });
 });

@@ -107,16 +107,8 @@ async function readyMs(gpus, serial = false) {
 
 function tirpcClient() {
   const out = join(scratch, "tirpc-client");
-  execFileSync("cc", [
-    "-std=gnu11",
-    "-O2",
-    "-Wno-cast-function-type",
-    "-I/usr/include/tirpc",
-    "-o",
-    out,
-    join(ROOT, "test/rpc/tirpc-client.c"),
-    "-ltirpc",
-  ]);
+  const { cc } = JSON.parse(readFileSync(join(ROOT, "test/rpc/tirpc-client.build.json"), "utf8"));
+  execFileSync("cc", [...cc, "-o", out, join(ROOT, "test/rpc/tirpc-client.c"), "-ltirpc"]);
   return out;
 }
 

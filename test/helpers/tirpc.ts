@@ -4,6 +4,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import build from "../rpc/tirpc-client.build.json" with { type: "json" };
 import { ROOT } from "./daemon.js";
 
 let built: string | undefined;
@@ -15,18 +16,7 @@ export function tirpcClient(): string {
     throw new Error("libtirpc-dev is missing: apt-get install -y --no-install-recommends libtirpc-dev");
   }
   const out = join(mkdtempSync(join(tmpdir(), "gpu-persistd-tirpc-")), "tirpc-client");
-  execFileSync("cc", [
-    "-std=gnu11",
-    "-O2",
-    "-Wall",
-    "-Werror",
-    "-Wno-cast-function-type",
-    "-I/usr/include/tirpc",
-    "-o",
-    out,
-    join(ROOT, "test/rpc/tirpc-client.c"),
-    "-ltirpc",
-  ]);
+  execFileSync("cc", [...build.cc, "-o", out, join(ROOT, "test/rpc/tirpc-client.c"), "-ltirpc"]);
   built = out;
   return out;
 }

@@ -43,15 +43,20 @@ function readConfigFile(path: string, explicit: boolean): Record<string, unknown
   return parsed as Record<string, unknown>;
 }
 
+/** The config file `source` names, and whether it was named (a named file must exist). */
+export function configFile(source: ConfigSource, env: NodeJS.ProcessEnv): { path: string; explicit: boolean } {
+  const explicitPath = source.path ?? env.GPU_PERSISTD_CONFIG;
+  return { path: explicitPath ?? source.defaultPath ?? DEFAULT_CONFIG_PATH, explicit: explicitPath !== undefined };
+}
+
 /**
  * Builds the configuration: defaults, then the config file, then GPU_PERSISTD_* variables,
  * then the command line. Throws FatalError (exit 78) naming the key, the value and what is
  * allowed.
  */
 export function loadConfig(source: ConfigSource, env: NodeJS.ProcessEnv = process.env): Config {
-  const explicitPath = source.path ?? env.GPU_PERSISTD_CONFIG;
-  const path = explicitPath ?? source.defaultPath ?? DEFAULT_CONFIG_PATH;
-  const fileValues = readConfigFile(path, explicitPath !== undefined);
+  const { path, explicit } = configFile(source, env);
+  const fileValues = readConfigFile(path, explicit);
   const conf = newConfig();
   const origin = `config file ${path}`;
   try {

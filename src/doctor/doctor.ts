@@ -2,7 +2,7 @@
 // the exact fix, on this host or on a system laid out under --root. It reads only: the one
 // NVML session it opens changes no GPU setting.
 import { type CommandLine, parseCommandLine } from "../cli/command-line.js";
-import { loadConfig } from "../config/load-config.js";
+import { type ConfigSource, configFile, loadConfig } from "../config/load-config.js";
 import { type Config, DEFAULT_CONFIG_PATH, newConfig } from "../config/schema.js";
 import { requestControl } from "../control/control-client.js";
 import type { DaemonStatus } from "../daemon.js";
@@ -44,7 +44,12 @@ function configuration(
 ): { config: Config; check: Check } {
   const title = "configuration";
   const unit = unitOptions(host);
-  const path = commandLine.configPath ?? env.GPU_PERSISTD_CONFIG ?? host.path(DEFAULT_CONFIG_PATH);
+  const source: ConfigSource = {
+    ...(commandLine.configPath !== undefined ? { path: commandLine.configPath } : {}),
+    defaultPath: host.path(DEFAULT_CONFIG_PATH),
+    overrides: { ...unit.overrides, ...commandLine.overrides },
+  };
+  const { path } = configFile(source, env);
   if (unit.error) {
     return {
       config: newConfig().getProperties(),
@@ -52,14 +57,7 @@ function configuration(
     };
   }
   try {
-    const config = loadConfig(
-      {
-        ...(commandLine.configPath !== undefined ? { path: commandLine.configPath } : {}),
-        defaultPath: host.path(DEFAULT_CONFIG_PATH),
-        overrides: { ...unit.overrides, ...commandLine.overrides },
-      },
-      env,
-    );
+    const config = loadConfig(source, env);
     const options = Object.keys(unit.overrides).length ? `, with the options of ${unit.from}` : "";
     return { config, check: pass("config", title, `${path}${options}`) };
   } catch (err) {

@@ -244,7 +244,12 @@ export class Daemon {
     this.#metrics.recordBringUp(bringUpMs / 1000);
     if (config.metricsTextfile) {
       // After the drop: the first write proves the daemon's final user may write there.
-      this.#metricsTextfile = new MetricsTextfile(config.metricsTextfile, () => this.metricsText(), this.#log);
+      this.#metricsTextfile = new MetricsTextfile(
+        config.metricsTextfile,
+        () => this.metricsText(),
+        this.#log,
+        config.user || "root",
+      );
       this.#metricsTextfile.start(config.healthIntervalMs);
       this.#log.info(`writing metrics to ${config.metricsTextfile} every ${config.healthIntervalMs} ms`);
     }

@@ -6,12 +6,13 @@ import { type ConfigSource, configFile, loadConfig } from "../config/load-config
 import { type Config, DEFAULT_CONFIG_PATH, newConfig } from "../config/schema.js";
 import { requestControl } from "../control/control-client.js";
 import type { DaemonStatus } from "../daemon.js";
+import { UNIT_NAME } from "../systemd/unit-name.js";
 import { type Check, fail, pass } from "./check.js";
 import { deviceNodeChecks, kernelModuleCheck } from "./driver-checks.js";
 import { HostRoot } from "./host-root.js";
 import { metricsChecks } from "./metrics-checks.js";
 import { nvmlChecks } from "./nvml-checks.js";
-import { accountCheck, OURS, persistencedCheck, runtimeChecks, unitCheck } from "./service-checks.js";
+import { accountCheck, persistencedCheck, runtimeChecks, unitCheck } from "./service-checks.js";
 
 export interface DoctorReport {
   ok: boolean;
@@ -21,7 +22,7 @@ export interface DoctorReport {
 
 /** The options of the unit's last ExecStart= (file, then drop-ins), or why they cannot be read. */
 function unitOptions(host: HostRoot): { overrides: Partial<Config>; from: string; error?: string } {
-  const last = host.unitDirective(OURS, "ExecStart").at(-1);
+  const last = host.unitDirective(UNIT_NAME, "ExecStart").at(-1);
   const execStart = last?.value ?? "";
   const from = last?.source ?? "";
   if (!execStart) return { overrides: {}, from: "" };
@@ -53,7 +54,7 @@ function configuration(
   if (unit.error) {
     return {
       config: newConfig().getProperties(),
-      check: fail("config", title, unit.error, `systemctl edit --full ${OURS}, and fix ExecStart`),
+      check: fail("config", title, unit.error, `systemctl edit --full ${UNIT_NAME}, and fix ExecStart`),
     };
   }
   try {

@@ -4,15 +4,12 @@
 import { statSync } from "node:fs";
 import { dirname } from "node:path";
 import type { Config } from "../config/schema.js";
+import { grantWrite, INSTALL_NODE_EXPORTER, installDropIn } from "../metrics/metrics-fixes.js";
+import { UNIT_NAME as UNIT } from "../systemd/unit-name.js";
 import { type Check, fail, pass } from "./check.js";
 import { type Account, accountMay, type HostRoot } from "./host-root.js";
-import { OURS as UNIT } from "./service-checks.js";
 
 const YES = /^(yes|true|on|1)$/i;
-
-const installDropIn = (name: string) =>
-  `install -D -m 0644 /usr/share/doc/gpu-persistd/examples/${name} /etc/systemd/system/${UNIT}.d/${name} && ` +
-  `systemctl daemon-reload && systemctl restart ${UNIT}`;
 
 function listenCheck(host: HostRoot, address: string): Check {
   const title = "metrics listener";
@@ -44,12 +41,7 @@ function textfileCheck(host: HostRoot, path: string, account: Account | null): C
   try {
     st = statSync(host.path(dir));
   } catch {
-    return fail(
-      "metrics-textfile",
-      title,
-      `${dir} does not exist`,
-      "install node_exporter (Debian: apt-get install prometheus-node-exporter), or set metricsTextfile to its textfile directory",
-    );
+    return fail("metrics-textfile", title, `${dir} does not exist`, INSTALL_NODE_EXPORTER);
   }
   const strict = /^strict$/i.test(host.unitDirective(UNIT, "ProtectSystem").at(-1)?.value ?? "");
   const writable = host
@@ -70,7 +62,7 @@ function textfileCheck(host: HostRoot, path: string, account: Account | null): C
       "metrics-textfile",
       title,
       `${account.name} cannot create files in ${dir} (mode ${(st.mode & 0o777).toString(8).padStart(4, "0")}, owner ${st.uid}:${st.gid})`,
-      `chgrp ${account.name} ${dir} && chmod g+w ${dir}`,
+      grantWrite(account.name, dir),
     );
   }
   return pass(

@@ -5,11 +5,11 @@ import { join } from "node:path";
 import type { Config } from "../config/schema.js";
 import type { DaemonStatus } from "../daemon.js";
 import { CONTROL_SOCKET_NAME, PID_FILE_NAME, RPC_SOCKET_NAME } from "../runtime-dir.js";
+import { UNIT_NAME } from "../systemd/unit-name.js";
 import { type Check, fail, pass } from "./check.js";
 import type { Account, HostRoot } from "./host-root.js";
 
-/** The unit doctor examines (its file, drop-ins, enablement, mask). */
-export const OURS = "gpu-persistd.service";
+const OURS = UNIT_NAME;
 const THEIRS = "nvidia-persistenced.service";
 const MASK_THEIRS = `systemctl disable --now ${THEIRS} && systemctl mask ${THEIRS}`;
 

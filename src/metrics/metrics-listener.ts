@@ -3,13 +3,13 @@ import { createServer, type Server } from "node:http";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import type { ListenAddress } from "./listen-address.js";
+import { installDropIn } from "./metrics-fixes.js";
 import { CONTENT_TYPE } from "./prometheus-text.js";
 
 /** What the default unit forbids, and the drop-in that allows it. */
 const UNIT_HINT =
-  "the default gpu-persistd.service has no network (PrivateNetwork=yes, RestrictAddressFamilies=AF_UNIX): " +
-  "install the drop-in /usr/share/doc/gpu-persistd/examples/metrics-listen.conf as " +
-  "/etc/systemd/system/gpu-persistd.service.d/metrics-listen.conf, then systemctl daemon-reload";
+  "the default gpu-persistd.service has no network (PrivateNetwork=yes, RestrictAddressFamilies=AF_UNIX); " +
+  `allow it: ${installDropIn("metrics-listen.conf")}`;
 
 /**
  * Listens on `address`. Resolves once listening; rejects with a FatalError (exit 78) that

@@ -5,26 +5,29 @@ import { basename, dirname, join } from "node:path";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import type { Log } from "../log.js";
+import { grantWrite, INSTALL_NODE_EXPORTER, installDropIn } from "./metrics-fixes.js";
 
 const UNIT_HINT =
-  "the default gpu-persistd.service may write only its runtime directory (ProtectSystem=strict): " +
-  "install the drop-in /usr/share/doc/gpu-persistd/examples/metrics-textfile.conf (ReadWritePaths= the file's directory) " +
-  "as /etc/systemd/system/gpu-persistd.service.d/metrics-textfile.conf, then systemctl daemon-reload";
+  "the default gpu-persistd.service may write only its runtime directory (ProtectSystem=strict); " +
+  `allow it (ReadWritePaths=): ${installDropIn("metrics-textfile.conf")}`;
 
 export class MetricsTextfile {
   readonly #path: string;
   readonly #temporary: string;
   readonly #render: () => string;
   readonly #log: Log;
+  /** The daemon's user after the drop, for the fix when it may not write the directory. */
+  readonly #user: string;
   #timer: NodeJS.Timeout | null = null;
   #failing = false;
 
-  constructor(path: string, render: () => string, log: Log) {
+  constructor(path: string, render: () => string, log: Log, user: string) {
     this.#path = path;
     // node_exporter reads *.prom only: the temporary name is never collected.
     this.#temporary = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
     this.#render = render;
     this.#log = log;
+    this.#user = user;
   }
 
   /** Writes once (throwing a FatalError that says the fix if it cannot), then every intervalMs. */
@@ -37,9 +40,9 @@ export class MetricsTextfile {
         e.code === "EROFS"
           ? `${e.code}: ${UNIT_HINT}`
           : e.code === "EACCES" || e.code === "EPERM"
-            ? `${e.code}: the directory must be writable by the daemon's user (uid ${process.getuid?.()}): chgrp nvidia-persistenced ${dirname(this.#path)} && chmod g+w ${dirname(this.#path)}`
+            ? `${e.code}: the directory must be writable by ${this.#user}: ${grantWrite(this.#user, dirname(this.#path))}`
             : e.code === "ENOENT"
-              ? `the directory ${dirname(this.#path)} does not exist (node_exporter's textfile directory; is prometheus-node-exporter installed?)`
+              ? `the directory ${dirname(this.#path)} does not exist (node_exporter's textfile directory): ${INSTALL_NODE_EXPORTER}`
               : e.message;
       throw new FatalError(ExitCode.CONFIG, `cannot write metrics to ${this.#path}: ${why}`);
     }

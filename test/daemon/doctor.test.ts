@@ -285,6 +285,54 @@ describe("gpu-persistd doctor", () => {
     expect(check(doctor().checks, "metrics-textfile")).toMatchObject({ ok: true });
   });
 
+  it("fails an ExecStart whose options gpu-persistd does not take, naming the drop-in", () => {
+    put(
+      "/etc/systemd/system/gpu-persistd.service.d/simulate.conf",
+      "[Service]\nExecStart=\nExecStart=/usr/bin/gpu-persistd --bogus\n",
+    );
+    const c = check(doctor().checks, "config");
+    expect(c.ok).toBe(false);
+    expect(c.detail).toContain(
+      "ExecStart in /etc/systemd/system/gpu-persistd.service.d/simulate.conf: unrecognized option '--bogus'",
+    );
+    expect(c.fix).toBe("systemctl edit --full gpu-persistd.service, and fix ExecStart");
+  });
+
+  it("fails a configured group that does not exist", () => {
+    const c = check(doctor(["--group=gpu-admins"]).checks, "account");
+    expect(c).toMatchObject({
+      ok: false,
+      detail: "group 'gpu-admins' does not exist",
+      fix: "groupadd --system gpu-admins",
+    });
+  });
+
+  it("fails when /proc/driver/nvidia/version is missing though NVML answers", () => {
+    rmSync(join(root, "proc/driver"), { recursive: true });
+    const c = check(doctor().checks, "driver-version");
+    expect(c.ok).toBe(false);
+    expect(c.detail).toBe("NVML is driver 580.159.04-sim; /proc/driver/nvidia/version is missing or unreadable");
+  });
+
+  it("fails when NVML sees no GPU", () => {
+    healthyHost({ gpus: 0 });
+    put(
+      "/etc/systemd/system/gpu-persistd.service.d/simulate.conf",
+      "[Service]\nExecStart=\nExecStart=/usr/bin/gpu-persistd --simulate\n",
+    );
+    const c = check(doctor().checks, "gpus");
+    expect(c).toMatchObject({ ok: false, detail: "NVML sees no GPU" });
+  });
+
+  it("fails an RPC socket that NVML clients who are not root cannot reach", async () => {
+    await startDaemon();
+    chmodSync(join(root, "run/nvidia-persistenced/socket"), 0o600);
+    const c = check(doctor().checks, "runtime-dir");
+    expect(c.ok).toBe(false);
+    expect(c.detail).toContain("socket is 0600, not 0666");
+    expect(c.fix).toContain("systemctl restart gpu-persistd.service");
+  });
+
   it("reports a broken config file as a failed check, not a crash", () => {
     put("/etc/gpu-persistd/config.json", '{"devices": 7}');
     const { code, checks } = doctor();

@@ -1,11 +1,11 @@
 // Metrics from a running daemon on simulated GPUs: the HTTP listener and the textfile carry
 // per-GPU state, Xid counters, health-check latency, bring-up time and RPC counts; each way
 // the exporters can fail stops the start with the cause and the fix.
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { DaemonFixture, type SimConfig, statusJson } from "../helpers/daemon.js";
+import { DaemonFixture, runBundle, type SimConfig, statusJson } from "../helpers/daemon.js";
 import { rpcGet } from "../helpers/rpc.js";
 
 const fixture = new DaemonFixture();
@@ -124,6 +124,22 @@ describe("metrics textfile", () => {
     mkdirSync(dir);
     await d.waitFor(`metrics: writing ${dir}/gpu-persistd.prom works again`);
     expect(existsSync(join(dir, "gpu-persistd.prom"))).toBe(true);
+  });
+
+  it("fails the start with exit 78 when the dropped user may not write the directory, naming the grant", () => {
+    const scratch = fixture.prepare();
+    // The dropped user must reach its runtime directory; the textfile directory stays root's 0755.
+    chmodSync(scratch.dir, 0o755);
+    const dir = join(scratch.dir, "textfile");
+    mkdirSync(dir, { mode: 0o755 });
+    const result = runBundle(
+      [`--runtime-dir=${scratch.runtimeDir}`, "--simulate=1", "--user=nobody", `--metrics-textfile=${dir}/g.prom`],
+      fixture.env(),
+    );
+    expect(result.code).toBe(78);
+    expect(result.output).toContain(
+      `cannot write metrics to ${dir}/g.prom: EACCES: the directory must be writable by nobody: chgrp nobody ${dir} && chmod g+w ${dir}`,
+    );
   });
 
   it("fails the start with exit 78 when the directory is missing, saying what it should be", () => {

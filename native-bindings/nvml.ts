@@ -96,14 +96,15 @@ function cString(buf: Buffer): string {
 export class Nvml {
   readonly path: string;
   readonly #fns: Record<NvmlFunctionName, AnyFn>;
-  readonly #timeoutMs: number;
+  /** Time limit of each call; a reload may change it (calls in flight keep theirs). */
+  timeoutMs: number;
   /** Calls started and not yet returned from the library, timed out ones included. */
   #inFlight = 0;
 
   private constructor(path: string, fns: Record<NvmlFunctionName, AnyFn>, timeoutMs: number) {
     this.path = path;
     this.#fns = fns;
-    this.#timeoutMs = timeoutMs;
+    this.timeoutMs = timeoutMs;
   }
 
   /**
@@ -145,13 +146,14 @@ export class Nvml {
   /** Runs one NVML function on the pool; resolves on NVML_SUCCESS, rejects otherwise. */
   #call(name: NvmlFunctionName, ...args: unknown[]): Promise<void> {
     const fn = this.#fns[name];
+    const timeoutMs = this.timeoutMs;
     return new Promise<void>((resolve, reject) => {
       let settled = false;
       let returned: () => void = () => {};
       const timer = setTimeout(() => {
         settled = true;
-        reject(new NvmlTimeoutError(name, this.#timeoutMs, new Promise<void>((r) => (returned = r))));
-      }, this.#timeoutMs);
+        reject(new NvmlTimeoutError(name, timeoutMs, new Promise<void>((r) => (returned = r))));
+      }, timeoutMs);
       this.#inFlight++;
       fn.async(...args, (err: Error | null, code: number) => {
         this.#inFlight--;

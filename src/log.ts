@@ -3,6 +3,7 @@
 // or journal lines ("<N>" priority prefix) when stdout is the journal.
 import pino, { type Logger } from "pino";
 import type { Config } from "./config/schema.js";
+import { formatPciAddress, type PciAddress } from "./gpu/pci-address.js";
 import { type JournalSender, journalFieldName } from "./systemd/journal.js";
 
 export type Log = Logger;
@@ -120,6 +121,7 @@ export function createLog(
   return pino({ level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.epochTime }, stream);
 }
 
-export function gpuLog(log: Log, fields: GpuLogFields): Log {
-  return log.child(fields);
+/** The fields every line about `gpu` carries. */
+export function gpuFields(gpu: { index: number; uuid: string; pci: PciAddress | null }): GpuLogFields {
+  return { gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pci ? formatPciAddress(gpu.pci) : "" };
 }

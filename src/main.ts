@@ -2,6 +2,7 @@
 // daemon or a client command. Every failure ends with its exit code and a message that
 // says the cause and the fix.
 import { fstatSync } from "node:fs";
+import { hardExit } from "../native-bindings/libc.js";
 import { parseCommandLine } from "./cli/command-line.js";
 import { helpText, versionText } from "./cli/help.js";
 import { doctorCommand } from "./commands/doctor.js";
@@ -9,7 +10,7 @@ import { setPersistenceCommand } from "./commands/set-persistence.js";
 import { statusCommand } from "./commands/status.js";
 import { type ConfigSource, loadConfig } from "./config/load-config.js";
 import type { Config } from "./config/schema.js";
-import { Daemon } from "./daemon.js";
+import { Daemon } from "./daemon/daemon.js";
 import { ExitCode } from "./exit-codes.js";
 import { FatalError } from "./fatal-error.js";
 import { ensureLibuvEnvironment } from "./libuv-environment.js";
@@ -48,19 +49,13 @@ async function runDaemon(config: Config, source: ConfigSource): Promise<void> {
     setLogLevel: (level) => {
       log.level = level;
     },
+    exit: hardExit,
   });
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     process.on(signal, () => void daemon.stop(ExitCode.OK, `received ${signal}`));
   }
-  process.on("SIGHUP", () => void daemon.reload());
-  try {
-    await daemon.start();
-  } catch (err) {
-    const fatal =
-      err instanceof FatalError ? err : new FatalError(ExitCode.FAILURE, (err as Error).stack ?? String(err));
-    log.fatal(`start-up failed: ${fatal.message}`);
-    await daemon.stop(fatal.exitCode, "start-up failed");
-  }
+  process.on("SIGHUP", () => daemon.reload());
+  await daemon.run();
 }
 
 async function main(argv: readonly string[]): Promise<void> {

@@ -1,10 +1,10 @@
 // `gpu-persistd release GPU` and `gpu-persistd hold GPU`: the persistence protocol's Set,
 // as `nvidia-smi -pm` would send it, to the running daemon.
-import { requestControl } from "../control/control-client.js";
-import type { DaemonStatus } from "../daemon.js";
+import { requestStatus } from "../control/control-client.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { parseGpuSelector, selectorMatches } from "../gpu/gpu-selector.js";
+import { parsePciAddress } from "../gpu/pci-address.js";
 import { NvPdStatus, PERSISTENCE_PROGRAM, PROC_SET_PERSISTENCE } from "../rpc/persistence-program.js";
 import { callOnce } from "../rpc/rpc-client.js";
 import { XdrWriter } from "../rpc/xdr.js";
@@ -20,20 +20,22 @@ export async function setPersistenceCommand(runtimeDir: string, target: string, 
       `'${target}' is not a GPU index, UUID (GPU-...) or PCI bus id (00000000:18:00.0)`,
     );
   }
-  const status = (await requestControl(runtimeDir, { command: "status" })) as DaemonStatus;
-  const gpu = status.devices.find((d) => selectorMatches(selector, d));
+  const status = await requestStatus(runtimeDir);
+  const gpu = status.devices.find((d) => selectorMatches(selector, { ...d, pci: parsePciAddress(d.pciBusId) }));
   if (!gpu) {
     throw new FatalError(
       ExitCode.FAILURE,
       `no GPU matches '${target}' (the daemon knows ${status.devices.length} GPUs; see gpu-persistd status)`,
     );
   }
-  const [domain, bus, slot] = gpu.pciBusId.split(/[:.]/).map((part) => Number.parseInt(part, 16));
+  const address = parsePciAddress(gpu.pciBusId);
+  if (!address)
+    throw new FatalError(ExitCode.FAILURE, `GPU ${gpu.index} has no PCI bus id: ${gpu.error ?? "not identified"}`);
   const args = new XdrWriter()
-    .i32(domain ?? 0)
-    .i32(bus ?? 0)
-    .i32(slot ?? 0)
-    .i32(0)
+    .i32(address.domain)
+    .i32(address.bus)
+    .i32(address.device)
+    .i32(address.function)
     .i32(hold ? 1 : 0)
     .bytes();
   const reply = await callOnce(`${runtimeDir}/${RPC_SOCKET_NAME}`, PERSISTENCE_PROGRAM, 2, PROC_SET_PERSISTENCE, args);

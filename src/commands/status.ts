@@ -1,7 +1,5 @@
-import { requestControl } from "../control/control-client.js";
-import type { DaemonStatus } from "../daemon.js";
-import { ExitCode } from "../exit-codes.js";
-import { FatalError } from "../fatal-error.js";
+import { requestStatus } from "../control/control-client.js";
+import type { DaemonStatus } from "../status/daemon-status.js";
 
 function table(status: DaemonStatus): string {
   const selected = status.devices.filter((d) => d.selected);
@@ -30,7 +28,6 @@ function table(status: DaemonStatus): string {
 
 /** `gpu-persistd status [--json]`: what the running daemon holds. */
 export async function statusCommand(runtimeDir: string, json: boolean): Promise<void> {
-  const reply = (await requestControl(runtimeDir, { command: "status" })) as DaemonStatus & { error?: string };
-  if (reply.error) throw new FatalError(ExitCode.FAILURE, `gpu-persistd refused the status request: ${reply.error}`);
+  const reply = await requestStatus(runtimeDir);
   process.stdout.write(json ? `${JSON.stringify(reply)}\n` : table(reply));
 }

@@ -96,124 +96,155 @@ convict.addFormats({
   },
 });
 
+/**
+ * Every setting. `reload` says what a SIGHUP does with a change: "live" settings are applied
+ * at once (src/daemon/reload.ts has one applier for each, checked by the compiler), "restart"
+ * ones are kept as they were, with a warning, until the daemon restarts.
+ */
 export const configSchema = {
   persistenceMode: {
     doc: "Hold every selected GPU at start (false: start with every GPU released).",
     format: "flag",
     default: true,
     env: "GPU_PERSISTD_PERSISTENCE_MODE",
+    reload: "live" as const,
   },
   uvmPersistenceMode: {
     doc: "Also keep UVM state (accepted for compatibility; recorded, no effect yet).",
     format: "flag",
     default: false,
     env: "GPU_PERSISTD_UVM_PERSISTENCE_MODE",
+    reload: "restart" as const,
   },
   user: {
     doc: "Run as this user after bring-up (empty: stay as started).",
     format: "text",
     default: "",
     env: "GPU_PERSISTD_USER",
+    reload: "restart" as const,
   },
   group: {
     doc: "Run with this group after bring-up (empty: the user's primary group).",
     format: "text",
     default: "",
     env: "GPU_PERSISTD_GROUP",
+    reload: "restart" as const,
   },
   logLevel: {
     doc: "Lowest level logged.",
     format: ["debug", "info", "warn", "error"],
     default: "info",
     env: "GPU_PERSISTD_LOG_LEVEL",
+    reload: "live" as const,
   },
   logFormat: {
     doc: "auto (journal under systemd, text on a terminal), text, json or journal.",
     format: ["auto", "text", "json", "journal"],
     default: "auto",
     env: "GPU_PERSISTD_LOG_FORMAT",
+    reload: "restart" as const,
   },
   nvidiaCfgPath: {
     doc: "Accepted for nvidia-persistenced compatibility; gpu-persistd enumerates GPUs through NVML.",
     format: "text",
     default: "",
     env: "GPU_PERSISTD_NVIDIA_CFG_PATH",
+    reload: "restart" as const,
   },
   runtimeDir: {
     doc: "Directory for the PID file and sockets.",
     format: "text",
     default: "/run/nvidia-persistenced",
     env: "GPU_PERSISTD_RUNTIME_DIR",
+    reload: "restart" as const,
   },
   nvmlLibrary: {
     doc: "The NVML library to load: a name for the dynamic loader, or a path.",
     format: "text",
     default: "libnvidia-ml.so.1",
     env: "GPU_PERSISTD_NVML_LIBRARY",
+    reload: "restart" as const,
   },
   devices: {
     doc: "GPUs to hold: indexes, UUIDs or PCI bus ids (empty: all).",
     format: "gpu-list",
     default: [] as string[],
     env: "GPU_PERSISTD_DEVICES",
+    reload: "live" as const,
   },
   dryRun: {
     doc: "Never call NVML's persistence setter; only read and hold.",
     format: "flag",
     default: false,
     env: "GPU_PERSISTD_DRY_RUN",
+    reload: "restart" as const,
   },
   simulate: {
     doc: 'Use the built-in simulated libnvidia-ml: "on", a GPU count, or a profile.',
     format: "simulation",
     default: "",
     env: "GPU_PERSISTD_SIMULATE",
+    reload: "restart" as const,
   },
   nvmlTimeoutMs: {
     doc: "Time limit for one NVML call, in milliseconds.",
     format: "positive-int",
     default: 10000,
     env: "GPU_PERSISTD_NVML_TIMEOUT_MS",
+    reload: "live" as const,
   },
   bringUpConcurrency: {
     doc: `GPUs brought up at once, 1..${MAX_BRING_UP_CONCURRENCY} (1: one after another, as nvidia-persistenced does).`,
     format: "bring-up-concurrency",
     default: MAX_BRING_UP_CONCURRENCY,
     env: "GPU_PERSISTD_BRING_UP_CONCURRENCY",
+    reload: "live" as const,
   },
   driverWaitMs: {
     doc: "How long to wait at start for the NVIDIA driver to load, in milliseconds (0: do not wait).",
     format: "non-negative-int",
     default: 60000,
     env: "GPU_PERSISTD_DRIVER_WAIT_MS",
+    reload: "restart" as const,
   },
   healthIntervalMs: {
     doc: "Interval of the NVML health check, in milliseconds (shortened to a third of systemd's watchdog interval).",
     format: "positive-int",
     default: 10000,
     env: "GPU_PERSISTD_HEALTH_INTERVAL_MS",
+    reload: "live" as const,
   },
   stopTimeoutMs: {
     doc: "Time a stop may spend on NVML before the process exits anyway, in milliseconds.",
     format: "positive-int",
     default: 1000,
     env: "GPU_PERSISTD_STOP_TIMEOUT_MS",
+    reload: "live" as const,
   },
   metricsListen: {
     doc: 'Serve Prometheus metrics at http://ADDRESS/metrics, on loopback only ("127.0.0.1:9400"; empty: off).',
     format: "loopback-address",
     default: "",
     env: "GPU_PERSISTD_METRICS_LISTEN",
+    reload: "restart" as const,
   },
   metricsTextfile: {
     doc: "Write Prometheus metrics to this .prom file for node_exporter's textfile collector, every health interval (empty: off).",
     format: "textfile-path",
     default: "",
     env: "GPU_PERSISTD_METRICS_TEXTFILE",
+    reload: "restart" as const,
   },
 };
 
 export type ConfigKey = keyof typeof configSchema;
+
+/** The settings a SIGHUP applies at once. */
+export type LiveKey = { [K in ConfigKey]: (typeof configSchema)[K]["reload"] extends "live" ? K : never }[ConfigKey];
+
+export function reloadPolicy(key: ConfigKey): "live" | "restart" {
+  return configSchema[key].reload;
+}
 
 export interface Config {
   persistenceMode: boolean;
@@ -238,5 +269,6 @@ export interface Config {
 }
 
 export function newConfig(): convict.Config<Config> {
-  return convict<Config>(configSchema as unknown as convict.Schema<Config>);
+  const schema = Object.fromEntries(Object.entries(configSchema).map(([key, { reload: _, ...item }]) => [key, item]));
+  return convict<Config>(schema as unknown as convict.Schema<Config>);
 }

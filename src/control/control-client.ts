@@ -1,7 +1,9 @@
 import { connect } from "node:net";
+import { VERSION } from "../cli/help.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { controlSocketPath } from "../runtime-dir.js";
+import { type DaemonStatus, parseDaemonStatus } from "../status/daemon-status.js";
 import type { ControlRequest } from "./control-server.js";
 
 const REPLY_LIMIT_BYTES = 4 * 1024 * 1024;
@@ -39,4 +41,20 @@ export function requestControl(runtimeDir: string, request: ControlRequest, time
       reject(new FatalError(ExitCode.UNAVAILABLE, why));
     });
   });
+}
+
+/** The running daemon's status, checked; FatalError when it cannot be had or read. */
+export async function requestStatus(runtimeDir: string, timeoutMs?: number): Promise<DaemonStatus> {
+  const reply = await requestControl(runtimeDir, { command: "status" }, timeoutMs);
+  if (typeof reply === "object" && reply !== null && typeof (reply as { error?: unknown }).error === "string") {
+    throw new FatalError(
+      ExitCode.FAILURE,
+      `gpu-persistd refused the status request: ${(reply as { error: string }).error}`,
+    );
+  }
+  try {
+    return parseDaemonStatus(reply, VERSION);
+  } catch (err) {
+    throw new FatalError(ExitCode.FAILURE, (err as Error).message);
+  }
 }

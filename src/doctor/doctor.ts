@@ -4,8 +4,8 @@
 import { type CommandLine, parseCommandLine } from "../cli/command-line.js";
 import { type ConfigSource, configFile, loadConfig } from "../config/load-config.js";
 import { type Config, DEFAULT_CONFIG_PATH, newConfig } from "../config/schema.js";
-import { requestControl } from "../control/control-client.js";
-import type { DaemonStatus } from "../daemon.js";
+import { requestStatus } from "../control/control-client.js";
+import type { DaemonStatus } from "../status/daemon-status.js";
 import { UNIT_NAME } from "../systemd/unit-name.js";
 import { type Check, fail, pass } from "./check.js";
 import { deviceNodeChecks, kernelModuleCheck } from "./driver-checks.js";
@@ -75,7 +75,7 @@ export async function runDoctor(commandLine: CommandLine, env: NodeJS.ProcessEnv
   let daemon: DaemonStatus | null = null;
   let daemonError = "";
   try {
-    daemon = (await requestControl(host.path(config.runtimeDir), { command: "status" }, 3000)) as DaemonStatus;
+    daemon = await requestStatus(host.path(config.runtimeDir), 3000);
   } catch (err) {
     daemonError = (err as Error).message;
   }

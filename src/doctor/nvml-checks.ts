@@ -7,9 +7,9 @@ import {
   NVML_ERROR_LIB_RM_VERSION_MISMATCH,
 } from "../../native-bindings/nvml-return-codes.js";
 import type { Config } from "../config/schema.js";
-import type { DaemonStatus } from "../daemon.js";
 import { describeError } from "../gpu/describe-error.js";
 import { nvmlLibraryFor } from "../simulation.js";
+import type { DaemonStatus } from "../status/daemon-status.js";
 import { type Check, fail, pass } from "./check.js";
 import { kernelDriverVersion } from "./driver-checks.js";
 import type { HostRoot } from "./host-root.js";

@@ -1,8 +1,10 @@
 // Holding a GPU: one open fd on its device node keeps the kernel driver from tearing the
-// GPU's state down when its last other client exits. Closing that fd lets it go.
-import { closeSync, open } from "node:fs";
+// GPU's state down when its last other client exits. Closing that fd lets it go. Only the
+// GPU registry calls these.
+import { closeSync, fstatSync, open, type Stats, statSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { fixes } from "../fixes.js";
 
 const openAsync = promisify(open);
 
@@ -12,28 +14,57 @@ export function deviceNodePath(dir: string, minor: number): string {
   return join(dir, `nvidia${minor}`);
 }
 
-function explain(err: NodeJS.ErrnoException, path: string): string {
-  switch (err.code) {
-    case "ENOENT":
-      return `${path} does not exist: is the nvidia kernel module loaded and its device nodes created (nvidia-modprobe, udev)?`;
-    case "EACCES":
-    case "EPERM":
-      return `no permission to open ${path}: run as root, or give the daemon's user the device's group`;
-    default:
-      return `cannot open ${path}: ${err.message}`;
+/** A device node could not be opened; `code` is the errno name. */
+export class DeviceNodeError extends Error {
+  readonly path: string;
+  readonly code: string;
+  constructor(path: string, err: NodeJS.ErrnoException) {
+    const code = err.code ?? "EIO";
+    super(
+      code === "ENOENT"
+        ? `${path} does not exist: ${fixes.deviceNodesMissing}`
+        : code === "EACCES" || code === "EPERM"
+          ? `no permission to open ${path}: ${fixes.deviceNodeAccess}`
+          : `cannot open ${path}: ${err.message}`,
+    );
+    this.name = "DeviceNodeError";
+    this.path = path;
+    this.code = code;
   }
 }
 
 /** Opens the node read-write (as CUDA does) off the main thread: a cold GPU's open can take seconds. */
-export async function holdDeviceNode(dir: string, minor: number): Promise<number> {
-  const path = deviceNodePath(dir, minor);
+export async function openDeviceNode(path: string): Promise<number> {
   try {
     return await openAsync(path, "r+");
   } catch (err) {
-    throw new Error(explain(err as NodeJS.ErrnoException, path));
+    throw new DeviceNodeError(path, err as NodeJS.ErrnoException);
   }
 }
 
-export function releaseDeviceNode(fd: number): void {
+export function closeDeviceNode(fd: number): void {
   closeSync(fd);
+}
+
+/**
+ * Why `fd` no longer holds the node at `path`, or null when it does. "closed" means the fd
+ * number is not open any more: it must not be closed again (it may be reused by now).
+ */
+export function nodeDrift(fd: number, path: string): { reason: string; closed: boolean } | null {
+  let held: Stats;
+  try {
+    held = fstatSync(fd);
+  } catch (err) {
+    return { reason: `its fd ${fd} is no longer open (${(err as NodeJS.ErrnoException).code})`, closed: true };
+  }
+  let current: Stats;
+  try {
+    current = statSync(path);
+  } catch (err) {
+    return { reason: `${path} is gone (${(err as NodeJS.ErrnoException).code})`, closed: false };
+  }
+  const same = held.isCharacterDevice()
+    ? held.rdev === current.rdev
+    : held.ino === current.ino && held.dev === current.dev;
+  return same ? null : { reason: `${path} was replaced since it was opened`, closed: false };
 }

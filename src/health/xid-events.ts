@@ -6,8 +6,8 @@ import type { DeviceHandle, EventSetHandle, Nvml } from "../../native-bindings/n
 import { EVENT_XID_CRITICAL_ERROR } from "../../native-bindings/nvml.js";
 import { NvmlError, NvmlTimeoutError } from "../../native-bindings/nvml-errors.js";
 import { describeError } from "../gpu/describe-error.js";
-import type { GpuRecord } from "../gpu/gpu-record.js";
-import type { Log } from "../log.js";
+import { type Gpu, GpuLostError, type GpuRegistry } from "../gpu/gpu-registry.js";
+import { gpuFields, type Log } from "../log.js";
 
 /** The Xids admins meet most, from NVIDIA's Xid catalogue; `error` ones need action. */
 export const XID_MEANINGS: Readonly<Record<number, { text: string; error: boolean }>> = {
@@ -35,35 +35,28 @@ const LOGS_PER_WINDOW = 5;
 const WINDOW_MS = 60_000;
 const WAIT_MS = 500;
 
-export interface XidHooks {
-  gpuByHandle(handle: DeviceHandle): GpuRecord | undefined;
-  onLost(gpu: GpuRecord, reason: string): void;
-  /** Counted for metrics and status. */
-  onXid?(gpu: GpuRecord, xid: number): void;
-}
-
 export class XidWaiter {
   readonly #nvml: Nvml;
-  readonly #hooks: XidHooks;
+  readonly #registry: GpuRegistry;
   readonly #log: Log;
   #set: EventSetHandle | null = null;
   #running = false;
   #loop: Promise<void> | null = null;
   readonly #windows = new Map<string, { start: number; logged: number; suppressed: number }>();
 
-  constructor(nvml: Nvml, hooks: XidHooks, log: Log) {
+  constructor(nvml: Nvml, registry: GpuRegistry, log: Log) {
     this.#nvml = nvml;
-    this.#hooks = hooks;
+    this.#registry = registry;
     this.#log = log;
   }
 
   /** Registers every GPU that supports Xid events; returns how many were registered. */
-  async start(gpus: GpuRecord[]): Promise<number> {
+  async start(gpus: readonly Gpu[]): Promise<number> {
     this.#set = await this.#nvml.eventSetCreate();
     let registered = 0;
     for (const gpu of gpus) {
       if (gpu.handle === null) continue;
-      const fields = { gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pciBusId };
+      const fields = gpuFields(gpu);
       try {
         const supported = await this.#nvml.supportedEventTypes(gpu.handle);
         if (!(supported & EVENT_XID_CRITICAL_ERROR)) {
@@ -96,9 +89,9 @@ export class XidWaiter {
   }
 
   #handle(device: DeviceHandle, xid: number): void {
-    const gpu = this.#hooks.gpuByHandle(device);
+    const gpu = this.#registry.byHandle(device);
     if (!gpu) return;
-    this.#hooks.onXid?.(gpu, xid);
+    this.#registry.recordXid(gpu, xid);
     const meaning = XID_MEANINGS[xid];
     const key = `${gpu.uuid}:${xid}`;
     const now = performance.now();
@@ -106,7 +99,7 @@ export class XidWaiter {
     if (!window || now - window.start >= WINDOW_MS) {
       if (window && window.suppressed > 0) {
         this.#log.warn(
-          { gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pciBusId, xid },
+          { ...gpuFields(gpu), xid },
           `Xid ${xid} occurred ${window.suppressed} more times in the last minute`,
         );
       }
@@ -115,7 +108,7 @@ export class XidWaiter {
     }
     if (window.logged < LOGS_PER_WINDOW) {
       window.logged++;
-      const fields = { gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pciBusId, xid };
+      const fields = { ...gpuFields(gpu), xid };
       const text = `Xid ${xid}: ${meaning?.text ?? "see NVIDIA's Xid catalogue"}`;
       if (meaning?.error) this.#log.error(fields, text);
       else this.#log.warn(fields, text);
@@ -124,7 +117,9 @@ export class XidWaiter {
     } else {
       window.suppressed++;
     }
-    if (xid === XID_GPU_FALLEN_OFF_THE_BUS) this.#hooks.onLost(gpu, `Xid ${xid}: GPU has fallen off the bus`);
+    if (xid === XID_GPU_FALLEN_OFF_THE_BUS) {
+      void this.#registry.markLost(gpu, new GpuLostError(`Xid ${xid}: GPU has fallen off the bus`));
+    }
   }
 
   /** Stops the loop; the set is freed once the wait in flight returns (within WAIT_MS). */

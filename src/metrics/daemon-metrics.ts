@@ -1,7 +1,7 @@
 // What gpu-persistd exports to Prometheus: per-GPU state, Xid counts, health-check latency,
 // bring-up duration and RPC requests. The daemon records into one instance; the exporters
 // (metrics-listener.ts, metrics-textfile.ts) render it on demand.
-import type { GpuStatus } from "../gpu/gpu-record.js";
+import type { GpuStatus } from "../status/daemon-status.js";
 import { family, Histogram, type Labels } from "./prometheus-text.js";
 
 export interface MetricsSnapshot {

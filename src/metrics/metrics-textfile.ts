@@ -50,6 +50,13 @@ export class MetricsTextfile {
     this.#timer.unref();
   }
 
+  /** A reload changed the interval. */
+  reschedule(intervalMs: number): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = setInterval(() => this.#writeLogged(), intervalMs);
+    this.#timer.unref();
+  }
+
   /** A last write (the state at stop: nothing held), then no more. */
   stop(): void {
     if (this.#timer) clearInterval(this.#timer);

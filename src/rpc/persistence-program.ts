@@ -1,6 +1,7 @@
 // Program 35006, versions 1 and 2: what NVML (nvidia-smi, pynvml, DCGM) asks the persistence
 // daemon. Types and procedures as in ../shared/reference/rpc-protocol.md.
 import type { PeerCredentials } from "../../native-bindings/peer-credentials.js";
+import { formatPciAddress, type PciAddress } from "../gpu/pci-address.js";
 import { AcceptStat, acceptedReply, progMismatchReply, type RpcCall } from "./rpc-message.js";
 import { XdrError, type XdrReader, XdrWriter } from "./xdr.js";
 
@@ -28,13 +29,6 @@ export const PROC_NULL = 0;
 export const PROC_SET_PERSISTENCE = 1;
 /** Version 1: get persistence mode; version 2: set NUMA status. */
 export const PROC_2 = 2;
-
-/** A GPU as the protocol names it; the PCI function is ignored, as the original does. */
-export interface PciAddress {
-  domain: number;
-  bus: number;
-  slot: number;
-}
 
 export interface PersistenceBackend {
   /** true: held (persistence on), false: released, null: no such GPU. */
@@ -64,17 +58,17 @@ export interface Handled {
 function readAddress(args: XdrReader): PciAddress {
   const domain = args.i32("domain");
   const bus = args.i32("bus");
-  const slot = args.i32("slot");
-  args.i32("function");
-  return { domain, bus, slot };
+  const device = args.i32("slot");
+  // Read, then ignored by the backend's match, as the original does.
+  const fn = args.i32("function");
+  return { domain, bus, device, function: fn };
 }
 
 const status = (xid: number, value: number): Buffer =>
   acceptedReply(xid, AcceptStat.SUCCESS, new XdrWriter().i32(value).bytes());
 
 function describe(address: PciAddress): string {
-  const hex = (n: number, width: number) => n.toString(16).toUpperCase().padStart(width, "0");
-  return `${hex(address.domain, 8)}:${hex(address.bus, 2)}:${hex(address.slot, 2)}.0`;
+  return formatPciAddress({ ...address, function: 0 });
 }
 
 /** Answers one call for program 35006 (or says why not), deciding root-only from `peer`. */

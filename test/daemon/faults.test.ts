@@ -86,9 +86,9 @@ describe("drift", () => {
     const other = statusJson(fixture.scratch.runtimeDir).devices[1]?.uuid as string;
     // Someone clears GPU 0's legacy flag behind the daemon's back (the simulator keeps it here).
     writeFileSync(statePath, `${uuid} 0\n${other} 1\n`);
-    await daemon.waitFor("GPU 0 00000000:06:00.0: persistence mode reads disabled although the daemon holds");
+    await daemon.waitFor("GPU 0 00000000:06:00.0: persistence mode now reads disabled although the daemon holds");
     await new Promise((r) => setTimeout(r, 400));
-    expect(daemon.output.match(/persistence mode reads disabled although/g)).toHaveLength(1);
+    expect(daemon.output.match(/persistence mode now reads disabled although/g)).toHaveLength(1);
     expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(2);
   });
 });

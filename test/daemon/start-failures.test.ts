@@ -55,9 +55,9 @@ describe("no GPU can be held", () => {
     expect(result.output).toContain("NVML_ERROR_GPU_IS_LOST");
   });
 
-  it("exits 1 when --devices matches no GPU, saying what was found", () => {
+  it("exits 78 (bad configuration: no restart loop) when --devices matches no GPU, saying what was found", () => {
     const result = run(["--simulate=2", "--devices=7"]);
-    expect(result.code).toBe(1);
+    expect(result.code).toBe(78);
     expect(result.output).toContain("--devices names '7', but no GPU has that index (2 GPUs found)");
   });
 

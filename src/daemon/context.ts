@@ -1,0 +1,59 @@
+// Everything one running daemon is made of. The composition root (daemon.ts) creates it;
+// the start-up, reload and shutdown steps fill and empty it; the adapters read it.
+import type { Server as HttpServer } from "node:http";
+import type { Server } from "node:net";
+import type { Config } from "../config/schema.js";
+import type { GpuRegistry } from "../gpu/gpu-registry.js";
+import type { NvmlSession } from "../gpu/nvml-session.js";
+import { PersistenceSetter } from "../gpu/persistence-setter.js";
+import type { HealthMonitor } from "../health/health-monitor.js";
+import type { XidWaiter } from "../health/xid-events.js";
+import type { Log } from "../log.js";
+import { DaemonMetrics } from "../metrics/daemon-metrics.js";
+import type { MetricsTextfile } from "../metrics/metrics-textfile.js";
+import type { RpcServer } from "../rpc/rpc-server.js";
+import type { RuntimeDir } from "../runtime-dir.js";
+import type { SystemdNotifier } from "../systemd/notify.js";
+import type { Watchdog } from "../systemd/watchdog.js";
+
+export interface DaemonDeps {
+  log: Log;
+  runtime: RuntimeDir;
+  notifier: SystemdNotifier;
+  /** Reads the configuration again (file, environment, the same command line), for SIGHUP. */
+  reloadConfig: () => Config;
+  /** Applies a new log level to the live logger. */
+  setLogLevel: (level: Config["logLevel"]) => void;
+  env: NodeJS.ProcessEnv;
+  /** Ends the process at once (libc _exit in production; tests record the code). */
+  exit: (code: number) => never;
+}
+
+export class DaemonContext {
+  config: Config;
+  readonly deps: DaemonDeps;
+  readonly setter: PersistenceSetter;
+  readonly metrics = new DaemonMetrics();
+  session: NvmlSession | null = null;
+  registry: GpuRegistry | null = null;
+  control: Server | null = null;
+  rpc: RpcServer | null = null;
+  health: HealthMonitor | null = null;
+  xid: XidWaiter | null = null;
+  watchdog: Watchdog | null = null;
+  metricsListener: HttpServer | null = null;
+  metricsTextfile: MetricsTextfile | null = null;
+  /** READY=1 was sent: every selected GPU has settled. */
+  ready = false;
+  stopping = false;
+
+  constructor(config: Config, deps: DaemonDeps) {
+    this.config = config;
+    this.deps = deps;
+    this.setter = new PersistenceSetter(config.dryRun);
+  }
+
+  get log(): Log {
+    return this.deps.log;
+  }
+}

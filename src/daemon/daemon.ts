@@ -1,0 +1,57 @@
+// The composition root: one DaemonContext, the start-up sequence, reloads queued behind it,
+// and the stop. What each step does lives in its own module:
+//   start-up.ts   NVML, GPUs, sockets, privilege drop, health, READY (in that order)
+//   reload.ts     SIGHUP: which settings apply live, and applying them
+//   shutdown.ts   releasing everything and exiting
+//   *-adapter.ts  RPC and control requests translated into registry calls
+// GPU state itself is owned by src/gpu/gpu-registry.ts.
+import type { Config } from "../config/schema.js";
+import { ExitCode } from "../exit-codes.js";
+import { FatalError } from "../fatal-error.js";
+import { DaemonContext, type DaemonDeps } from "./context.js";
+import { ReloadQueue, reload } from "./reload.js";
+import { shutdown } from "./shutdown.js";
+import { StartAbandoned, startUp } from "./start-up.js";
+
+export class Daemon {
+  readonly context: DaemonContext;
+  readonly #reloads: ReloadQueue;
+
+  constructor(config: Config, deps: DaemonDeps) {
+    this.context = new DaemonContext(config, deps);
+    this.#reloads = new ReloadQueue(() => reload(this.context));
+  }
+
+  /**
+   * Starts; on failure logs why and stops with the failure's exit code. Reloads asked for
+   * meanwhile run once, after READY.
+   */
+  async run(): Promise<void> {
+    try {
+      await startUp(this.context);
+    } catch (err) {
+      if (err instanceof StartAbandoned) return;
+      const fatal =
+        err instanceof FatalError ? err : new FatalError(ExitCode.FAILURE, (err as Error).stack ?? String(err));
+      this.context.log.fatal(`start-up failed: ${fatal.message}`);
+      await this.stop(fatal.exitCode, "start-up failed");
+      return;
+    }
+    this.#reloads.ready();
+  }
+
+  /** SIGHUP. */
+  reload(): void {
+    if (!this.context.stopping) this.#reloads.request();
+  }
+
+  /** Resolves once no reload runs or waits. */
+  reloadsSettled(): Promise<void> {
+    return this.#reloads.settled();
+  }
+
+  /** SIGTERM/SIGINT at any time; also the end of a failed start. */
+  stop(code: ExitCode, reason: string): Promise<never> {
+    return shutdown(this.context, code, reason);
+  }
+}

@@ -1,0 +1,111 @@
+// SIGHUP: read the configuration again and apply what can change while running. Which
+// settings apply live is declared in the schema; each has its applier here (the compiler
+// checks that none is missing). A SIGHUP before READY is remembered and applied once after
+// it; a SIGHUP during a reload queues exactly one more.
+import { type Config, type ConfigKey, type LiveKey, reloadPolicy } from "../config/schema.js";
+import type { DaemonContext } from "./context.js";
+import { applySelection, healthIntervalMs, wanted } from "./start-up.js";
+import { daemonStatusLine } from "./status-snapshot.js";
+
+/** Reloads run one at a time; requests that arrive meanwhile collapse into one more. */
+export class ReloadQueue {
+  readonly #run: () => Promise<void>;
+  #ready = false;
+  #requested = false;
+  #running: Promise<void> | null = null;
+
+  constructor(run: () => Promise<void>) {
+    this.#run = run;
+  }
+
+  /** A SIGHUP: before ready, remembered; during a reload, one more is queued. */
+  request(): void {
+    this.#requested = true;
+    if (this.#ready && !this.#running) this.#running = this.#drain();
+  }
+
+  /** Start-up is done: a reload asked for before now runs once. */
+  ready(): void {
+    this.#ready = true;
+    if (this.#requested && !this.#running) this.#running = this.#drain();
+  }
+
+  /** Resolves once no reload runs or is queued (for tests and the stop). */
+  settled(): Promise<void> {
+    return this.#running ?? Promise.resolve();
+  }
+
+  async #drain(): Promise<void> {
+    try {
+      while (this.#requested) {
+        this.#requested = false;
+        await this.#run();
+      }
+    } finally {
+      this.#running = null;
+    }
+  }
+}
+
+const APPLY: { [K in LiveKey]: (ctx: DaemonContext) => void | Promise<void> } = {
+  logLevel: (ctx) => ctx.deps.setLogLevel(ctx.config.logLevel),
+  nvmlTimeoutMs: (ctx) => {
+    if (ctx.session) ctx.session.nvml.timeoutMs = ctx.config.nvmlTimeoutMs;
+  },
+  stopTimeoutMs: (ctx) => {
+    if (ctx.session) ctx.session.idleLimitMs = ctx.config.stopTimeoutMs;
+  },
+  healthIntervalMs: (ctx) => {
+    ctx.health?.reschedule(healthIntervalMs(ctx));
+    ctx.metricsTextfile?.reschedule(ctx.config.healthIntervalMs);
+  },
+  // These three decide which GPUs are held: applied together by holdWhatIsWanted.
+  persistenceMode: () => {},
+  devices: () => {},
+  bringUpConcurrency: () => {},
+};
+
+async function holdWhatIsWanted(ctx: DaemonContext): Promise<void> {
+  const registry = ctx.registry;
+  if (!registry) return;
+  applySelection(ctx, registry);
+  const keptReleased = registry.list().filter((g) => g.state === "released" && wanted(ctx, g));
+  for (const gpu of keptReleased) {
+    ctx.log.info(`GPU ${gpu.index} stays released, as a client asked; hold it with: gpu-persistd hold ${gpu.index}`);
+  }
+  await registry.reconcile((gpu) => wanted(ctx, gpu), ctx.config.bringUpConcurrency);
+}
+
+/** One reload: re-read, keep restart-only settings, apply every live change, report. */
+export async function reload(ctx: DaemonContext): Promise<void> {
+  if (ctx.stopping) return;
+  const { notifier } = ctx.deps;
+  notifier.reloading();
+  ctx.log.info("reloading the configuration (SIGHUP)");
+  let next: Config;
+  try {
+    next = ctx.deps.reloadConfig();
+  } catch (err) {
+    ctx.log.error(`reload failed, keeping the running configuration: ${(err as Error).message}`);
+    notifier.ready(daemonStatusLine(ctx));
+    return;
+  }
+  const previous = ctx.config;
+  const changed = (Object.keys(next) as ConfigKey[]).filter(
+    (key) => JSON.stringify(next[key]) !== JSON.stringify(previous[key]),
+  );
+  const merged: Record<string, unknown> = { ...next };
+  for (const key of changed) {
+    if (reloadPolicy(key) === "live") continue;
+    merged[key] = previous[key];
+    ctx.log.warn(`${key} changed: it takes effect when the daemon restarts (systemctl restart gpu-persistd)`);
+  }
+  ctx.config = merged as unknown as Config;
+  const live = changed.filter((key): key is LiveKey => reloadPolicy(key) === "live");
+  for (const key of live) await APPLY[key](ctx);
+  if (live.length > 0) ctx.log.info(`applied: ${live.join(", ")}`);
+  // Always: a GPU that failed before may be held now, even with an unchanged file.
+  await holdWhatIsWanted(ctx);
+  ctx.log.info(`reload done: ${daemonStatusLine(ctx)}`);
+  if (!ctx.stopping) notifier.ready(daemonStatusLine(ctx));
+}

@@ -1,0 +1,288 @@
+// Start-up, in order: NVML, the GPUs (identified, selected, held in parallel), the sockets,
+// the privilege drop, health and Xid watching, metrics, then READY=1, once, with every
+// selected GPU settled. A stop requested meanwhile ends the sequence at the next step.
+
+import { VERSION } from "../cli/help.js";
+import { startControlServer } from "../control/control-server.js";
+import { ExitCode } from "../exit-codes.js";
+import { FatalError } from "../fatal-error.js";
+import { fixes } from "../fixes.js";
+import { describeError } from "../gpu/describe-error.js";
+import { REAL_DEVICE_DIR } from "../gpu/device-node.js";
+import { type Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
+import { parseGpuSelector, selectorKindName } from "../gpu/gpu-selector.js";
+import { NvmlSession } from "../gpu/nvml-session.js";
+import { HealthMonitor } from "../health/health-monitor.js";
+import { XidWaiter } from "../health/xid-events.js";
+import { gpuFields } from "../log.js";
+import { type ListenAddress, parseLoopbackAddress } from "../metrics/listen-address.js";
+import { startMetricsListener } from "../metrics/metrics-listener.js";
+import { MetricsTextfile } from "../metrics/metrics-textfile.js";
+import { dropPrivileges, resolveIdentity } from "../privileges.js";
+import { RpcServer } from "../rpc/rpc-server.js";
+import { createStandInNodes, nvmlLibraryFor } from "../simulation.js";
+import { watchdogUsec } from "../systemd/notify.js";
+import { Watchdog } from "../systemd/watchdog.js";
+import type { DaemonContext } from "./context.js";
+import { controlHandler } from "./control-adapter.js";
+import { rpcBackend } from "./rpc-adapter.js";
+import { daemonStatusLine, metricsText } from "./status-snapshot.js";
+
+/** While bring-up runs, systemd's start timeout is pushed this far ahead, this often. */
+const EXTEND_EVERY_MS = 5000;
+const EXTEND_BY_USEC = 20_000_000;
+
+/** Thrown between steps once a stop was requested: the stop owns the process from there. */
+export class StartAbandoned extends Error {}
+
+function checkpoint(ctx: DaemonContext): void {
+  if (ctx.stopping) throw new StartAbandoned("a stop was requested during start-up");
+}
+
+/** Whether the configuration wants `gpu` held. */
+export function wanted(ctx: DaemonContext, gpu: Gpu): boolean {
+  return ctx.config.persistenceMode && gpu.selected;
+}
+
+/** The health interval in force: shortened to a third of systemd's watchdog interval. */
+export function healthIntervalMs(ctx: DaemonContext): number {
+  const usec = watchdogUsec(ctx.deps.env);
+  const ms = usec ? Math.min(ctx.config.healthIntervalMs, usec / 1000 / 3) : ctx.config.healthIntervalMs;
+  return Math.max(10, Math.round(ms));
+}
+
+/** Marks the GPUs --devices names; logs each selector that matches none and returns them. */
+export function applySelection(ctx: DaemonContext, registry: GpuRegistry): string[] {
+  const selectors = ctx.config.devices.map((d) => parseGpuSelector(d)).filter((s) => s !== null);
+  const unmatched = registry
+    .select(selectors)
+    .map(
+      (s) =>
+        `--devices names '${s.text}', but no GPU has that ${selectorKindName(s)} (${registry.list().length} GPUs found)`,
+    );
+  for (const message of unmatched) ctx.log.error(message);
+  return unmatched;
+}
+
+/** Keeps systemd's start timeout ahead of a slow bring-up; returns the stopper. */
+function extendWhileSlow(ctx: DaemonContext, progress: () => string): () => void {
+  const { notifier } = ctx.deps;
+  if (!notifier.enabled) return () => {};
+  const timer = setInterval(
+    () => notifier.extendTimeout(EXTEND_BY_USEC, `bringing GPUs up: ${progress()}`),
+    EXTEND_EVERY_MS,
+  );
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
+async function startNvml(ctx: DaemonContext): Promise<NvmlSession> {
+  const { config, log } = ctx;
+  const path = nvmlLibraryFor(config, ctx.deps.env);
+  if (config.simulate !== "") {
+    log.info({ library: path }, `simulating GPUs (${config.simulate === "on" ? "as configured" : config.simulate})`);
+  }
+  const session = NvmlSession.load(path, config.nvmlTimeoutMs, log, config.stopTimeoutMs);
+  ctx.session = session;
+  await session.start(config.driverWaitMs, ctx.deps.notifier);
+  log.info({ driver: await session.nvml.driverVersion().catch(describeError) }, "NVML initialised");
+  return session;
+}
+
+/** How far bring-up is, for systemd's STATUS while it runs. */
+interface Progress {
+  settled: number;
+  total: number;
+}
+
+async function bringUp(ctx: DaemonContext, session: NvmlSession, progress: Progress): Promise<GpuRegistry> {
+  const { config, log } = ctx;
+  const { runtime } = ctx.deps;
+  const count = await session.nvml.deviceCount().catch((err: unknown) => {
+    throw new FatalError(ExitCode.UNAVAILABLE, `cannot count GPUs: ${describeError(err)}`);
+  });
+  if (count === 0) throw new FatalError(ExitCode.UNAVAILABLE, `NVML reports no GPUs: ${fixes.noGpus}.`);
+  progress.total = count;
+  const simulated = config.simulate !== "";
+  const registry = await GpuRegistry.identify(count, config.bringUpConcurrency, {
+    nvml: session.nvml,
+    setter: ctx.setter,
+    deviceDir: simulated ? runtime.simDeviceDir : REAL_DEVICE_DIR,
+    session,
+    dryRun: config.dryRun,
+  });
+  ctx.registry = registry;
+  for (const gpu of registry.list()) {
+    if (gpu.state === "unidentified")
+      log.error(gpuFields(gpu), `cannot identify GPU ${gpu.index}: ${describeError(gpu.fault)}`);
+    else log.debug({ ...gpuFields(gpu), name: gpu.name }, "found GPU");
+  }
+  registry.on("transition", (t) => ctx.log[t.level](gpuFields(t.gpu), t.message));
+  registry.on("note", (t) => ctx.log[t.level](gpuFields(t.gpu), t.message));
+  // After READY, systemd's STATUS follows every change; before it, the progress line does.
+  registry.on("transition", () => {
+    if (ctx.ready && !ctx.stopping) ctx.deps.notifier.status(daemonStatusLine(ctx));
+  });
+  const unmatched = applySelection(ctx, registry);
+  if (simulated) {
+    runtime.track(runtime.simDeviceDir);
+    createStandInNodes(
+      runtime.simDeviceDir,
+      registry
+        .list()
+        .filter((g) => g.minor >= 0)
+        .map((g) => g.minor),
+    );
+  }
+  checkpoint(ctx);
+  if (!config.persistenceMode) {
+    log.info("starting with every GPU released (--no-persistence-mode)");
+    return registry;
+  }
+  const selected = registry.list().filter((g) => g.selected);
+  if (selected.length === 0) {
+    throw new FatalError(
+      ExitCode.CONFIG,
+      `no GPU is selected: ${unmatched.join("; ")}. To fix: ${fixes.checkDevices}.`,
+    );
+  }
+  progress.total = selected.length;
+  const onTransition = (t: { to: string }): void => {
+    if (t.to === "held" || t.to === "failed") progress.settled++;
+  };
+  registry.on("transition", onTransition);
+  try {
+    await registry.reconcile((gpu) => wanted(ctx, gpu), config.bringUpConcurrency);
+  } finally {
+    registry.off("transition", onTransition);
+  }
+  checkpoint(ctx);
+  if (selected.some((g) => g.state === "held")) return registry;
+  const first = selected.find((g) => g.fault !== null);
+  throw new FatalError(
+    selected.every((g) => g.fault && "codeName" in g.fault && g.fault.codeName === "NVML_ERROR_NO_PERMISSION")
+      ? ExitCode.NO_PERMISSION
+      : ExitCode.FAILURE,
+    `no selected GPU could be held (first failure: GPU ${first?.index} ${first ? gpuFields(first).gpuPciBusId : ""}: ${describeError(first?.fault)})`,
+  );
+}
+
+async function openSockets(ctx: DaemonContext, registry: GpuRegistry): Promise<void> {
+  const { config, log } = ctx;
+  const { runtime } = ctx.deps;
+  ctx.control = await startControlServer(runtime.controlSocket, controlHandler(ctx), log);
+  // From here on NVML's setter would reach this daemon through the socket: close it first.
+  ctx.setter.closeForRpc();
+  log.debug("NVML's persistence setter closed: the RPC socket opens now");
+  ctx.rpc = await RpcServer.listen(runtime.rpcSocket, rpcBackend(registry), log);
+  log.info(`serving the persistence RPC protocol on ${runtime.rpcSocket}`);
+  if (config.metricsListen) {
+    // Before the drop: a port below 1024 needs root to bind, not to serve.
+    const address = parseLoopbackAddress(config.metricsListen) as ListenAddress;
+    ctx.metricsListener = await startMetricsListener(address, () => metricsText(ctx));
+    log.info(`serving metrics on http://${config.metricsListen}/metrics`);
+  }
+}
+
+async function startXidWaiter(ctx: DaemonContext, session: NvmlSession, registry: GpuRegistry): Promise<void> {
+  if (!session.open) return;
+  const xid = new XidWaiter(session.nvml, registry, ctx.log);
+  try {
+    const watched = await xid.start(registry.list().filter((g) => g.handle !== null));
+    ctx.xid = xid;
+    ctx.log.info(`watching Xid events on ${watched} GPUs`);
+  } catch (err) {
+    ctx.log.warn(`cannot watch Xid events: ${describeError(err)}`);
+  }
+}
+
+/** Stops the Xid waiter, waiting at most stopTimeoutMs for its NVML call to return. */
+export async function stopXidWaiter(ctx: DaemonContext): Promise<void> {
+  const xid = ctx.xid;
+  ctx.xid = null;
+  if (!xid) return;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([xid.stop(), new Promise((r) => (timer = setTimeout(r, ctx.config.stopTimeoutMs)))]);
+  clearTimeout(timer);
+}
+
+function startHealth(ctx: DaemonContext, session: NvmlSession, registry: GpuRegistry): void {
+  const health = new HealthMonitor(
+    {
+      nvml: session.nvml,
+      registry,
+      nvmlOpen: () => session.open,
+      onRound: (seconds, healthy) => ctx.metrics.observeHealthRound(seconds, healthy),
+      log: ctx.log,
+    },
+    healthIntervalMs(ctx),
+  );
+  ctx.health = health;
+  health.start();
+  const usec = watchdogUsec(ctx.deps.env);
+  if (usec && ctx.deps.notifier.enabled) {
+    ctx.watchdog = new Watchdog(ctx.deps.notifier, usec, () => health.lastHealthyAt, ctx.log);
+    ctx.watchdog.start();
+    ctx.log.info(`watchdog: pinging every ${Math.round(usec / 2000)} ms while NVML health checks pass`);
+  }
+}
+
+/** Brings the daemon up; throws FatalError (or StartAbandoned) when it cannot. */
+export async function startUp(ctx: DaemonContext): Promise<void> {
+  const { config } = ctx;
+  const { log, runtime, notifier } = ctx.deps;
+  log.info({ version: VERSION, runtimeDir: runtime.dir, dryRun: config.dryRun }, `Started (${process.pid})`);
+  if (config.nvidiaCfgPath) {
+    log.info(`--nvidia-cfg-path ${config.nvidiaCfgPath} accepted and ignored: GPUs are found through NVML`);
+  }
+  // Before any GPU is touched: an unknown user must not leave GPUs half set up.
+  const identity = resolveIdentity(config.user, config.group);
+  const started = performance.now();
+
+  const progress: Progress = { settled: 0, total: 0 };
+  const stopExtending = extendWhileSlow(ctx, () => `${progress.settled}/${progress.total} settled`);
+  let session: NvmlSession;
+  let registry: GpuRegistry;
+  try {
+    session = await startNvml(ctx);
+    checkpoint(ctx);
+    registry = await bringUp(ctx, session, progress);
+  } finally {
+    stopExtending();
+  }
+  await openSockets(ctx, registry);
+  checkpoint(ctx);
+  if (identity) {
+    // Outside systemd the dropped user must still be able to remove its runtime files.
+    dropPrivileges(identity, runtime.managedBySystemd ? [] : [runtime.dir]);
+    log.info(`now running as ${identity.description}`);
+  }
+  startHealth(ctx, session, registry);
+  await startXidWaiter(ctx, session, registry);
+  session.setHooks({
+    beforeSuspend: () => stopXidWaiter(ctx),
+    afterResume: async () => {
+      await registry.refreshHandles();
+      await startXidWaiter(ctx, session, registry);
+    },
+  });
+  checkpoint(ctx);
+  const bringUpMs = performance.now() - started;
+  ctx.metrics.recordBringUp(bringUpMs / 1000);
+  if (config.metricsTextfile) {
+    // After the drop: the first write proves the daemon's final user may write there.
+    ctx.metricsTextfile = new MetricsTextfile(
+      config.metricsTextfile,
+      () => metricsText(ctx),
+      log,
+      config.user || "root",
+    );
+    ctx.metricsTextfile.start(config.healthIntervalMs);
+    log.info(`writing metrics to ${config.metricsTextfile} every ${config.healthIntervalMs} ms`);
+  }
+  const selected = registry.list().filter((g) => g.selected).length;
+  const held = registry.list().filter((g) => g.state === "held").length;
+  log.info({ held, selected, bringUpMs: Math.round(bringUpMs) }, `ready: ${held}/${selected} GPUs held`);
+  ctx.ready = true;
+  notifier.ready(daemonStatusLine(ctx));
+}

@@ -1,0 +1,35 @@
+// What the daemon reports about itself: the status reply, the STATUS= line and the
+// Prometheus text, all from one snapshot of the registry.
+import { VERSION } from "../cli/help.js";
+import { type DaemonStatus, gpuStatus, STATUS_FORMAT } from "../status/daemon-status.js";
+import { statusLine } from "../status/status-line.js";
+import type { DaemonContext } from "./context.js";
+
+export function daemonStatus(ctx: DaemonContext): DaemonStatus {
+  const { rss, heapUsed } = process.memoryUsage();
+  return {
+    format: STATUS_FORMAT,
+    pid: process.pid,
+    version: VERSION,
+    simulated: ctx.config.simulate !== "",
+    dryRun: ctx.config.dryRun,
+    uid: process.getuid?.() ?? -1,
+    ready: ctx.ready,
+    nvmlSession: ctx.session?.open ?? false,
+    rpcRequests: ctx.rpc?.requests ?? 0,
+    memory: { rss, heapUsed },
+    devices: (ctx.registry?.list() ?? []).map(gpuStatus),
+  };
+}
+
+export function daemonStatusLine(ctx: DaemonContext): string {
+  return statusLine((ctx.registry?.list() ?? []).map(gpuStatus), ctx.config.persistenceMode);
+}
+
+export function metricsText(ctx: DaemonContext): string {
+  return ctx.metrics.render({
+    version: VERSION,
+    devices: (ctx.registry?.list() ?? []).map(gpuStatus),
+    rpcRequests: ctx.rpc?.requestCounts ?? new Map(),
+  });
+}

@@ -1,0 +1,22 @@
+// Every fix text that the daemon and doctor both give, in one place, so the two never
+// disagree on how to repair the same cause.
+export const fixes = {
+  /** The nvidia kernel module is not loaded (NVML_ERROR_DRIVER_NOT_LOADED, no /dev/nvidiactl). */
+  loadDriver:
+    "load the NVIDIA kernel module (modprobe nvidia; dmesg | grep -i nvrm says why it failed) and check that /dev/nvidiactl exists",
+  /** /dev/nvidiaN is missing though the driver may be loaded. */
+  deviceNodesMissing:
+    "load the driver (modprobe nvidia); the nodes come from the driver's udev rule or nvidia-modprobe (nvidia-modprobe -c 0)",
+  /** The daemon's user may not open a device node. */
+  deviceNodeAccess: "run as root (as the systemd unit does), or give the daemon's user the device's group",
+  /** NVML answered NVML_ERROR_NO_PERMISSION. */
+  runAsRoot: "run as root (as the systemd unit does)",
+  /** NVML lists no GPU. */
+  noGpus: "check that the NVIDIA driver sees the GPUs (nvidia-smi -L; dmesg | grep -i nvrm)",
+  /** The driver's NVML library cannot be loaded. */
+  installNvml:
+    "install the NVIDIA driver's NVML (Debian: apt-get install libnvidia-ml1; the .run installer ships it), " +
+    "or point --nvml-library (config nvmlLibrary, GPU_PERSISTD_NVML_LIBRARY) at the driver's libnvidia-ml.so.1",
+  /** --devices names no GPU that exists. */
+  checkDevices: "check --devices (config devices) against 'nvidia-smi -L'",
+} as const;

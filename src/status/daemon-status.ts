@@ -1,0 +1,142 @@
+// The one status type: what the daemon answers on its control socket, and what `status`,
+// `doctor`, the metrics and the tests read. Clients validate it at run time, so a daemon of
+// another version is named as such instead of being misread.
+import { describeError } from "../gpu/describe-error.js";
+import type { Claim, Gpu, GpuState, PersistenceReading } from "../gpu/gpu-registry.js";
+import { formatPciAddress } from "../gpu/pci-address.js";
+
+/** Bumped whenever a field changes meaning or disappears. */
+export const STATUS_FORMAT = 2;
+
+export interface GpuStatus {
+  index: number;
+  uuid: string;
+  name: string;
+  /** NVML's form, `00000000:1B:00.0`; "" when the GPU could not be identified. */
+  pciBusId: string;
+  minor: number;
+  state: GpuState;
+  claims: Claim[];
+  selected: boolean;
+  /** The daemon keeps the GPU's node open. */
+  held: boolean;
+  lost: boolean;
+  /** The persistence mode as NVML last read or set it ("unknown" until then). */
+  persistence: PersistenceReading;
+  xids: Record<string, number>;
+  /** Why the GPU is not as wanted, as one line (NVML's error name first where NVML said so). */
+  error: string | null;
+  /** NVML's error name behind `error` (NVML_ERROR_NO_PERMISSION), when NVML said so. */
+  errorCode: string | null;
+}
+
+export interface DaemonStatus {
+  format: typeof STATUS_FORMAT;
+  pid: number;
+  version: string;
+  simulated: boolean;
+  dryRun: boolean;
+  uid: number;
+  /** READY=1 was sent: every selected GPU has settled. */
+  ready: boolean;
+  /** False while a GPU released at a client's request must not be pinned by an NVML session. */
+  nvmlSession: boolean;
+  rpcRequests: number;
+  memory: { rss: number; heapUsed: number };
+  devices: GpuStatus[];
+}
+
+export function gpuStatus(gpu: Gpu): GpuStatus {
+  const fault = gpu.fault;
+  return {
+    index: gpu.index,
+    uuid: gpu.uuid,
+    name: gpu.name,
+    pciBusId: gpu.pci ? formatPciAddress(gpu.pci) : "",
+    minor: gpu.minor,
+    state: gpu.state,
+    claims: [...gpu.claims],
+    selected: gpu.selected,
+    held: gpu.state === "held",
+    lost: gpu.state === "lost",
+    persistence: gpu.persistence,
+    xids: Object.fromEntries([...gpu.xids].map(([xid, n]) => [String(xid), n])),
+    error: fault ? describeError(fault) : null,
+    errorCode: fault && "codeName" in fault && typeof fault.codeName === "string" ? fault.codeName : null,
+  };
+}
+
+type Shape = "number" | "string" | "boolean" | "string|null" | "object";
+
+const GPU_SHAPE: Record<keyof GpuStatus, Shape> = {
+  index: "number",
+  uuid: "string",
+  name: "string",
+  pciBusId: "string",
+  minor: "number",
+  state: "string",
+  claims: "object",
+  selected: "boolean",
+  held: "boolean",
+  lost: "boolean",
+  persistence: "string",
+  xids: "object",
+  error: "string|null",
+  errorCode: "string|null",
+};
+
+const DAEMON_SHAPE: Record<Exclude<keyof DaemonStatus, "devices">, Shape> = {
+  format: "number",
+  pid: "number",
+  version: "string",
+  simulated: "boolean",
+  dryRun: "boolean",
+  uid: "number",
+  ready: "boolean",
+  nvmlSession: "boolean",
+  rpcRequests: "number",
+  memory: "object",
+};
+
+function mismatch(shape: Record<string, Shape>, value: Record<string, unknown>): string | null {
+  for (const [key, want] of Object.entries(shape)) {
+    const v = value[key];
+    const ok =
+      want === "string|null"
+        ? v === null || typeof v === "string"
+        : want === "object"
+          ? typeof v === "object" && v !== null
+          : typeof v === want;
+    if (!ok) return `'${key}' is ${v === undefined ? "missing" : JSON.stringify(v)}, expected ${want}`;
+  }
+  return null;
+}
+
+/**
+ * Checks a status reply; throws an Error that names the daemon's version when it is not a
+ * status this client understands (a daemon left running across an upgrade).
+ */
+export function parseDaemonStatus(value: unknown, clientVersion: string): DaemonStatus {
+  const fail = (why: string): never => {
+    const daemon =
+      typeof value === "object" && value !== null && typeof (value as { version?: unknown }).version === "string"
+        ? `gpu-persistd ${(value as { version: string }).version}`
+        : "the running daemon";
+    throw new Error(
+      `${daemon} answered a status that this gpu-persistd ${clientVersion} cannot read (${why}); ` +
+        "restart the daemon after an upgrade (systemctl restart gpu-persistd)",
+    );
+  };
+  if (typeof value !== "object" || value === null) return fail("not a JSON object");
+  const record = value as Record<string, unknown>;
+  if (record.format !== STATUS_FORMAT) return fail(`status format ${String(record.format)}, expected ${STATUS_FORMAT}`);
+  const top = mismatch(DAEMON_SHAPE, record);
+  if (top) return fail(top);
+  if (!Array.isArray(record.devices)) return fail("'devices' is not a list");
+  for (const [i, d] of record.devices.entries()) {
+    if (typeof d !== "object" || d === null) return fail(`device ${i} is not an object`);
+    const bad = mismatch(GPU_SHAPE, d as Record<string, unknown>);
+    if (bad) return fail(`device ${i}: ${bad}`);
+  }
+  return value as DaemonStatus;
+}

@@ -66,6 +66,7 @@ struct fault {
     int has_return;
     int ret;
     long long afterCalls, afterMs, times, hangMs;
+    int gate; /* block until gpuPersistdSimOpenGate(): tests order events without sleeping */
     long long seen, fired;
 };
 
@@ -83,6 +84,8 @@ struct event_set {
 typedef struct event_set *nvmlEventSet_t;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_changed = PTHREAD_COND_INITIALIZER;
+static unsigned long gate_generation; /* outlives resets: a reset frees every gated call */
 static struct {
     int loaded;
     char load_error[512];
@@ -99,6 +102,8 @@ static struct {
     int init_refs;
     struct timespec first_init;
     int init_seen;
+    int gate_open;
+    int gated; /* calls blocked at the gate now */
 } S = {.call_log_fd = -1};
 
 static long long ms_since_first_init(void) {
@@ -244,6 +249,7 @@ static int load_config_file(const char *path, int dgx) {
         x->afterMs = num_or(fa, "afterMs", 0);
         x->times = num_or(fa, "times", -1);
         x->hangMs = num_or(fa, "hangMs", 0);
+        x->gate = (int)num_or(fa, "gate", 0);
     }
     const struct json *events = json_get(root, "events");
     for (const struct json *ev = events ? events->child : NULL; ev && S.event_count < MAX_EVENTS; ev = ev->next) {
@@ -316,6 +322,13 @@ static int inject(const char *call, int gpu, nvmlReturn_t *ret) {
         hang = f->hangMs;
         decided = f->has_return;
         *ret = f->ret;
+        if (f->gate) {
+            unsigned long generation = gate_generation;
+            S.gated++;
+            pthread_cond_broadcast(&gate_changed);
+            while (!S.gate_open && generation == gate_generation) pthread_cond_wait(&gate_changed, &lock);
+            if (generation == gate_generation) S.gated--;
+        }
         break;
     }
     pthread_mutex_unlock(&lock);
@@ -632,10 +645,40 @@ EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
 
 /* ---- test hook (not part of NVML) ---------------------------------------------- */
 
+/* Blocks until `count` calls wait at a gate (faults with "gate": true), or `timeoutMs`
+ * passes; returns how many wait. Called on a pool thread (koffi's async), never the loop. */
+EXPORT int gpuPersistdSimAwaitGated(int count, int timeoutMs) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeoutMs / 1000;
+    deadline.tv_nsec += (long)(timeoutMs % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&lock);
+    while (S.gated < count) {
+        if (pthread_cond_timedwait(&gate_changed, &lock, &deadline) == ETIMEDOUT) break;
+    }
+    int gated = S.gated;
+    pthread_mutex_unlock(&lock);
+    return gated;
+}
+
+/* Lets every call waiting at a gate go on, and every later one pass it. */
+EXPORT void gpuPersistdSimOpenGate(void) {
+    pthread_mutex_lock(&lock);
+    S.gate_open = 1;
+    pthread_cond_broadcast(&gate_changed);
+    pthread_mutex_unlock(&lock);
+}
+
 /* Forgets all state so the next nvmlInit re-reads the configuration, as a new process
  * would. Only for tests that load the simulator in-process; no call may be in flight. */
 EXPORT void gpuPersistdSimReset(void) {
     pthread_mutex_lock(&lock);
+    gate_generation++; /* nothing may stay blocked past a reset */
+    pthread_cond_broadcast(&gate_changed);
     if (S.call_log_fd >= 0) close(S.call_log_fd);
     memset(&S, 0, sizeof S);
     S.call_log_fd = -1;

@@ -15,8 +15,9 @@ function optionItem(o: OptionSpec): string {
   return `.TP\n${forms.join(", ")}\n${roff(o.help)}${o.upstream ? "" : " (gpu\\-persistd only.)"}`;
 }
 
-function settingItem([key, spec]: [string, { doc: string; env: string; default: unknown }]): string {
-  return `.TP\n\\fB${key}\\fR (\\fB${spec.env}\\fR; default ${roff(JSON.stringify(spec.default))})\n${roff(spec.doc)}`;
+function settingItem([key, spec]: [string, { doc: string; env: string; default: unknown; reload: string }]): string {
+  const reload = spec.reload === "live" ? "Applied by a reload (SIGHUP)." : "Takes effect at the next start.";
+  return `.TP\n\\fB${key}\\fR (\\fB${spec.env}\\fR; default ${roff(JSON.stringify(spec.default))})\n${roff(`${spec.doc} ${reload}`)}`;
 }
 
 export function manPage(): string {

@@ -1,0 +1,190 @@
+// The fast layer's harness: the daemon's own modules in this process, over the simulated
+// libnvidia-ml loaded through the real koffi binding. Ordering comes from the simulator's
+// gates (a call blocks until the test opens the gate), never from sleeping.
+import { readdirSync, readlinkSync, writeFileSync } from "node:fs";
+import koffi from "koffi";
+import pino from "pino";
+import { afterEach } from "vitest";
+import type { Config } from "../../src/config/schema.js";
+import { newConfig } from "../../src/config/schema.js";
+import { Daemon } from "../../src/daemon/daemon.js";
+import { RuntimeDir } from "../../src/runtime-dir.js";
+import { SystemdNotifier } from "../../src/systemd/notify.js";
+import { Scratch, SIM_LIBRARY, type SimConfig } from "./daemon.js";
+
+const sim = koffi.load(SIM_LIBRARY);
+const simReset = sim.func("void gpuPersistdSimReset()");
+const simOpenGate = sim.func("void gpuPersistdSimOpenGate()");
+const simAwaitGated = sim.func("int gpuPersistdSimAwaitGated(int count, int timeoutMs)");
+
+/** Resolves once `count` NVML calls wait at the simulator's gate (on a pool thread, not by polling). */
+export function gated(count: number, timeoutMs = 10_000): Promise<number> {
+  return new Promise((resolve, reject) =>
+    simAwaitGated.async(count, timeoutMs, (err: Error | null, n: number) => {
+      if (err) reject(err);
+      else if (n < count) reject(new Error(`only ${n} of ${count} NVML calls reached the gate in ${timeoutMs} ms`));
+      else resolve(n);
+    }),
+  );
+}
+
+export function openGate(): void {
+  simOpenGate();
+}
+
+/** sd_notify messages, recorded in order instead of sent. */
+export class RecordingNotifier extends SystemdNotifier {
+  readonly sent: Record<string, string>[] = [];
+
+  constructor() {
+    super({}, () => {});
+  }
+
+  override get enabled(): boolean {
+    return true;
+  }
+
+  override send(fields: Record<string, string | number>): boolean {
+    this.sent.push(Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, String(v)])));
+    return true;
+  }
+
+  /** Every message that has `key`. */
+  with(key: string): Record<string, string>[] {
+    return this.sent.filter((m) => key in m);
+  }
+}
+
+/** The end of the process: shutdown's `_exit`, which tests catch. */
+export class ProcessExit extends Error {
+  constructor(readonly code: number) {
+    super(`exit ${code}`);
+  }
+}
+
+export interface LogLine {
+  level: number;
+  msg: string;
+  gpuIndex?: number;
+  [key: string]: unknown;
+}
+
+/** One in-process daemon on simulated GPUs. */
+export class InProcessDaemon {
+  readonly scratch: Scratch;
+  readonly notifier = new RecordingNotifier();
+  readonly lines: LogLine[] = [];
+  readonly daemon: Daemon;
+  /** What a SIGHUP reads: tests change it to change the "file". */
+  nextConfig: Partial<Config> = {};
+  exitCode: number | null = null;
+
+  constructor(scratch: Scratch, config: Partial<Config>) {
+    this.scratch = scratch;
+    const log = pino(
+      { level: "debug", base: null, timestamp: false },
+      { write: (l: string) => this.lines.push(JSON.parse(l)) },
+    );
+    const base = { ...defaults(), runtimeDir: scratch.runtimeDir, simulate: "on", ...config };
+    this.nextConfig = base;
+    const runtime = RuntimeDir.claim(scratch.runtimeDir, {});
+    this.daemon = new Daemon(base, {
+      log,
+      runtime,
+      notifier: this.notifier,
+      env: { GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath },
+      reloadConfig: () => ({ ...base, ...this.nextConfig }),
+      setLogLevel: (level) => {
+        log.level = level;
+      },
+      exit: (code) => {
+        this.exitCode = code;
+        throw new ProcessExit(code);
+      },
+    });
+  }
+
+  get context() {
+    return this.daemon.context;
+  }
+
+  get registry() {
+    const registry = this.daemon.context.registry;
+    if (!registry) throw new Error("no registry yet: the daemon has not identified its GPUs");
+    return registry;
+  }
+
+  /** Log messages, in order. */
+  messages(): string[] {
+    return this.lines.map((l) => (l.gpuIndex === undefined ? l.msg : `GPU ${l.gpuIndex}: ${l.msg}`));
+  }
+
+  /** Stops as SIGTERM would; resolves the exit code, and waits until no NVML call is in flight. */
+  async stop(): Promise<number> {
+    const code = await this.daemon.stop(0, "test").catch((err: unknown) => {
+      if (err instanceof ProcessExit) return err.code;
+      throw err;
+    });
+    await this.context.session?.nvml.idle(5000);
+    return code;
+  }
+}
+
+function defaults(): Config {
+  const conf = newConfig();
+  conf.validate({ allowed: "strict" });
+  return conf.getProperties();
+}
+
+/** Fds of this process open on the simulator's stand-in node for `minor`. */
+export function fdsOn(runtimeDir: string, minor: number): number[] {
+  const target = `${runtimeDir}/sim-dev/nvidia${minor}`;
+  return readdirSync("/proc/self/fd").flatMap((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`) === target ? [Number(fd)] : [];
+    } catch {
+      return [];
+    }
+  });
+}
+
+/**
+ * Per test: a scratch directory, the simulator reset to `sim`, and the daemons stopped and
+ * every gate opened afterwards.
+ */
+export class InProcessFixture {
+  readonly #daemons: InProcessDaemon[] = [];
+  #scratch: Scratch | null = null;
+
+  constructor() {
+    afterEach(async () => {
+      openGate();
+      for (const d of this.#daemons.splice(0)) {
+        if (d.exitCode === null) await d.stop();
+      }
+      simReset();
+      this.#scratch?.cleanup();
+      this.#scratch = null;
+    });
+  }
+
+  get scratch(): Scratch {
+    if (!this.#scratch) throw new Error("call daemon() first");
+    return this.#scratch;
+  }
+
+  /** A daemon (not started) on simulated GPUs configured by `sim`. */
+  daemon(sim: SimConfig, config: Partial<Config> = {}): InProcessDaemon {
+    simReset();
+    this.#scratch = new Scratch();
+    writeFileSync(this.#scratch.callLogPath, "");
+    this.#scratch.writeSimConfig(sim);
+    // The simulator reads its configuration from the environment at nvmlInit.
+    process.env.GPU_PERSISTD_SIM_CONFIG = this.#scratch.simConfigPath;
+    delete process.env.GPU_PERSISTD_SIM_GPUS;
+    delete process.env.GPU_PERSISTD_SIM_PROFILE;
+    const d = new InProcessDaemon(this.#scratch, config);
+    this.#daemons.push(d);
+    return d;
+  }
+}

@@ -1,0 +1,212 @@
+// The daemon's lifecycle in this process, against the simulated libnvidia-ml through the
+// real koffi binding: start-up order, signals during start-up and reloads, stop, and the
+// races between them. Ordering comes from the simulator's gates, never from sleeping.
+import { closeSync, fstatSync, openSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { NvmlError } from "../../native-bindings/nvml-errors.js";
+import { rpcBackend } from "../../src/daemon/rpc-adapter.js";
+import { daemonStatus } from "../../src/daemon/status-snapshot.js";
+import { NvPdStatus } from "../../src/rpc/persistence-program.js";
+import { fdsOn, gated, InProcessFixture, openGate } from "../helpers/in-process.js";
+
+const fixture = new InProcessFixture();
+const gate = (call: string, extra: Record<string, unknown> = {}) => ({ call, gate: true, ...extra });
+const pci = (bus: number) => ({ domain: 0, bus, device: 0, function: 0 });
+
+describe("start-up", () => {
+  it("identifies, holds every GPU once, then sends READY once with the final STATUS", async () => {
+    const d = fixture.daemon({ gpus: [{ persistence: 0 }, { persistence: 1 }] });
+    await d.daemon.run();
+    expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
+    expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(1);
+    expect(d.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(1);
+    const readies = d.notifier.with("READY");
+    expect(readies).toHaveLength(1);
+    expect(readies[0]?.STATUS).toBe("2/2 GPUs persistent");
+    expect(daemonStatus(d.context).devices.map((g) => g.persistence)).toEqual(["enabled", "enabled"]);
+  });
+
+  it("keeps one GPU's failure on that GPU, with NVML's error as a typed value", async () => {
+    const d = fixture.daemon({
+      gpus: 3,
+      faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, return: 4 }],
+    });
+    await d.daemon.run();
+    const [a, b, c] = d.registry.list();
+    expect([a?.state, b?.state, c?.state]).toEqual(["held", "failed", "held"]);
+    expect(b?.fault).toBeInstanceOf(NvmlError);
+    expect(b?.fault).toMatchObject({ codeName: "NVML_ERROR_NO_PERMISSION" });
+    expect(daemonStatus(d.context).devices[1]).toMatchObject({
+      errorCode: "NVML_ERROR_NO_PERMISSION",
+      held: false,
+      state: "failed",
+    });
+    expect(d.notifier.with("READY")[0]?.STATUS).toBe("2/3 GPUs persistent; 00000000:07:00.0: NVML_ERROR_NO_PERMISSION");
+  });
+
+  it("exits 78 when --devices matches no GPU (bad configuration: systemd does not restart it)", async () => {
+    const d = fixture.daemon({ gpus: 2 }, { devices: ["7"] });
+    await expect(d.daemon.run()).rejects.toMatchObject({ code: 78 });
+    expect(d.messages().join("\n")).toContain("--devices names '7', but no GPU has that index (2 GPUs found)");
+  });
+});
+
+describe("signals during start-up", () => {
+  it("SIGHUP during bring-up: each node opened once, the setter called once per GPU, an RPC release leaves no fd", async () => {
+    const d = fixture.daemon({
+      gpus: [{ persistence: 0 }, { persistence: 0 }],
+      faults: [gate("nvmlDeviceGetPersistenceMode")],
+    });
+    const run = d.daemon.run();
+    await gated(2);
+    d.daemon.reload();
+    openGate();
+    await run;
+    await d.daemon.reloadsSettled();
+    expect(d.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(2);
+    expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(1);
+    expect(fdsOn(d.scratch.runtimeDir, 1)).toHaveLength(1);
+    const backend = rpcBackend(d.registry);
+    expect(await backend.setMode(pci(0x06), false)).toBe(NvPdStatus.SUCCESS);
+    expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(0);
+    expect(d.registry.list()[0]?.state).toBe("released");
+  });
+
+  it("SIGHUP while NVML identifies the GPUs: no READY before every GPU settled, then the reload once", async () => {
+    const d = fixture.daemon({ gpus: 2, faults: [gate("nvmlDeviceGetHandleByIndex_v2")] });
+    const run = d.daemon.run();
+    await gated(2);
+    d.daemon.reload();
+    expect(d.notifier.with("READY")).toHaveLength(0);
+    openGate();
+    await run;
+    const first = d.notifier.with("READY");
+    expect(first).toHaveLength(1);
+    expect(first[0]?.STATUS).toBe("2/2 GPUs persistent");
+    await d.daemon.reloadsSettled();
+    // The reload's own READY closes its RELOADING, as systemd's protocol wants.
+    const kinds = d.notifier.sent.filter((m) => "READY" in m || "RELOADING" in m).map((m) => Object.keys(m)[0]);
+    expect(kinds).toEqual(["READY", "RELOADING", "READY"]);
+  });
+
+  it("SIGTERM during bring-up stops at once and leaves no GPU held", async () => {
+    const d = fixture.daemon({ gpus: 2, faults: [gate("nvmlDeviceGetPersistenceMode")] }, { stopTimeoutMs: 50 });
+    const run = d.daemon.run();
+    await gated(2);
+    const stopped = d.daemon.stop(0, "SIGTERM").catch((err: { code: number }) => err.code);
+    expect(await stopped).toBe(0);
+    expect(d.messages().join("\n")).toContain("exiting without a clean NVML shutdown");
+    openGate();
+    await run;
+    expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(0);
+    expect(fdsOn(d.scratch.runtimeDir, 1)).toHaveLength(0);
+    expect(d.notifier.with("READY")).toHaveLength(0);
+  });
+});
+
+describe("reload", () => {
+  it("queues exactly one more reload for SIGHUPs during a slow one: a GPU the second edit adds is held", async () => {
+    const d = fixture.daemon(
+      { gpus: 3, faults: [gate("nvmlDeviceGetPersistenceMode", { gpu: 1 })] },
+      { devices: ["0"] },
+    );
+    await d.daemon.run();
+    d.nextConfig = { devices: ["0", "1"] };
+    d.daemon.reload();
+    await gated(1);
+    d.nextConfig = { devices: ["0", "1", "2"] };
+    d.daemon.reload();
+    d.daemon.reload();
+    openGate();
+    await d.daemon.reloadsSettled();
+    expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held", "held"]);
+    expect(d.notifier.with("RELOADING")).toHaveLength(2);
+  });
+
+  it("applies every live setting, the health interval and NVML time limit included; keeps restart-only ones", async () => {
+    const d = fixture.daemon({ gpus: 1 }, { healthIntervalMs: 10_000, nvmlTimeoutMs: 10_000 });
+    await d.daemon.run();
+    d.nextConfig = { healthIntervalMs: 2500, nvmlTimeoutMs: 3000, stopTimeoutMs: 700, logLevel: "warn", dryRun: true };
+    d.daemon.reload();
+    await d.daemon.reloadsSettled();
+    expect(d.context.health?.intervalMs).toBe(2500);
+    expect(d.context.session?.nvml.timeoutMs).toBe(3000);
+    expect(d.context.session?.idleLimitMs).toBe(700);
+    expect(d.context.config.logLevel).toBe("warn");
+    expect(d.context.config.dryRun).toBe(false);
+    expect(d.messages().join("\n")).toContain("dryRun changed: it takes effect when the daemon restarts");
+  });
+
+  it("releases a GPU no longer selected and leaves a GPU a client released alone", async () => {
+    const d = fixture.daemon({ gpus: 3 });
+    await d.daemon.run();
+    await rpcBackend(d.registry).setMode(pci(0x08), false);
+    d.nextConfig = { devices: ["0", "2"] };
+    d.daemon.reload();
+    await d.daemon.reloadsSettled();
+    expect(d.registry.list().map((g) => g.state)).toEqual(["held", "identified", "released"]);
+    expect(fdsOn(d.scratch.runtimeDir, 1)).toHaveLength(0);
+    expect(d.messages().join("\n")).toContain("GPU 2 stays released, as a client asked");
+  });
+});
+
+describe("requests from clients", () => {
+  it("a release ends the NVML session, a hold starts it again and looks the GPUs up anew", async () => {
+    const d = fixture.daemon({ gpus: 2 });
+    await d.daemon.run();
+    const backend = rpcBackend(d.registry);
+    expect(await backend.setMode(pci(0x07), false)).toBe(NvPdStatus.SUCCESS);
+    expect(d.context.session?.open).toBe(false);
+    expect(backend.mode(pci(0x07))).toBe(false);
+    expect(d.notifier.sent.at(-1)?.STATUS).toBe("1/2 GPUs persistent; 00000000:07:00.0: released");
+    expect(await backend.setMode(pci(0x07), true)).toBe(NvPdStatus.SUCCESS);
+    expect(d.context.session?.open).toBe(true);
+    expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
+    expect(d.scratch.callCount("nvmlInit_v2")).toBe(2);
+    expect(d.scratch.callCount("nvmlDeviceGetHandleByPciBusId_v2")).toBe(2);
+    expect(await backend.setMode(pci(0x99), true)).toBe(NvPdStatus.DEVICE_NOT_FOUND);
+  });
+});
+
+describe("health and loss", () => {
+  it("a GPU lost while it is being held again: no fd left on it, and no other file closed", async () => {
+    const d = fixture.daemon({ gpus: 2 });
+    await d.daemon.run();
+    const gpu = d.registry.list()[0];
+    if (!gpu) throw new Error("no GPU 0");
+    // The node is replaced: the next check opens it again.
+    const node = join(d.scratch.runtimeDir, "sim-dev/nvidia0");
+    rmSync(node);
+    writeFileSync(node, "");
+    const reHold = d.registry.verifyHold(gpu);
+    const lost = d.registry.markLost(gpu, new Error("Xid 79: GPU has fallen off the bus"));
+    const unrelated = openSync(join(d.scratch.dir, "sim.json"), "r");
+    await Promise.all([reHold, lost]);
+    expect(() => fstatSync(unrelated)).not.toThrow();
+    closeSync(unrelated);
+    expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(0);
+    expect(gpu.state).toBe("lost");
+    expect(d.registry.list()[1]?.state).toBe("held");
+  });
+
+  it("a health round marks a GPU lost on NVML_ERROR_GPU_IS_LOST and keeps the others", async () => {
+    const d = fixture.daemon({
+      gpus: 2,
+      faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, return: 15, afterCalls: 1 }],
+    });
+    await d.daemon.run();
+    expect(await d.context.health?.round()).toBe(true);
+    expect(d.registry.list().map((g) => g.state)).toEqual(["held", "lost"]);
+    expect(daemonStatus(d.context).devices[1]?.errorCode).toBe("NVML_ERROR_GPU_IS_LOST");
+    expect(fdsOn(d.scratch.runtimeDir, 1)).toHaveLength(0);
+  });
+
+  it("warns about persistence only when it turns from enabled to disabled, not for a GPU that read disabled", async () => {
+    const d = fixture.daemon({ gpus: [{ persistence: 0 }, { persistence: 1 }] }, { dryRun: true });
+    await d.daemon.run();
+    await d.context.health?.round();
+    expect(d.messages().join("\n")).not.toContain("now reads disabled");
+    expect(daemonStatus(d.context).devices.map((g) => g.persistence)).toEqual(["disabled", "enabled"]);
+  });
+});

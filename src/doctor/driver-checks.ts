@@ -1,6 +1,7 @@
 // The driver side: kernel module, device nodes and their permissions for the daemon's user,
 // the NVML library and whether it matches the loaded kernel module.
 import { statSync } from "node:fs";
+import { fixes } from "../fixes.js";
 import { type Check, fail, pass } from "./check.js";
 import { type Account, accountMay, type HostRoot } from "./host-root.js";
 
@@ -50,14 +51,7 @@ export function deviceNodeChecks(host: HostRoot, account: Account | null): Check
     const missing = [nodes.includes("/dev/nvidiactl") ? "" : "/dev/nvidiactl", gpus.length ? "" : "/dev/nvidia0..N"]
       .filter(Boolean)
       .join(" and ");
-    return [
-      fail(
-        "device-nodes",
-        "GPU device nodes",
-        `${missing} missing`,
-        "load the driver (modprobe nvidia); the nodes come from the driver's udev rule or nvidia-modprobe (nvidia-modprobe -c 0)",
-      ),
-    ];
+    return [fail("device-nodes", "GPU device nodes", `${missing} missing`, fixes.deviceNodesMissing)];
   }
   const found = pass("device-nodes", "GPU device nodes", `${nodes.join(", ")}`);
   const title = `device access for ${account ? `user ${account.name}` : "root"}`;

@@ -7,6 +7,7 @@ import {
   NVML_ERROR_LIB_RM_VERSION_MISMATCH,
 } from "../../native-bindings/nvml-return-codes.js";
 import type { Config } from "../config/schema.js";
+import { fixes } from "../fixes.js";
 import { describeError } from "../gpu/describe-error.js";
 import { nvmlLibraryFor } from "../simulation.js";
 import type { DaemonStatus } from "../status/daemon-status.js";
@@ -35,14 +36,7 @@ export async function nvmlChecks(
     nvml = Nvml.load(library, config.nvmlTimeoutMs);
   } catch (err) {
     if (!(err instanceof NvmlLoadError)) throw err;
-    return [
-      fail(
-        "nvml-library",
-        "NVML library",
-        err.message,
-        "install the driver's NVML library (Debian: apt-get install libnvidia-ml1), or set nvmlLibrary in the config to its path",
-      ),
-    ];
+    return [fail("nvml-library", "NVML library", err.message, fixes.installNvml)];
   }
   const checks = [pass("nvml-library", "NVML library", `loaded ${library}`)];
   try {
@@ -53,7 +47,7 @@ export async function nvmlChecks(
       code === NVML_ERROR_LIB_RM_VERSION_MISMATCH
         ? MISMATCH_FIX
         : code === NVML_ERROR_DRIVER_NOT_LOADED
-          ? "modprobe nvidia, and check that /dev/nvidiactl exists"
+          ? fixes.loadDriver
           : "see NVML's error above; dmesg | grep -i nvrm shows the driver's side";
     checks.push(fail("driver-version", "NVML and kernel driver", `nvmlInit failed: ${describeError(err)}`, fix));
     return finish(nvml, config, checks, false);
@@ -67,7 +61,7 @@ export async function nvmlChecks(
             "driver-version",
             "NVML and kernel driver",
             `NVML is driver ${libraryVersion}; /proc/driver/nvidia/version is missing or unreadable`,
-            "modprobe nvidia",
+            fixes.loadDriver,
           )
         : kernelVersion !== libraryVersion
           ? fail(

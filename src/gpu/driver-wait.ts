@@ -6,6 +6,7 @@ import { NvmlError } from "../../native-bindings/nvml-errors.js";
 import { NVML_ERROR_DRIVER_NOT_LOADED } from "../../native-bindings/nvml-return-codes.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
+import { fixes } from "../fixes.js";
 import type { Log } from "../log.js";
 import type { SystemdNotifier } from "../systemd/notify.js";
 import { describeError } from "./describe-error.js";
@@ -41,8 +42,7 @@ export async function initWhenDriverLoads(
         throw new FatalError(
           ExitCode.UNAVAILABLE,
           `the NVIDIA driver is not loaded (${describeError(err)}) and did not load within ${Math.round(waitMs / 1000)} s. ` +
-            "Load it (modprobe nvidia; dmesg | grep -i nvrm says why it failed) and check that /dev/nvidiactl exists, " +
-            "or give it longer with driverWaitMs (GPU_PERSISTD_DRIVER_WAIT_MS).",
+            `To fix: ${fixes.loadDriver}; or give it longer with driverWaitMs (GPU_PERSISTD_DRIVER_WAIT_MS).`,
         );
       }
       const status = `waiting for the NVIDIA driver (NVML_ERROR_DRIVER_NOT_LOADED), ${Math.round(waited / 1000)} s of ${Math.round(waitMs / 1000)} s`;

@@ -70,6 +70,35 @@ export function tryLockFile(fd: number): boolean {
   throw new Error(`lockf failed: ${code}`);
 }
 
+const F_GETLK = 5;
+const F_WRLCK = 1;
+const F_UNLCK = 2;
+let flockDeclared = false;
+
+/**
+ * Who holds a lock that keeps a write lock on the whole file from being taken: null when
+ * none does, else the holder's PID and whether it holds a write lock (a daemon) or only a
+ * read lock (any user who can open the file can take one).
+ */
+export function lockHolder(fd: number): { pid: number; write: boolean } | null {
+  if (!flockDeclared) {
+    // struct flock of x86-64 and arm64 glibc; named, so the prototype below can use it.
+    koffi.struct("flock", {
+      l_type: "short",
+      l_whence: "short",
+      l_start: "int64_t",
+      l_len: "int64_t",
+      l_pid: "int32_t",
+    });
+    flockDeclared = true;
+  }
+  const lock = { l_type: F_WRLCK, l_whence: 0, l_start: 0, l_len: 0, l_pid: 0 };
+  if (libcFunction("int fcntl(int fd, int cmd, _Inout_ flock *lock)")(fd, F_GETLK, lock) !== 0) {
+    throw new Error(`fcntl(F_GETLK) failed: ${lastErrno().code}`);
+  }
+  return lock.l_type === F_UNLCK ? null : { pid: lock.l_pid, write: lock.l_type === F_WRLCK };
+}
+
 /**
  * Ends the process at once. Unlike process.exit(), it does not wait for NVML calls still
  * blocked on the libuv pool (measured: process.exit waited 5 s for one).

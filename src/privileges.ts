@@ -1,7 +1,7 @@
 // --user/--group: resolved before any GPU is touched (an unknown name exits 67), applied
 // after bring-up in the only safe order (supplementary groups, gid, uid), then verified
 // from /proc/self/status. Any failed step ends the daemon: it never runs half-dropped.
-import { chownSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { initgroups, setgroups, setresgid, setresuid } from "../native-bindings/libc.js";
 import { lookUpGroup, lookUpUser, type UserEntry } from "../native-bindings/user-database.js";
 import { ExitCode } from "./exit-codes.js";
@@ -53,11 +53,8 @@ function idsOf(status: string, key: string): number[] {
     .map(Number);
 }
 
-/**
- * Hands `paths` (the runtime directory) to the target so it can still remove its files at
- * exit, then switches identity. Throws FatalError (exit 77) naming the step that failed.
- */
-export function dropPrivileges(target: TargetIdentity, paths: string[]): void {
+/** Switches identity for good. Throws FatalError (exit 77) naming the step that failed. */
+export function dropPrivileges(target: TargetIdentity): void {
   const step = (what: string, action: () => void): void => {
     try {
       action();
@@ -68,7 +65,6 @@ export function dropPrivileges(target: TargetIdentity, paths: string[]): void {
       );
     }
   };
-  for (const path of paths) step(`chown ${path}`, () => chownSync(path, target.uid, target.gid));
   const user = target.user;
   step("setting supplementary groups", () => (user ? initgroups(user.name, target.gid) : setgroups([target.gid])));
   step("setgid", () => setresgid(target.gid));

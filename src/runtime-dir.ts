@@ -1,19 +1,11 @@
 // The runtime directory: PID file (the single-instance lock) and the daemon's sockets.
-import {
-  closeSync,
-  fchmodSync,
-  ftruncateSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  rmdirSync,
-  rmSync,
-  writeSync,
-} from "node:fs";
+import { closeSync, fchmodSync, ftruncateSync, rmdirSync, rmSync, unlinkSync, writeSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { tryLockFile } from "../native-bindings/libc.js";
+import { lockHolder, tryLockFile } from "../native-bindings/libc.js";
+import { checkSocketPathLength } from "./connections/socket-file.js";
 import { ExitCode } from "./exit-codes.js";
 import { FatalError } from "./fatal-error.js";
+import { claimDirectory, openOwnedFile } from "./safe-files.js";
 
 export const PID_FILE_NAME = "nvidia-persistenced.pid";
 export const CONTROL_SOCKET_NAME = "gpu-persistd.sock";
@@ -33,6 +25,37 @@ function permissionAware(err: unknown, what: string): FatalError {
     );
   }
   return new FatalError(ExitCode.FAILURE, `${what}: ${e.message}`);
+}
+
+function openPidFile(path: string): number {
+  try {
+    return openOwnedFile(path, 0o644);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code) throw permissionAware(err, `cannot open PID file ${path}`);
+    throw new FatalError(ExitCode.CONFIG, `unsafe PID file: ${(err as Error).message}`);
+  }
+}
+
+/** Opens and write-locks the PID file; throws FatalError naming a running daemon's PID. */
+function lockPidFile(path: string): number {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const fd = openPidFile(path);
+    if (tryLockFile(fd)) return fd;
+    const holder = lockHolder(fd);
+    if (holder?.write) {
+      closeSync(fd);
+      throw new FatalError(
+        ExitCode.FAILURE,
+        `another persistence daemon (PID ${holder.pid}) holds the lock on ${path}. ` +
+          "Stop it first (systemctl stop gpu-persistd nvidia-persistenced), or give this one another --runtime-dir.",
+      );
+    }
+    // Only a read lock, which any user who can read the file may take: not a daemon. A new
+    // file takes its place (the directory is ours alone, so no one else can plant one).
+    closeSync(fd);
+    unlinkSync(path);
+  }
+  throw new FatalError(ExitCode.FAILURE, `cannot lock the PID file ${path}: other processes keep locking it`);
 }
 
 export class RuntimeDir {
@@ -64,40 +87,38 @@ export class RuntimeDir {
   }
 
   /**
-   * Creates the directory if needed, locks the PID file and writes our PID. A second
-   * instance is refused with the PID of the first. The lock, not the file's existence,
-   * decides: a file left by a killed daemon is simply taken over.
+   * Creates the directory if needed (refusing one another user owns or may write), locks
+   * the PID file and writes our PID. A second daemon is refused with its PID. The lock, not
+   * the file's existence, decides: a file left by a killed daemon is taken over, and so is
+   * one another user merely holds a read lock on (only a daemon's write lock counts).
    */
   static claim(dir: string, env: NodeJS.ProcessEnv = process.env): RuntimeDir {
-    let created = false;
+    checkSocketPathLength(join(dir, CONTROL_SOCKET_NAME), "--runtime-dir (runtimeDir)");
+    let created: boolean;
     try {
-      created = mkdirSync(dir, { recursive: true, mode: 0o755 }) !== undefined;
+      created = claimDirectory(dir, 0o755);
     } catch (err) {
-      throw permissionAware(err, `cannot create runtime directory ${dir}`);
+      if ((err as NodeJS.ErrnoException).code) throw permissionAware(err, `cannot create runtime directory ${dir}`);
+      throw new FatalError(ExitCode.CONFIG, `unsafe runtime directory: ${(err as Error).message}`);
     }
     const pidPath = join(dir, PID_FILE_NAME);
-    let fd: number;
-    try {
-      fd = openSync(pidPath, "a+", 0o644);
-    } catch (err) {
-      throw permissionAware(err, `cannot open PID file ${pidPath}`);
-    }
-    // "a+" only to create without truncating: another instance's PID must survive our look.
-    if (!tryLockFile(fd)) {
-      const holder = readFileSync(pidPath, "utf8").trim() || "unknown";
-      closeSync(fd);
-      throw new FatalError(
-        ExitCode.FAILURE,
-        `another persistence daemon (PID ${holder}) holds the lock on ${pidPath}. ` +
-          "Stop it first (systemctl stop gpu-persistd nvidia-persistenced), or give this one another --runtime-dir.",
-      );
-    }
+    const fd = lockPidFile(pidPath);
     ftruncateSync(fd, 0);
     writeSync(fd, `${process.pid}\n`, 0);
     // As nvidia-persistenced's: readable by all, whatever the umask (the unit sets 0077).
     fchmodSync(fd, 0o644);
     const managed = (env.RUNTIME_DIRECTORY ?? "").split(":").some((d) => resolve(d) === resolve(dir));
     return new RuntimeDir(dir, created, fd, managed);
+  }
+
+  #dropped = false;
+
+  /**
+   * The daemon no longer runs as the directory's owner: what it cannot remove at exit is
+   * left for the next start to take over (or for systemd to remove), not reported.
+   */
+  privilegesDropped(): void {
+    this.#dropped = true;
   }
 
   /** Records a path (a socket, the stand-in device directory) to remove at exit. */
@@ -109,7 +130,7 @@ export class RuntimeDir {
    * Removes everything this daemon put here, and the directory if it created it. Returns
    * what it could not remove, with the reason. Under systemd's RuntimeDirectory= nothing is
    * left to do: systemd removes the whole directory when the service stops, also what a
-   * dropped user may no longer unlink.
+   * dropped user may no longer unlink. The directory is never given to the dropped user.
    */
   remove(): string[] {
     const left: string[] = [];
@@ -117,7 +138,9 @@ export class RuntimeDir {
       try {
         action();
       } catch (err) {
-        if (!this.managedBySystemd) left.push(`${path}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+        const code = (err as NodeJS.ErrnoException).code;
+        const expected = this.managedBySystemd || (this.#dropped && (code === "EACCES" || code === "EPERM"));
+        if (!expected) left.push(`${path}: ${code ?? err}`);
       }
     };
     for (const path of this.#extraPaths) attempt(path, () => rmSync(path, { recursive: true, force: true }));

@@ -1,8 +1,9 @@
 // --simulate: the daemon loads the simulated libnvidia-ml built beside it and tells it the
 // GPU count or profile through the environment it reads at nvmlInit.
-import { chmodSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, fchmodSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { deviceNodePath } from "./gpu/device-node.js";
+import { claimDirectory, openOwnedFile } from "./safe-files.js";
 
 const SIM_LIBRARY = "libnvidia-ml-sim.so";
 
@@ -32,14 +33,16 @@ export function nvmlLibraryFor(config: { simulate: string; nvmlLibrary: string }
   return simulatorLibraryPath();
 }
 
-/** Stand-in device nodes: plain files the daemon opens and holds as it would /dev/nvidiaN. */
+/**
+ * Stand-in device nodes: plain files the daemon opens and holds as it would /dev/nvidiaN.
+ * The directory and files must be ours (a link or another user's file there is refused).
+ */
 export function createStandInNodes(dir: string, minors: number[]): void {
-  mkdirSync(dir, { recursive: true });
-  chmodSync(dir, 0o755);
+  claimDirectory(dir, 0o755);
   for (const minor of minors) {
-    const path = deviceNodePath(dir, minor);
-    if (!existsSync(path)) writeFileSync(path, "");
+    const fd = openOwnedFile(deviceNodePath(dir, minor), 0o666);
     // As the driver's nodes: any user may open them, also the daemon after --user.
-    chmodSync(path, 0o666);
+    fchmodSync(fd, 0o666);
+    closeSync(fd);
   }
 }

@@ -1,7 +1,8 @@
-import { readFileSync, statSync } from "node:fs";
+import { closeSync, readSync } from "node:fs";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
-import { type Config, type ConfigKey, DEFAULT_CONFIG_PATH, newConfig } from "./schema.js";
+import { openRegularFile } from "../safe-files.js";
+import { type Config, type ConfigKey, configSchema, DEFAULT_CONFIG_PATH, newConfig } from "./schema.js";
 
 /** Config files are a few hundred bytes; anything this large is a mistake, not a config. */
 const MAX_CONFIG_BYTES = 64 * 1024;
@@ -19,21 +20,36 @@ function configError(message: string): FatalError {
   return new FatalError(ExitCode.CONFIG, message);
 }
 
-function readConfigFile(path: string, explicit: boolean): Record<string, unknown> {
-  let size: number;
+/** The file's text: a regular file (no device, FIFO or directory), at most MAX_CONFIG_BYTES. */
+function readBounded(path: string): string {
+  const { fd, size } = openRegularFile(path);
   try {
-    size = statSync(path).size;
+    if (size > MAX_CONFIG_BYTES) {
+      throw configError(`config file ${path} is ${size} bytes; at most ${MAX_CONFIG_BYTES} are accepted`);
+    }
+    // One byte more than allowed: a file that grew since fstat is caught too.
+    const buffer = Buffer.alloc(MAX_CONFIG_BYTES + 1);
+    const read = readSync(fd, buffer, 0, buffer.length, 0);
+    if (read > MAX_CONFIG_BYTES) throw configError(`config file ${path} is over ${MAX_CONFIG_BYTES} bytes`);
+    return buffer.toString("utf8", 0, read);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function readConfigFile(path: string, explicit: boolean): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readBounded(path);
   } catch (err) {
+    if (err instanceof FatalError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "ENOENT" && !explicit) return {};
     throw configError(`cannot read config file ${path}: ${(err as Error).message}`);
   }
-  if (size > MAX_CONFIG_BYTES) {
-    throw configError(`config file ${path} is ${size} bytes; at most ${MAX_CONFIG_BYTES} are accepted`);
-  }
   let parsed: unknown;
   try {
-    parsed = JSON.parse(readFileSync(path, "utf8"));
+    parsed = JSON.parse(text);
   } catch (err) {
     throw configError(`config file ${path} is not valid JSON: ${(err as Error).message}`);
   }
@@ -63,7 +79,8 @@ export function loadConfig(source: ConfigSource, env: NodeJS.ProcessEnv = proces
     // The file's keys are checked before loading, so a key that is not a setting is named
     // with its origin, not lost in convict's generic message.
     for (const key of Object.keys(fileValues)) {
-      if (!conf.has(key as ConfigKey)) {
+      // Own keys of the schema only: "__proto__" or "toString" are not settings.
+      if (!Object.hasOwn(configSchema, key)) {
         throw new Error(`unknown setting '${key}' in ${origin}; known settings: ${settingNames(conf)}`);
       }
     }

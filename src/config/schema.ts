@@ -9,6 +9,8 @@ export const SIMULATION_PROFILES = ["dgx-h100"] as const;
 export const MAX_SIMULATED_GPUS = 256;
 /** Most GPUs brought up at once: below the libuv pool (128) so health checks and file I/O keep threads. */
 export const MAX_BRING_UP_CONCURRENCY = 96;
+/** The longest delay a Node timer takes. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 // Strict formats: a value that is not clearly of the type stays as given and fails
 // validation, rather than being coerced (convict's Boolean turns "yes" into true silently).
@@ -28,9 +30,12 @@ convict.addFormats({
     },
     coerce: (value: string) => BOOLEAN_WORDS[value.toLowerCase()] ?? value,
   },
-  "positive-int": {
+  // Node's timers hold at most 2^31-1 ms (24.8 days); a larger delay fires after 1 ms.
+  milliseconds: {
     validate(value: unknown) {
-      if (!Number.isInteger(value) || (value as number) < 1) throw new Error("must be a positive integer");
+      if (!Number.isInteger(value) || (value as number) < 1 || (value as number) > MAX_TIMER_MS) {
+        throw new Error(`must be an integer from 1 to ${MAX_TIMER_MS} (milliseconds)`);
+      }
     },
     coerce: (value: string) => (/^\d+$/.test(value) ? Number(value) : value),
   },
@@ -42,9 +47,11 @@ convict.addFormats({
     },
     coerce: (value: string) => (/^\d+$/.test(value) ? Number(value) : value),
   },
-  "non-negative-int": {
+  "milliseconds-or-zero": {
     validate(value: unknown) {
-      if (!Number.isInteger(value) || (value as number) < 0) throw new Error("must be an integer of 0 or more");
+      if (!Number.isInteger(value) || (value as number) < 0 || (value as number) > MAX_TIMER_MS) {
+        throw new Error(`must be an integer from 0 to ${MAX_TIMER_MS} (milliseconds)`);
+      }
     },
     coerce: (value: string) => (/^\d+$/.test(value) ? Number(value) : value),
   },
@@ -188,7 +195,7 @@ export const configSchema = {
   },
   nvmlTimeoutMs: {
     doc: "Time limit for one NVML call, in milliseconds.",
-    format: "positive-int",
+    format: "milliseconds",
     default: 10000,
     env: "GPU_PERSISTD_NVML_TIMEOUT_MS",
     reload: "live" as const,
@@ -202,21 +209,21 @@ export const configSchema = {
   },
   driverWaitMs: {
     doc: "How long to wait at start for the NVIDIA driver to load, in milliseconds (0: do not wait).",
-    format: "non-negative-int",
+    format: "milliseconds-or-zero",
     default: 60000,
     env: "GPU_PERSISTD_DRIVER_WAIT_MS",
     reload: "restart" as const,
   },
   healthIntervalMs: {
     doc: "Interval of the NVML health check, in milliseconds (shortened to a third of systemd's watchdog interval).",
-    format: "positive-int",
+    format: "milliseconds",
     default: 10000,
     env: "GPU_PERSISTD_HEALTH_INTERVAL_MS",
     reload: "live" as const,
   },
   stopTimeoutMs: {
     doc: "Time a stop may spend on NVML before the process exits anyway, in milliseconds.",
-    format: "positive-int",
+    format: "milliseconds",
     default: 1000,
     env: "GPU_PERSISTD_STOP_TIMEOUT_MS",
     reload: "live" as const,

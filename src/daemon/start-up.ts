@@ -253,8 +253,10 @@ export async function startUp(ctx: DaemonContext): Promise<void> {
   await openSockets(ctx, registry);
   checkpoint(ctx);
   if (identity) {
-    // Outside systemd the dropped user must still be able to remove its runtime files.
-    dropPrivileges(identity, runtime.managedBySystemd ? [] : [runtime.dir]);
+    // The runtime directory stays root's: the dropped user could otherwise plant links there
+    // for root's next start. What it cannot remove at exit, the next start takes over.
+    dropPrivileges(identity);
+    runtime.privilegesDropped();
     log.info(`now running as ${identity.description}`);
   }
   startHealth(ctx, session, registry);

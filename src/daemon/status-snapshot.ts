@@ -6,7 +6,7 @@ import { statusLine } from "../status/status-line.js";
 import type { DaemonContext } from "./context.js";
 
 export function daemonStatus(ctx: DaemonContext): DaemonStatus {
-  const { rss, heapUsed } = process.memoryUsage();
+  const { rss, heapUsed, external } = process.memoryUsage();
   return {
     format: STATUS_FORMAT,
     pid: process.pid,
@@ -17,7 +17,7 @@ export function daemonStatus(ctx: DaemonContext): DaemonStatus {
     ready: ctx.ready,
     nvmlSession: ctx.session?.open ?? false,
     rpcRequests: ctx.rpc?.requests ?? 0,
-    memory: { rss, heapUsed },
+    memory: { rss, heapUsed, external },
     devices: (ctx.registry?.list() ?? []).map(gpuStatus),
   };
 }

@@ -1,10 +1,12 @@
 // Writes the metrics for node_exporter's textfile collector: the whole file replaced at
 // once (a temporary file renamed over it), so a scrape never reads half of it.
-import { chmodSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { closeSync, fchmodSync, renameSync, rmSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import type { Log } from "../log.js";
+import { createExclusive } from "../safe-files.js";
 import { grantWrite, INSTALL_NODE_EXPORTER, installDropIn } from "./metrics-fixes.js";
 
 const UNIT_HINT =
@@ -65,13 +67,18 @@ export class MetricsTextfile {
   }
 
   #write(): void {
+    // A new file each time, never one someone placed there: the directory may be shared.
+    const temporary = `${this.#temporary}.${randomBytes(6).toString("hex")}`;
+    const fd = createExclusive(temporary, 0o644);
     try {
-      writeFileSync(this.#temporary, this.#render());
+      writeSync(fd, this.#render());
       // node_exporter runs as its own user; the unit's UMask=0077 would hide the file from it.
-      chmodSync(this.#temporary, 0o644);
-      renameSync(this.#temporary, this.#path);
+      fchmodSync(fd, 0o644);
+      closeSync(fd);
+      renameSync(temporary, this.#path);
     } catch (err) {
-      rmSync(this.#temporary, { force: true });
+      closeSync(fd);
+      rmSync(temporary, { force: true });
       throw err;
     }
   }

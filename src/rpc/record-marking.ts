@@ -35,14 +35,17 @@ export class RecordAssembler {
     return this.#pending.length + this.#recordBytes;
   }
 
-  /**
-   * Feeds bytes as they arrive; returns the records completed by them, in order. Throws
-   * RecordError as soon as a header announces more than the limits allow: the stream
-   * cannot be resynchronised, so the caller must close the connection.
-   */
-  push(chunk: Buffer): Buffer[] {
+  /** Keeps bytes as they arrive; records are taken out one at a time with next(). */
+  append(chunk: Buffer): void {
     this.#pending = this.#pending.length ? Buffer.concat([this.#pending, chunk]) : chunk;
-    const records: Buffer[] = [];
+  }
+
+  /**
+   * The next complete record, or null until more bytes arrive. Throws RecordError as soon
+   * as a header announces more than the limits allow: the stream cannot be resynchronised,
+   * so the caller must close the connection.
+   */
+  next(): Buffer | null {
     while (this.#pending.length >= 4) {
       const word = this.#pending.readUInt32BE(0);
       const length = word & 0x7fffffff;
@@ -54,16 +57,25 @@ export class RecordAssembler {
       if (this.#fragments.length + 1 > this.#limits.maxFragments) {
         throw new RecordError(`record of more than ${this.#limits.maxFragments} fragments`);
       }
-      if (this.#pending.length < 4 + length) break;
+      if (this.#pending.length < 4 + length) return null;
       this.#fragments.push(Buffer.from(this.#pending.subarray(4, 4 + length)));
       this.#recordBytes += length;
       this.#pending = this.#pending.subarray(4 + length);
       if (word & LAST_FRAGMENT) {
-        records.push(this.#fragments.length === 1 ? (this.#fragments[0] as Buffer) : Buffer.concat(this.#fragments));
+        const record = this.#fragments.length === 1 ? (this.#fragments[0] as Buffer) : Buffer.concat(this.#fragments);
         this.#fragments = [];
         this.#recordBytes = 0;
+        return record;
       }
     }
+    return null;
+  }
+
+  /** append, then every record completed by it, in order (throws as next() does). */
+  push(chunk: Buffer): Buffer[] {
+    this.append(chunk);
+    const records: Buffer[] = [];
+    for (let record = this.next(); record !== null; record = this.next()) records.push(record);
     return records;
   }
 }

@@ -1,37 +1,43 @@
 // The persistence RPC service on a unix stream socket: record marking, several and
 // pipelined calls per connection answered in order, and limits that keep a hostile local
-// client from exhausting memory or blocking others (record size, fragments, calls queued
-// per connection, idle time, connections).
-import { chmodSync, rmSync } from "node:fs";
+// client from exhausting memory or locking others out: bounded unsent replies and input per
+// connection (reading stops until the client reads), a deadline for each whole record,
+// connection slots per uid with a reserve for root, and every call before a half-close
+// answered.
+import { chmodSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { type PeerCredentials, peerCredentials } from "../../native-bindings/peer-credentials.js";
+import { ConnectionSlots, type SlotLimits } from "../connections/connection-slots.js";
+import { RejectionLog } from "../connections/rejection-log.js";
+import { socketFd } from "../connections/socket-fd.js";
+import { clearStaleSocket } from "../connections/socket-file.js";
 import type { Log } from "../log.js";
 import { handlePersistenceCall, type PersistenceBackend } from "./persistence-program.js";
 import { frameRecord, RecordAssembler, RecordError } from "./record-marking.js";
-import { RejectionLog } from "./rejection-log.js";
 import { AcceptStat, acceptedReply, decodeCall } from "./rpc-message.js";
 
 export interface RpcLimits {
   maxRecordBytes: number;
   maxFragments: number;
-  /** Calls read but not yet answered on one connection; reading pauses beyond it. */
-  maxQueuedCalls: number;
-  idleTimeoutMs: number;
-  maxConnections: number;
+  /** Received bytes not yet answered on one connection; reading pauses beyond it. */
+  maxInputBytes: number;
+  /** Replies written but not yet read by the client; answering pauses beyond it. */
+  maxUnsentBytes: number;
+  /** Time a client has for each whole record (and to read a reply): not reset by single bytes. */
+  recordDeadlineMs: number;
+  slots: SlotLimits;
 }
 
 export const DEFAULT_RPC_LIMITS: RpcLimits = {
   // The largest valid call is under 200 bytes; AUTH_SYS credentials add at most 400.
   maxRecordBytes: 8192,
   maxFragments: 64,
-  maxQueuedCalls: 16,
-  idleTimeoutMs: 10_000,
-  maxConnections: 4096,
+  maxInputBytes: 16 * 1024,
+  maxUnsentBytes: 16 * 1024,
+  recordDeadlineMs: 5000,
+  // NVML opens one short connection per query; DCGM and containers run as root or many uids.
+  slots: { total: 4096, perUid: 256, reserve: 64 },
 };
-
-function fdOf(socket: Socket): number {
-  return (socket as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1;
-}
 
 export class RpcServer {
   readonly #server: Server;
@@ -67,15 +73,16 @@ export class RpcServer {
     log: Log,
     limits: RpcLimits = DEFAULT_RPC_LIMITS,
   ): Promise<RpcServer> {
-    const rejections = new RejectionLog(log);
+    const rejections = new RejectionLog(log, "RPC");
+    const slots = new ConnectionSlots(limits.slots);
     let rpc: RpcServer | null = null;
-    const server = createServer((socket) => {
+    // Half-open: a client may send its calls, shut its side, and still read every reply.
+    const server = createServer({ allowHalfOpen: true }, (socket) => {
       if (!rpc) return socket.destroy();
-      rpc.#serve(socket, backend, log, rejections, limits);
+      rpc.#serve(socket, { backend, log, rejections, limits, slots });
     });
     rpc = new RpcServer(server);
-    // We hold the PID lock: a socket file here was left by a daemon that was killed.
-    rmSync(path, { force: true });
+    clearStaleSocket(path);
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen({ path, backlog: 4096 }, () => {
@@ -89,80 +96,132 @@ export class RpcServer {
     return rpc;
   }
 
-  #serve(socket: Socket, backend: PersistenceBackend, log: Log, rejections: RejectionLog, limits: RpcLimits): void {
+  #serve(
+    socket: Socket,
+    o: { backend: PersistenceBackend; log: Log; rejections: RejectionLog; limits: RpcLimits; slots: ConnectionSlots },
+  ): void {
+    const { limits, rejections, log } = o;
     let peer: PeerCredentials;
     try {
-      peer = peerCredentials(fdOf(socket));
+      peer = peerCredentials(socketFd(socket));
     } catch (err) {
       log.warn(`RPC: cannot read a client's credentials (${(err as Error).message}); closing its connection`);
       socket.destroy();
       return;
     }
-    if (this.#sockets.size >= limits.maxConnections) {
-      rejections.report(peer, `more than ${limits.maxConnections} connections open; closing this one`);
+    const slot = o.slots.take(peer.uid);
+    if (typeof slot === "string") {
+      rejections.report(peer, `${slot}; closing this one`);
       socket.destroy();
       return;
     }
     this.#sockets.add(socket);
-    socket.on("close", () => this.#sockets.delete(socket));
-    socket.on("error", () => socket.destroy());
-    // A client that closes its end gets its pending replies, then the connection goes at once
-    // (not at the idle timeout): NVML opens one connection per query.
-    socket.on("end", () => {
-      ended = true;
-      if (!working) socket.destroy();
+    let deadline: NodeJS.Timeout | undefined;
+    socket.on("close", () => {
+      this.#sockets.delete(socket);
+      clearTimeout(deadline);
+      slot();
     });
-    socket.setTimeout(limits.idleTimeoutMs, () => socket.destroy());
-    let ended = false;
+    socket.on("error", () => socket.destroy());
+    // The client has recordDeadlineMs for what it must do next (send a whole record, or read
+    // replies), counted from when its turn began: bytes of an unfinished record do not reset it.
+    let clientsTurn = false;
+    const clientTurn = (): void => {
+      if (clientsTurn) return;
+      clientsTurn = true;
+      deadline = setTimeout(() => socket.destroy(), limits.recordDeadlineMs);
+    };
+    const daemonsTurn = (): void => {
+      clientsTurn = false;
+      clearTimeout(deadline);
+    };
+    clientTurn();
     const assembler = new RecordAssembler(limits);
-    const queue: Buffer[] = [];
+    let ended = false;
     let working = false;
+
+    const answer = async (record: Buffer): Promise<Buffer | null> => {
+      const decoded = decodeCall(record);
+      if (decoded.kind === "ignore") {
+        rejections.report(peer, `not an RPC call: ${decoded.reason}`);
+        this.#count("unknown", "not_a_call");
+        return null;
+      }
+      if (decoded.kind === "denied") {
+        rejections.report(peer, decoded.reason);
+        this.#count("unknown", "denied");
+        return decoded.reply;
+      }
+      try {
+        const handled = await handlePersistenceCall(decoded.call, peer, o.backend);
+        if (handled.rejected) rejections.report(peer, handled.rejected);
+        if (handled.changed) log.info(`RPC: ${handled.changed}`);
+        if (handled.answered && log.isLevelEnabled("debug")) {
+          log.debug({ peerPid: peer.pid, peerUid: peer.uid }, `RPC: ${handled.answered}`);
+        }
+        this.#count(handled.procedure, handled.result);
+        return handled.reply;
+      } catch (err) {
+        log.error(`RPC: procedure ${decoded.call.proc} failed: ${(err as Error).stack ?? err}`);
+        this.#count("unknown", "system_err");
+        return acceptedReply(decoded.call.xid, AcceptStat.SYSTEM_ERR);
+      }
+    };
+
+    /** Until the client has read enough of what was written (or the deadline ends it). */
+    const unsentDrained = (): Promise<void> =>
+      new Promise((resolve) => {
+        clientTurn();
+        const done = (): void => {
+          socket.off("drain", done);
+          socket.off("close", done);
+          daemonsTurn();
+          resolve();
+        };
+        socket.on("drain", done);
+        socket.on("close", done);
+      });
+
     const drain = async (): Promise<void> => {
       if (working) return;
       working = true;
-      while (queue.length && !socket.destroyed) {
-        const record = queue.shift() as Buffer;
-        const decoded = decodeCall(record);
-        let reply: Buffer | null = null;
-        if (decoded.kind === "ignore") {
-          rejections.report(peer, `not an RPC call: ${decoded.reason}`);
-          this.#count("unknown", "not_a_call");
-        } else if (decoded.kind === "denied") {
-          rejections.report(peer, decoded.reason);
-          this.#count("unknown", "denied");
-          reply = decoded.reply;
-        } else {
-          try {
-            const handled = await handlePersistenceCall(decoded.call, peer, backend);
-            if (handled.rejected) rejections.report(peer, handled.rejected);
-            if (handled.changed) log.info(`RPC: ${handled.changed}`);
-            if (handled.answered) log.debug({ peerPid: peer.pid, peerUid: peer.uid }, `RPC: ${handled.answered}`);
-            this.#count(handled.procedure, handled.result);
-            reply = handled.reply;
-          } catch (err) {
-            log.error(`RPC: procedure ${decoded.call.proc} failed: ${(err as Error).stack ?? err}`);
-            this.#count("unknown", "system_err");
-            reply = acceptedReply(decoded.call.xid, AcceptStat.SYSTEM_ERR);
-          }
-        }
-        if (reply && !socket.destroyed) socket.write(frameRecord(reply));
-        if (queue.length < limits.maxQueuedCalls && socket.isPaused()) socket.resume();
-      }
-      working = false;
-      if (ended) socket.destroy();
-    };
-    socket.on("data", (chunk: Buffer) => {
-      let records: Buffer[];
       try {
-        records = assembler.push(chunk);
-      } catch (err) {
-        if (!(err instanceof RecordError)) throw err;
-        rejections.report(peer, `${err.message}; closing the connection`);
-        socket.destroy();
-        return;
+        for (;;) {
+          let record: Buffer | null;
+          try {
+            record = assembler.next();
+          } catch (err) {
+            if (!(err instanceof RecordError)) throw err;
+            rejections.report(peer, `${err.message}; closing the connection`);
+            socket.destroy();
+            return;
+          }
+          if (record === null || socket.destroyed) break;
+          // The daemon's own time (a cold GPU's open) is not the client's.
+          daemonsTurn();
+          const reply = await answer(record);
+          if (!reply || socket.destroyed) continue;
+          socket.write(frameRecord(reply));
+          if (socket.writableLength > limits.maxUnsentBytes) await unsentDrained();
+          if (socket.isPaused() && assembler.bufferedBytes <= limits.maxInputBytes) socket.resume();
+        }
+      } finally {
+        working = false;
       }
-      queue.push(...records);
-      if (queue.length >= limits.maxQueuedCalls) socket.pause();
+      if (socket.destroyed) return;
+      clientTurn();
+      if (socket.isPaused()) socket.resume();
+      // A client that closed its end has every reply by now: end ours (after they flush).
+      if (ended) socket.end();
+    };
+
+    socket.on("data", (chunk: Buffer) => {
+      assembler.append(chunk);
+      if (assembler.bufferedBytes > limits.maxInputBytes) socket.pause();
+      void drain();
+    });
+    socket.on("end", () => {
+      ended = true;
       void drain();
     });
   }

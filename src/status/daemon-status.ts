@@ -42,7 +42,8 @@ export interface DaemonStatus {
   /** False while a GPU released at a client's request must not be pinned by an NVML session. */
   nvmlSession: boolean;
   rpcRequests: number;
-  memory: { rss: number; heapUsed: number };
+  /** Bytes, from process.memoryUsage(): external is what koffi and buffers hold outside V8's heap. */
+  memory: { rss: number; heapUsed: number; external: number };
   devices: GpuStatus[];
 }
 

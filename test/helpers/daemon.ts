@@ -5,6 +5,8 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSyn
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterEach } from "vitest";
+import { VERSION } from "../../src/cli/help.js";
+import { type DaemonStatus, parseDaemonStatus } from "../../src/status/daemon-status.js";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
 export const BUNDLE = join(ROOT, "dist/gpu-persistd.mjs");
@@ -127,30 +129,11 @@ export function runBundle(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs
   return { code: result.status, stdout: result.stdout, stderr: result.stderr, output: result.stdout + result.stderr };
 }
 
-export interface StatusDevice {
-  index: number;
-  uuid: string;
-  pciBusId: string;
-  minor: number;
-  name: string;
-  persistence: string;
-  selected: boolean;
-  held: boolean;
-  lost: boolean;
-  xids: Record<string, number>;
-  error: string | null;
-}
-
-export function statusJson(runtimeDir: string): {
-  pid: number;
-  uid: number;
-  nvmlSession: boolean;
-  rpcRequests: number;
-  devices: StatusDevice[];
-} {
+/** The running daemon's status, read with `status --json` and checked as every client checks it. */
+export function statusJson(runtimeDir: string): DaemonStatus {
   const result = runBundle(["status", "--json", `--runtime-dir=${runtimeDir}`]);
   if (result.code !== 0) throw new Error(`status failed (${result.code}): ${result.output}`);
-  return JSON.parse(result.stdout);
+  return parseDaemonStatus(JSON.parse(result.stdout), VERSION);
 }
 
 /** Paths of the files the process holds open, from /proc/PID/fd. */

@@ -48,7 +48,7 @@ async function liveAfterFullGc(pid: number, dir: string, runtimeDir: string): Pr
     size = now;
   }
   rmSync(join(dir, snapshot));
-  const memory = (statusJson(runtimeDir) as unknown as { memory: { heapUsed: number; external: number } }).memory;
+  const memory = statusJson(runtimeDir).memory;
   return Math.round((memory.heapUsed + memory.external) / 1024);
 }
 

@@ -78,7 +78,11 @@ describe("bad configuration exits 78 and names the key, the value and what is al
     ['{"logLevel": "loud"}', ["logLevel", "loud", "debug"]],
     ['{"devices": ["0", "banana"]}', ["devices", '"banana"', "PCI bus id"]],
     ['{"simulate": "999"}', ["simulate", "999", "1..256"]],
-    ['{"nvmlTimeoutMs": 0}', ["nvmlTimeoutMs", "positive integer"]],
+    ['{"nvmlTimeoutMs": 0}', ["nvmlTimeoutMs", "from 1 to 2147483647"]],
+    ['{"healthIntervalMs": 3000000000}', ["healthIntervalMs", "from 1 to 2147483647"]],
+    ['{"driverWaitMs": 2147483648}', ["driverWaitMs", "from 0 to 2147483647"]],
+    ['{"__proto__": {"dryRun": true}}', ["unknown setting '__proto__'"]],
+    ['{"toString": 1}', ["unknown setting 'toString'"]],
     ["{not json", ["not valid JSON"]],
     ["[1, 2]", ["must hold a JSON object"]],
   ])("%s", (contents, fragments) => {

@@ -69,7 +69,7 @@ const status = {
   ready: true,
   nvmlSession: true,
   rpcRequests: 0,
-  memory: { rss: 1, heapUsed: 1 },
+  memory: { rss: 1, heapUsed: 1, external: 1 },
   devices: [gpu],
 };
 

@@ -1,5 +1,6 @@
 // Refused and malformed requests are logged with the peer's pid and uid, but at most
-// `perWindow` lines a window: a hostile client must not flood the journal either.
+// `perWindow` lines a window: a hostile client must not flood the journal either. What the
+// client sent appears only through clientText (quoted, cut short).
 import type { PeerCredentials } from "../../native-bindings/peer-credentials.js";
 import type { Log } from "../log.js";
 
@@ -11,8 +12,12 @@ export class RejectionLog {
   #logged = 0;
   #suppressed = 0;
 
-  constructor(log: Log, perWindow = 20, windowMs = 60_000) {
+  readonly #what: string;
+
+  /** `what` names the socket in each line: "RPC", "control socket". */
+  constructor(log: Log, what: string, perWindow = 20, windowMs = 60_000) {
     this.#log = log;
+    this.#what = what;
     this.#perWindow = perWindow;
     this.#windowMs = windowMs;
   }
@@ -21,7 +26,7 @@ export class RejectionLog {
     const now = performance.now();
     if (now - this.#windowStart >= this.#windowMs) {
       if (this.#suppressed > 0) {
-        this.#log.warn(`RPC: ${this.#suppressed} more rejected requests were not logged in the last window`);
+        this.#log.warn(`${this.#what}: ${this.#suppressed} more rejected requests were not logged in the last window`);
       }
       this.#windowStart = now;
       this.#logged = 0;
@@ -34,7 +39,7 @@ export class RejectionLog {
     this.#logged++;
     this.#log.warn(
       { peerPid: peer.pid, peerUid: peer.uid },
-      `RPC: rejected a request from pid ${peer.pid} (uid ${peer.uid}): ${reason}`,
+      `${this.#what}: rejected a request from pid ${peer.pid} (uid ${peer.uid}): ${reason}`,
     );
   }
 }

@@ -5,7 +5,7 @@ import { lockHolder, tryLockFile } from "../native-bindings/libc.js";
 import { checkSocketPathLength } from "./connections/socket-file.js";
 import { ExitCode } from "./exit-codes.js";
 import { FatalError } from "./fatal-error.js";
-import { claimDirectory, openOwnedFile } from "./safe-files.js";
+import { claimDirectory, openOwnedFile, UnsafePathError } from "./safe-files.js";
 
 export const PID_FILE_NAME = "nvidia-persistenced.pid";
 export const CONTROL_SOCKET_NAME = "gpu-persistd.sock";
@@ -31,8 +31,8 @@ function openPidFile(path: string): number {
   try {
     return openOwnedFile(path, 0o644);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code) throw permissionAware(err, `cannot open PID file ${path}`);
-    throw new FatalError(ExitCode.CONFIG, `unsafe PID file: ${(err as Error).message}`);
+    if (err instanceof UnsafePathError) throw new FatalError(ExitCode.CONFIG, `unsafe PID file: ${err.message}`);
+    throw permissionAware(err, `cannot open PID file ${path}`);
   }
 }
 
@@ -98,8 +98,9 @@ export class RuntimeDir {
     try {
       created = claimDirectory(dir, 0o755);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code) throw permissionAware(err, `cannot create runtime directory ${dir}`);
-      throw new FatalError(ExitCode.CONFIG, `unsafe runtime directory: ${(err as Error).message}`);
+      if (err instanceof UnsafePathError)
+        throw new FatalError(ExitCode.CONFIG, `unsafe runtime directory: ${err.message}`);
+      throw permissionAware(err, `cannot create runtime directory ${dir}`);
     }
     const pidPath = join(dir, PID_FILE_NAME);
     const fd = lockPidFile(pidPath);

@@ -6,6 +6,14 @@ import { dirname } from "node:path";
 // libuv opens every file with O_CLOEXEC already.
 const { O_CREAT, O_EXCL, O_NOFOLLOW, O_WRONLY, O_RDWR, O_NONBLOCK } = constants;
 
+/** A path another user could have planted or could still change: the message says the fix. */
+export class UnsafePathError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UnsafePathError";
+  }
+}
+
 function euid(): number {
   return process.geteuid?.() ?? 0;
 }
@@ -33,11 +41,18 @@ function directoryProblem(path: string, st: Stats, isParent: boolean): string | 
  * saying what is wrong and how to fix it.
  */
 export function claimDirectory(path: string, mode: number): boolean {
-  const created = mkdirSync(path, { recursive: true, mode }) !== undefined;
-  const problem =
-    directoryProblem(path, lstatSync(path), false) ?? directoryProblem(dirname(path), lstatSync(dirname(path)), true);
+  let created = false;
+  let st: Stats;
+  try {
+    st = lstatSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+    created = mkdirSync(path, { recursive: true, mode }) !== undefined;
+    st = lstatSync(path);
+  }
+  const problem = directoryProblem(path, st, false) ?? directoryProblem(dirname(path), lstatSync(dirname(path)), true);
   if (problem) {
-    throw new Error(
+    throw new UnsafePathError(
       `${problem}: another user could plant files there. Use a directory owned by uid ${euid()} with mode 0755 ` +
         `(remove it to let the daemon create it: rm -r ${path}), or another --runtime-dir.`,
     );
@@ -50,7 +65,7 @@ function checkOwnedFile(fd: number, path: string): void {
   const st = fstatSync(fd);
   if (!st.isFile() || st.uid !== euid()) {
     closeSync(fd);
-    throw new Error(`${path} is not a regular file of uid ${euid()}: remove it and start again`);
+    throw new UnsafePathError(`${path} is not a regular file of uid ${euid()}: remove it and start again`);
   }
 }
 
@@ -61,7 +76,7 @@ export function openOwnedFile(path: string, mode: number): number {
     fd = openSync(path, O_RDWR | O_CREAT | O_NOFOLLOW, mode);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ELOOP") {
-      throw new Error(`${path} is a symbolic link: remove it and start again`);
+      throw new UnsafePathError(`${path} is a symbolic link: remove it and start again`);
     }
     throw err;
   }

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 declare -A NEEDED=(
   [cmd:cc]=gcc
   [cmd:python3]=python3
+  [file:/usr/bin/python3]=python3
   [cmd:systemd-analyze]=systemd
   [cmd:systemd-nspawn]=systemd-container
   [cmd:mmdebstrap]=mmdebstrap

@@ -8,6 +8,7 @@
 import type { Config } from "../config/schema.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
+import { UnsafePathError } from "../safe-files.js";
 import { DaemonContext, type DaemonDeps } from "./context.js";
 import { ReloadQueue, reload } from "./reload.js";
 import { shutdown } from "./shutdown.js";
@@ -32,7 +33,11 @@ export class Daemon {
     } catch (err) {
       if (err instanceof StartAbandoned) return;
       const fatal =
-        err instanceof FatalError ? err : new FatalError(ExitCode.FAILURE, (err as Error).stack ?? String(err));
+        err instanceof FatalError
+          ? err
+          : err instanceof UnsafePathError
+            ? new FatalError(ExitCode.CONFIG, err.message)
+            : new FatalError(ExitCode.FAILURE, (err as Error).stack ?? String(err));
       this.context.log.fatal(`start-up failed: ${fatal.message}`);
       await this.stop(fatal.exitCode, "start-up failed");
       return;

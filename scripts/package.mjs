@@ -35,6 +35,10 @@ execFileSync(process.execPath, ["scripts/stage.mjs", root], { stdio: "inherit" }
 mkdirSync(join(root, "lib/systemd"), { recursive: true });
 cpSync(join(root, "usr/lib/systemd/system"), join(root, "lib/systemd/system"), { recursive: true });
 rmSync(join(root, "usr/lib/systemd"), { recursive: true });
+// Likewise udev rules in /lib/udev/rules.d (where Debian 12's udev and debhelper put them).
+mkdirSync(join(root, "lib/udev"), { recursive: true });
+cpSync(join(root, "usr/lib/udev/rules.d"), join(root, "lib/udev/rules.d"), { recursive: true });
+rmSync(join(root, "usr/lib/udev"), { recursive: true });
 
 const lib = join(root, "usr/lib/gpu-persistd");
 execFileSync("strip", ["--strip-unneeded", join(lib, "libnvidia-ml-sim.so")]);

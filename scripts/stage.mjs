@@ -38,6 +38,7 @@ rmSync(join(dest, "usr/bin/gpu-persistd"), { force: true });
 writeFileSync(join(dest, "usr/bin/gpu-persistd"), launcher(), { mode: 0o755 });
 cpSync("systemd/gpu-persistd.service", join(dest, "usr/lib/systemd/system/gpu-persistd.service"));
 cpSync("systemd/gpu-persistd.sysusers.conf", join(dest, "usr/lib/sysusers.d/gpu-persistd.conf"));
+cpSync("systemd/71-gpu-persistd.rules", join(dest, "usr/lib/udev/rules.d/71-gpu-persistd.rules"));
 cpSync("dist/gpu-persistd.8", join(dest, "usr/share/man/man8/gpu-persistd.8"));
 // Drop-ins an admin installs to allow what the hardened unit forbids by default.
 for (const example of ["metrics-listen.conf", "metrics-textfile.conf"]) {

@@ -6,8 +6,10 @@ import { hardExit } from "../native-bindings/libc.js";
 import { parseCommandLine } from "./cli/command-line.js";
 import { helpText, versionText } from "./cli/help.js";
 import { doctorCommand } from "./commands/doctor.js";
+import { releaseAroundCommand } from "./commands/release-around.js";
 import { setPersistenceCommand } from "./commands/set-persistence.js";
 import { statusCommand } from "./commands/status.js";
+import { waitCommand } from "./commands/wait.js";
 import { type ConfigSource, loadConfig } from "./config/load-config.js";
 import type { Config } from "./config/schema.js";
 import { Daemon } from "./daemon/daemon.js";
@@ -80,13 +82,14 @@ async function main(argv: readonly string[]): Promise<void> {
       return runDaemon(config, source);
     case "status":
       return statusCommand(config.runtimeDir, commandLine.json);
+    case "wait":
+      return waitCommand(config.runtimeDir, commandLine.timeoutSeconds);
     case "release":
+      if (commandLine.run.length > 0)
+        return releaseAroundCommand(config.runtimeDir, commandLine.operands, commandLine.run);
+      return setPersistenceCommand(config.runtimeDir, commandLine.operands, false);
     case "hold":
-      return setPersistenceCommand(
-        config.runtimeDir,
-        commandLine.operands[0] as string,
-        commandLine.command === "hold",
-      );
+      return setPersistenceCommand(config.runtimeDir, commandLine.operands, true);
   }
 }
 

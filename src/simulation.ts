@@ -1,6 +1,7 @@
 // --simulate: the daemon loads the simulated libnvidia-ml built beside it and tells it the
 // GPU count or profile through the environment it reads at nvmlInit.
 import { closeSync, existsSync, fchmodSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { deviceNodePath } from "./gpu/device-node.js";
 import { claimDirectory, openOwnedFile } from "./safe-files.js";
@@ -39,8 +40,8 @@ export function nvmlLibraryFor(config: { simulate: string; nvmlLibrary: string }
  */
 export function createStandInNodes(dir: string, minors: number[]): void {
   claimDirectory(dir, 0o755);
-  for (const minor of minors) {
-    const fd = openOwnedFile(deviceNodePath(dir, minor), 0o666);
+  for (const path of [...minors.map((minor) => deviceNodePath(dir, minor)), join(dir, "nvidia-uvm")]) {
+    const fd = openOwnedFile(path, 0o666);
     // As the driver's nodes: any user may open them, also the daemon after --user.
     fchmodSync(fd, 0o666);
     closeSync(fd);

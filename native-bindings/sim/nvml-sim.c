@@ -43,6 +43,9 @@ struct sim_gpu {
     unsigned domain, bus, device, pciDeviceId, pciSubSystemId, minor;
     int persistence;
     int attached; /* first handle look-up done in this process */
+    /* NV_ESC_NUMA_INFO's answer: coherent memory (GH200) has nid >= 0 and a status other than 0. */
+    int numa_nid, numa_status, numa_auto_online;
+    unsigned long long numa_mem_size;
 };
 typedef struct sim_gpu *nvmlDevice_t;
 
@@ -67,6 +70,8 @@ struct fault {
     int ret;
     long long afterCalls, afterMs, times, hangMs;
     int gate; /* block until gpuPersistdSimOpenGate(): tests order events without sleeping */
+    int has_nv_status; /* ioctls: the NV_STATUS the driver answers (rmStatus), the ioctl itself succeeding */
+    unsigned nv_status;
     long long seen, fired;
 };
 
@@ -138,6 +143,7 @@ static void default_identity(struct sim_gpu *g, int index, int dgx) {
     g->pciDeviceId = 0x233010de;
     g->pciSubSystemId = 0x16c110de;
     g->minor = (unsigned)index;
+    g->numa_nid = -1;
     snprintf(g->busId, sizeof g->busId, "%08X:%02X:%02X.0", g->domain, g->bus, g->device);
 }
 
@@ -227,6 +233,13 @@ static int load_config_file(const char *path, int dgx) {
                 snprintf(d->busId, sizeof d->busId, "%08X:%02X:%02X.0", d->domain, d->bus, d->device);
             d->minor = (unsigned)num_or(g, "minor", d->minor);
             d->persistence = (int)num_or(g, "persistence", 0);
+            const struct json *numa = json_get(g, "numa");
+            if (numa && numa->kind == JSON_OBJECT) {
+                d->numa_nid = (int)num_or(numa, "nid", 1 + i);
+                d->numa_status = (int)num_or(numa, "status", 3);
+                d->numa_auto_online = (int)num_or(numa, "autoOnline", 1);
+                d->numa_mem_size = (unsigned long long)num_or(numa, "memSizeBytes", 96LL << 30);
+            }
         }
         S.gpu_count = -i - 1; /* marks "identities given": decoded below */
     }
@@ -250,6 +263,9 @@ static int load_config_file(const char *path, int dgx) {
         x->times = num_or(fa, "times", -1);
         x->hangMs = num_or(fa, "hangMs", 0);
         x->gate = (int)num_or(fa, "gate", 0);
+        const struct json *nv = json_get(fa, "nvStatus");
+        x->has_nv_status = nv && nv->kind == JSON_NUMBER;
+        x->nv_status = x->has_nv_status ? (unsigned)nv->number : 0;
     }
     const struct json *events = json_get(root, "events");
     for (const struct json *ev = events ? events->child : NULL; ev && S.event_count < MAX_EVENTS; ev = ev->next) {
@@ -305,8 +321,9 @@ static nvmlReturn_t done(const char *call, int gpu, nvmlReturn_t ret) {
     return ret;
 }
 
-/* Returns 1 with *ret set when a fault decides the call's result. */
-static int inject(const char *call, int gpu, nvmlReturn_t *ret) {
+/* Returns 1 with *ret set when a fault decides the call's result; *nv_status (if given) gets
+ * the fault's NV_STATUS, or stays as it was. */
+static int inject_nv(const char *call, int gpu, nvmlReturn_t *ret, unsigned *nv_status) {
     long long hang = 0;
     int decided = 0;
     pthread_mutex_lock(&lock);
@@ -322,6 +339,7 @@ static int inject(const char *call, int gpu, nvmlReturn_t *ret) {
         hang = f->hangMs;
         decided = f->has_return;
         *ret = f->ret;
+        if (nv_status && f->has_nv_status) *nv_status = f->nv_status;
         if (f->gate) {
             unsigned long generation = gate_generation;
             S.gated++;
@@ -335,6 +353,8 @@ static int inject(const char *call, int gpu, nvmlReturn_t *ret) {
     if (hang > 0) sleep_ms(hang);
     return decided;
 }
+
+static int inject(const char *call, int gpu, nvmlReturn_t *ret) { return inject_nv(call, gpu, ret, NULL); }
 
 #define ENTER(call, gpu)                                                                                   \
     do {                                                                                                   \
@@ -644,6 +664,90 @@ EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
 }
 
 /* ---- test hook (not part of NVML) ---------------------------------------------- */
+
+/* ---- the kernel driver's ioctls, for the stand-in device nodes ------------------- */
+
+static __thread int sim_errno;
+
+/* errno of the last gpuPersistdSimIoctl on this thread. */
+EXPORT int gpuPersistdSimErrno(void) { return sim_errno; }
+
+/* Which stand-in the fd is open on: a GPU's index, -2 for nvidia-uvm, -1 for anything else. */
+static int stand_in_of(int fd) {
+    char link[64], target[4096];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n < 0) return -1;
+    target[n] = '\0';
+    const char *base = strrchr(target, '/');
+    base = base ? base + 1 : target;
+    if (strcmp(base, "nvidia-uvm") == 0) return -2;
+    unsigned minor;
+    char rest;
+    if (sscanf(base, "nvidia%u%c", &minor, &rest) != 1) return -1;
+    for (int i = 0; i < S.gpu_count; i++)
+        if (S.gpus[i].minor == minor) return i;
+    return -1;
+}
+
+/* ioctl(2) as the nvidia and nvidia-uvm modules answer it, on the simulator's stand-in nodes:
+ * NV_ESC_NUMA_INFO, UVM_INITIALIZE, UVM_REGISTER_GPU. A fault's `return` is an errno (the
+ * ioctl fails), its `nvStatus` the driver's rmStatus (the ioctl succeeds). */
+EXPORT int gpuPersistdSimIoctl(int fd, unsigned long request, void *arg) {
+    int target = stand_in_of(fd);
+    const char *call = request == 0xC23046D7UL ? "NV_ESC_NUMA_INFO"
+                       : request == 0x30000001UL ? "UVM_INITIALIZE"
+                       : request == 37UL         ? "UVM_REGISTER_GPU"
+                                                 : "ioctl";
+    unsigned char *p = arg;
+    int gpu = target >= 0 ? target : -1;
+    if (request == 37UL && target == -2) {
+        gpu = -1;
+        for (int i = 0; i < S.gpu_count; i++) {
+            char hex[33] = "";
+            const char *u = S.gpus[i].uuid + 4;
+            for (int k = 0; *u && k < 32; u++)
+                if (*u != '-') hex[k++] = *u;
+            unsigned char bytes[16];
+            for (int k = 0; k < 16; k++) sscanf(hex + 2 * k, "%2hhx", &bytes[k]);
+            if (memcmp(bytes, p, 16) == 0) gpu = i;
+        }
+    }
+    nvmlReturn_t err = 0;
+    unsigned nv = 0;
+    if (inject_nv(call, gpu, &err, &nv)) {
+        sim_errno = err;
+        done(call, gpu, err);
+        return -1;
+    }
+    if (request == 0xC23046D7UL && target >= 0) {
+        struct sim_gpu *g = &S.gpus[target];
+        memset(p, 0, 552);
+        int32_t nid = g->numa_nid, status = g->numa_status;
+        uint64_t size = g->numa_nid >= 0 ? g->numa_mem_size : 0, memblock = 512ULL << 20;
+        memcpy(p + 0, &nid, 4);
+        memcpy(p + 4, &status, 4);
+        memcpy(p + 8, &memblock, 8);
+        memcpy(p + 24, &size, 8);
+        p[32] = (unsigned char)g->numa_auto_online;
+        done(call, gpu, 0);
+        return 0;
+    }
+    if (request == 0x30000001UL && target == -2) {
+        memcpy(p + 8, &nv, 4);
+        done(call, -1, (int)nv);
+        return 0;
+    }
+    if (request == 37UL && target == -2) {
+        if (!nv && gpu < 0) nv = 0x22; /* NV_ERR_INVALID_DEVICE: no GPU has that UUID */
+        memcpy(p + 36, &nv, 4);
+        done(call, gpu, (int)nv);
+        return 0;
+    }
+    sim_errno = ENOTTY;
+    done(call, gpu, ENOTTY);
+    return -1;
+}
 
 /* Blocks until `count` calls wait at a gate (faults with "gate": true), or `timeoutMs`
  * passes; returns how many wait. Called on a pool thread (koffi's async), never the loop. */

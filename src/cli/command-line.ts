@@ -7,7 +7,7 @@ import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { OPTIONS } from "./options.js";
 
-export const COMMANDS = ["run", "status", "release", "hold", "doctor"] as const;
+export const COMMANDS = ["run", "status", "release", "hold", "wait", "doctor"] as const;
 export type Command = (typeof COMMANDS)[number];
 
 export interface CommandLine {
@@ -20,10 +20,23 @@ export interface CommandLine {
   configPath?: string;
   /** doctor --root: the system to examine, when not /. */
   root?: string;
+  /** wait --timeout, in seconds. */
+  timeoutSeconds: number;
+  /** release GPU... -- COMMAND ARGS: the command to run while the GPUs are released. */
+  run: string[];
   overrides: Partial<Config>;
 }
 
-const OPERAND_COUNT: Record<Command, number> = { run: 0, status: 0, release: 1, hold: 1, doctor: 0 };
+/** How many operands each command takes: [least, most]. */
+const OPERAND_COUNT: Record<Command, [number, number]> = {
+  run: [0, 0],
+  status: [0, 0],
+  release: [1, Number.POSITIVE_INFINITY],
+  hold: [1, Number.POSITIVE_INFINITY],
+  wait: [0, 0],
+  doctor: [0, 0],
+};
+const DEFAULT_WAIT_SECONDS = 60;
 const OPTIONAL_VALUE_FORM = /^(\d+|on|[a-z][a-z0-9-]*-[a-z0-9-]+)$/;
 
 function usageError(message: string): FatalError {
@@ -62,7 +75,11 @@ const PARSE_OPTIONS: ParseArgsConfig["options"] = Object.fromEntries(
 ) as ParseArgsConfig["options"];
 
 /** Parses argv (without node and script). Throws FatalError (exit 64) naming the option. */
-export function parseCommandLine(argv: readonly string[]): CommandLine {
+export function parseCommandLine(fullArgv: readonly string[]): CommandLine {
+  // `release GPU... -- COMMAND ARGS`: what follows the first "--" is the command, untouched.
+  const dash = fullArgv.indexOf("--");
+  const argv = dash < 0 ? fullArgv : fullArgv.slice(0, dash);
+  const run = dash < 0 ? [] : fullArgv.slice(dash + 1);
   let parsed: ReturnType<typeof parseArgs>;
   try {
     parsed = parseArgs({ args: normalise(argv), options: PARSE_OPTIONS, allowPositionals: true, strict: true });
@@ -89,11 +106,19 @@ export function parseCommandLine(argv: readonly string[]): CommandLine {
   if (!COMMANDS.includes(command) || first === "run") {
     throw usageError(`unknown command '${first}' (commands: ${COMMANDS.slice(1).join(", ")})`);
   }
-  if (rest.length !== OPERAND_COUNT[command]) {
+  const [least, most] = OPERAND_COUNT[command];
+  if (rest.length < least || rest.length > most) {
     throw usageError(
-      OPERAND_COUNT[command] === 0
+      most === 0
         ? `unexpected argument '${rest[0]}'`
-        : `'${command}' needs one GPU: an index, a UUID or a PCI bus id`,
+        : `'${command}' needs at least one GPU: an index, a UUID or a PCI bus id`,
+    );
+  }
+  if (dash >= 0 && (command !== "release" || run.length === 0)) {
+    throw usageError(
+      command === "release"
+        ? "'--' must be followed by the command to run"
+        : "'--' is for 'release GPU... -- COMMAND' only",
     );
   }
   const overrides: Partial<Config> = {};
@@ -110,6 +135,11 @@ export function parseCommandLine(argv: readonly string[]): CommandLine {
   const configPath = values.config as string | undefined;
   const root = values.root as string | undefined;
   if (root !== undefined && command !== "doctor") throw usageError("option '--root' is for 'doctor' only");
+  const timeout = values.timeout as string | undefined;
+  if (timeout !== undefined && command !== "wait") throw usageError("option '--timeout' is for 'wait' only");
+  if (timeout !== undefined && !/^\d+(\.\d+)?$/.test(timeout)) {
+    throw usageError(`option '--timeout' takes a number of seconds, not '${timeout}'`);
+  }
   return {
     command,
     operands: rest,
@@ -118,6 +148,8 @@ export function parseCommandLine(argv: readonly string[]): CommandLine {
     json: values.json === true,
     ...(configPath !== undefined ? { configPath } : {}),
     ...(root !== undefined ? { root } : {}),
+    timeoutSeconds: timeout !== undefined ? Number(timeout) : DEFAULT_WAIT_SECONDS,
+    run,
     overrides,
   };
 }

@@ -55,13 +55,13 @@ export const OPTIONS: readonly OptionSpec[] = [
   },
   {
     long: "uvm-persistence-mode",
-    help: "Also keep UVM state (accepted; recorded, no effect yet).",
+    help: "Also keep a UVM registration with each held GPU (needs nvidia-uvm loaded; blocks runtime D3).",
     apply: () => ({ uvmPersistenceMode: true }),
     upstream: true,
   },
   {
     long: "no-uvm-persistence-mode",
-    help: "Do not keep UVM state (default).",
+    help: "Do not keep UVM registrations (default).",
     apply: () => ({ uvmPersistenceMode: false }),
     upstream: true,
   },
@@ -139,5 +139,10 @@ export const OPTIONS: readonly OptionSpec[] = [
     long: "root",
     value: "DIR",
     help: "With doctor: examine the system laid out under DIR instead of / (an image, a test tree).",
+  },
+  {
+    long: "timeout",
+    value: "SECONDS",
+    help: "With wait: how long to wait for the daemon (default 60).",
   },
 ];

@@ -12,7 +12,12 @@ import { RPC_SOCKET_NAME } from "../runtime-dir.js";
 
 const STATUS_NAMES = Object.fromEntries(Object.entries(NvPdStatus).map(([k, v]) => [v, k]));
 
-export async function setPersistenceCommand(runtimeDir: string, target: string, hold: boolean): Promise<void> {
+/** `release GPU...` / `hold GPU...`: one Set per GPU, in order; the first failure ends it. */
+export async function setPersistenceCommand(runtimeDir: string, targets: string[], hold: boolean): Promise<void> {
+  for (const target of targets) await setOne(runtimeDir, target, hold);
+}
+
+async function setOne(runtimeDir: string, target: string, hold: boolean): Promise<void> {
   const selector = parseGpuSelector(target);
   if (!selector) {
     throw new FatalError(

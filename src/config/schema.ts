@@ -117,7 +117,7 @@ export const configSchema = {
     reload: "live" as const,
   },
   uvmPersistenceMode: {
-    doc: "Also keep UVM state (accepted for compatibility; recorded, no effect yet).",
+    doc: "Also keep a UVM registration (/dev/nvidia-uvm) with each held GPU, as NVIDIA's --uvm-persistence-mode does.",
     format: "flag",
     default: false,
     env: "GPU_PERSISTD_UVM_PERSISTENCE_MODE",

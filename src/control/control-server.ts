@@ -4,7 +4,7 @@
 // for root and the daemon's own user, and rejected requests logged quoted and rate-limited.
 import { chmodSync } from "node:fs";
 import { createServer, type Server } from "node:net";
-import { peerCredentials } from "../../native-bindings/peer-credentials.js";
+import { type PeerCredentials, peerCredentials } from "../../native-bindings/peer-credentials.js";
 import { clientText } from "../connections/client-text.js";
 import { ConnectionSlots, type SlotLimits } from "../connections/connection-slots.js";
 import { RejectionLog } from "../connections/rejection-log.js";
@@ -19,9 +19,21 @@ export const CONTROL_SLOTS: SlotLimits = { total: 64, perUid: 8, reserve: 8 };
 
 export interface ControlRequest {
   command: string;
+  [key: string]: unknown;
 }
 
-export type ControlHandler = (request: ControlRequest) => unknown;
+/**
+ * An answer that keeps the connection: `reply` goes out at once, and once the client ends
+ * its side or goes away (killed, say), `end()` runs and its result is the last line.
+ */
+export class Lease {
+  constructor(
+    readonly reply: unknown,
+    readonly end: () => Promise<unknown>,
+  ) {}
+}
+
+export type ControlHandler = (request: ControlRequest, peer: PeerCredentials) => unknown | Promise<unknown> | Lease;
 
 /** A request the daemon refuses: `message` goes back to the client and (quoted) to the log. */
 export class BadRequest extends Error {}
@@ -69,10 +81,34 @@ export async function startControlServer(path: string, handler: ControlHandler, 
       answered = true;
       socket.removeAllListeners("data");
       socket.end(`${JSON.stringify(body)}\n`);
+      // Read (and drop) the rest, so the client's close is seen and the slot given back.
+      socket.resume();
     };
     const refuse = (message: string): void => {
       rejections.report(peer, message);
       reply({ error: message });
+    };
+    const hold = (lease: Lease): void => {
+      answered = true;
+      socket.removeAllListeners("data");
+      clearTimeout(deadline);
+      socket.write(`${JSON.stringify(lease.reply)}\n`);
+      let ended = false;
+      const finish = async (): Promise<void> => {
+        if (ended) return;
+        ended = true;
+        const last = await lease.end();
+        if (!socket.destroyed && socket.writable) socket.end(`${JSON.stringify(last)}\n`);
+      };
+      // The client ends its side when done; a killed client's connection just closes. Either
+      // may have happened already, while the release ran.
+      if (socket.readableEnded || socket.destroyed) {
+        void finish();
+        return;
+      }
+      socket.on("end", () => void finish());
+      socket.on("close", () => void finish());
+      socket.resume();
     };
     socket.on("data", (chunk: string) => {
       buffered += chunk;
@@ -81,15 +117,27 @@ export async function startControlServer(path: string, handler: ControlHandler, 
         if (buffered.length > MAX_REQUEST_BYTES) refuse(`request longer than ${MAX_REQUEST_BYTES} bytes`);
         return;
       }
+      socket.removeAllListeners("data");
+      socket.pause();
+      const answer = (value: unknown): void => (value instanceof Lease ? hold(value) : reply(value));
+      const bad = (err: unknown): void => {
+        if (err instanceof BadRequest) {
+          refuse(err.message);
+          return;
+        }
+        log.error(`control socket: ${(err as Error).stack ?? err}`);
+        reply({ error: `the daemon failed to answer: ${(err as Error).message}` });
+      };
       try {
-        reply(handler(parseRequest(buffered.slice(0, newline))));
+        const value = handler(parseRequest(buffered.slice(0, newline)), peer);
+        if (value instanceof Promise) value.then(answer, bad);
+        else answer(value);
       } catch (err) {
-        if (!(err instanceof BadRequest)) throw err;
-        refuse(err.message);
+        bad(err);
       }
     });
     socket.on("end", () => {
-      if (!answered) refuse(`the request ended without a newline: ${clientText(buffered)}`);
+      if (!answered && !buffered.includes("\n")) refuse(`the request ended without a newline: ${clientText(buffered)}`);
     });
   });
   clearStaleSocket(path);

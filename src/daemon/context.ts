@@ -27,6 +27,8 @@ export interface DaemonDeps {
   env: NodeJS.ProcessEnv;
   /** Ends the process at once (libc _exit in production; tests record the code). */
   exit: (code: number) => never;
+  /** UVM registration retries while the NVLink fabric is not ready (default: every 1 s for 30 s, as NVIDIA's daemon). */
+  uvmRetry?: { everyMs: number; forMs: number };
 }
 
 export class DaemonContext {

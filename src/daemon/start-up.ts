@@ -2,6 +2,7 @@
 // the privilege drop, health and Xid watching, metrics, then READY=1, once, with every
 // selected GPU settled. A stop requested meanwhile ends the sequence at the next step.
 
+import { NvidiaKernel } from "../../native-bindings/nvidia-kernel.js";
 import { VERSION } from "../cli/help.js";
 import { startControlServer } from "../control/control-server.js";
 import { ExitCode } from "../exit-codes.js";
@@ -31,6 +32,10 @@ import { daemonStatusLine, metricsText } from "./status-snapshot.js";
 /** While bring-up runs, systemd's start timeout is pushed this far ahead, this often. */
 const EXTEND_EVERY_MS = 5000;
 const EXTEND_BY_USEC = 20_000_000;
+
+/** As NVIDIA's daemon: UVM registration retried once a second for 30 s while the fabric is not ready. */
+const UVM_RETRY_EVERY_MS = 1000;
+const UVM_RETRY_FOR_MS = 30_000;
 
 /** Thrown between steps once a stop was requested: the stop owns the process from there. */
 export class StartAbandoned extends Error {}
@@ -106,6 +111,10 @@ async function bringUp(ctx: DaemonContext, session: NvmlSession, progress: Progr
   const simulated = config.simulate !== "";
   const registry = await GpuRegistry.identify(count, config.bringUpConcurrency, {
     nvml: session.nvml,
+    kernel: simulated ? NvidiaKernel.simulated(session.nvml.path) : NvidiaKernel.real(),
+    uvmPersistence: config.uvmPersistenceMode,
+    uvmRetryEveryMs: ctx.deps.uvmRetry?.everyMs ?? UVM_RETRY_EVERY_MS,
+    uvmRetryForMs: ctx.deps.uvmRetry?.forMs ?? UVM_RETRY_FOR_MS,
     setter: ctx.setter,
     deviceDir: simulated ? runtime.simDeviceDir : REAL_DEVICE_DIR,
     session,

@@ -8,7 +8,7 @@ import { requestStatus } from "../control/control-client.js";
 import type { DaemonStatus } from "../status/daemon-status.js";
 import { UNIT_NAME } from "../systemd/unit-name.js";
 import { type Check, fail, pass } from "./check.js";
-import { deviceNodeChecks, kernelModuleCheck } from "./driver-checks.js";
+import { deviceNodeChecks, kernelModuleCheck, numaCheck } from "./driver-checks.js";
 import { HostRoot } from "./host-root.js";
 import { metricsChecks } from "./metrics-checks.js";
 import { nvmlChecks } from "./nvml-checks.js";
@@ -89,6 +89,7 @@ export async function runDoctor(commandLine: CommandLine, env: NodeJS.ProcessEnv
     account,
     ...metricsChecks(host, config, user),
     ...runtimeChecks(host, config, daemon, daemonError),
+    numaCheck(host, daemon),
     ...(await nvmlChecks(host, config, env, daemon)),
   ];
   return { ok: checks.every((c) => c.ok), root: host.root, checks };

@@ -2,6 +2,7 @@
 // the NVML library and whether it matches the loaded kernel module.
 import { statSync } from "node:fs";
 import { fixes } from "../fixes.js";
+import type { DaemonStatus } from "../status/daemon-status.js";
 import { type Check, fail, pass } from "./check.js";
 import { type Account, accountMay, type HostRoot } from "./host-root.js";
 
@@ -72,4 +73,33 @@ export function deviceNodeChecks(host: HostRoot, account: Account | null): Check
         "options nvidia NVreg_DeviceFileMode=0666 in /etc/modprobe.d/nvidia.conf, then reload the module",
     ),
   ];
+}
+
+/**
+ * GPUs with coherent memory (GH200, GB200): the driver onlines their memory as a NUMA node
+ * only into ZONE_MOVABLE, so auto_online_blocks must be online_movable. CDMM mode
+ * (NVreg_CoherentGPUMemoryMode=driver) has no NUMA node at all: reported, not a failure.
+ */
+export function numaCheck(host: HostRoot, daemon: DaemonStatus | null): Check {
+  const title = "coherent GPU memory (NUMA)";
+  const gpuDirs = host.list("/proc/driver/nvidia/gpus");
+  const fromProc = gpuDirs.filter((bdf) => {
+    const status = host.read(`/proc/driver/nvidia/gpus/${bdf}/numa_status`)?.trim();
+    return status !== undefined && status !== "" && status !== "disabled";
+  });
+  const fromDaemon = (daemon?.devices ?? []).filter((d) => d.numa !== null).map((d) => d.pciBusId);
+  const coherent = [...new Set([...fromProc, ...fromDaemon])];
+  const cdmm = /CoherentGPUMemoryMode:\s*"?(\S+?)"?$/m.exec(host.read("/proc/driver/nvidia/params") ?? "")?.[1];
+  const mode = cdmm ? `; CoherentGPUMemoryMode ${cdmm}${cdmm === "driver" ? " (CDMM: no NUMA node)" : ""}` : "";
+  if (coherent.length === 0) return pass("numa", title, `no GPU with coherent memory${mode}`);
+  const blocks = host.read("/sys/devices/system/memory/auto_online_blocks")?.trim() ?? "unreadable";
+  const what = `${coherent.length} GPU(s) with coherent memory (${coherent.join(", ")}); auto_online_blocks ${blocks}${mode}`;
+  return blocks === "online_movable"
+    ? pass("numa", title, what)
+    : fail(
+        "numa",
+        title,
+        what,
+        "echo online_movable > /sys/devices/system/memory/auto_online_blocks (at boot: memhp_default_state=online_movable on the kernel command line), then restart gpu-persistd",
+      );
 }

@@ -147,7 +147,23 @@ async function gpuCheck(nvml: Nvml, daemon: DaemonStatus | null, index: number):
         "systemctl restart gpu-persistd.service (it enables persistence at start unless dryRun is set)",
       );
     }
-    return pass(id, title, `${detail}, held by gpu-persistd (PID ${daemon.pid})`);
+    if (held.uvm === "failed") {
+      return fail(
+        id,
+        title,
+        `${detail}, held; UVM registration failed: ${held.uvmError}`,
+        "modprobe nvidia-uvm and check that /dev/nvidia-uvm exists; dmesg | grep -i nvidia-uvm says why the driver refused",
+      );
+    }
+    const extras = [
+      held.uvm === "registered" ? "UVM registration held" : "",
+      held.numa ? `NUMA node ${held.numa.nid} ${held.numa.status}` : "",
+    ].filter(Boolean);
+    return pass(
+      id,
+      title,
+      `${detail}, held by gpu-persistd (PID ${daemon.pid})${extras.map((e) => `; ${e}`).join("")}`,
+    );
   } catch (err) {
     return fail(id, `GPU ${index}`, `NVML: ${describeError(err)}`, `nvidia-smi -i ${index} -q; dmesg | grep -i nvrm`);
   }

@@ -4,6 +4,13 @@
 // GPUs proceed in parallel. Every transition is emitted as an event that logs, systemd's
 // STATUS and metrics subscribe to.
 import { EventEmitter } from "node:events";
+import {
+  KernelCallError,
+  NUMA_STATUS_NAMES,
+  type NumaInfo,
+  NV_ERR_NVLINK_FABRIC_NOT_READY,
+  type NvidiaKernel,
+} from "../../native-bindings/nvidia-kernel.js";
 import type { DeviceHandle, Nvml } from "../../native-bindings/nvml.js";
 import { PERSISTENCE_ENABLED } from "../../native-bindings/nvml.js";
 import { forEachLimited } from "../concurrency.js";
@@ -21,8 +28,15 @@ import type { PersistenceSetter } from "./persistence-setter.js";
  */
 export type GpuState = "unidentified" | "identified" | "holding" | "held" | "released" | "lost" | "failed";
 
-/** What keeps a GPU's node open; the node is held while any claim is. */
-export type Claim = "persistence";
+/**
+ * What keeps a GPU's node open; the node is held while any claim is. "persistence": the
+ * persistence mode; "numa": the NUMA status of a GPU with coherent memory (GH200), whose
+ * memory is a NUMA node only while the GPU is initialised.
+ */
+export type Claim = "persistence" | "numa";
+
+/** The UVM registration kept with a held GPU under --uvm-persistence-mode. */
+export type UvmState = "off" | "registering" | "registered" | "failed";
 
 /** The persistence mode as NVML last read (or set) it; "unknown" until NVML answered. */
 export type PersistenceReading = "enabled" | "disabled" | "unknown";
@@ -43,6 +57,16 @@ export interface Gpu {
   readonly xids: ReadonlyMap<number, number>;
   /** Why the GPU is not as wanted: NvmlError, NvmlTimeoutError, DeviceNodeError or GpuLostError. */
   readonly fault: Error | null;
+  /** NV_ESC_NUMA_INFO as read when the node was first opened; null until then or when it failed. */
+  readonly numa: NumaInfo | null;
+  readonly uvm: UvmState;
+  /** Why the UVM registration failed (KernelCallError with the driver's NV_STATUS, or errno). */
+  readonly uvmFault: Error | null;
+}
+
+/** Whether the GPU's memory is a NUMA node (coherent memory, as on GH200). */
+export function hasCoherentMemory(gpu: Gpu): boolean {
+  return gpu.numa !== null && gpu.numa.status !== 0;
 }
 
 /** NVML or an Xid said the GPU is gone; `cause` is NVML's error when NVML said so. */
@@ -65,8 +89,13 @@ interface Entry extends Gpu {
   persistence: PersistenceReading;
   xids: Map<number, number>;
   fault: Error | null;
+  numa: NumaInfo | null;
+  uvm: UvmState;
+  uvmFault: Error | null;
   /** The fd held open on the GPU's node; only this module reads or writes it. */
   fd: number | null;
+  /** The /dev/nvidia-uvm fd that carries this GPU's UVM registration. */
+  uvmFd: number | null;
   nodePath: string | null;
   /** The tail of this GPU's transition queue. */
   queue: Promise<void>;
@@ -87,8 +116,11 @@ export interface RegistryEvents {
   note: [Transition];
 }
 
-/** Who asks: "config" (start-up and reload, may use NVML's setter) or "request" (a client). */
-export type Origin = "config" | "request";
+/**
+ * Who asks: "config" (start-up and reload, may use NVML's setter), "request" (a client), or
+ * "undo" (a client's request that failed half-way, taken back: the GPU returns to not held).
+ */
+export type Origin = "config" | "request" | "undo";
 
 /** What the registry needs from the NVML session while a GPU is released by request. */
 export interface SessionControl {
@@ -102,6 +134,13 @@ export interface SessionControl {
 
 export interface RegistryOptions {
   nvml: Nvml;
+  /** The driver's ioctls (or the simulator's stand-in). */
+  kernel: NvidiaKernel;
+  /** Keep a UVM registration with each held GPU (--uvm-persistence-mode). */
+  uvmPersistence: boolean;
+  /** UVM registration: retried this often while the NVLink fabric is not ready, for at most uvmRetryForMs. */
+  uvmRetryEveryMs: number;
+  uvmRetryForMs: number;
   setter: PersistenceSetter;
   /** Where the GPUs' nodes are: /dev, or the simulator's stand-ins. */
   deviceDir: string;
@@ -140,7 +179,11 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       persistence: "unknown",
       xids: new Map(),
       fault: null,
+      numa: null,
+      uvm: "off",
+      uvmFault: null,
       fd: null,
+      uvmFd: null,
       nodePath: null,
       queue: Promise.resolve(),
     }));
@@ -223,8 +266,23 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
   acquire(gpu: Gpu, claim: Claim, origin: Origin): Promise<GpuState> {
     return this.#serial(gpu, async (entry) => {
       if (this.#closed || entry.state === "lost" || entry.state === "unidentified") return entry.state;
+      const before = entry.state;
       entry.claims.add(claim);
       if (entry.fd === null) await this.#open(entry, origin);
+      if (claim === "numa" && !hasCoherentMemory(entry)) {
+        // No coherent memory: there is no NUMA node to keep online; a successful no-op.
+        entry.claims.delete("numa");
+        if (entry.claims.size === 0 && entry.fd !== null) {
+          this.#close(entry);
+          this.#move(
+            entry,
+            before === "held" ? "identified" : before,
+            "debug",
+            "no coherent memory: nothing to keep online",
+          );
+        }
+        return entry.state;
+      }
       if (origin === "request" && entry.state === "held" && !this.anyReleasedByRequest()) {
         await this.#options.session.resume();
       }
@@ -248,6 +306,8 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       gpu.fd = fd;
       gpu.nodePath = path;
       gpu.fault = null;
+      this.#readNuma(gpu, fd);
+      if (this.#options.uvmPersistence) await this.#registerUvm(gpu);
       this.#move(
         gpu,
         "held",
@@ -261,6 +321,59 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     } catch (err) {
       gpu.fault = err as Error;
       this.#move(gpu, "failed", "error", `cannot hold the GPU: ${errorText(err)}`);
+    }
+  }
+
+  #readNuma(gpu: Entry, fd: number): void {
+    try {
+      gpu.numa = this.#options.kernel.numaInfo(fd);
+      if (hasCoherentMemory(gpu)) {
+        const n = gpu.numa;
+        this.#note(
+          gpu,
+          n.status === 4 ? "warn" : "info",
+          `coherent memory: NUMA node ${n.nid}, ${NUMA_STATUS_NAMES[n.status] ?? `status ${n.status}`}, ` +
+            `${Number(n.memSizeBytes / 2n ** 20n)} MiB${n.useAutoOnline ? ", onlined by the driver" : ""}` +
+            (n.status === 4 ? " (check that /sys/devices/system/memory/auto_online_blocks is online_movable)" : ""),
+        );
+      }
+    } catch (err) {
+      // Older drivers and stand-ins without the query: no coherent memory is assumed.
+      gpu.numa = null;
+      this.#note(gpu, "debug", `no NUMA information: ${errorText(err)}`);
+    }
+  }
+
+  /**
+   * Registers the GPU with UVM and keeps the fd, retrying while the NVLink fabric is not
+   * ready (as NVIDIA's daemon does); a failure is a per-GPU warning, the GPU stays held.
+   */
+  async #registerUvm(gpu: Entry): Promise<void> {
+    const { kernel, deviceDir, uvmRetryEveryMs, uvmRetryForMs } = this.#options;
+    gpu.uvm = "registering";
+    const started = performance.now();
+    for (;;) {
+      try {
+        gpu.uvmFd = kernel.registerUvm(deviceDir, gpu.uuid);
+        gpu.uvm = "registered";
+        gpu.uvmFault = null;
+        this.#note(gpu, "info", "UVM registration held (--uvm-persistence-mode)");
+        return;
+      } catch (err) {
+        const fabric = err instanceof KernelCallError && err.nvStatus === NV_ERR_NVLINK_FABRIC_NOT_READY;
+        if (fabric && performance.now() - started + uvmRetryEveryMs <= uvmRetryForMs && !this.#closed) {
+          await new Promise((r) => setTimeout(r, uvmRetryEveryMs));
+          continue;
+        }
+        gpu.uvm = "failed";
+        gpu.uvmFault = err as Error;
+        this.#note(
+          gpu,
+          "warn",
+          `cannot keep a UVM registration: ${errorText(err)}${fabric ? ` (the NVLink fabric was not ready within ${Math.round(uvmRetryForMs / 1000)} s)` : ""}; the GPU stays held by its node`,
+        );
+        return;
+      }
     }
   }
 
@@ -302,8 +415,13 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
         return entry.state;
       }
       this.#close(entry);
-      if (origin === "config") {
-        this.#move(entry, "identified", "info", "released the GPU (no longer selected)");
+      if (origin !== "request") {
+        this.#move(
+          entry,
+          "identified",
+          "info",
+          origin === "config" ? "released the GPU (no longer selected)" : "let go of the GPU again: the request failed",
+        );
         return entry.state;
       }
       this.#move(entry, "released", "info", "released the GPU at a client's request: no fd left on its node");
@@ -312,10 +430,14 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     });
   }
 
+  /** Lets go of the GPU: the UVM registration first, then the node. */
   #close(gpu: Entry): void {
-    const fd = gpu.fd;
+    const { fd, uvmFd } = gpu;
     gpu.fd = null;
+    gpu.uvmFd = null;
     gpu.nodePath = null;
+    if (gpu.uvm !== "off") gpu.uvm = "off";
+    if (uvmFd !== null) closeDeviceNode(uvmFd);
     if (fd !== null) closeDeviceNode(fd);
   }
 

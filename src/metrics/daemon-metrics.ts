@@ -75,6 +75,18 @@ export class DaemonMetrics {
         perGpu((d) => (d.persistence === "unknown" ? null : flag(d.persistence === "enabled"))),
       ),
       family(
+        "gpu_persistd_gpu_uvm_registered",
+        "gauge",
+        "Under --uvm-persistence-mode: 1 while the GPU's UVM registration is held, 0 when it failed (absent when off).",
+        perGpu((d) => (d.uvm === "off" ? null : flag(d.uvm === "registered"))),
+      ),
+      family(
+        "gpu_persistd_gpu_numa_online",
+        "gauge",
+        "GPUs with coherent memory (GH200, GB200): 1 while the driver reports their NUMA memory online (absent for others).",
+        perGpu((d) => (d.numa ? flag(d.numa.status === "online") : null)),
+      ),
+      family(
         "gpu_persistd_gpu_lost",
         "gauge",
         "1 once NVML reported the GPU lost (Xid 79 and kin); cleared only by a restart.",

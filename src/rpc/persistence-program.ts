@@ -33,10 +33,10 @@ export const PROC_2 = 2;
 export interface PersistenceBackend {
   /** true: held (persistence on), false: released, null: no such GPU. */
   mode(address: PciAddress): boolean | null;
-  /** Holds or releases the GPU; resolves the status to answer. */
-  setMode(address: PciAddress, enabled: boolean): Promise<NvPdStatus>;
-  /** NUMA online/offline for GPUs with coherent memory; null: no such GPU. */
-  setNuma(address: PciAddress, online: boolean): NvPdStatus | null;
+  /** Holds or releases the GPU (with its NUMA status too for version 1); resolves the status to answer. */
+  setMode(address: PciAddress, enabled: boolean, withNuma: boolean): Promise<NvPdStatus>;
+  /** NUMA online/offline for GPUs with coherent memory (a no-op on others); null: no such GPU. */
+  setNuma(address: PciAddress, online: boolean): Promise<NvPdStatus | null>;
 }
 
 /** Procedure names as metrics label them. */
@@ -153,12 +153,12 @@ export async function handlePersistenceCall(
     return statusReply(NvPdStatus.INVALID_ARGUMENT, { rejected: `${what}: invalid value ${value}` });
   }
   if (isNuma) {
-    const result = backend.setNuma(address, value === 1);
+    const result = await backend.setNuma(address, value === 1);
     return statusReply(result ?? NvPdStatus.DEVICE_NOT_FOUND);
   }
   const before = backend.mode(address);
   if (before === null) return statusReply(NvPdStatus.DEVICE_NOT_FOUND);
-  const result = await backend.setMode(address, value === 1);
+  const result = await backend.setMode(address, value === 1, call.vers === 1);
   const after = backend.mode(address);
   return statusReply(
     result,

@@ -1,8 +1,17 @@
 // The one status type: what the daemon answers on its control socket, and what `status`,
 // `doctor`, the metrics and the tests read. Clients validate it at run time, so a daemon of
 // another version is named as such instead of being misread.
+
+import { NUMA_STATUS_NAMES } from "../../native-bindings/nvidia-kernel.js";
 import { describeError } from "../gpu/describe-error.js";
-import type { Claim, Gpu, GpuState, PersistenceReading } from "../gpu/gpu-registry.js";
+import {
+  type Claim,
+  type Gpu,
+  type GpuState,
+  hasCoherentMemory,
+  type PersistenceReading,
+  type UvmState,
+} from "../gpu/gpu-registry.js";
 import { formatPciAddress } from "../gpu/pci-address.js";
 
 /** Bumped whenever a field changes meaning or disappears. */
@@ -28,6 +37,11 @@ export interface GpuStatus {
   error: string | null;
   /** NVML's error name behind `error` (NVML_ERROR_NO_PERMISSION), when NVML said so. */
   errorCode: string | null;
+  /** The UVM registration kept with the GPU (--uvm-persistence-mode), and why it failed. */
+  uvm: UvmState;
+  uvmError: string | null;
+  /** Coherent memory as a NUMA node (GH200, GB200): null for GPUs without it or not yet opened. */
+  numa: { nid: number; status: string; autoOnline: boolean; memSizeBytes: number } | null;
 }
 
 export interface DaemonStatus {
@@ -64,10 +78,21 @@ export function gpuStatus(gpu: Gpu): GpuStatus {
     xids: Object.fromEntries([...gpu.xids].map(([xid, n]) => [String(xid), n])),
     error: fault ? describeError(fault) : null,
     errorCode: fault && "codeName" in fault && typeof fault.codeName === "string" ? fault.codeName : null,
+    uvm: gpu.uvm,
+    uvmError: gpu.uvmFault ? describeError(gpu.uvmFault) : null,
+    numa:
+      gpu.numa && hasCoherentMemory(gpu)
+        ? {
+            nid: gpu.numa.nid,
+            status: NUMA_STATUS_NAMES[gpu.numa.status] ?? `status ${gpu.numa.status}`,
+            autoOnline: gpu.numa.useAutoOnline,
+            memSizeBytes: Number(gpu.numa.memSizeBytes),
+          }
+        : null,
   };
 }
 
-type Shape = "number" | "string" | "boolean" | "string|null" | "object";
+type Shape = "number" | "string" | "boolean" | "string|null" | "object" | "object|null";
 
 const GPU_SHAPE: Record<keyof GpuStatus, Shape> = {
   index: "number",
@@ -84,6 +109,9 @@ const GPU_SHAPE: Record<keyof GpuStatus, Shape> = {
   xids: "object",
   error: "string|null",
   errorCode: "string|null",
+  uvm: "string",
+  uvmError: "string|null",
+  numa: "object|null",
 };
 
 const DAEMON_SHAPE: Record<Exclude<keyof DaemonStatus, "devices">, Shape> = {
@@ -105,9 +133,11 @@ function mismatch(shape: Record<string, Shape>, value: Record<string, unknown>):
     const ok =
       want === "string|null"
         ? v === null || typeof v === "string"
-        : want === "object"
-          ? typeof v === "object" && v !== null
-          : typeof v === want;
+        : want === "object|null"
+          ? typeof v === "object"
+          : want === "object"
+            ? typeof v === "object" && v !== null
+            : typeof v === want;
     if (!ok) return `'${key}' is ${v === undefined ? "missing" : JSON.stringify(v)}, expected ${want}`;
   }
   return null;

@@ -102,6 +102,7 @@ describe("gpu-persistd doctor", () => {
       "metrics",
       "runtime-dir",
       "daemon",
+      "numa",
       "nvml-library",
       "driver-version",
       "gpu:0",
@@ -113,7 +114,7 @@ describe("gpu-persistd doctor", () => {
     expect(check(checks, "account").detail).toBe("user nvidia-persistenced (uid 998, from /etc/passwd), gid 998");
     expect(check(checks, "driver-version").detail).toBe("both 580.159.04-sim");
     expect(check(checks, "gpu:1").detail).toMatch(/^persistence enabled, held by gpu-persistd \(PID \d+\)$/);
-    expect(text).toContain("gpu-persistd doctor: all 14 checks passed");
+    expect(text).toContain("gpu-persistd doctor: all 15 checks passed");
     expect(text).toMatch(/^PASS {2}NVIDIA kernel module +nvidia loaded, driver 580\.159\.04-sim$/m);
   });
 
@@ -128,7 +129,7 @@ describe("gpu-persistd doctor", () => {
       "systemctl disable --now nvidia-persistenced.service && systemctl mask nvidia-persistenced.service",
     );
     expect(text).toContain("fix: systemctl disable --now nvidia-persistenced.service");
-    expect(text).toContain("gpu-persistd doctor: 1 of 14 checks failed");
+    expect(text).toContain("gpu-persistd doctor: 1 of 15 checks failed");
   });
 
   it("passes a masked nvidia-persistenced, naming the mask and how to undo it", () => {
@@ -340,5 +341,49 @@ describe("gpu-persistd doctor", () => {
     const c = check(checks, "config");
     expect(c.detail).toContain("devices");
     expect(c.fix).toContain(`correct ${join(root, "etc/gpu-persistd/config.json")}`);
+  });
+});
+
+describe("gpu-persistd doctor on coherent memory and UVM", () => {
+  it("fails a GPU with coherent memory when auto_online_blocks is not online_movable, and says how to set it", () => {
+    put("/proc/driver/nvidia/gpus/0009:01:00.0/numa_status", "online\n");
+    put("/sys/devices/system/memory/auto_online_blocks", "offline\n");
+    put("/proc/driver/nvidia/params", 'CoherentGPUMemoryMode: "numa"\n');
+    const c = check(doctor().checks, "numa");
+    expect(c.ok).toBe(false);
+    expect(c.detail).toBe(
+      "1 GPU(s) with coherent memory (0009:01:00.0); auto_online_blocks offline; CoherentGPUMemoryMode numa",
+    );
+    expect(c.fix).toContain("echo online_movable > /sys/devices/system/memory/auto_online_blocks");
+    put("/sys/devices/system/memory/auto_online_blocks", "online_movable\n");
+    expect(check(doctor().checks, "numa").ok).toBe(true);
+  });
+
+  it("reports CDMM and passes a host without coherent memory", () => {
+    put("/proc/driver/nvidia/params", "CoherentGPUMemoryMode: driver\n");
+    const c = check(doctor().checks, "numa");
+    expect(c).toMatchObject({
+      ok: true,
+      detail: "no GPU with coherent memory; CoherentGPUMemoryMode driver (CDMM: no NUMA node)",
+    });
+  });
+
+  it("shows each GPU's UVM registration, and fails one the driver refused", async () => {
+    const scratch = fixture.scratch;
+    scratch.writeSimConfig({
+      statePath: join(scratch.dir, "sim-state"),
+      faults: [{ call: "UVM_REGISTER_GPU", gpu: 1, nvStatus: 0x56 }],
+    });
+    const daemon = fixture.spawn(
+      [`--runtime-dir=${join(root, "run/nvidia-persistenced")}`, "--simulate=2", "--uvm-persistence-mode"],
+      env(),
+    );
+    await daemon.waitReady();
+    const { checks } = doctor();
+    expect(check(checks, "gpu:0").detail).toMatch(/held by gpu-persistd \(PID \d+\); UVM registration held$/);
+    const failed = check(checks, "gpu:1");
+    expect(failed.ok).toBe(false);
+    expect(failed.detail).toContain("UVM registration failed: UVM_REGISTER_GPU failed: NV_ERR_NOT_SUPPORTED");
+    expect(failed.fix).toContain("modprobe nvidia-uvm");
   });
 });

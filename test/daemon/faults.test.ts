@@ -176,7 +176,7 @@ describe("bad input on the control socket", () => {
     await d.waitReady();
     expect(JSON.parse(await request("not json\n")).error).toMatch(/JSON/);
     expect(JSON.parse(await request('{"command":"format-disks"}\n')).error).toBe(
-      'unknown command "format-disks" (known: status)',
+      'unknown command "format-disks" (known: status, release)',
     );
     expect(JSON.parse(await request("[1,2]\n")).error).toContain('"command" string');
     expect(JSON.parse(await request("x".repeat(10_000))).error).toBe("request longer than 4096 bytes");

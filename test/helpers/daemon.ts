@@ -120,8 +120,16 @@ export class DaemonProcess {
 }
 
 /** Runs the bundle to completion (a client command, or a daemon that fails to start). */
-export function runBundle(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 20_000, node = process.execPath) {
-  const result = spawnSync(node, [BUNDLE, ...args], {
+/** Runs the bundle to completion; `prefix` goes before it (["setpriv", ..., node] to run as another user). */
+export function runBundle(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  timeoutMs = 20_000,
+  node = process.execPath,
+  prefix: string[] = [],
+) {
+  const [command, ...before] = prefix.length ? prefix : [node];
+  const result = spawnSync(command as string, [...before, BUNDLE, ...args], {
     env: { ...BASE_ENV, ...env },
     encoding: "utf8",
     timeout: timeoutMs,

@@ -101,6 +101,7 @@ export class InProcessDaemon {
         this.exitCode = code;
         throw new ProcessExit(code);
       },
+      uvmRetry: { everyMs: 5, forMs: 50 },
     });
   }
 
@@ -136,9 +137,9 @@ function defaults(): Config {
   return conf.getProperties();
 }
 
-/** Fds of this process open on the simulator's stand-in node for `minor`. */
-export function fdsOn(runtimeDir: string, minor: number): number[] {
-  const target = `${runtimeDir}/sim-dev/nvidia${minor}`;
+/** Fds of this process open on the simulator's stand-in node for `minor` (or "uvm": nvidia-uvm). */
+export function fdsOn(runtimeDir: string, minor: number | "uvm"): number[] {
+  const target = `${runtimeDir}/sim-dev/nvidia${minor === "uvm" ? "-uvm" : minor}`;
   return readdirSync("/proc/self/fd").flatMap((fd) => {
     try {
       return readlinkSync(`/proc/self/fd/${fd}`) === target ? [Number(fd)] : [];

@@ -4,6 +4,7 @@
 import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ROOT } from "../helpers/daemon.js";
 import { bootWithDaemon, type Container, nspawnUnavailable, stageInstall } from "../helpers/nspawn.js";
 
 const SIM_CONFIG = "/etc/gpu-persistd/sim.json";
@@ -208,6 +209,33 @@ describe("gpu-persistd.service", () => {
     const journal = container.check("journalctl -u gpu-persistd -o cat --no-pager");
     expect(journal).toContain("withholding watchdog pings");
     expect(journal).toMatch(/Watchdog timeout|Failed with result 'watchdog'/);
+    container.check("systemctl stop gpu-persistd");
+  });
+});
+
+describe("starting when the driver appears", () => {
+  const rule = readFileSync(join(ROOT, "systemd/71-gpu-persistd.rules"), "utf8");
+  const command = /RUN\+="\/bin\/sh -c '(.*)'"/.exec(rule)?.[1] ?? "";
+
+  it("the udev rule's command starts an enabled unit, and leaves one the admin disabled alone", () => {
+    expect(command).toContain("systemctl start --no-block gpu-persistd.service");
+    expect(container.run("cat /usr/lib/udev/rules.d/71-gpu-persistd.rules").stdout).toBe(rule);
+    install(simDropIn(), {});
+    container.check("systemctl stop gpu-persistd; systemctl disable -q gpu-persistd");
+    container.run(command);
+    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("inactive");
+    container.check("systemctl enable -q gpu-persistd");
+    container.check(command);
+    container.check("systemctl start gpu-persistd");
+    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
+    container.check("systemctl stop gpu-persistd");
+  });
+
+  it("waits for a driver that answers late, then comes up", () => {
+    install(simDropIn(), { faults: [{ call: "nvmlInit_v2", return: 9, times: 3 }] });
+    container.check("systemctl start gpu-persistd");
+    expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
+    expect(container.run("journalctl -u gpu-persistd -o cat").stdout).toContain("waiting for the NVIDIA driver");
     container.check("systemctl stop gpu-persistd");
   });
 });

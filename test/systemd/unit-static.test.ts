@@ -36,3 +36,30 @@ describe("gpu-persistd.service, statically", () => {
     }
   });
 });
+
+describe("71-gpu-persistd.rules, statically", () => {
+  const rules = readFileSync(join(ROOT, "systemd/71-gpu-persistd.rules"), "utf8");
+
+  it('is made of udev\'s KEY op "value" pairs with known keys and operators', () => {
+    const known = new Set(["ACTION", "SUBSYSTEM", "KERNEL", "DRIVER", "RUN", "TAG", "ENV"]);
+    const lines = rules.split("\n").filter((l) => l.trim() && !l.startsWith("#"));
+    expect(lines).toHaveLength(1);
+    for (const line of lines) {
+      const pairs = line.split(/,\s*(?=[A-Z])/);
+      for (const pair of pairs) {
+        const m = /^([A-Z]+)(\{[\w]+\})?(==|!=|\+=|=|:=)"([^"]*)"$/.exec(pair.trim());
+        expect(m, pair).not.toBeNull();
+        expect(known.has(m?.[1] as string), pair).toBe(true);
+      }
+    }
+    expect(rules).toContain('ACTION=="add", SUBSYSTEM=="module", KERNEL=="nvidia"');
+  });
+
+  it("passes udevadm verify where this udev has it (systemd 254 and later)", () => {
+    const help = spawnSync("udevadm", ["verify", "--help"], { encoding: "utf8" });
+    // No udev here, or Debian 12's (252), which predates `udevadm verify`: the check above is all there is.
+    if (help.error || help.status !== 0) return;
+    const result = spawnSync("udevadm", ["verify", join(ROOT, "systemd/71-gpu-persistd.rules")], { encoding: "utf8" });
+    expect(result.status, result.stdout + result.stderr).toBe(0);
+  });
+});

@@ -68,7 +68,7 @@ describe("signals during start-up", () => {
     expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(1);
     expect(fdsOn(d.scratch.runtimeDir, 1)).toHaveLength(1);
     const backend = rpcBackend(d.registry);
-    expect(await backend.setMode(pci(0x06), false)).toBe(NvPdStatus.SUCCESS);
+    expect(await backend.setMode(pci(0x06), false, false)).toBe(NvPdStatus.SUCCESS);
     expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(0);
     expect(d.registry.list()[0]?.state).toBe("released");
   });
@@ -141,7 +141,7 @@ describe("reload", () => {
   it("releases a GPU no longer selected and leaves a GPU a client released alone", async () => {
     const d = fixture.daemon({ gpus: 3 });
     await d.daemon.run();
-    await rpcBackend(d.registry).setMode(pci(0x08), false);
+    await rpcBackend(d.registry).setMode(pci(0x08), false, false);
     d.nextConfig = { devices: ["0", "2"] };
     d.daemon.reload();
     await d.daemon.reloadsSettled();
@@ -156,16 +156,16 @@ describe("requests from clients", () => {
     const d = fixture.daemon({ gpus: 2 });
     await d.daemon.run();
     const backend = rpcBackend(d.registry);
-    expect(await backend.setMode(pci(0x07), false)).toBe(NvPdStatus.SUCCESS);
+    expect(await backend.setMode(pci(0x07), false, false)).toBe(NvPdStatus.SUCCESS);
     expect(d.context.session?.open).toBe(false);
     expect(backend.mode(pci(0x07))).toBe(false);
     expect(d.notifier.sent.at(-1)?.STATUS).toBe("1/2 GPUs persistent; 00000000:07:00.0: released");
-    expect(await backend.setMode(pci(0x07), true)).toBe(NvPdStatus.SUCCESS);
+    expect(await backend.setMode(pci(0x07), true, false)).toBe(NvPdStatus.SUCCESS);
     expect(d.context.session?.open).toBe(true);
     expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
     expect(d.scratch.callCount("nvmlInit_v2")).toBe(2);
     expect(d.scratch.callCount("nvmlDeviceGetHandleByPciBusId_v2")).toBe(2);
-    expect(await backend.setMode(pci(0x99), true)).toBe(NvPdStatus.DEVICE_NOT_FOUND);
+    expect(await backend.setMode(pci(0x99), true, false)).toBe(NvPdStatus.DEVICE_NOT_FOUND);
   });
 });
 

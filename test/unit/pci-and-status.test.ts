@@ -58,6 +58,9 @@ const gpu = {
   xids: {},
   error: null,
   errorCode: null,
+  uvm: "off",
+  uvmError: null,
+  numa: null,
 };
 const status = {
   format: STATUS_FORMAT,

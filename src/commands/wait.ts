@@ -1,0 +1,36 @@
+// `gpu-persistd wait [--timeout=SECONDS]`: blocks until the daemon is READY (every selected
+// GPU settled). Exit 0 when every selected GPU is held, 1 when the daemon is ready but some
+// are not (named), 69 when no daemon answered ready within the timeout. Any user may run it,
+// also in a container that shares the runtime directory.
+import { requestStatus } from "../control/control-client.js";
+import { ExitCode } from "../exit-codes.js";
+import { FatalError } from "../fatal-error.js";
+
+const POLL_MS = 100;
+
+export async function waitCommand(runtimeDir: string, timeoutSeconds: number): Promise<void> {
+  const deadline = performance.now() + timeoutSeconds * 1000;
+  let last = "";
+  for (;;) {
+    try {
+      const status = await requestStatus(runtimeDir, Math.max(100, deadline - performance.now()));
+      if (status.ready) {
+        const notHeld = status.devices.filter((d) => d.selected && !d.held);
+        if (notHeld.length === 0) {
+          process.stdout.write(`gpu-persistd is ready: ${status.devices.filter((d) => d.held).length} GPUs held\n`);
+          return;
+        }
+        const names = notHeld.map((d) => `GPU ${d.index} ${d.pciBusId} (${d.state}${d.error ? `: ${d.error}` : ""})`);
+        throw new FatalError(ExitCode.FAILURE, `gpu-persistd is ready, but not every GPU is held: ${names.join("; ")}`);
+      }
+      last = "the daemon is still starting";
+    } catch (err) {
+      if (!(err instanceof FatalError) || err.exitCode !== ExitCode.UNAVAILABLE) throw err;
+      last = err.message;
+    }
+    if (performance.now() + POLL_MS > deadline) {
+      throw new FatalError(ExitCode.UNAVAILABLE, `no ready gpu-persistd within ${timeoutSeconds} s: ${last}`);
+    }
+    await new Promise((r) => setTimeout(r, POLL_MS));
+  }
+}

@@ -89,8 +89,11 @@ export function numaCheck(host: HostRoot, daemon: DaemonStatus | null): Check {
   });
   const fromDaemon = (daemon?.devices ?? []).filter((d) => d.numa !== null).map((d) => d.pciBusId);
   const coherent = [...new Set([...fromProc, ...fromDaemon])];
-  const cdmm = /CoherentGPUMemoryMode:\s*"?(\S+?)"?$/m.exec(host.read("/proc/driver/nvidia/params") ?? "")?.[1];
-  const mode = cdmm ? `; CoherentGPUMemoryMode ${cdmm}${cdmm === "driver" ? " (CDMM: no NUMA node)" : ""}` : "";
+  const cdmm = /^CoherentGPUMemoryMode:\s*"?([^"\n]*)"?\s*$/m.exec(host.read("/proc/driver/nvidia/params") ?? "")?.[1];
+  const mode =
+    cdmm === undefined
+      ? ""
+      : `; CoherentGPUMemoryMode ${cdmm || "(driver default)"}${cdmm === "driver" ? " (CDMM: no NUMA node)" : ""}`;
   if (coherent.length === 0) return pass("numa", title, `no GPU with coherent memory${mode}`);
   const blocks = host.read("/sys/devices/system/memory/auto_online_blocks")?.trim() ?? "unreadable";
   const what = `${coherent.length} GPU(s) with coherent memory (${coherent.join(", ")}); auto_online_blocks ${blocks}${mode}`;

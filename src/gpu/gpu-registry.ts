@@ -327,6 +327,12 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
   #readNuma(gpu: Entry, fd: number): void {
     try {
       gpu.numa = this.#options.kernel.numaInfo(fd);
+      const raw = gpu.numa;
+      this.#note(
+        gpu,
+        "debug",
+        `NV_ESC_NUMA_INFO: nid ${raw.nid}, status ${raw.status}, use_auto_online ${raw.useAutoOnline}, memory ${raw.memSizeBytes} bytes`,
+      );
       if (hasCoherentMemory(gpu)) {
         const n = gpu.numa;
         this.#note(

@@ -145,8 +145,11 @@ export class Nvml {
 
   /** Runs one NVML function on the pool; resolves on NVML_SUCCESS, rejects otherwise. */
   #call(name: NvmlFunctionName, ...args: unknown[]): Promise<void> {
+    return this.#callWithin(this.timeoutMs, name, ...args);
+  }
+
+  #callWithin(timeoutMs: number, name: NvmlFunctionName, ...args: unknown[]): Promise<void> {
     const fn = this.#fns[name];
-    const timeoutMs = this.timeoutMs;
     return new Promise<void>((resolve, reject) => {
       let settled = false;
       let returned: () => void = () => {};
@@ -277,11 +280,14 @@ export class Nvml {
     await this.#call("nvmlDeviceRegisterEvents", dev, types, set);
   }
 
-  /** Waits up to `timeoutMs` on the pool; resolves null on NVML_ERROR_TIMEOUT. */
+  /**
+   * Waits up to `timeoutMs` on the pool; resolves null on NVML_ERROR_TIMEOUT. The call's own
+   * time limit is the wait plus the usual one.
+   */
   async eventSetWait(set: EventSetHandle, timeoutMs: number): Promise<EventData | null> {
     const out = {} as EventData;
     try {
-      await this.#call("nvmlEventSetWait_v2", set, out, timeoutMs);
+      await this.#callWithin(timeoutMs + this.timeoutMs, "nvmlEventSetWait_v2", set, out, timeoutMs);
     } catch (err) {
       if (err instanceof NvmlError && err.code === NVML_ERROR_TIMEOUT) return null;
       throw err;

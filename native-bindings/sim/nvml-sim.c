@@ -91,6 +91,14 @@ typedef struct event_set *nvmlEventSet_t;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_changed = PTHREAD_COND_INITIALIZER;
 static unsigned long gate_generation; /* outlives resets: a reset frees every gated call */
+/* Event waits sleep on this (CLOCK_MONOTONIC); only a reset signals it. */
+static pthread_cond_t wait_changed;
+__attribute__((constructor)) static void init_wait_changed(void) {
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&wait_changed, &attr);
+}
 static struct {
     int loaded;
     char load_error[512];
@@ -627,14 +635,24 @@ EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *dat
     if (!initialized()) return done(call, -1, NVML_ERROR_UNINITIALIZED);
     if (!valid_set(set) || !data) return done(call, -1, NVML_ERROR_INVALID_ARGUMENT);
     ENTER(call, -1);
-    long long waited = 0;
+    /* Blocks as the real wait does (no polling): until the next configured event is due or
+     * the timeout passes, on a condition variable nothing signals but a reset. */
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    long long deadline_ms = deadline.tv_sec * 1000LL + deadline.tv_nsec / 1000000LL + timeoutms;
+    pthread_mutex_lock(&lock);
+    unsigned long generation = gate_generation;
     for (;;) {
-        pthread_mutex_lock(&lock);
         long long elapsed = ms_since_first_init();
+        long long next_due = -1;
         for (int i = 0; i < S.event_count; i++) {
             struct event *e = &S.events[i];
-            if (e->delivered || e->afterMs > elapsed || e->gpu < 0 || e->gpu >= S.gpu_count) continue;
+            if (e->delivered || e->gpu < 0 || e->gpu >= S.gpu_count) continue;
             if (!(set->registered[e->gpu] & e->type)) continue;
+            if (e->afterMs > elapsed) {
+                if (next_due < 0 || e->afterMs < next_due) next_due = e->afterMs;
+                continue;
+            }
             e->delivered = 1;
             memset(data, 0, sizeof *data);
             data->device = &S.gpus[e->gpu];
@@ -645,11 +663,17 @@ EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *dat
             pthread_mutex_unlock(&lock);
             return done(call, e->gpu, NVML_SUCCESS);
         }
-        pthread_mutex_unlock(&lock);
-        if (waited >= timeoutms) return done(call, -1, NVML_ERROR_TIMEOUT);
-        long long step = timeoutms - waited < 10 ? timeoutms - waited : 10;
-        sleep_ms(step);
-        waited += step;
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long now_ms = now.tv_sec * 1000LL + now.tv_nsec / 1000000LL;
+        long long wake_ms = deadline_ms;
+        if (next_due >= 0 && now_ms + (next_due - elapsed) < wake_ms) wake_ms = now_ms + (next_due - elapsed);
+        if (now_ms >= deadline_ms || generation != gate_generation) {
+            pthread_mutex_unlock(&lock);
+            return done(call, -1, NVML_ERROR_TIMEOUT);
+        }
+        struct timespec until = {wake_ms / 1000, (wake_ms % 1000) * 1000000L};
+        pthread_cond_timedwait(&wait_changed, &lock, &until);
     }
 }
 
@@ -783,6 +807,7 @@ EXPORT void gpuPersistdSimReset(void) {
     pthread_mutex_lock(&lock);
     gate_generation++; /* nothing may stay blocked past a reset */
     pthread_cond_broadcast(&gate_changed);
+    pthread_cond_broadcast(&wait_changed);
     if (S.call_log_fd >= 0) close(S.call_log_fd);
     memset(&S, 0, sizeof S);
     S.call_log_fd = -1;

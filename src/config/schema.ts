@@ -215,10 +215,17 @@ export const configSchema = {
     reload: "restart" as const,
   },
   healthIntervalMs: {
-    doc: "Interval of the NVML health check, in milliseconds (shortened to a third of systemd's watchdog interval).",
+    doc: "Interval of the NVML health check, in milliseconds (at most half systemd's watchdog interval; a watchdog ping follows each check).",
+    format: "milliseconds",
+    default: 15000,
+    env: "GPU_PERSISTD_HEALTH_INTERVAL_MS",
+    reload: "live" as const,
+  },
+  eventWaitMs: {
+    doc: "Longest one NVML event (Xid) wait blocks, in milliseconds: each wait that ends is one wake-up of an idle daemon, and a release waits for the one in flight before it ends the NVML session.",
     format: "milliseconds",
     default: 10000,
-    env: "GPU_PERSISTD_HEALTH_INTERVAL_MS",
+    env: "GPU_PERSISTD_EVENT_WAIT_MS",
     reload: "live" as const,
   },
   stopTimeoutMs: {
@@ -270,6 +277,7 @@ export interface Config {
   bringUpConcurrency: number;
   driverWaitMs: number;
   healthIntervalMs: number;
+  eventWaitMs: number;
   stopTimeoutMs: number;
   metricsListen: string;
   metricsTextfile: string;

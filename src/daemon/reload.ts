@@ -52,6 +52,9 @@ const APPLY: { [K in LiveKey]: (ctx: DaemonContext) => void | Promise<void> } = 
   nvmlTimeoutMs: (ctx) => {
     if (ctx.session) ctx.session.nvml.timeoutMs = ctx.config.nvmlTimeoutMs;
   },
+  eventWaitMs: (ctx) => {
+    if (ctx.xid) ctx.xid.waitMs = ctx.config.eventWaitMs;
+  },
   stopTimeoutMs: (ctx) => {
     if (ctx.session) ctx.session.idleLimitMs = ctx.config.stopTimeoutMs;
   },

@@ -10,10 +10,11 @@ export async function shutdown(ctx: DaemonContext, code: ExitCode, reason: strin
   const { log, notifier, runtime } = ctx.deps;
   notifier.stopping();
   log.info(`stopping: ${reason}`);
-  ctx.watchdog?.stop();
   ctx.health?.stop();
   const xid = ctx.xid;
   ctx.xid = null;
+  // A wait inside NVML: no nvmlShutdown beside it (real NVML crashes); the kernel ends the session.
+  const waiting = xid?.waiting ?? false;
   void xid?.stop();
   ctx.control?.close();
   ctx.rpc?.close();
@@ -26,8 +27,12 @@ export async function shutdown(ctx: DaemonContext, code: ExitCode, reason: strin
   for (const left of runtime.remove()) log.warn(`could not remove ${left}`);
   // nvmlShutdown beside a call still inside NVML (the Xid wait, a health check) crashes
   // real NVML: the session ends only once they returned, else it is left to the kernel.
-  const problem = (await ctx.session?.end(ctx.config.stopTimeoutMs)) ?? "";
-  if (problem) log.warn(`exiting without a clean NVML shutdown: ${problem}`);
+  if (waiting) {
+    log.debug("exiting without nvmlShutdown: the Xid event wait is inside NVML; the kernel ends the session");
+  } else {
+    const problem = (await ctx.session?.end(ctx.config.stopTimeoutMs)) ?? "";
+    if (problem) log.warn(`exiting without a clean NVML shutdown: ${problem}`);
+  }
   log.info(`Shutdown (${process.pid})`);
   // _exit: process.exit() would wait for NVML calls still blocked on the thread pool.
   return ctx.deps.exit(code);

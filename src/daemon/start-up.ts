@@ -49,10 +49,10 @@ export function wanted(ctx: DaemonContext, gpu: Gpu): boolean {
   return ctx.config.persistenceMode && gpu.selected;
 }
 
-/** The health interval in force: shortened to a third of systemd's watchdog interval. */
+/** The health interval in force: at most half systemd's watchdog interval (a ping follows each round). */
 export function healthIntervalMs(ctx: DaemonContext): number {
   const usec = watchdogUsec(ctx.deps.env);
-  const ms = usec ? Math.min(ctx.config.healthIntervalMs, usec / 1000 / 3) : ctx.config.healthIntervalMs;
+  const ms = usec ? Math.min(ctx.config.healthIntervalMs, usec / 1000 / 2) : ctx.config.healthIntervalMs;
   return Math.max(10, Math.round(ms));
 }
 
@@ -195,7 +195,7 @@ async function openSockets(ctx: DaemonContext, registry: GpuRegistry): Promise<v
 
 async function startXidWaiter(ctx: DaemonContext, session: NvmlSession, registry: GpuRegistry): Promise<void> {
   if (!session.open) return;
-  const xid = new XidWaiter(session.nvml, registry, ctx.log);
+  const xid = new XidWaiter(session.nvml, registry, ctx.log, ctx.config.eventWaitMs);
   try {
     const watched = await xid.start(registry.list().filter((g) => g.handle !== null));
     ctx.xid = xid;
@@ -205,34 +205,37 @@ async function startXidWaiter(ctx: DaemonContext, session: NvmlSession, registry
   }
 }
 
-/** Stops the Xid waiter, waiting at most stopTimeoutMs for its NVML call to return. */
-export async function stopXidWaiter(ctx: DaemonContext): Promise<void> {
+/** Stops the Xid waiter for a release: the wait in flight must return before nvmlShutdown. */
+async function stopXidWaiter(ctx: DaemonContext): Promise<void> {
   const xid = ctx.xid;
   ctx.xid = null;
-  if (!xid) return;
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([xid.stop(), new Promise((r) => (timer = setTimeout(r, ctx.config.stopTimeoutMs)))]);
-  clearTimeout(timer);
+  await xid?.stop();
 }
 
 function startHealth(ctx: DaemonContext, session: NvmlSession, registry: GpuRegistry): void {
+  const usec = watchdogUsec(ctx.deps.env);
+  const watchdog =
+    usec && ctx.deps.notifier.enabled
+      ? new Watchdog(ctx.deps.notifier, usec, () => health.lastHealthyAt, ctx.log)
+      : null;
   const health = new HealthMonitor(
     {
       nvml: session.nvml,
       registry,
       nvmlOpen: () => session.open,
       onRound: (seconds, healthy) => ctx.metrics.observeHealthRound(seconds, healthy),
+      ...(watchdog ? { afterTick: () => watchdog.tick() } : {}),
       log: ctx.log,
     },
     healthIntervalMs(ctx),
   );
   ctx.health = health;
+  ctx.watchdog = watchdog;
+  // The first ping at once: systemd's watchdog runs from READY on.
+  watchdog?.tick();
   health.start();
-  const usec = watchdogUsec(ctx.deps.env);
-  if (usec && ctx.deps.notifier.enabled) {
-    ctx.watchdog = new Watchdog(ctx.deps.notifier, usec, () => health.lastHealthyAt, ctx.log);
-    ctx.watchdog.start();
-    ctx.log.info(`watchdog: pinging every ${Math.round(usec / 2000)} ms while NVML health checks pass`);
+  if (watchdog) {
+    ctx.log.info(`watchdog: pinging every ${health.intervalMs} ms while NVML health checks pass`);
   }
 }
 

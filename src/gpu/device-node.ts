@@ -1,7 +1,7 @@
 // Holding a GPU: one open fd on its device node keeps the kernel driver from tearing the
 // GPU's state down when its last other client exits. Closing that fd lets it go. Only the
 // GPU registry calls these.
-import { closeSync, fstatSync, open, type Stats, statSync } from "node:fs";
+import { closeSync, open } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { fixes } from "../fixes.js";
@@ -44,27 +44,4 @@ export async function openDeviceNode(path: string): Promise<number> {
 
 export function closeDeviceNode(fd: number): void {
   closeSync(fd);
-}
-
-/**
- * Why `fd` no longer holds the node at `path`, or null when it does. "closed" means the fd
- * number is not open any more: it must not be closed again (it may be reused by now).
- */
-export function nodeDrift(fd: number, path: string): { reason: string; closed: boolean } | null {
-  let held: Stats;
-  try {
-    held = fstatSync(fd);
-  } catch (err) {
-    return { reason: `its fd ${fd} is no longer open (${(err as NodeJS.ErrnoException).code})`, closed: true };
-  }
-  let current: Stats;
-  try {
-    current = statSync(path);
-  } catch (err) {
-    return { reason: `${path} is gone (${(err as NodeJS.ErrnoException).code})`, closed: false };
-  }
-  const same = held.isCharacterDevice()
-    ? held.rdev === current.rdev
-    : held.ino === current.ino && held.dev === current.dev;
-  return same ? null : { reason: `${path} was replaced since it was opened`, closed: false };
 }

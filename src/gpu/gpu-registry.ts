@@ -15,7 +15,7 @@ import type { DeviceHandle, Nvml } from "../../native-bindings/nvml.js";
 import { PERSISTENCE_ENABLED } from "../../native-bindings/nvml.js";
 import { forEachLimited } from "../concurrency.js";
 import { describeError as errorText } from "./describe-error.js";
-import { closeDeviceNode, deviceNodePath, nodeDrift, openDeviceNode } from "./device-node.js";
+import { closeDeviceNode, deviceNodePath, openDeviceNode } from "./device-node.js";
 import { type GpuSelector, selectorMatches } from "./gpu-selector.js";
 import { formatPciAddress, type PciAddress, samePciDevice } from "./pci-address.js";
 import type { PersistenceSetter } from "./persistence-setter.js";
@@ -459,31 +459,6 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
         "error",
         `GPU is lost (${errorText(cause)}): released it; the other GPUs stay held. A reset or reboot is needed to recover it.`,
       );
-    });
-  }
-
-  /**
-   * Checks that a held GPU's fd still holds its node; if not (closed, or the node was
-   * replaced), opens the node again and only then closes the old fd, if it is still ours.
-   */
-  verifyHold(gpu: Gpu): Promise<void> {
-    return this.#serial(gpu, async (entry) => {
-      if (this.#closed || entry.fd === null || entry.nodePath === null) return;
-      const drift = nodeDrift(entry.fd, entry.nodePath);
-      if (!drift) return;
-      this.#note(entry, "warn", `the GPU is not held as it should be: ${drift.reason}; holding it again`);
-      const old = entry.fd;
-      entry.fd = null;
-      try {
-        entry.fd = await openDeviceNode(entry.nodePath);
-        if (this.#closed) this.#close(entry);
-        else this.#note(entry, "info", "holding the GPU again");
-      } catch (err) {
-        entry.fault = err as Error;
-        entry.nodePath = null;
-        this.#move(entry, "failed", "error", `cannot hold the GPU again: ${errorText(err)}`);
-      }
-      if (!drift.closed) closeDeviceNode(old);
     });
   }
 

@@ -1,7 +1,10 @@
-// The health loop: a cheap NVML call per held GPU (and one for NVML itself) at a fixed
-// interval, each on the thread pool with a time limit. Its last success gates the systemd
-// watchdog: a hung or failing NVML stops the pings, so systemd restarts the daemon. What it
-// finds about a GPU (drift, persistence, loss) it hands to the registry.
+// The health loop: one timer that, each interval, asks NVML one cheap question (the
+// persistence mode of the next held GPU in turn; the GPU count when none is held) on the
+// thread pool with a time limit, then lets the systemd watchdog ping if NVML answered within
+// the watchdog interval: a hung NVML stops the pings, so systemd restarts the daemon. One
+// call per round keeps an idle daemon's wake-ups near zero; a driver that hangs hangs every
+// call, and a GPU that falls off the bus is also reported by its Xid event. What a round
+// finds about a GPU (persistence, loss) goes to the registry.
 import type { Nvml } from "../../native-bindings/nvml.js";
 import { NvmlError, NvmlTimeoutError } from "../../native-bindings/nvml-errors.js";
 import { NVML_ERROR_GPU_IS_LOST } from "../../native-bindings/nvml-return-codes.js";
@@ -16,6 +19,8 @@ export interface HealthOptions {
   nvmlOpen(): boolean;
   /** A round that asked NVML ended: its duration, and whether every call answered. */
   onRound(seconds: number, healthy: boolean): void;
+  /** After each tick: the watchdog pings or withholds (absent without a watchdog). */
+  afterTick?(): void;
   log: Log;
 }
 
@@ -26,6 +31,8 @@ export class HealthMonitor {
   #running = false;
   #lastHealthyAt: number = performance.now();
   #passedOnce = false;
+  /** The held GPU asked next: rounds take the held GPUs in turn. */
+  #next = 0;
   /** Calls that timed out and were logged; cleared when the same check succeeds again. */
   readonly #reportedHangs = new Set<string>();
   /** Checks whose timed-out call still blocks a pool thread: not repeated until it returns. */
@@ -47,8 +54,14 @@ export class HealthMonitor {
 
   start(): void {
     this.stop();
-    this.#timer = setInterval(() => void this.round(), this.#intervalMs);
+    this.#timer = setInterval(() => void this.tick(), this.#intervalMs);
     this.#timer.unref();
+  }
+
+  /** One timer tick: a round (unless one is still stuck), then the watchdog's turn. */
+  async tick(): Promise<void> {
+    await this.round();
+    this.#o.afterTick?.();
   }
 
   /** A reload changed the interval: the next round comes one new interval from now. */
@@ -85,15 +98,13 @@ export class HealthMonitor {
     const started = performance.now();
     try {
       const { registry, nvml } = this.#o;
-      const held = registry.list().filter((g) => g.state === "held");
-      await Promise.all(held.map((gpu) => registry.verifyHold(gpu)));
-      const results = await Promise.all([
-        this.#check("count", () => nvml.deviceCount()),
-        ...held.map((gpu) => this.#checkGpu(gpu)),
-      ]);
-      const healthy = results.every(Boolean);
+      const held = registry.list().filter((g) => g.state === "held" && g.handle !== null);
+      const gpu = held.length ? held[this.#next++ % held.length] : undefined;
+      const answered = gpu ? await this.#checkGpu(gpu) : await this.#check("count", () => nvml.deviceCount());
+      // A call still stuck from an earlier round keeps every round unhealthy until it returns.
+      const healthy = answered && this.#stuck.size === 0;
       if (healthy) {
-        if (!this.#passedOnce) this.#o.log.debug(`health check passed (${held.length} GPUs)`);
+        if (!this.#passedOnce) this.#o.log.debug("health check passed");
         this.#passedOnce = true;
         this.#lastHealthyAt = performance.now();
       }

@@ -1,7 +1,9 @@
-// The Xid event waiter: NVML's blocking nvmlEventSetWait_v2 runs on the thread pool with a
-// short timeout, over and over, so a stop never waits on it. Each Xid is logged with the GPU
-// and its meaning, at most a few lines per GPU and Xid a minute during a storm; Xid 79 (the
-// GPU fell off the bus) marks the GPU lost.
+// The Xid event waiter: NVML's blocking nvmlEventSetWait_v2 on the thread pool, in long
+// waits (one wake-up each eventWaitMs when nothing happens). A stop does not wait for it: the
+// process exits without nvmlShutdown while it is inside NVML (real NVML crashes when the
+// session ends beside it). A release, which must end the session, waits for it to return.
+// Each Xid is logged with the GPU and its meaning, at most a few lines per GPU and Xid a
+// minute during a storm; Xid 79 (the GPU fell off the bus) marks the GPU lost.
 import type { DeviceHandle, EventSetHandle, Nvml } from "../../native-bindings/nvml.js";
 import { EVENT_XID_CRITICAL_ERROR } from "../../native-bindings/nvml.js";
 import { NvmlError, NvmlTimeoutError } from "../../native-bindings/nvml-errors.js";
@@ -33,7 +35,6 @@ export const XID_GPU_FALLEN_OFF_THE_BUS = 79;
 /** Lines per GPU and Xid in one window; the rest are counted and summed up. */
 const LOGS_PER_WINDOW = 5;
 const WINDOW_MS = 60_000;
-const WAIT_MS = 500;
 
 export class XidWaiter {
   readonly #nvml: Nvml;
@@ -41,10 +42,15 @@ export class XidWaiter {
   readonly #log: Log;
   #set: EventSetHandle | null = null;
   #running = false;
+  #waiting = false;
   #loop: Promise<void> | null = null;
   readonly #windows = new Map<string, { start: number; logged: number; suppressed: number }>();
 
-  constructor(nvml: Nvml, registry: GpuRegistry, log: Log) {
+  /** One wait (eventWaitMs): a reload may change it; the wait in flight keeps its own. */
+  waitMs: number;
+
+  constructor(nvml: Nvml, registry: GpuRegistry, log: Log, waitMs: number) {
+    this.waitMs = waitMs;
     this.#nvml = nvml;
     this.#registry = registry;
     this.#log = log;
@@ -77,7 +83,10 @@ export class XidWaiter {
   async #run(): Promise<void> {
     while (this.#running && this.#set !== null) {
       try {
-        const event = await this.#nvml.eventSetWait(this.#set, WAIT_MS);
+        this.#waiting = true;
+        const event = await this.#nvml.eventSetWait(this.#set, this.waitMs).finally(() => {
+          this.#waiting = false;
+        });
         if (event && this.#running) this.#handle(event.device, Number(event.eventData));
       } catch (err) {
         if (!this.#running) return;
@@ -122,7 +131,12 @@ export class XidWaiter {
     }
   }
 
-  /** Stops the loop; the set is freed once the wait in flight returns (within WAIT_MS). */
+  /** Whether a wait is inside NVML now. */
+  get waiting(): boolean {
+    return this.#waiting;
+  }
+
+  /** Stops the loop; resolves once the wait in flight returned (within eventWaitMs) and the set is freed. */
   async stop(): Promise<void> {
     this.#running = false;
     const set = this.#set;

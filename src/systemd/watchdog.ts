@@ -1,5 +1,6 @@
-// WATCHDOG=1 every WATCHDOG_USEC/2, and only while the health loop has succeeded within
-// the last watchdog interval: a bare timer would keep pinging from a daemon whose NVML hangs.
+// WATCHDOG=1 after each health tick (every WATCHDOG_USEC/2 at most), and only while the
+// health loop has succeeded within the last watchdog interval: a bare timer would keep
+// pinging from a daemon whose NVML hangs. The health loop's timer drives it: one wake-up for both.
 import type { Log } from "../log.js";
 import type { SystemdNotifier } from "./notify.js";
 
@@ -8,7 +9,6 @@ export class Watchdog {
   readonly #intervalMs: number;
   readonly #lastHealthyAt: () => number;
   readonly #log: Log;
-  #timer: NodeJS.Timeout | null = null;
   #withholding = false;
 
   constructor(notifier: SystemdNotifier, usec: number, lastHealthyAt: () => number, log: Log) {
@@ -16,17 +16,6 @@ export class Watchdog {
     this.#intervalMs = usec / 1000;
     this.#lastHealthyAt = lastHealthyAt;
     this.#log = log;
-  }
-
-  start(): void {
-    this.tick();
-    this.#timer = setInterval(() => this.tick(), Math.max(1, Math.floor(this.#intervalMs / 2)));
-    this.#timer.unref();
-  }
-
-  stop(): void {
-    if (this.#timer) clearInterval(this.#timer);
-    this.#timer = null;
   }
 
   /** Pings when healthy; returns whether it pinged. */

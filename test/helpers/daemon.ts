@@ -15,7 +15,8 @@ export const SIM_LIBRARY = join(ROOT, "dist/libnvidia-ml-sim.so");
 /** Keeps the machine's /etc/gpu-persistd/config.json out of the tests. */
 const EMPTY_CONFIG = join(mkdtempSync(join(tmpdir(), "gpu-persistd-config-")), "config.json");
 writeFileSync(EMPTY_CONFIG, "{}");
-const BASE_ENV = { PATH: process.env.PATH, GPU_PERSISTD_CONFIG: EMPTY_CONFIG };
+// Short event waits: a release waits for the one in flight (10 s by default) before it ends the NVML session.
+const BASE_ENV = { PATH: process.env.PATH, GPU_PERSISTD_CONFIG: EMPTY_CONFIG, GPU_PERSISTD_EVENT_WAIT_MS: "200" };
 
 export interface SimConfig {
   gpus?: number | Record<string, unknown>[];

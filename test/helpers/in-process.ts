@@ -85,7 +85,7 @@ export class InProcessDaemon {
       { level: "debug", base: null, timestamp: false },
       { write: (l: string) => this.lines.push(JSON.parse(l)) },
     );
-    const base = { ...defaults(), runtimeDir: scratch.runtimeDir, simulate: "on", ...config };
+    const base = { ...defaults(), runtimeDir: scratch.runtimeDir, simulate: "on", eventWaitMs: 100, ...config };
     this.nextConfig = base;
     const runtime = RuntimeDir.claim(scratch.runtimeDir, {});
     this.daemon = new Daemon(base, {
@@ -120,14 +120,12 @@ export class InProcessDaemon {
     return this.lines.map((l) => (l.gpuIndex === undefined ? l.msg : `GPU ${l.gpuIndex}: ${l.msg}`));
   }
 
-  /** Stops as SIGTERM would; resolves the exit code, and waits until no NVML call is in flight. */
+  /** Stops as SIGTERM would; resolves the exit code. */
   async stop(): Promise<number> {
-    const code = await this.daemon.stop(0, "test").catch((err: unknown) => {
+    return this.daemon.stop(0, "test").catch((err: unknown) => {
       if (err instanceof ProcessExit) return err.code;
       throw err;
     });
-    await this.context.session?.nvml.idle(5000);
-    return code;
   }
 }
 
@@ -160,10 +158,13 @@ export class InProcessFixture {
   constructor() {
     afterEach(async () => {
       openGate();
-      for (const d of this.#daemons.splice(0)) {
+      const daemons = this.#daemons.splice(0);
+      for (const d of daemons) {
         if (d.exitCode === null) await d.stop();
       }
+      // The reset also ends an event wait in flight; the next test starts with none.
       simReset();
+      for (const d of daemons) await d.context.session?.nvml.idle(5000);
       this.#scratch?.cleanup();
       this.#scratch = null;
     });

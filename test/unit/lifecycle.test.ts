@@ -1,7 +1,7 @@
 // The daemon's lifecycle in this process, against the simulated libnvidia-ml through the
 // real koffi binding: start-up order, signals during start-up and reloads, stop, and the
 // races between them. Ordering comes from the simulator's gates, never from sleeping.
-import { closeSync, fstatSync, openSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, fstatSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { NvmlError } from "../../native-bindings/nvml-errors.js";
@@ -170,19 +170,18 @@ describe("requests from clients", () => {
 });
 
 describe("health and loss", () => {
-  it("a GPU lost while it is being held again: no fd left on it, and no other file closed", async () => {
+  it("a GPU lost while a client's hold is opening its node: no fd left on it, and no other file closed", async () => {
     const d = fixture.daemon({ gpus: 2 });
     await d.daemon.run();
+    const backend = rpcBackend(d.registry);
+    await backend.setMode(pci(0x06), false, false);
     const gpu = d.registry.list()[0];
     if (!gpu) throw new Error("no GPU 0");
-    // The node is replaced: the next check opens it again.
-    const node = join(d.scratch.runtimeDir, "sim-dev/nvidia0");
-    rmSync(node);
-    writeFileSync(node, "");
-    const reHold = d.registry.verifyHold(gpu);
+    // The open runs on the thread pool; the loss arrives before it returns.
+    const hold = backend.setMode(pci(0x06), true, false);
     const lost = d.registry.markLost(gpu, new Error("Xid 79: GPU has fallen off the bus"));
     const unrelated = openSync(join(d.scratch.dir, "sim.json"), "r");
-    await Promise.all([reHold, lost]);
+    await Promise.all([hold, lost]);
     expect(() => fstatSync(unrelated)).not.toThrow();
     closeSync(unrelated);
     expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(0);
@@ -196,10 +195,38 @@ describe("health and loss", () => {
       faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, return: 15, afterCalls: 1 }],
     });
     await d.daemon.run();
+    // Rounds take the held GPUs in turn: GPU 0, then GPU 1.
+    expect(await d.context.health?.round()).toBe(true);
     expect(await d.context.health?.round()).toBe(true);
     expect(d.registry.list().map((g) => g.state)).toEqual(["held", "lost"]);
     expect(daemonStatus(d.context).devices[1]?.errorCode).toBe("NVML_ERROR_GPU_IS_LOST");
     expect(fdsOn(d.scratch.runtimeDir, 1)).toHaveLength(0);
+  });
+
+  it("one call per round, the held GPUs in turn; a call stuck in an earlier round keeps rounds unhealthy until it returns", async () => {
+    const d = fixture.daemon(
+      { gpus: 2, faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, afterCalls: 1, gate: true }] },
+      { nvmlTimeoutMs: 50 },
+    );
+    await d.daemon.run();
+    const health = d.context.health;
+    if (!health) throw new Error("no health loop");
+    const before = d.scratch.calls().length;
+    expect(await health.round()).toBe(true);
+    expect(
+      d.scratch
+        .calls()
+        .slice(before)
+        .map((c) => [c.call, c.gpu]),
+    ).toEqual([["nvmlDeviceGetPersistenceMode", 0]]);
+    expect(await health.round()).toBe(false);
+    expect(await health.round()).toBe(false);
+    expect(d.messages().join("\n")).toContain(
+      "GPU 1: health check: nvmlDeviceGetPersistenceMode did not return within 50 ms",
+    );
+    openGate();
+    await d.context.session?.nvml.idle(5000);
+    expect(await health.round()).toBe(true);
   });
 
   it("warns about persistence only when it turns from enabled to disabled, not for a GPU that read disabled", async () => {

@@ -48,15 +48,26 @@ for (const example of ["metrics-listen.conf", "metrics-textfile.conf"]) {
 /**
  * /usr/bin/gpu-persistd: the system's Node (whatever PATH holds: a service's PATH may reach
  * an admin's /usr/local/bin/node of another version) with the libuv settings and V8 flags
- * of src/node-flags.json; a variable the admin set (a larger pool, say) is kept. exec keeps
- * the PID, so systemd's main PID is the daemon's.
+ * of src/node-flags.json; a variable the admin set (a larger pool, say) is kept. The pool gets
+ * one thread per GPU, counted as src/libuv-environment.ts counts them. exec keeps the PID, so
+ * systemd's main PID is the daemon's.
  */
 function launcher() {
-  const { env, v8 } = JSON.parse(readFileSync("src/node-flags.json", "utf8"));
+  const { env, v8, threadpool } = JSON.parse(readFileSync("src/node-flags.json", "utf8"));
   return [
     "#!/bin/sh",
     "# gpu-persistd: runs the daemon's bundle with the system's Node (see gpu-persistd(8)).",
     ...Object.entries(env).map(([name, value]) => `export ${name}="\${${name}-${value}}"`),
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: shell parameter expansion
+    'if [ -z "${UV_THREADPOOL_SIZE-}" ]; then',
+    "  n=0",
+    '  for g in /proc/driver/nvidia/gpus/*; do [ -e "$g" ] && n=$((n + 1)); done',
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: shell parameter expansion
+    '  for a in "$@"; do case $a in --simulate=dgx-h100) n=8 ;; --simulate=[0-9]*) n=${a#--simulate=} ;; esac; done',
+    `  [ "$n" -lt ${threadpool.min} ] && n=${threadpool.min}`,
+    `  [ "$n" -gt ${threadpool.max} ] && n=${threadpool.max}`,
+    "  export UV_THREADPOOL_SIZE=$n",
+    "fi",
     `exec /usr/bin/node ${v8.join(" ")} /usr/lib/gpu-persistd/gpu-persistd.mjs "$@"`,
     "",
   ].join("\n");

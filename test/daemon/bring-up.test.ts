@@ -1,5 +1,5 @@
 // The daemon end to end, through the real koffi path into the simulated libnvidia-ml.
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { DaemonFixture, openFiles, statusJson } from "../helpers/daemon.js";
@@ -150,5 +150,18 @@ describe("stop", () => {
     ]);
     await daemon.stop();
     expect(readdirSync(fixture.scratch.runtimeDir)).toEqual([]);
+  });
+});
+
+describe("threads", () => {
+  it("sizes the libuv pool from the GPU count (one each, at least 4): 8 GPUs, at most 12 threads idle", async () => {
+    const d = start(["--simulate=8"]);
+    await d.waitReady();
+    const environ = readFileSync(`/proc/${d.pid}/environ`, "utf8").split("\0");
+    expect(environ).toContain("UV_THREADPOOL_SIZE=8");
+    expect(environ).toContain("UV_USE_IO_URING=0");
+    const threads = Number(/^Threads:\s+(\d+)$/m.exec(readFileSync(`/proc/${d.pid}/status`, "utf8"))?.[1]);
+    expect(threads).toBeLessThanOrEqual(12);
+    expect(readFileSync(`/proc/${d.pid}/cmdline`, "utf8").split("\0")).toContain("--v8-pool-size=1");
   });
 });

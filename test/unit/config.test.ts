@@ -125,3 +125,14 @@ describe("bad configuration exits 78 and names the key, the value and what is al
     );
   });
 });
+
+describe("the libuv pool size", () => {
+  it("is one thread per GPU, at least 4 and at most 128, simulated GPUs counted from --simulate", async () => {
+    const { threadPoolSize } = await import("../../src/libuv-environment.js");
+    expect(threadPoolSize(["node", "x", "--simulate=8"], {})).toBe(8);
+    expect(threadPoolSize(["node", "x", "--simulate=1"], {})).toBe(4);
+    expect(threadPoolSize(["node", "x", "--simulate=256"], {})).toBe(128);
+    expect(threadPoolSize(["node", "x", "--simulate=dgx-h100"], {})).toBe(8);
+    expect(threadPoolSize(["node", "x"], { GPU_PERSISTD_SIMULATE: "64" })).toBe(64);
+  });
+});

@@ -1,20 +1,24 @@
-// gpu-persistd's benchmarks on the simulator. Every figure is measured beside its baseline
-// in the same run (parallel vs serial bring-up, the daemon vs a bare Node process), over
-// RUNS runs, median reported. Prints a table, or one JSON object with --json; --save
-// writes it to bench/results/sim-<date>.json.
+// gpu-persistd's benchmarks on the simulator. The daemon starts as the package starts it
+// (the installed launcher, the unit's NODE_OPTIONS=--jitless, a real notify socket), and
+// every figure is measured beside its baseline in the same run: a bare Node process with the
+// same flags, `node -e 0`, serial bring-up, a minimal C server answering the same RPC call.
+// Prints a table, or one JSON object with --json; --save writes bench/results/sim-<date>.json;
+// --check exits 1 when a target is missed.
 //
-//   npm run bench [-- --json] [-- --save]
+//   npm run bench [-- --json] [-- --save] [-- --check]
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join, resolve } from "node:path";
 
 const ROOT = resolve(import.meta.dirname, "..");
-const BUNDLE = join(ROOT, "dist/gpu-persistd.mjs");
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const ATTACH_DELAY_MS = 500;
-const IDLE_CPU_SECONDS = Number(process.env.BENCH_IDLE_SECONDS ?? 30);
+const IDLE_SECONDS = Number(process.env.BENCH_IDLE_SECONDS ?? 60);
+const RPC_CALLS = Number(process.env.BENCH_RPC_CALLS ?? 5000);
 const args = new Set(process.argv.slice(2));
+const UNIT_NODE_OPTIONS = "--jitless"; // systemd/gpu-persistd.service: Environment=NODE_OPTIONS=--jitless
+const nodeFlags = JSON.parse(readFileSync(join(ROOT, "src/node-flags.json"), "utf8"));
 
 const progress = (what) => process.stderr.write(`bench: ${what}\n`);
 const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
@@ -23,14 +27,43 @@ const scratch = mkdtempSync(join(os.tmpdir(), "gpu-persistd-bench-"));
 const emptyConfig = join(scratch, "config.json");
 writeFileSync(emptyConfig, "{}");
 
-function rssKb(pid) {
-  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]);
+/** The installed tree (scripts/stage.mjs) with its launcher pointed at this Node and tree. */
+function launcher() {
+  const stage = join(scratch, "stage");
+  execFileSync(process.execPath, [join(ROOT, "scripts/stage.mjs"), stage], { cwd: ROOT, stdio: "ignore" });
+  const path = join(stage, "usr/bin/gpu-persistd");
+  const text = readFileSync(path, "utf8")
+    .replace("exec /usr/bin/node ", `exec ${process.execPath} `)
+    .replace("/usr/lib/gpu-persistd/", `${stage}/usr/lib/gpu-persistd/`);
+  writeFileSync(path, text, { mode: 0o755 });
+  return path;
+}
+const LAUNCHER = launcher();
+
+function tasks(pid) {
+  return readdirSync(`/proc/${pid}/task`);
+}
+
+/** Voluntary + involuntary context switches of every thread of `pid`. */
+function contextSwitches(pid) {
+  let total = 0;
+  for (const t of tasks(pid)) {
+    const status = readFileSync(`/proc/${pid}/task/${t}/status`, "utf8");
+    for (const m of status.matchAll(/^(?:non)?voluntary_ctxt_switches:\s+(\d+)$/gm)) total += Number(m[1]);
+  }
+  return total;
 }
 
 function cpuMs(pid) {
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-  const ticks = Number(fields[11]) + Number(fields[12]);
-  return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // USER_HZ is 100 on Linux
+}
+
+/** Private memory (Private_Clean + Private_Dirty of smaps_rollup) and RSS, in MB. */
+function memoryMb(pid) {
+  const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
+  const kb = (key) => Number(new RegExp(`^${key}:\\s+(\\d+)`, "m").exec(rollup)?.[1] ?? 0);
+  return { private: (kb("Private_Clean") + kb("Private_Dirty")) / 1024, rss: kb("Rss") / 1024 };
 }
 
 /** A stand-in for systemd's notify socket (test/helpers/datagram-receiver.py); resolves on READY=1. */
@@ -59,20 +92,22 @@ async function notifyReceiver(path) {
   return { nextReady: () => new Promise((r) => waiters.push(r)), close: () => child.kill("SIGKILL") };
 }
 
-/** Starts the daemon on N simulated GPUs; resolves once READY=1 arrives, with the time it took. */
-async function startDaemon(gpus, { serial = false, env = {} } = {}) {
+/** Starts the daemon through the launcher on N simulated GPUs; resolves once READY=1 arrives. */
+async function startDaemon(gpus, { serial = false, attachDelayMs = ATTACH_DELAY_MS, env = {} } = {}) {
   const dir = mkdtempSync(join(scratch, "run-"));
   const simConfig = join(dir, "sim.json");
-  writeFileSync(simConfig, JSON.stringify({ attachDelayMs: ATTACH_DELAY_MS }));
+  writeFileSync(simConfig, JSON.stringify({ attachDelayMs }));
   const notify = await notifyReceiver(join(dir, "notify"));
   const ready = notify.nextReady();
   const started = performance.now();
-  const child = spawn(process.execPath, [BUNDLE, `--simulate=${gpus}`, `--runtime-dir=${join(dir, "run")}`], {
+  const child = spawn(LAUNCHER, [`--simulate=${gpus}`, `--runtime-dir=${join(dir, "run")}`], {
     env: {
       PATH: process.env.PATH,
+      NODE_OPTIONS: UNIT_NODE_OPTIONS,
       GPU_PERSISTD_CONFIG: emptyConfig,
       GPU_PERSISTD_SIM_CONFIG: simConfig,
       NOTIFY_SOCKET: join(dir, "notify"),
+      WATCHDOG_USEC: "30000000",
       ...(serial ? { GPU_PERSISTD_BRING_UP_CONCURRENCY: "1" } : {}),
       ...env,
     },
@@ -95,21 +130,86 @@ async function startDaemon(gpus, { serial = false, env = {} } = {}) {
   };
 }
 
-async function readyMs(gpus, serial = false) {
+async function readyMs(gpus, options = {}) {
   const runs = [];
   for (let i = 0; i < RUNS; i++) {
-    const d = await startDaemon(gpus, { serial });
+    const d = await startDaemon(gpus, options);
     runs.push(d.readyMs);
     await d.stop();
   }
   return median(runs);
 }
 
-function tirpcClient() {
-  const out = join(scratch, "tirpc-client");
-  const { cc } = JSON.parse(readFileSync(join(ROOT, "test/rpc/tirpc-client.build.json"), "utf8"));
-  execFileSync("cc", [...cc, "-o", out, join(ROOT, "test/rpc/tirpc-client.c"), "-ltirpc"]);
+function nodeStartMs() {
+  const runs = [];
+  for (let i = 0; i < RUNS * 3; i++) {
+    const t0 = performance.now();
+    spawnSync(process.execPath, [...nodeFlags.v8, "-e", "0"], { env: { NODE_OPTIONS: UNIT_NODE_OPTIONS } });
+    runs.push(performance.now() - t0);
+  }
+  return median(runs);
+}
+
+/** Idle figures of the daemon on 8 GPUs beside a bare Node with the same flags, over IDLE_SECONDS. */
+async function idle(watchdogUsec) {
+  const d = await startDaemon(8, { attachDelayMs: 0, env: { WATCHDOG_USEC: String(watchdogUsec) } });
+  const bare = spawn(process.execPath, [...nodeFlags.v8, "-e", "setInterval(() => {}, 1 << 30)"], {
+    env: { NODE_OPTIONS: UNIT_NODE_OPTIONS },
+    stdio: "ignore",
+  });
+  await sleep(3000);
+  const cs0 = contextSwitches(d.pid);
+  const cpu0 = cpuMs(d.pid);
+  await sleep(IDLE_SECONDS * 1000);
+  const result = {
+    threads: tasks(d.pid).length,
+    wakeupsPerS: (contextSwitches(d.pid) - cs0) / IDLE_SECONDS,
+    cpuMsPerMin: ((cpuMs(d.pid) - cpu0) * 60) / IDLE_SECONDS,
+    memory: memoryMb(d.pid),
+    bare: memoryMb(bare.pid),
+    bareThreads: tasks(bare.pid).length,
+  };
+  bare.kill("SIGKILL");
+  await d.stop();
+  return result;
+}
+
+/** SIGTERM at a random moment (not aligned to any period) to exit, 8 GPUs. */
+async function stopMs() {
+  const runs = [];
+  for (let i = 0; i < RUNS * 2; i++) {
+    const d = await startDaemon(8, { attachDelayMs: 0 });
+    await sleep(500 + Math.random() * 3000);
+    runs.push(await d.stop());
+  }
+  return median(runs);
+}
+
+function build(source, out, extra = []) {
+  execFileSync("cc", [...extra, "-o", out, source, ...(source.includes("tirpc") ? ["-ltirpc"] : [])]);
   return out;
+}
+
+/** p50/p99 of RPC_CALLS Gets through libtirpc, one connection each, against `socket`. */
+function rpcBench(client, socket) {
+  return JSON.parse(
+    spawnSync(client, [socket, "bench", String(RPC_CALLS), "0", "6", "0"], { encoding: "utf8" }).stdout,
+  );
+}
+
+async function rpc() {
+  const { cc } = JSON.parse(readFileSync(join(ROOT, "test/rpc/tirpc-client.build.json"), "utf8"));
+  const client = build(join(ROOT, "test/rpc/tirpc-client.c"), join(scratch, "tirpc-client"), cc);
+  const floorServer = build(join(ROOT, "bench/floor-server.c"), join(scratch, "floor-server"), ["-O2"]);
+  const floorSocket = join(scratch, "floor.sock");
+  const floor = spawn(floorServer, [floorSocket], { stdio: ["ignore", "pipe", "inherit"] });
+  await new Promise((r) => floor.stdout.once("data", r));
+  const floorResult = rpcBench(client, floorSocket);
+  floor.kill("SIGKILL");
+  const d = await startDaemon(8, { attachDelayMs: 0 });
+  const ours = rpcBench(client, join(d.runtimeDir, "socket"));
+  await d.stop();
+  return { ours, floor: floorResult };
 }
 
 async function main() {
@@ -117,86 +217,54 @@ async function main() {
     machine: `${os.cpus()[0]?.model ?? "unknown CPU"}, ${os.cpus().length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.release()}, node ${process.version}`,
     date: new Date().toISOString().slice(0, 10),
     runs: RUNS,
+    idle_seconds: IDLE_SECONDS,
     attach_delay_ms: ATTACH_DELAY_MS,
   };
-  progress("ready time");
-  result.ready_ms_1 = await readyMs(1);
+  progress("start: node -e 0, and READY with 1 GPU (no attach delay)");
+  result.node_start_ms = nodeStartMs();
+  result.ready_ms_1 = await readyMs(1, { attachDelayMs: 0 });
+  progress(`READY with 1, 8 and 64 GPUs at ${ATTACH_DELAY_MS} ms attach, and 8 serially`);
+  result.ready_ms_1_attach = await readyMs(1);
   result.ready_ms_8 = await readyMs(8);
   result.ready_ms_64 = await readyMs(64);
-  result.serial_ready_ms_8 = await readyMs(8, true);
+  result.serial_ready_ms_8 = await readyMs(8, { serial: true });
+  progress(`idle for ${IDLE_SECONDS} s, WATCHDOG_USEC 30 s, then 2 s`);
+  const idle30 = await idle(30_000_000);
+  const idle2 = await idle(2_000_000);
+  Object.assign(result, {
+    threads: idle30.threads,
+    bare_node_threads: idle30.bareThreads,
+    idle_wakeups_per_s: idle30.wakeupsPerS,
+    idle_cpu_ms_per_min: idle30.cpuMsPerMin,
+    private_mb: idle30.memory.private,
+    rss_mb: idle30.memory.rss,
+    bare_node_private_mb: idle30.bare.private,
+    bare_node_rss_mb: idle30.bare.rss,
+    watchdog_2s_wakeups_per_s: idle2.wakeupsPerS,
+    watchdog_2s_cpu_ms_per_min: idle2.cpuMsPerMin,
+  });
+  progress("stop at random moments");
+  result.stop_ms = await stopMs();
+  progress(`RPC: ${RPC_CALLS} Gets through libtirpc, against the daemon and the C floor`);
+  const r = await rpc();
+  Object.assign(result, {
+    rpc_get_p50_us: r.ours.p50_us,
+    rpc_get_p99_us: r.ours.p99_us,
+    rpc_floor_p50_us: r.floor.p50_us,
+    rpc_floor_p99_us: r.floor.p99_us,
+  });
 
-  progress("RSS and stop");
-  // RSS of the idle daemon on 8 GPUs beside a bare idle Node process.
-  const rss = [];
-  const bare = [];
-  const stops = [];
-  for (let i = 0; i < RUNS; i++) {
-    const d = await startDaemon(8);
-    const idle = spawn(process.execPath, ["-e", "setInterval(() => {}, 1000)"], { stdio: "ignore" });
-    await sleep(3000);
-    rss.push(rssKb(d.pid) / 1024);
-    bare.push(rssKb(idle.pid) / 1024);
-    idle.kill("SIGKILL");
-    stops.push(await d.stop());
-  }
-  result.rss_mb = median(rss);
-  result.bare_node_rss_mb = median(bare);
-  result.stop_ms = median(stops);
-
-  progress("idle CPU");
-  // Idle CPU with the watchdog on: health checks gate WATCHDOG=1 every second.
-  const d = await startDaemon(8, { env: { WATCHDOG_USEC: "2000000" } });
-  await sleep(2000);
-  const cpu0 = cpuMs(d.pid);
-  await sleep(IDLE_CPU_SECONDS * 1000);
-  result.idle_cpu_ms_per_min = ((cpuMs(d.pid) - cpu0) * 60) / IDLE_CPU_SECONDS;
-  await d.stop();
-
-  // RPC through libtirpc: 10,000 Gets, one connection each as NVML makes them; then 100
-  // concurrent clients of 100 Gets each.
-  progress("RPC");
-  const client = tirpcClient();
-  const r = await startDaemon(8);
-  const socket = join(r.runtimeDir, "socket");
-  const bench = JSON.parse(spawnSync(client, [socket, "bench", "10000", "0", "6", "0"], { encoding: "utf8" }).stdout);
-  result.rpc_get_p50_us = bench.p50_us;
-  result.rpc_get_p99_us = bench.p99_us;
-  const t0 = performance.now();
-  const failures = [];
-  await Promise.all(
-    Array.from(
-      { length: 100 },
-      () =>
-        new Promise((resolvePromise) => {
-          const c = spawn(client, [socket, "bench", "100", "0", "6", "0"], { stdio: ["ignore", "pipe", "inherit"] });
-          let out = "";
-          c.stdout.on("data", (d) => {
-            out += d;
-          });
-          c.on("exit", (code) => {
-            if (code !== 0) failures.push(out.trim());
-            resolvePromise();
-          });
-        }),
-    ),
-  );
-  result.rpc_concurrent_per_s = 10_000 / ((performance.now() - t0) / 1000);
-  result.rpc_concurrent_failed_clients = failures.length;
-  if (failures.length) progress(`failed clients: ${failures.slice(0, 3).join(" | ")}`);
-  await r.stop();
-
-  for (const [k, v] of Object.entries(result)) if (typeof v === "number") result[k] = Math.round(v * 10) / 10;
-  result.ratios = {
-    ready_8_over_1: Math.round((result.ready_ms_8 / result.ready_ms_1) * 100) / 100,
-    serial_8_over_parallel_8: Math.round((result.serial_ready_ms_8 / result.ready_ms_8) * 100) / 100,
-    rss_over_bare_node: Math.round((result.rss_mb / result.bare_node_rss_mb) * 100) / 100,
-  };
+  for (const [k, v] of Object.entries(result)) if (typeof v === "number") result[k] = Math.round(v * 100) / 100;
   result.targets = {
-    "ready(8)/ready(1) <= 1.15": result.ratios.ready_8_over_1 <= 1.15,
-    "ready(64) <= 1.5 x 500 ms + 300 ms": result.ready_ms_64 <= 1050,
-    "rss <= 1.3 x bare Node": result.ratios.rss_over_bare_node <= 1.3,
-    "stop <= 100 ms": result.stop_ms <= 100,
-    "rpc p99 <= 1 ms": result.rpc_get_p99_us <= 1000,
+    "threads <= 12": result.threads <= 12,
+    "idle wake-ups <= 0.5/s": result.idle_wakeups_per_s <= 0.5,
+    "idle CPU <= 15 ms/min": result.idle_cpu_ms_per_min <= 15,
+    "private memory <= 2 x bare Node": result.private_mb <= 2 * result.bare_node_private_mb,
+    "SIGTERM to exit <= 30 ms": result.stop_ms <= 30,
+    "READY(1) <= 1.6 x node -e 0 + NVML init": result.ready_ms_1 <= 1.6 * result.node_start_ms + 10,
+    "RPC p50 <= 2 x the C floor": result.rpc_get_p50_us <= 2 * result.rpc_floor_p50_us,
+    "READY(8)/READY(1) at 500 ms attach <= 1.15": result.ready_ms_8 / result.ready_ms_1_attach <= 1.15,
+    "READY(64) <= 1.5 x 500 ms + 300 ms": result.ready_ms_64 <= 1050,
   };
   if (args.has("--save")) {
     mkdirSync(join(ROOT, "bench/results"), { recursive: true });
@@ -205,25 +273,39 @@ async function main() {
   if (args.has("--json")) {
     console.log(JSON.stringify(result));
   } else {
-    console.log(`gpu-persistd benchmarks (simulator, median of ${RUNS}) on ${result.machine}`);
+    console.log(`gpu-persistd benchmarks (simulator, through the launcher, median of ${RUNS}) on ${result.machine}`);
     const rows = [
-      ["ready, 1 GPU", `${result.ready_ms_1} ms`, ""],
-      ["ready, 8 GPUs", `${result.ready_ms_8} ms`, `serial (as nvidia-persistenced): ${result.serial_ready_ms_8} ms`],
-      ["ready, 64 GPUs", `${result.ready_ms_64} ms`, `each GPU's attach takes ${ATTACH_DELAY_MS} ms`],
-      ["RSS, idle, 8 GPUs", `${result.rss_mb} MB`, `bare Node: ${result.bare_node_rss_mb} MB`],
-      ["idle CPU, watchdog on", `${result.idle_cpu_ms_per_min} ms/min`, ""],
-      ["SIGTERM to exit", `${result.stop_ms} ms`, ""],
+      ["threads, idle, 8 GPUs", `${result.threads}`, `bare Node: ${result.bare_node_threads}`],
+      ["wake-ups/s, idle", `${result.idle_wakeups_per_s}`, `WATCHDOG_USEC 2 s: ${result.watchdog_2s_wakeups_per_s}`],
+      [
+        "CPU, idle",
+        `${result.idle_cpu_ms_per_min} ms/min`,
+        `WATCHDOG_USEC 2 s: ${result.watchdog_2s_cpu_ms_per_min} ms/min`,
+      ],
+      [
+        "private memory",
+        `${result.private_mb} MB`,
+        `bare Node: ${result.bare_node_private_mb} MB (RSS ${result.rss_mb} vs ${result.bare_node_rss_mb} MB)`,
+      ],
+      ["SIGTERM to exit", `${result.stop_ms} ms`, "at random moments"],
+      ["READY, 1 GPU", `${result.ready_ms_1} ms`, `node -e 0: ${result.node_start_ms} ms`],
+      [
+        "READY, 8 / 64 GPUs",
+        `${result.ready_ms_8} / ${result.ready_ms_64} ms`,
+        `${ATTACH_DELAY_MS} ms attach each; 8 serially: ${result.serial_ready_ms_8} ms`,
+      ],
       [
         "RPC Get p50 / p99",
         `${result.rpc_get_p50_us} / ${result.rpc_get_p99_us} us`,
-        "libtirpc, a connection per call",
+        `C floor: ${result.rpc_floor_p50_us} / ${result.rpc_floor_p99_us} us`,
       ],
-      ["RPC, 100 clients", `${Math.round(result.rpc_concurrent_per_s)} calls/s`, ""],
     ];
     for (const [name, value, note] of rows) console.log(`  ${name.padEnd(24)} ${value.padEnd(20)} ${note}`);
-    for (const [target, met] of Object.entries(result.targets))
+    for (const [target, met] of Object.entries(result.targets)) {
       console.log(`  target ${met ? "met   " : "MISSED"} ${target}`);
+    }
   }
+  if (args.has("--check") && Object.values(result.targets).some((met) => !met)) process.exitCode = 1;
 }
 
 try {

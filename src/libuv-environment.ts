@@ -10,8 +10,10 @@
 // - UV_USE_IO_URING=0: no io_uring ring may carry root's credentials past the privilege
 //   drop (CVE-2024-22017); libuv 1.45 to 1.48 use io_uring by default.
 // The re-exec also passes the V8 flags: a 1 MB young generation instead of 16 (an idle
-// daemon's RSS stays near its floor) and one V8 worker thread instead of one per core. Only
-// flags every supported Node accepts (18 to 24; 24 refuses --no-expose-wasm, for example).
+// daemon's RSS stays near its floor), one V8 worker thread instead of one per core, and no
+// memory reducer (its timers woke an idle daemon about twice a second: 95 against 24 context
+// switches in 30 s, measured with bench/). Only flags every supported Node accepts (18 to 24;
+// 24 refuses --no-expose-wasm, for example).
 import { readdirSync } from "node:fs";
 import { execve } from "../native-bindings/libc.js";
 import nodeFlags from "./node-flags.json" with { type: "json" };

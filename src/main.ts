@@ -10,7 +10,7 @@ import { releaseAroundCommand } from "./commands/release-around.js";
 import { setPersistenceCommand } from "./commands/set-persistence.js";
 import { statusCommand } from "./commands/status.js";
 import { waitCommand } from "./commands/wait.js";
-import { type ConfigSource, loadConfig } from "./config/load-config.js";
+import { type ConfigSource, loadConfig, loadConfigWithNotes } from "./config/load-config.js";
 import type { Config } from "./config/schema.js";
 import { Daemon } from "./daemon/daemon.js";
 import { ExitCode } from "./exit-codes.js";
@@ -35,12 +35,13 @@ function stdoutStat(): { dev: number; ino: number } | undefined {
   }
 }
 
-async function runDaemon(config: Config, source: ConfigSource): Promise<void> {
+async function runDaemon(config: Config, source: ConfigSource, notes: string[]): Promise<void> {
   ensureLibuvEnvironment();
   const format = resolveLogFormat(config.logFormat, stdoutIsJournal(process.env, stdoutStat()));
   const journal = format === "journal" ? new JournalSender(process.env.GPU_PERSISTD_JOURNAL_SOCKET) : undefined;
   const log: Log = createLog(config.logLevel, format, journal);
   const notifier = new SystemdNotifier(process.env, (err) => log.warn(`sd_notify: ${err.message}`));
+  for (const note of notes) log.warn(note);
   const runtime = RuntimeDir.claim(config.runtimeDir);
   const daemon = new Daemon(config, {
     log,
@@ -75,11 +76,12 @@ async function main(argv: readonly string[]): Promise<void> {
   const source: ConfigSource = {
     ...(commandLine.configPath !== undefined ? { path: commandLine.configPath } : {}),
     overrides: commandLine.overrides,
+    overrideOptions: commandLine.overrideOptions,
   };
-  const config = loadConfig(source);
+  const { config, notes } = loadConfigWithNotes(source);
   switch (commandLine.command) {
     case "run":
-      return runDaemon(config, source);
+      return runDaemon(config, source, notes);
     case "status":
       return statusCommand(config.runtimeDir, commandLine.json);
     case "wait":

@@ -30,9 +30,20 @@ done
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | grep .)
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
-    echo "test: installing ${missing[*]}"
+    # Packages built from systemd's source are pinned to the installed systemd: installing
+    # systemd-container must not upgrade the host's systemd and udev in place.
+    systemd_version=$(dpkg-query -W -f='${Version}' systemd 2>/dev/null || true)
+    pinned=()
+    for pkg in "${missing[@]}"; do
+      if [[ -n $systemd_version && $pkg == systemd-container ]]; then pinned+=("$pkg=$systemd_version"); else pinned+=("$pkg"); fi
+    done
+    echo "test: installing ${pinned[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-upgrade "${pinned[@]}" || {
+      echo "test: cannot install ${pinned[*]} without upgrading the host's systemd ($systemd_version)." >&2
+      echo "  To allow the upgrade: apt-get install -y --no-install-recommends ${missing[*]}" >&2
+      exit 1
+    }
   else
     echo "test: missing packages; install them with:" >&2
     echo "  sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
@@ -53,4 +64,7 @@ node -e '
   console.log(`Tests: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests} skipped`);
 ' "$report" || true
 rm -f "$report"
+if [[ -d .ci-cache ]]; then
+  echo "test: Debian root file systems cached in .ci-cache ($(du -sh .ci-cache | cut -f1)); rm -rf .ci-cache frees it"
+fi
 exit "$status"

@@ -25,6 +25,8 @@ export interface CommandLine {
   /** release GPU... -- COMMAND ARGS: the command to run while the GPUs are released. */
   run: string[];
   overrides: Partial<Config>;
+  /** The option each override came from, for usage errors (`logFormat` -> `--log-format`). */
+  overrideOptions: Partial<Record<keyof Config, string>>;
 }
 
 /** How many operands each command takes: [least, most]. */
@@ -122,11 +124,16 @@ export function parseCommandLine(fullArgv: readonly string[]): CommandLine {
     );
   }
   const overrides: Partial<Config> = {};
+  const overrideOptions: Partial<Record<keyof Config, string>> = {};
   const values = parsed.values as Record<string, string | boolean | undefined>;
   // Later options win, in table order; nvidia-persistenced applies them the same way.
   for (const option of OPTIONS) {
     const value = values[option.long];
-    if (value !== undefined && value !== false && option.apply) Object.assign(overrides, option.apply(value));
+    if (value !== undefined && value !== false && option.apply) {
+      const applied = option.apply(value);
+      Object.assign(overrides, applied);
+      for (const key of Object.keys(applied) as (keyof Config)[]) overrideOptions[key] = `--${option.long}`;
+    }
   }
   const persistence = argv.filter((a) => /^--?(no-)?persistence-mode$/.test(a)).at(-1);
   if (persistence) overrides.persistenceMode = !persistence.includes("no-");
@@ -151,5 +158,6 @@ export function parseCommandLine(fullArgv: readonly string[]): CommandLine {
     timeoutSeconds: timeout !== undefined ? Number(timeout) : DEFAULT_WAIT_SECONDS,
     run,
     overrides,
+    overrideOptions,
   };
 }

@@ -7,8 +7,7 @@ export const VERSION = typeof GPU_PERSISTD_VERSION === "string" ? GPU_PERSISTD_V
 
 export function versionText(): string {
   return [
-    "",
-    `gpu-persistd:  version ${VERSION}`,
+    `gpu-persistd version ${VERSION}`,
     "  The NVIDIA persistence daemon, as a systemd-supervised service:",
     "  keeps every GPU initialised so CUDA programs do not pay for driver start-up.",
     "  A drop-in replacement for nvidia-persistenced.",

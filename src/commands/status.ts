@@ -1,5 +1,12 @@
 import { requestStatus } from "../control/control-client.js";
-import type { DaemonStatus } from "../status/daemon-status.js";
+import type { DaemonStatus, GpuStatus } from "../status/daemon-status.js";
+
+/** What the HELD column says: the state in a word an admin reads at a glance. */
+function heldText(d: GpuStatus): string {
+  if (d.held) return "yes";
+  if (!d.selected) return "-";
+  return d.state === "released" ? "released" : d.state === "lost" ? "LOST" : "NO";
+}
 
 function table(status: DaemonStatus): string {
   const selected = status.devices.filter((d) => d.selected);
@@ -8,20 +15,23 @@ function table(status: DaemonStatus): string {
   const rows = [
     `gpu-persistd ${status.version}, PID ${status.pid}: ${held}/${selected.length} GPUs held${flags.length ? ` (${flags.join(", ")})` : ""}`,
     "",
-    ["IDX", "PCI BUS ID".padEnd(16), "MINOR", "PERSISTENCE", "HELD", "NAME / UUID / ERROR"].join("  "),
+    ["IDX", "PCI BUS ID".padEnd(16), "MINOR", "PERSISTENCE", "HELD    ", "NAME / UUID"].join("  "),
   ];
   for (const d of status.devices) {
-    const held = d.held ? "yes" : d.selected ? "NO" : "-";
     rows.push(
       [
         String(d.index).padEnd(3),
-        d.pciBusId.padEnd(16),
+        (d.pciBusId || "?").padEnd(16),
         String(d.minor).padEnd(5),
         d.persistence.padEnd(11),
-        held.padEnd(4),
-        d.error ? `ERROR ${d.error}` : `${d.name}  ${d.uuid}`,
+        heldText(d).padEnd(8),
+        `${d.name || "?"}  ${d.uuid || "?"}`,
       ].join("  "),
     );
+    // Why, on a line of its own: a lost GPU says lost first, then what NVML said.
+    const why = d.state === "lost" ? `lost: ${d.error}` : d.error ? `${d.state}: ${d.error}` : "";
+    if (why) rows.push(`     ${why}`);
+    if (d.uvm === "failed") rows.push(`     UVM registration failed: ${d.uvmError}`);
   }
   return `${rows.join("\n")}\n`;
 }

@@ -14,6 +14,36 @@ export interface ConfigSource {
   defaultPath?: string;
   /** Values from the command line, applied last. */
   overrides: Partial<Config>;
+  /** The command-line option each override came from (`--log-format`), for a usage error. */
+  overrideOptions?: Partial<Record<ConfigKey, string>>;
+}
+
+/** The JSON type a config file must give each setting (no "yes" for true, no "0,1" for a list). */
+function jsonTypeOf(key: ConfigKey): "boolean" | "number" | "array" | "string" {
+  const format = configSchema[key].format;
+  if (format === "flag") return "boolean";
+  if (format === "gpu-list") return "array";
+  if (format === "milliseconds" || format === "milliseconds-or-zero" || format === "bring-up-concurrency") {
+    return "number";
+  }
+  return "string";
+}
+
+/** The file's values, type-checked; GPU indexes may be numbers there (`"devices": [0, 1]`). */
+function checkedFileValues(values: Record<string, unknown>, origin: string): Record<string, unknown> {
+  const checked: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(values)) {
+    const want = jsonTypeOf(key as ConfigKey);
+    const kind = Array.isArray(value) ? "array" : value === null ? "null" : typeof value;
+    if (kind !== want) {
+      throw new Error(`${key} in ${origin} is ${JSON.stringify(value)}, a JSON ${kind}; it must be a JSON ${want}`);
+    }
+    checked[key] =
+      key === "devices"
+        ? (value as unknown[]).map((d) => (typeof d === "number" && Number.isInteger(d) && d >= 0 ? String(d) : d))
+        : value;
+  }
+  return checked;
 }
 
 function configError(message: string): FatalError {
@@ -71,6 +101,18 @@ export function configFile(source: ConfigSource, env: NodeJS.ProcessEnv): { path
  * allowed.
  */
 export function loadConfig(source: ConfigSource, env: NodeJS.ProcessEnv = process.env): Config {
+  return loadConfigWithNotes(source, env).config;
+}
+
+/**
+ * loadConfig, and what the admin should be told about it: each setting the config file
+ * gives that the command line overrides (the unit's ExecStart passes --user, say), which
+ * would otherwise be lost silently.
+ */
+export function loadConfigWithNotes(
+  source: ConfigSource,
+  env: NodeJS.ProcessEnv = process.env,
+): { config: Config; notes: string[] } {
   const { path, explicit } = configFile(source, env);
   const fileValues = readConfigFile(path, explicit);
   const conf = newConfig();
@@ -84,15 +126,46 @@ export function loadConfig(source: ConfigSource, env: NodeJS.ProcessEnv = proces
         throw new Error(`unknown setting '${key}' in ${origin}; known settings: ${settingNames(conf)}`);
       }
     }
-    conf.load(fileValues);
-    for (const [key, value] of Object.entries(source.overrides)) {
-      if (value !== undefined) conf.set(key as ConfigKey, value as never);
+    conf.load(checkedFileValues(fileValues, origin));
+  } catch (err) {
+    throw configError(`bad configuration: ${(err as Error).message}`);
+  }
+  // A bad command-line value is bad usage (64), named by its option; the rest is configuration (78).
+  for (const [key, value] of Object.entries(source.overrides) as [ConfigKey, unknown][]) {
+    if (value === undefined) continue;
+    const alone = newConfig();
+    alone.set(key, value as never);
+    try {
+      alone.validate({ allowed: "strict" });
+    } catch (err) {
+      const option = source.overrideOptions?.[key] ?? key;
+      throw new FatalError(
+        ExitCode.USAGE,
+        `option '${option}': ${(err as Error).message}. Run 'gpu-persistd --help' for the options.`,
+      );
     }
+    conf.set(key, value as never);
+  }
+  try {
     conf.validate({ allowed: "strict" });
   } catch (err) {
     throw configError(`bad configuration: ${(err as Error).message}`);
   }
-  return conf.getProperties();
+  const config = conf.getProperties();
+  const notes = Object.keys(fileValues)
+    .filter((key) => source.overrides[key as ConfigKey] !== undefined)
+    .filter(
+      (key) =>
+        JSON.stringify(checkedFileValues({ [key]: fileValues[key] }, origin)[key]) !==
+        JSON.stringify(config[key as ConfigKey]),
+    )
+    .map(
+      (key) =>
+        `${key} ${JSON.stringify(fileValues[key])} in ${origin} is overridden by the command line ` +
+        `(${source.overrideOptions?.[key as ConfigKey] ?? key} ${JSON.stringify(config[key as ConfigKey])}); ` +
+        "under systemd the unit's ExecStart sets it: change it there (systemctl edit gpu-persistd)",
+    );
+  return { config, notes };
 }
 
 function settingNames(conf: ReturnType<typeof newConfig>): string {

@@ -34,7 +34,8 @@ export function requestControl(runtimeDir: string, request: ControlRequest, time
     socket.on("error", (err: NodeJS.ErrnoException) => {
       const why =
         err.code === "ENOENT" || err.code === "ECONNREFUSED"
-          ? `gpu-persistd is not running (no daemon listening on ${path}). Start it: systemctl start gpu-persistd`
+          ? `gpu-persistd is not running (no daemon listening on ${path}). Start it: systemctl start gpu-persistd. ` +
+            "If it runs with another runtime directory, name it: --runtime-dir=DIR or GPU_PERSISTD_RUNTIME_DIR=DIR"
           : err.code === "EACCES"
             ? `no permission to connect to ${path}`
             : `cannot reach gpu-persistd on ${path}: ${err.message}`;

@@ -1,6 +1,7 @@
 // `gpu-persistd doctor`: every check that explains why GPUs are not kept initialised, with
 // the exact fix, on this host or on a system laid out under --root. It reads only: the one
 // NVML session it opens changes no GPU setting.
+import { existsSync } from "node:fs";
 import { type CommandLine, parseCommandLine } from "../cli/command-line.js";
 import { type ConfigSource, configFile, loadConfig } from "../config/load-config.js";
 import { type Config, DEFAULT_CONFIG_PATH, newConfig } from "../config/schema.js";
@@ -60,7 +61,8 @@ function configuration(
   try {
     const config = loadConfig(source, env);
     const options = Object.keys(unit.overrides).length ? `, with the options of ${unit.from}` : "";
-    return { config, check: pass("config", title, `${path}${options}`) };
+    const present = existsSync(path) ? path : `${path} absent: the defaults`;
+    return { config, check: pass("config", title, `${present}${options}`) };
   } catch (err) {
     return {
       config: newConfig().getProperties(),

@@ -36,7 +36,13 @@ export async function nvmlChecks(
     nvml = Nvml.load(library, config.nvmlTimeoutMs);
   } catch (err) {
     if (!(err instanceof NvmlLoadError)) throw err;
-    return [fail("nvml-library", "NVML library", err.message, fixes.installNvml)];
+    // The error's cause alone (its own fix is the check's fix, said once); a custom path gets its own fix.
+    const cause = err.message.split(". ")[0] ?? err.message;
+    const fix =
+      config.simulate === "" && config.nvmlLibrary !== "libnvidia-ml.so.1"
+        ? `nvmlLibrary is ${config.nvmlLibrary}: point it at the driver's libnvidia-ml.so.1, or remove the setting`
+        : fixes.installNvml;
+    return [fail("nvml-library", "NVML library", cause, fix)];
   }
   const checks = [pass("nvml-library", "NVML library", `loaded ${library}`)];
   try {
@@ -115,9 +121,16 @@ async function gpuCheck(nvml: Nvml, daemon: DaemonStatus | null, index: number):
     const handle = await nvml.handleByIndex(index);
     const uuid = await nvml.uuid(handle);
     const { busId } = await nvml.pciInfo(handle);
-    const persistence = (await nvml.persistenceMode(handle)) === 1 ? "enabled" : "disabled";
     const title = `GPU ${index} ${busId}`;
     const held = daemon?.devices.find((d) => d.uuid === uuid);
+    // The daemon's own NVML reading where it has one: doctor's session may see another state
+    // (the simulator keeps state per process).
+    const persistence =
+      held && held.persistence !== "unknown"
+        ? held.persistence
+        : (await nvml.persistenceMode(handle)) === 1
+          ? "enabled"
+          : "disabled";
     const detail = `persistence ${persistence}`;
     if (!daemon) {
       return fail(

@@ -1,7 +1,9 @@
 // The service side: the daemon it replaces, gpu-persistd's own unit, the configured user and
 // group, the runtime directory with its sockets, and the running daemon.
+
 import { statSync } from "node:fs";
 import { join } from "node:path";
+import { VERSION } from "../cli/help.js";
 import type { Config } from "../config/schema.js";
 import { CONTROL_SOCKET_NAME, PID_FILE_NAME, RPC_SOCKET_NAME } from "../runtime-dir.js";
 import type { DaemonStatus } from "../status/daemon-status.js";
@@ -66,7 +68,7 @@ export function unitCheck(host: HostRoot): Check {
       "unit",
       title,
       "no unit file in /etc/systemd/system, /run/systemd/system, /lib/systemd/system or /usr/lib/systemd/system",
-      "install the package: apt-get install ./gpu-persistd_VERSION_amd64.deb",
+      `install the package: apt-get install ./gpu-persistd_${VERSION}_amd64.deb`,
     );
   }
   const masked = maskedAt(host, OURS);

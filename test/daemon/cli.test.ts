@@ -15,7 +15,7 @@ describe("the bundle's command line", () => {
   it("prints the version, exit 0", () => {
     const result = runBundle(["-v"]);
     expect(result.code).toBe(0);
-    expect(result.stdout).toMatch(/gpu-persistd: {2}version \d+\.\d+\.\d+/);
+    expect(result.stdout).toMatch(/^gpu-persistd version \d+\.\d+\.\d+\n/);
   });
 
   it("exits 64 on an unknown option, naming it on stderr", () => {
@@ -24,10 +24,11 @@ describe("the bundle's command line", () => {
     expect(result.stderr).toContain("unrecognized option '--frobnicate'");
   });
 
-  it("exits 78 on a bad option value, naming the key, the value and what is allowed", () => {
+  it("exits 64 (bad usage) on a bad option value, naming the option, the value and what is allowed", () => {
     const result = runBundle(["--log-format=fancy"]);
-    expect(result.code).toBe(78);
-    expect(result.stderr).toContain("logFormat");
+    expect(result.code).toBe(64);
+    expect(result.stderr).toContain("option '--log-format'");
+    expect(runBundle(["--simulate=0"]).stderr).toContain("option '--simulate'");
     expect(result.stderr).toContain("fancy");
     expect(result.stderr).toContain("json");
   });

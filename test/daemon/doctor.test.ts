@@ -223,7 +223,13 @@ describe("gpu-persistd doctor", () => {
     const c = check(doctor(["--nvml-library=/nonexistent/libnvidia-ml.so.1"]).checks, "nvml-library");
     expect(c.ok).toBe(false);
     expect(c.detail).toContain("/nonexistent/libnvidia-ml.so.1");
-    expect(c.fix).toContain("libnvidia-ml1");
+    // A wrong custom path gets that fix, and the detail does not repeat it.
+    expect(c.fix).toBe(
+      "nvmlLibrary is /nonexistent/libnvidia-ml.so.1: point it at the driver's libnvidia-ml.so.1, or remove the setting",
+    );
+    expect(c.detail).not.toContain("--nvml-library");
+    const missing = check(doctor(["--nvml-library=libnvidia-ml.so.1"]).checks, "nvml-library");
+    expect(missing.fix).toContain("libnvidia-ml1");
   });
 
   it("fails when the daemon is not running: no runtime directory, GPUs not held", () => {

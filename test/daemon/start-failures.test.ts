@@ -120,8 +120,11 @@ describe("status client", () => {
     const result = runBundle(["status", `--runtime-dir=${fixture.scratch.runtimeDir}`]);
     expect(result.code).toBe(0);
     expect(result.stdout).toContain(`PID ${d.pid}: 1/2 GPUs held (simulated GPUs)`);
-    const row = result.stdout.split("\n").find((line) => line.startsWith("1 "));
-    expect(row?.split(/\s+/).slice(0, 6)).toEqual(["1", "00000000:07:00.0", "1", "disabled", "NO", "ERROR"]);
-    expect(row).toContain("NVML_ERROR_NO_PERMISSION");
+    const lines = result.stdout.split("\n");
+    const at = lines.findIndex((line) => line.startsWith("1 "));
+    // The row keeps the GPU's name and UUID; why it is not held follows on a line of its own.
+    expect(lines[at]?.split(/\s+/).slice(0, 6)).toEqual(["1", "00000000:07:00.0", "1", "disabled", "NO", "NVIDIA"]);
+    expect(lines[at]).toMatch(/GPU-[0-9a-f-]+$/);
+    expect(lines[at + 1]).toMatch(/^ {5}failed: NVML_ERROR_NO_PERMISSION/);
   });
 });

@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-results}
+command -v nvidia-smi >/dev/null || { echo "ABORT: no nvidia-smi here: this suite needs a GPU machine with the NVIDIA driver (see ../shared/reference/gpu-machine.md)" >&2; exit 2; }
 mkdir -p "$OUT"
 IDLE_SECONDS=${IDLE_SECONDS:-60}
 QUERIES=${QUERIES:-20}

@@ -74,7 +74,7 @@ describe("configuration sources", () => {
 describe("bad configuration exits 78 and names the key, the value and what is allowed", () => {
   it.each([
     ['{"frobnicate": 1}', ["unknown setting 'frobnicate'", "known settings:", "persistenceMode"]],
-    ['{"persistenceMode": "maybe"}', ["persistenceMode", "maybe", "true or false"]],
+    ['{"persistenceMode": "maybe"}', ["persistenceMode", "maybe", "it must be a JSON boolean"]],
     ['{"logLevel": "loud"}', ["logLevel", "loud", "debug"]],
     ['{"devices": ["0", "banana"]}', ["devices", '"banana"', "PCI bus id"]],
     ['{"simulate": "999"}', ["simulate", "999", "1..256"]],
@@ -134,5 +134,62 @@ describe("the libuv pool size", () => {
     expect(threadPoolSize(["node", "x", "--simulate=256"], {})).toBe(128);
     expect(threadPoolSize(["node", "x", "--simulate=dgx-h100"], {})).toBe(8);
     expect(threadPoolSize(["node", "x"], { GPU_PERSISTD_SIMULATE: "64" })).toBe(64);
+  });
+});
+
+describe("config file types", () => {
+  const dir = mkdtempSync(join(tmpdir(), "gpu-persistd-types-"));
+  const load = (values: object) => {
+    const path = join(dir, "config.json");
+    writeFileSync(path, JSON.stringify(values));
+    return loadConfig({ path, overrides: {} }, {});
+  };
+
+  it("takes GPU indexes as numbers", () => {
+    expect(load({ devices: [0, 1, 2] }).devices).toEqual(["0", "1", "2"]);
+  });
+
+  it("refuses a string where JSON has a type of its own, naming the key and both types (exit 78)", () => {
+    for (const [values, text] of [
+      [{ persistenceMode: "yes" }, "persistenceMode in config file "],
+      [{ devices: "0,1" }, "it must be a JSON array"],
+      [{ healthIntervalMs: "100" }, "it must be a JSON number"],
+    ] as const) {
+      let error: unknown;
+      try {
+        load(values);
+      } catch (err) {
+        error = err;
+      }
+      expect(error).toMatchObject({ exitCode: 78 });
+      expect((error as Error).message).toContain(text);
+    }
+  });
+
+  it("a bad command-line value is bad usage (64), named by its option", () => {
+    const source = {
+      defaultPath: join(dir, "none.json"),
+      overrides: { logFormat: "xml" as never },
+      overrideOptions: { logFormat: "--log-format" },
+    };
+    expect(() => loadConfig(source, {})).toThrow(/option '--log-format': logFormat/);
+    expect(() => loadConfig(source, {})).toThrow(expect.objectContaining({ exitCode: 64 }));
+  });
+});
+
+describe("settings the command line overrides", () => {
+  it("are named, so a user in the config file under the unit's --user is not lost silently", async () => {
+    const { loadConfigWithNotes } = await import("../../src/config/load-config.js");
+    const dir = mkdtempSync(join(tmpdir(), "gpu-persistd-notes-"));
+    const path = join(dir, "config.json");
+    writeFileSync(path, JSON.stringify({ user: "gpu-admin", logLevel: "warn" }));
+    const { config, notes } = loadConfigWithNotes(
+      { path, overrides: { user: "nvidia-persistenced", logLevel: "warn" }, overrideOptions: { user: "--user" } },
+      {},
+    );
+    expect(config.user).toBe("nvidia-persistenced");
+    expect(notes).toEqual([
+      `user "gpu-admin" in config file ${path} is overridden by the command line (--user "nvidia-persistenced"); under systemd the unit's ExecStart sets it: change it there (systemctl edit gpu-persistd)`,
+    ]);
   });
 });

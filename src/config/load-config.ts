@@ -127,6 +127,8 @@ export function loadConfigWithNotes(
       }
     }
     conf.load(checkedFileValues(fileValues, origin));
+    // The file and the environment first: their problems are configuration (78).
+    conf.validate({ allowed: "strict" });
   } catch (err) {
     throw configError(`bad configuration: ${(err as Error).message}`);
   }
@@ -134,6 +136,7 @@ export function loadConfigWithNotes(
   for (const [key, value] of Object.entries(source.overrides) as [ConfigKey, unknown][]) {
     if (value === undefined) continue;
     const alone = newConfig();
+    alone.load(conf.getProperties());
     alone.set(key, value as never);
     try {
       alone.validate({ allowed: "strict" });

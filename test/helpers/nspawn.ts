@@ -177,6 +177,7 @@ export async function bootWithDaemon(stage: string): Promise<Container> {
     ["usr/lib/systemd/system/gpu-persistd.service", "/usr/lib/systemd/system/gpu-persistd.service"],
     ["usr/lib/sysusers.d/gpu-persistd.conf", "/usr/lib/sysusers.d/gpu-persistd.conf"],
     ["usr/share/man/man8/gpu-persistd.8", "/usr/share/man/man8/gpu-persistd.8"],
+    ["usr/lib/udev/rules.d/71-gpu-persistd.rules", "/usr/lib/udev/rules.d/71-gpu-persistd.rules"],
   ] as const) {
     container.writeFile(to, readFileSync(join(stage, from), "utf8"));
   }

@@ -55,8 +55,8 @@ describe("Kubernetes manifests", () => {
     expect(mounts.runtime).toBe("/run/nvidia-persistenced");
   });
 
-  it("is ready when `gpu-persistd status` answers, and runs this version's image", () => {
-    expect(container?.readinessProbe?.exec?.command).toEqual(["gpu-persistd", "status"]);
+  it("is ready when `gpu-persistd wait` says every GPU is held, and runs this version's image", () => {
+    expect(container?.readinessProbe?.exec?.command).toEqual(["gpu-persistd", "wait", "--timeout=4"]);
     expect(container?.image).toBe(`gpu-persistd:${VERSION}`);
     const containerfile = readFileSync(join(ROOT, "packaging/container/Containerfile"), "utf8");
     expect(containerfile).toContain(`ARG VERSION=${VERSION}\n`);

@@ -190,7 +190,8 @@ describe("gpu-persistd.service", () => {
 
   it("is killed and restarted by the watchdog when NVML hangs, and comes back READY", async () => {
     install(simDropIn("WatchdogSec=2s\nRestartSec=300ms\nEnvironment=GPU_PERSISTD_NVML_TIMEOUT_MS=400"), {
-      faults: [{ call: "nvmlDeviceGetCount_v2", hangMs: 600_000, afterMs: 1500 }],
+      // What each health round asks: the next held GPU's persistence mode.
+      faults: [{ call: "nvmlDeviceGetPersistenceMode", hangMs: 600_000, afterMs: 1500 }],
     });
     container.check("systemctl start gpu-persistd");
     const firstPid = container.unitProperty("gpu-persistd", "MainPID");
@@ -235,7 +236,7 @@ describe("starting when the driver appears", () => {
     install(simDropIn(), { faults: [{ call: "nvmlInit_v2", return: 9, times: 3 }] });
     container.check("systemctl start gpu-persistd");
     expect(container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
-    expect(container.run("journalctl -u gpu-persistd -o cat").stdout).toContain("waiting for the NVIDIA driver");
+    expect(container.check("journalctl -u gpu-persistd -o cat --no-pager")).toContain("waiting for the NVIDIA driver");
     container.check("systemctl stop gpu-persistd");
   });
 });

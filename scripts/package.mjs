@@ -53,7 +53,6 @@ rmSync(man);
 
 const doc = join(root, "usr/share/doc/gpu-persistd");
 mkdirSync(doc, { recursive: true });
-cpSync("README.md", join(doc, "README.md"));
 gzipTo(join(doc, "changelog.gz"), changelog);
 writeFileSync(join(doc, "copyright"), copyright());
 

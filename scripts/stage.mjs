@@ -40,6 +40,10 @@ cpSync("systemd/gpu-persistd.service", join(dest, "usr/lib/systemd/system/gpu-pe
 cpSync("systemd/gpu-persistd.sysusers.conf", join(dest, "usr/lib/sysusers.d/gpu-persistd.conf"));
 cpSync("systemd/71-gpu-persistd.rules", join(dest, "usr/lib/udev/rules.d/71-gpu-persistd.rules"));
 cpSync("dist/gpu-persistd.8", join(dest, "usr/share/man/man8/gpu-persistd.8"));
+// What an admin reads, where the unit's Documentation= points: the README and the operations
+// guide (not the development guide).
+cpSync("README.md", join(dest, "usr/share/doc/gpu-persistd/README.md"));
+cpSync("docs/operations.md", join(dest, "usr/share/doc/gpu-persistd/operations.md"));
 // Drop-ins an admin installs to allow what the hardened unit forbids by default.
 for (const example of ["metrics-listen.conf", "metrics-textfile.conf"]) {
   cpSync(join("systemd", example), join(dest, "usr/share/doc/gpu-persistd/examples", example));

@@ -1,0 +1,57 @@
+// The docs check: the configuration reference in docs/operations.md is the schema's, and
+// every gpu-persistd command the README shows is one the command line accepts.
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { parseCommandLine } from "../../src/cli/command-line.js";
+import { BEGIN, END, settingsReference } from "../../src/cli/settings-reference.js";
+
+const ROOT = join(import.meta.dirname, "../..");
+
+/** Table cells, trimmed (the formatter pads the columns), row by row. */
+function cells(text: string): string[][] {
+  return text
+    .split("\n")
+    .filter((l) => l.startsWith("|") && !/^\|[\s|-]+\|$/.test(l))
+    .map((l) =>
+      l
+        .split(/(?<!\\)\|/)
+        .slice(1, -1)
+        .map((c) => c.trim()),
+    );
+}
+
+describe("docs", () => {
+  it("docs/operations.md carries the schema's configuration reference (npm run docs rewrites it)", () => {
+    const text = readFileSync(join(ROOT, "docs/operations.md"), "utf8");
+    const shown = text.slice(text.indexOf(BEGIN), text.indexOf(END));
+    expect(shown, "the settings markers are missing").not.toBe("");
+    expect(cells(shown), "out of date: run npm run docs").toEqual(cells(settingsReference()));
+  });
+
+  it("every gpu-persistd command in the README parses as the command line would take it", () => {
+    const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+    // Commands: lines of ```sh blocks, and "$ " lines of example sessions (not their output).
+    const commands: string[] = [];
+    for (const [, lang, body] of readme.matchAll(/^```([a-z]*)\n([\s\S]*?)^```/gm)) {
+      for (const line of (body ?? "").split("\n")) {
+        const m = (
+          lang === "sh" ? /^(?:\$ )?(?:sudo )?gpu-persistd( [^#]*)?/ : /^\$ (?:sudo )?gpu-persistd( [^#]*)?/
+        ).exec(line);
+        if (m) commands.push((m[1] ?? "").trim());
+      }
+    }
+    expect(commands.length).toBeGreaterThan(5);
+    for (const command of commands) {
+      // Placeholders as an admin would fill them in.
+      const argv = command
+        .replaceAll("GPU...", "0")
+        .replaceAll("[--timeout=SECONDS]", "--timeout=5")
+        .replaceAll("[--json]", "--json")
+        .replaceAll("COMMAND", "true")
+        .split(/\s+/)
+        .filter(Boolean);
+      expect(() => parseCommandLine(argv), command).not.toThrow();
+    }
+  });
+});

@@ -1,8 +1,12 @@
 // The bundle's own command line, run as an admin runs it.
+import { spawnSync } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { helpText } from "../../src/cli/help.js";
 import { OPTIONS } from "../../src/cli/options.js";
-import { runBundle } from "../helpers/daemon.js";
+import { ROOT, runBundle } from "../helpers/daemon.js";
 
 describe("the bundle's command line", () => {
   it("prints help listing every option, exit 0", () => {
@@ -31,5 +35,19 @@ describe("the bundle's command line", () => {
     expect(runBundle(["--simulate=0"]).stderr).toContain("option '--simulate'");
     expect(result.stderr).toContain("fancy");
     expect(result.stderr).toContain("json");
+  });
+});
+
+describe("the GPU-machine suites", () => {
+  it("abort with the reason, exit 2, on a machine without the NVIDIA driver", () => {
+    for (const suite of ["run.sh", "parity.sh", "footprint.sh"]) {
+      const out = mkdtempSync(join(tmpdir(), "gpu-suite-"));
+      const result = spawnSync("bash", [join(ROOT, "test/gpu", suite)], {
+        env: { PATH: "/usr/bin:/bin", OUT: out },
+        encoding: "utf8",
+      });
+      expect(result.status, suite).toBe(2);
+      expect(result.stderr, suite).toContain("ABORT: no nvidia-smi here: this suite needs a GPU machine");
+    }
   });
 });

@@ -5,12 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
-command -v nvidia-smi >/dev/null || { echo "ABORT: no nvidia-smi here: this suite needs a GPU machine with the NVIDIA driver" >&2; exit 2; }
-NODE=$(command -v node || true)
-if [[ -z $NODE ]]; then
-  xz -dc .devcarry/node.xz >/tmp/node && chmod +x /tmp/node
-  NODE=/tmp/node
-fi
+source test/gpu/common.sh
 STAGE=$PWD/.devcarry/stage
 sed -e "s#exec /usr/bin/node #exec $NODE #" -e "s#/usr/lib/gpu-persistd/#$STAGE/usr/lib/gpu-persistd/#" \
   "$STAGE/usr/bin/gpu-persistd" >/tmp/gpu-persistd-launcher

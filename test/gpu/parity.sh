@@ -8,27 +8,10 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
 RUNTIME=/run/nvidia-persistenced
-command -v nvidia-smi >/dev/null || { echo "ABORT: no nvidia-smi here: this suite needs a GPU machine with the NVIDIA driver" >&2; exit 2; }
-NODE=$(command -v node || true)
-if [[ -z $NODE ]]; then
-  xz -dc .devcarry/node.xz >/tmp/node && chmod +x /tmp/node
-  NODE=/tmp/node
-fi
-BUNDLE=dist/gpu-persistd.mjs
-[[ -d node_modules/koffi ]] || BUNDLE=.devcarry/stage/usr/lib/gpu-persistd/gpu-persistd.mjs
-echo '{}' >/tmp/gpd-config.json
+source test/gpu/common.sh
 # exec: started with &, the background job is then the daemon itself, so $! is its PID.
 gpd() { GPU_PERSISTD_CONFIG=/tmp/gpd-config.json UV_USE_IO_URING=0 UV_THREADPOOL_SIZE=8 exec "$NODE" "$BUNDLE" "$@"; }
 
-persistence_enabled() {
-  local modes
-  modes=$(nvidia-smi --query-gpu=persistence_mode --format=csv,noheader)
-  echo "persistence_mode ($1): $(tr '\n' ' ' <<<"$modes")"
-  if grep -qv '^Enabled$' <<<"$modes"; then
-    echo "ABORT: persistence does not read Enabled $1; this suite changes no GPU setting and will not run" >&2
-    exit 2
-  fi
-}
 wait_for() {
   for _ in $(seq 600); do grep -qE "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
   echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1

@@ -9,33 +9,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-results}
-command -v nvidia-smi >/dev/null || { echo "ABORT: no nvidia-smi here: this suite needs a GPU machine with the NVIDIA driver (see ../shared/reference/gpu-machine.md)" >&2; exit 2; }
 mkdir -p "$OUT"
 IDLE_SECONDS=${IDLE_SECONDS:-60}
 QUERIES=${QUERIES:-20}
 RUNTIME=/run/nvidia-persistenced
 REAL_DAEMON=${REAL_DAEMON:-/usr/local/nvidia/bin/nvidia-persistenced}
 
-NODE=$(command -v node || true)
-if [[ -z $NODE ]]; then
-  xz -dc .devcarry/node.xz >/tmp/node && chmod +x /tmp/node
-  NODE=/tmp/node
-fi
-BUNDLE=dist/gpu-persistd.mjs
-[[ -d node_modules/koffi ]] || BUNDLE=.devcarry/stage/usr/lib/gpu-persistd/gpu-persistd.mjs
-echo '{}' >/tmp/gpd-config.json
+source test/gpu/common.sh
 # exec: started with &, the background job is then the daemon itself, so $! is its PID.
 gpd() { GPU_PERSISTD_CONFIG=/tmp/gpd-config.json exec "$NODE" "$BUNDLE" "$@"; }
-
-persistence_enabled() {
-  local modes
-  modes=$(nvidia-smi --query-gpu=persistence_mode --format=csv,noheader)
-  echo "persistence_mode ($1): $(tr '\n' ' ' <<<"$modes")"
-  if grep -qv '^Enabled$' <<<"$modes"; then
-    echo "ABORT: persistence does not read Enabled $1; this suite changes no GPU setting and will not run" >&2
-    exit 2
-  fi
-}
 
 now_ms() { date +%s%3N; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }

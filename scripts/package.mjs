@@ -1,11 +1,24 @@
-// Builds dist/gpu-persistd_<version>_amd64.deb with dpkg-deb alone (no debhelper): the
-// installed tree of scripts/stage.mjs, the man page and docs compressed as Debian wants,
-// the default config as a conffile, and the maintainer scripts of packaging/deb/.
+// Builds, with dpkg-deb alone (no debhelper), from one build:
+// - dist/gpu-persistd_<version>_amd64.deb: the installed tree of scripts/stage.mjs, the man
+//   page and docs compressed as Debian wants, the default config as a conffile, and the
+//   maintainer scripts of packaging/deb/;
+// - dist/gpu-persistd-simulator_<version>_amd64.deb: the simulated libnvidia-ml behind
+//   --simulate, kept out of the production package.
 // Run after `npm run build` (npm run package does both).
 
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  cpSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { join, relative } from "node:path";
 import { gzipSync } from "node:zlib";
 
@@ -40,8 +53,17 @@ mkdirSync(join(root, "lib/udev"), { recursive: true });
 cpSync(join(root, "usr/lib/udev/rules.d"), join(root, "lib/udev/rules.d"), { recursive: true });
 rmSync(join(root, "usr/lib/udev"), { recursive: true });
 
-const lib = join(root, "usr/lib/gpu-persistd");
-execFileSync("strip", ["--strip-unneeded", join(lib, "libnvidia-ml-sim.so")]);
+// The simulator goes to its own package.
+const simRoot = "dist/deb-simulator";
+rmSync(simRoot, { recursive: true, force: true });
+const simLib = join(simRoot, "usr/lib/gpu-persistd");
+mkdirSync(simLib, { recursive: true });
+cpSync(join(root, "usr/lib/gpu-persistd/libnvidia-ml-sim.so"), join(simLib, "libnvidia-ml-sim.so"));
+rmSync(join(root, "usr/lib/gpu-persistd/libnvidia-ml-sim.so"));
+execFileSync("strip", ["--strip-unneeded", join(simLib, "libnvidia-ml-sim.so")]);
+// Its documentation is gpu-persistd's, which it depends on at this very version.
+mkdirSync(join(simRoot, "usr/share/doc"), { recursive: true });
+symlinkSync("gpu-persistd", join(simRoot, "usr/share/doc/gpu-persistd-simulator"));
 
 /** gzip -9n: no name, no time stamp, so the same input gives the same bytes. */
 function gzipTo(path, data) {
@@ -59,46 +81,52 @@ writeFileSync(join(doc, "copyright"), copyright());
 mkdirSync(join(root, "etc/gpu-persistd"), { recursive: true });
 cpSync("packaging/deb/config.json", join(root, "etc/gpu-persistd/config.json"));
 
-// Modes set explicitly: the build's umask must not leak into the package.
-for (const path of walk(root)) {
-  const executable = statSync(path).mode & 0o111 && !path.endsWith(".json") && !path.endsWith(".md");
-  chmodSync(path, statSync(path).isDirectory() || executable ? 0o755 : 0o644);
-}
-
-const control = join(root, "DEBIAN");
-mkdirSync(control);
-const installedKiB = walk(root)
-  .filter((p) => !statSync(p).isDirectory())
-  .reduce((sum, p) => sum + Math.ceil(statSync(p).size / 1024), 0);
-writeFileSync(
-  join(control, "control"),
-  readFileSync("packaging/deb/control.in", "utf8")
-    .replace("@VERSION@", version)
-    .replace("@INSTALLED_SIZE@", String(installedKiB)),
-);
-cpSync("packaging/deb/conffiles", join(control, "conffiles"));
-for (const script of ["postinst", "prerm", "postrm"]) {
-  cpSync(join("packaging/deb", script), join(control, script));
-  chmodSync(join(control, script), 0o755);
-}
-const conffiles = new Set(readFileSync("packaging/deb/conffiles", "utf8").trim().split("\n"));
-const sums = walk(root)
-  .filter((p) => !p.startsWith(control) && !statSync(p).isDirectory() && !conffiles.has(`/${relative(root, p)}`))
-  .map((p) => `${createHash("md5").update(readFileSync(p)).digest("hex")}  ${relative(root, p)}`);
-writeFileSync(join(control, "md5sums"), `${sums.join("\n")}\n`);
-chmodSync(join(control, "md5sums"), 0o644);
-
-const deb = `dist/gpu-persistd_${version}_amd64.deb`;
+const released = /^ -- .*> {2}(.+)$/m.exec(changelog)?.[1];
 // Reproducible: dpkg-deb clamps every time stamp to SOURCE_DATE_EPOCH, by default the date of
 // this version's changelog entry, so the same sources give the same bytes.
-const released = /^ -- .*> {2}(.+)$/m.exec(changelog)?.[1];
 const epoch = process.env.SOURCE_DATE_EPOCH ?? String(Math.floor(Date.parse(released ?? "") / 1000));
 if (!/^\d+$/.test(epoch)) throw new Error("packaging/deb/changelog's first entry has no readable date line");
-execFileSync("dpkg-deb", ["--root-owner-group", "-Zxz", "--build", root, deb], {
-  stdio: ["ignore", "ignore", "inherit"],
-  env: { ...process.env, SOURCE_DATE_EPOCH: epoch },
-});
-console.log(`${deb}: ${(statSync(deb).size / 1024).toFixed(0)} KiB, ${installedKiB} KiB installed`);
+
+debPackage(root, "gpu-persistd", readFileSync("packaging/deb/control.in", "utf8"), true);
+debPackage(simRoot, "gpu-persistd-simulator", readFileSync("packaging/deb/control-simulator.in", "utf8"), false);
+
+/** DEBIAN/ (control, md5sums; for the daemon also conffiles and scripts), then dpkg-deb. */
+function debPackage(tree, name, controlTemplate, withScripts) {
+  // Modes set explicitly: the build's umask must not leak into the package.
+  for (const path of walk(tree)) {
+    const executable = statSync(path).mode & 0o111 && !path.endsWith(".json") && !path.endsWith(".md");
+    chmodSync(path, statSync(path).isDirectory() || executable ? 0o755 : 0o644);
+  }
+  const control = join(tree, "DEBIAN");
+  mkdirSync(control);
+  const installedKiB = walk(tree)
+    .filter((p) => !statSync(p).isDirectory())
+    .reduce((sum, p) => sum + Math.ceil(statSync(p).size / 1024), 0);
+  writeFileSync(
+    join(control, "control"),
+    controlTemplate.replaceAll("@VERSION@", version).replace("@INSTALLED_SIZE@", String(installedKiB)),
+  );
+  const conffiles = new Set();
+  if (withScripts) {
+    cpSync("packaging/deb/conffiles", join(control, "conffiles"));
+    for (const line of readFileSync("packaging/deb/conffiles", "utf8").trim().split("\n")) conffiles.add(line);
+    for (const script of ["postinst", "prerm", "postrm"]) {
+      cpSync(join("packaging/deb", script), join(control, script));
+      chmodSync(join(control, script), 0o755);
+    }
+  }
+  const sums = walk(tree)
+    .filter((p) => !p.startsWith(control) && !statSync(p).isDirectory() && !conffiles.has(`/${relative(tree, p)}`))
+    .map((p) => `${createHash("md5").update(readFileSync(p)).digest("hex")}  ${relative(tree, p)}`);
+  writeFileSync(join(control, "md5sums"), `${sums.join("\n")}\n`);
+  chmodSync(join(control, "md5sums"), 0o644);
+  const deb = `dist/${name}_${version}_amd64.deb`;
+  execFileSync("dpkg-deb", ["--root-owner-group", "-Zxz", "--build", tree, deb], {
+    stdio: ["ignore", "ignore", "inherit"],
+    env: { ...process.env, SOURCE_DATE_EPOCH: epoch },
+  });
+  console.log(`${deb}: ${(statSync(deb).size / 1024).toFixed(0)} KiB, ${installedKiB} KiB installed`);
+}
 
 /** Every path under dir, depth first, symlinks not followed. */
 function walk(dir) {

@@ -3,6 +3,8 @@
 import { closeSync, existsSync, fchmodSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { ExitCode } from "./exit-codes.js";
+import { FatalError } from "./fatal-error.js";
 import { deviceNodePath } from "./gpu/device-node.js";
 import { claimDirectory, openOwnedFile } from "./safe-files.js";
 
@@ -13,7 +15,11 @@ function simulatorLibraryPath(): string {
   const candidates = [new URL(`./${SIM_LIBRARY}`, import.meta.url), new URL(`../dist/${SIM_LIBRARY}`, import.meta.url)];
   const found = candidates.map((u) => fileURLToPath(u)).find((p) => existsSync(p));
   if (!found) {
-    throw new Error(`the GPU simulator ${SIM_LIBRARY} is missing next to the daemon: run 'npm run build'`);
+    throw new FatalError(
+      ExitCode.UNAVAILABLE,
+      `--simulate needs the GPU simulator (${SIM_LIBRARY}), which is not installed: ` +
+        "apt-get install gpu-persistd-simulator (from the sources: npm run build)",
+    );
   }
   return found;
 }

@@ -8,7 +8,10 @@ import { Container, nspawnUnavailable } from "./nspawn.js";
 
 export const VERSION = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version as string;
 
-/** Builds the package; returns its file name in dist/. */
+/** The simulator's package, built beside the daemon's from the same build. */
+export const SIMULATOR_DEB = `gpu-persistd-simulator_${VERSION}_amd64.deb`;
+
+/** Builds both packages; returns the daemon's file name in dist/. */
 export function buildDeb(): string {
   execFileSync(process.execPath, ["scripts/package.mjs"], { cwd: ROOT, stdio: ["ignore", "ignore", "inherit"] });
   return `gpu-persistd_${VERSION}_amd64.deb`;
@@ -41,6 +44,8 @@ export function simulateInUnit(container: Container, gpus: number): void {
 export interface PackageHost {
   /** The .deb's file name in /mnt/dist. */
   deb: string;
+  /** apt-get's arguments for both packages: the daemon and the simulator that --simulate needs. */
+  withSimulator: string;
   container: Container;
 }
 
@@ -49,10 +54,11 @@ export interface PackageHost {
  * reason, where this machine cannot: `unavailable`), and powers it off after them.
  */
 export function packageHost(rootfs: () => string, unavailable = nspawnUnavailable()): PackageHost {
-  const host = { deb: "", container: undefined as unknown as Container };
+  const host = { deb: "", withSimulator: "", container: undefined as unknown as Container };
   beforeAll(async () => {
     if (unavailable) throw new Error(`cannot run the package suite: ${unavailable}`);
     host.deb = buildDeb();
+    host.withSimulator = `/mnt/dist/${host.deb} /mnt/dist/${SIMULATOR_DEB}`;
     host.container = await Container.boot(rootfs(), [[join(ROOT, "dist"), "/mnt/dist"]]);
   }, 180_000);
   afterAll(async () => {

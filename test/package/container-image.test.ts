@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROOT } from "../helpers/daemon.js";
 import { bookwormSlimRootfs, nspawnUnavailable } from "../helpers/nspawn.js";
-import { buildDeb } from "../helpers/package.js";
+import { buildDeb, SIMULATOR_DEB } from "../helpers/package.js";
 
 interface Recipe {
   from: string;
@@ -109,12 +109,16 @@ describe("packaging/container/Containerfile", () => {
   });
 
   it("starts from ENTRYPOINT and CMD, holds the GPUs, answers the readiness probe, stops on SIGTERM", () => {
+    // Simulated GPUs need the simulator's package, which the production image leaves out.
+    cpSync(join(ROOT, "dist", SIMULATOR_DEB), join(image, "tmp", SIMULATOR_DEB));
+    const sim = inImage(`dpkg -i /tmp/${SIMULATOR_DEB} && rm /tmp/${SIMULATOR_DEB}`);
+    expect(sim.status, sim.stdout + sim.stderr).toBe(0);
     const command = [...recipe.entrypoint, ...recipe.cmd, "--simulate=2"].join(" ");
     const result = inImage(
       [
         `${command} >/tmp/log 2>&1 & pid=$!`,
         "for i in $(seq 100); do grep -q '\"ready: ' /tmp/log && break; sleep 0.1; done",
-        "gpu-persistd status; echo probe=$?",
+        "gpu-persistd status; gpu-persistd wait --timeout=4; echo probe=$?",
         "kill -TERM $pid; wait $pid; echo exit=$?; cat /tmp/log",
       ].join("\n"),
       60_000,

@@ -9,10 +9,10 @@ const host = packageHost(trixieRootfs);
 
 describe("gpu-persistd .deb on Debian 13", () => {
   it("installs with Debian's Node 20, runs as nvidia-persistenced, and purges", () => {
-    const { container, deb } = host;
+    const { container } = host;
     simulateInUnit(container, 2);
     const install = container.run(
-      `apt-get update -q && ${APT} --no-install-recommends install /mnt/dist/${deb}`,
+      `apt-get update -q && ${APT} --no-install-recommends install ${host.withSimulator}`,
       300_000,
     );
     expect(install.code, install.stdout + install.stderr).toBe(0);
@@ -23,7 +23,7 @@ describe("gpu-persistd .deb on Debian 13", () => {
     expect(container.check(`grep ^CapEff /proc/${pid}/status`)).toMatch(/^CapEff:\s+0+$/m);
     const status = JSON.parse(container.check("gpu-persistd status --json"));
     expect(status.devices.map((d: { held: boolean }) => d.held)).toEqual([true, true]);
-    container.check(`${APT} purge gpu-persistd && ${APT} autoremove --purge`, 120_000);
+    container.check(`${APT} purge gpu-persistd gpu-persistd-simulator && ${APT} autoremove --purge`, 120_000);
     expect(container.run("getent passwd nvidia-persistenced").code).toBe(2);
   });
 });

@@ -9,7 +9,15 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { ROOT } from "../helpers/daemon.js";
 import { bookwormRootfs, nspawnUnavailable } from "../helpers/nspawn.js";
-import { APT, buildDeb, packageHost, SIM_CONFIG, SIMULATE_DROP_IN, simulateInUnit } from "../helpers/package.js";
+import {
+  APT,
+  buildDeb,
+  packageHost,
+  SIM_CONFIG,
+  SIMULATE_DROP_IN,
+  SIMULATOR_DEB,
+  simulateInUnit,
+} from "../helpers/package.js";
 
 const unavailable =
   nspawnUnavailable() ??
@@ -29,22 +37,30 @@ const host = packageHost(bookwormRootfs, unavailable);
 const simulate = (gpus: number) => simulateInUnit(host.container, gpus);
 
 describe("gpu-persistd .deb", () => {
-  it("is reproducible: a second build gives the same bytes", () => {
+  it("is reproducible: a second build gives the same bytes, for both packages", () => {
     const digest = () =>
-      createHash("sha256")
-        .update(readFileSync(join(ROOT, "dist", host.deb)))
-        .digest("hex");
+      [host.deb, SIMULATOR_DEB].map((deb) =>
+        createHash("sha256")
+          .update(readFileSync(join(ROOT, "dist", deb)))
+          .digest("hex"),
+      );
     const first = digest();
     expect(buildDeb()).toBe(host.deb);
-    expect(digest()).toBe(first);
+    expect(digest()).toEqual(first);
   });
 
-  it("has no lintian errors or warnings", () => {
-    const result = spawnSync("lintian", ["--fail-on", "error,warning", join(ROOT, "dist", host.deb)], {
-      encoding: "utf8",
-    });
-    expect(result.stdout).not.toMatch(/^[EW]: /m);
-    expect(result.status, result.stdout + result.stderr).toBe(0);
+  it("has no lintian errors or warnings, and the simulator is only in its own package", () => {
+    for (const deb of [host.deb, SIMULATOR_DEB]) {
+      const result = spawnSync("lintian", ["--fail-on", "error,warning", join(ROOT, "dist", deb)], {
+        encoding: "utf8",
+      });
+      expect(result.stdout, deb).not.toMatch(/^[EW]: /m);
+      expect(result.status, result.stdout + result.stderr).toBe(0);
+    }
+    const contents = (deb: string) =>
+      spawnSync("dpkg-deb", ["-c", join(ROOT, "dist", deb)], { encoding: "utf8" }).stdout;
+    expect(contents(host.deb)).not.toContain("libnvidia-ml-sim.so");
+    expect(contents(SIMULATOR_DEB)).toContain("./usr/lib/gpu-persistd/libnvidia-ml-sim.so");
   });
 
   it("installs on stock Debian 12 with Debian's nodejs, starts, and purges without a trace", () => {
@@ -55,7 +71,7 @@ describe("gpu-persistd .deb", () => {
     simulate(2);
 
     const install = host.container.run(
-      `apt-get update -q && ${APT} --no-install-recommends install /mnt/dist/${host.deb}`,
+      `apt-get update -q && ${APT} --no-install-recommends install ${host.withSimulator}`,
       300_000,
     );
     expect(install.code, install.stdout + install.stderr).toBe(0);
@@ -84,7 +100,10 @@ describe("gpu-persistd .deb", () => {
     expect(host.container.unitProperty("gpu-persistd", "ActiveState")).toBe("inactive");
     expect(host.container.run("test -e /run/nvidia-persistenced").code).toBe(1);
 
-    const purge = host.container.run(`${APT} purge gpu-persistd && ${APT} autoremove --purge`, 120_000);
+    const purge = host.container.run(
+      `${APT} purge gpu-persistd gpu-persistd-simulator && ${APT} autoremove --purge`,
+      120_000,
+    );
     expect(purge.code, purge.stdout + purge.stderr).toBe(0);
     expect(host.container.run("systemctl list-unit-files --no-legend gpu-persistd.service").stdout).toBe("");
     expect(host.container.check(SNAPSHOT)).toBe(before);
@@ -95,10 +114,10 @@ describe("gpu-persistd .deb", () => {
       "useradd --system --no-create-home --home-dir / --shell /usr/sbin/nologin nvidia-persistenced",
     );
     simulate(1);
-    const install = host.container.run(`${APT} --no-install-recommends install /mnt/dist/${host.deb}`, 300_000);
+    const install = host.container.run(`${APT} --no-install-recommends install ${host.withSimulator}`, 300_000);
     expect(install.code, install.stdout + install.stderr).toBe(0);
     expect(host.container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
-    host.container.check(`${APT} purge gpu-persistd`, 120_000);
+    host.container.check(`${APT} purge gpu-persistd gpu-persistd-simulator`, 120_000);
     expect(host.container.run("getent passwd nvidia-persistenced").code).toBe(0);
     expect(host.container.run("test -e /var/lib/gpu-persistd").code).toBe(1);
   });
@@ -117,7 +136,7 @@ describe("gpu-persistd .deb", () => {
 
   it("on reinstall (an upgrade's scripts) keeps the admin's config edits and a disable", () => {
     simulate(1);
-    host.container.check(`${APT} --no-install-recommends install /mnt/dist/${host.deb}`, 300_000);
+    host.container.check(`${APT} --no-install-recommends install ${host.withSimulator}`, 300_000);
     host.container.check(`sed -i 's/"logLevel": "info"/"logLevel": "debug"/' /etc/gpu-persistd/config.json`);
     host.container.check("systemctl disable --now gpu-persistd");
     const reinstall = host.container.run(`${APT} install --reinstall /mnt/dist/${host.deb}`, 120_000);
@@ -131,6 +150,14 @@ describe("gpu-persistd .deb", () => {
     host.container.check(`${APT} install --reinstall /mnt/dist/${host.deb}`, 120_000);
     expect(host.container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
     expect(host.container.unitProperty("gpu-persistd", "MainPID")).not.toBe(pid);
+    host.container.check(`${APT} purge gpu-persistd gpu-persistd-simulator`, 120_000);
+  });
+
+  it("without the simulator package, --simulate names the package to install", () => {
+    host.container.check(`${APT} --no-install-recommends install /mnt/dist/${host.deb}`, 300_000);
+    const result = host.container.run("gpu-persistd --simulate=1 --runtime-dir=/run/gpd-try");
+    expect(result.code).toBe(69);
+    expect(result.stdout + result.stderr).toContain("apt-get install gpu-persistd-simulator");
     host.container.check(`${APT} purge gpu-persistd`, 120_000);
   });
 });

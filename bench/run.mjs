@@ -27,14 +27,12 @@ const scratch = mkdtempSync(join(os.tmpdir(), "gpu-persistd-bench-"));
 const emptyConfig = join(scratch, "config.json");
 writeFileSync(emptyConfig, "{}");
 
-/** The installed tree (scripts/stage.mjs) with its launcher pointed at this Node and tree. */
+/** The installed tree (scripts/stage.mjs, for this Node) with its launcher pointed at the tree. */
 function launcher() {
   const stage = join(scratch, "stage");
   execFileSync(process.execPath, [join(ROOT, "scripts/stage.mjs"), stage], { cwd: ROOT, stdio: "ignore" });
   const path = join(stage, "usr/bin/gpu-persistd");
-  const text = readFileSync(path, "utf8")
-    .replace("exec /usr/bin/node ", `exec ${process.execPath} `)
-    .replace("/usr/lib/gpu-persistd/", `${stage}/usr/lib/gpu-persistd/`);
+  const text = readFileSync(path, "utf8").replace("/usr/lib/gpu-persistd/", `${stage}/usr/lib/gpu-persistd/`);
   writeFileSync(path, text, { mode: 0o755 });
   return path;
 }

@@ -42,7 +42,8 @@ if (!changelog.startsWith(`gpu-persistd (${version})`)) {
 
 const root = "dist/deb";
 rmSync(root, { recursive: true, force: true });
-execFileSync(process.execPath, ["scripts/stage.mjs", root], { stdio: "inherit" });
+// Debian's nodejs, which the package depends on.
+execFileSync(process.execPath, ["scripts/stage.mjs", root, "--node=/usr/bin/node"], { stdio: "inherit" });
 
 // Debian 12 keeps units in /lib/systemd/system (lintian: systemd-service-file-outside-lib).
 mkdirSync(join(root, "lib/systemd"), { recursive: true });

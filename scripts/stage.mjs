@@ -1,10 +1,30 @@
 // Lays out an installed tree under DEST (default dist/stage): the bundle, the simulator,
 // koffi's JavaScript and its glibc x86-64 native module, the systemd files. The .deb, the
 // real-systemd tests and the GPU machine all use this one layout.
-import { cpSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+//
+//   node scripts/stage.mjs [DEST] [--node=PATH]
+//
+// --node: the Node the launcher runs (default: the one running this script, so that
+// `sudo "$(command -v node)" scripts/stage.mjs /` installs for the Node you built with, nvm's
+// included, not an old /usr/bin/node); the .deb passes /usr/bin/node (Debian's nodejs).
+import { execFileSync } from "node:child_process";
+import { cpSync, mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-const dest = process.argv[2] ?? "dist/stage";
+const args = process.argv.slice(2);
+const dest = args.find((a) => !a.startsWith("--")) ?? "dist/stage";
+const node = args.find((a) => a.startsWith("--node="))?.slice(7) ?? realpathSync(process.execPath);
+const MIN_NODE = [18, 19];
+if (!args.some((a) => a.startsWith("--node="))) {
+  const version = execFileSync(node, ["--version"], { encoding: "utf8" }).trim();
+  const [major, minor] = version.slice(1).split(".").map(Number);
+  if (major < MIN_NODE[0] || (major === MIN_NODE[0] && minor < MIN_NODE[1])) {
+    console.error(
+      `stage: ${node} is Node ${version}; gpu-persistd needs ${MIN_NODE.join(".")} or later: run this with a newer node`,
+    );
+    process.exit(1);
+  }
+}
 const lib = join(dest, "usr/lib/gpu-persistd");
 // Only our own directory is replaced: DEST may be / on a real install.
 rmSync(lib, { recursive: true, force: true });
@@ -50,8 +70,8 @@ for (const example of ["metrics-listen.conf", "metrics-textfile.conf"]) {
 }
 
 /**
- * /usr/bin/gpu-persistd: the system's Node (whatever PATH holds: a service's PATH may reach
- * an admin's /usr/local/bin/node of another version) with the libuv settings and V8 flags
+ * /usr/bin/gpu-persistd: the chosen Node, by its full path (a service's PATH may reach an
+ * admin's /usr/local/bin/node of another version), with the libuv settings and V8 flags
  * of src/node-flags.json; a variable the admin set (a larger pool, say) is kept. The pool gets
  * one thread per GPU, counted as src/libuv-environment.ts counts them. exec keeps the PID, so
  * systemd's main PID is the daemon's.
@@ -72,7 +92,7 @@ function launcher() {
     `  [ "$n" -gt ${threadpool.max} ] && n=${threadpool.max}`,
     "  export UV_THREADPOOL_SIZE=$n",
     "fi",
-    `exec /usr/bin/node ${v8.join(" ")} /usr/lib/gpu-persistd/gpu-persistd.mjs "$@"`,
+    `exec ${node} ${v8.join(" ")} /usr/lib/gpu-persistd/gpu-persistd.mjs "$@"`,
     "",
   ].join("\n");
 }

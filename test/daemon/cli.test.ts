@@ -1,6 +1,6 @@
 // The bundle's own command line, run as an admin runs it.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readFileSync, realpathSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -49,5 +49,17 @@ describe("the GPU-machine suites", () => {
       expect(result.status, suite).toBe(2);
       expect(result.stderr, suite).toContain("ABORT: no nvidia-smi here: this suite needs a GPU machine");
     }
+  });
+});
+
+describe("scripts/stage.mjs (the npm route's install)", () => {
+  it("writes a launcher for the Node that ran it, or the one --node names", () => {
+    const dest = mkdtempSync(join(tmpdir(), "gpu-stage-"));
+    const launcher = () => readFileSync(join(dest, "usr/bin/gpu-persistd"), "utf8");
+    spawnSync(process.execPath, [join(ROOT, "scripts/stage.mjs"), dest], { cwd: ROOT });
+    expect(launcher()).toContain(`exec ${realpathSync(process.execPath)} `);
+    spawnSync(process.execPath, [join(ROOT, "scripts/stage.mjs"), dest, "--node=/opt/node22/bin/node"], { cwd: ROOT });
+    expect(launcher()).toContain("exec /opt/node22/bin/node ");
+    expect(readFileSync(join(dest, "usr/share/doc/gpu-persistd/operations.md"), "utf8")).toContain("operations guide");
   });
 });

@@ -7,7 +7,7 @@ OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
 source test/gpu/common.sh
 STAGE=$PWD/.devcarry/stage
-sed -e "s#exec /usr/bin/node #exec $NODE #" -e "s#/usr/lib/gpu-persistd/#$STAGE/usr/lib/gpu-persistd/#" \
+sed -e "s#^exec [^ ]* #exec $NODE #" -e "s#/usr/lib/gpu-persistd/#$STAGE/usr/lib/gpu-persistd/#" \
   "$STAGE/usr/bin/gpu-persistd" >/tmp/gpu-persistd-launcher
 chmod +x /tmp/gpu-persistd-launcher
 pkill -TERM -f 'gpu-persistd.mjs' && sleep 1 || true

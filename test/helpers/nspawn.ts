@@ -62,7 +62,8 @@ export function bookwormSlimRootfs(): string {
 /** Lays out the installed tree (scripts/stage.mjs) in a fresh directory. */
 export function stageInstall(): string {
   const dir = mkdtempSync(join(tmpdir(), "gpu-persistd-stage-"));
-  execFileSync(process.execPath, [join(ROOT, "scripts/stage.mjs"), dir], { cwd: ROOT });
+  // The container binds this host's node at /usr/bin/node, as Debian's nodejs installs it.
+  execFileSync(process.execPath, [join(ROOT, "scripts/stage.mjs"), dir, "--node=/usr/bin/node"], { cwd: ROOT });
   return dir;
 }
 

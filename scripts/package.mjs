@@ -1,8 +1,9 @@
-// Builds, with dpkg-deb alone (no debhelper), from one build:
-// - dist/gpu-persistd_<version>_amd64.deb: the installed tree of scripts/stage.mjs, the man
-//   page and docs compressed as Debian wants, the default config as a conffile, and the
+// Builds, with dpkg-deb alone (no debhelper), from one build, for Debian 12 and 13 each
+// (dist/debian-12/, dist/debian-13/):
+// - gpu-persistd_<version>_amd64.deb: the installed tree of scripts/stage.mjs, the man page
+//   and docs compressed as Debian wants, the default config as a conffile, and the
 //   maintainer scripts of packaging/deb/;
-// - dist/gpu-persistd-simulator_<version>_amd64.deb: the simulated libnvidia-ml behind
+// - gpu-persistd-simulator_<version>_amd64.deb: the simulated libnvidia-ml behind
 //   --simulate, kept out of the production package.
 // Run after `npm run build` (npm run package does both).
 
@@ -40,59 +41,69 @@ if (!changelog.startsWith(`gpu-persistd (${version})`)) {
   throw new Error(`packaging/deb/changelog does not start with version ${version} of package.json: add an entry`);
 }
 
-const root = "dist/deb";
-rmSync(root, { recursive: true, force: true });
-// Debian's nodejs, which the package depends on.
-execFileSync(process.execPath, ["scripts/stage.mjs", root, "--node=/usr/bin/node"], { stdio: "inherit" });
-
-// Debian 12 keeps units in /lib/systemd/system (lintian: systemd-service-file-outside-lib).
-mkdirSync(join(root, "lib/systemd"), { recursive: true });
-cpSync(join(root, "usr/lib/systemd/system"), join(root, "lib/systemd/system"), { recursive: true });
-rmSync(join(root, "usr/lib/systemd"), { recursive: true });
-// Likewise udev rules in /lib/udev/rules.d (where Debian 12's udev and debhelper put them).
-mkdirSync(join(root, "lib/udev"), { recursive: true });
-cpSync(join(root, "usr/lib/udev/rules.d"), join(root, "lib/udev/rules.d"), { recursive: true });
-rmSync(join(root, "usr/lib/udev"), { recursive: true });
-
-// The simulator goes to its own package.
-const simRoot = "dist/deb-simulator";
-rmSync(simRoot, { recursive: true, force: true });
-const simLib = join(simRoot, "usr/lib/gpu-persistd");
-mkdirSync(simLib, { recursive: true });
-cpSync(join(root, "usr/lib/gpu-persistd/libnvidia-ml-sim.so"), join(simLib, "libnvidia-ml-sim.so"));
-rmSync(join(root, "usr/lib/gpu-persistd/libnvidia-ml-sim.so"));
-execFileSync("strip", ["--strip-unneeded", join(simLib, "libnvidia-ml-sim.so")]);
-// Its documentation is gpu-persistd's, which it depends on at this very version.
-mkdirSync(join(simRoot, "usr/share/doc"), { recursive: true });
-symlinkSync("gpu-persistd", join(simRoot, "usr/share/doc/gpu-persistd-simulator"));
-
-/** gzip -9n: no name, no time stamp, so the same input gives the same bytes. */
-function gzipTo(path, data) {
-  writeFileSync(path, gzipSync(data, { level: 9 }));
-}
-const man = join(root, "usr/share/man/man8/gpu-persistd.8");
-gzipTo(`${man}.gz`, readFileSync(man));
-rmSync(man);
-
-const doc = join(root, "usr/share/doc/gpu-persistd");
-mkdirSync(doc, { recursive: true });
-gzipTo(join(doc, "changelog.gz"), changelog);
-writeFileSync(join(doc, "copyright"), copyright());
-
-mkdirSync(join(root, "etc/gpu-persistd"), { recursive: true });
-cpSync("packaging/deb/config.json", join(root, "etc/gpu-persistd/config.json"));
-
 const released = /^ -- .*> {2}(.+)$/m.exec(changelog)?.[1];
 // Reproducible: dpkg-deb clamps every time stamp to SOURCE_DATE_EPOCH, by default the date of
 // this version's changelog entry, so the same sources give the same bytes.
 const epoch = process.env.SOURCE_DATE_EPOCH ?? String(Math.floor(Date.parse(released ?? "") / 1000));
 if (!/^\d+$/.test(epoch)) throw new Error("packaging/deb/changelog's first entry has no readable date line");
 
-debPackage(root, "gpu-persistd", readFileSync("packaging/deb/control.in", "utf8"), true);
-debPackage(simRoot, "gpu-persistd-simulator", readFileSync("packaging/deb/control-simulator.in", "utf8"), false);
+/**
+ * One package set per Debian release, the same files but where each release's tools want
+ * them: Debian 12 keeps units and udev rules in /lib (its lintian warns of
+ * systemd-service-file-outside-lib otherwise), Debian 13 in /usr/lib (its lintian errs on
+ * aliased-location otherwise; debhelper there installs them so).
+ */
+const SUITES = [
+  { dir: "dist/debian-12", lib: "lib" },
+  { dir: "dist/debian-13", lib: "usr/lib" },
+];
+for (const suite of SUITES) buildSuite(suite);
+
+function buildSuite({ dir, lib }) {
+  rmSync(dir, { recursive: true, force: true });
+  const root = join(dir, "tree");
+  // Debian's nodejs, which the package depends on.
+  execFileSync(process.execPath, ["scripts/stage.mjs", root, "--node=/usr/bin/node"], { stdio: "inherit" });
+  if (lib !== "usr/lib") {
+    for (const sub of ["systemd/system", "udev/rules.d"]) {
+      mkdirSync(join(root, lib, sub.split("/")[0]), { recursive: true });
+      cpSync(join(root, "usr/lib", sub), join(root, lib, sub), { recursive: true });
+      rmSync(join(root, "usr/lib", sub.split("/")[0]), { recursive: true });
+    }
+  }
+
+  // The simulator goes to its own package.
+  const simRoot = join(dir, "tree-simulator");
+  const simLib = join(simRoot, "usr/lib/gpu-persistd");
+  mkdirSync(simLib, { recursive: true });
+  cpSync(join(root, "usr/lib/gpu-persistd/libnvidia-ml-sim.so"), join(simLib, "libnvidia-ml-sim.so"));
+  rmSync(join(root, "usr/lib/gpu-persistd/libnvidia-ml-sim.so"));
+  execFileSync("strip", ["--strip-unneeded", join(simLib, "libnvidia-ml-sim.so")]);
+  // Its documentation is gpu-persistd's, which it depends on at this very version.
+  mkdirSync(join(simRoot, "usr/share/doc"), { recursive: true });
+  symlinkSync("gpu-persistd", join(simRoot, "usr/share/doc/gpu-persistd-simulator"));
+
+  const man = join(root, "usr/share/man/man8/gpu-persistd.8");
+  gzipTo(`${man}.gz`, readFileSync(man));
+  rmSync(man);
+  const doc = join(root, "usr/share/doc/gpu-persistd");
+  mkdirSync(doc, { recursive: true });
+  gzipTo(join(doc, "changelog.gz"), changelog);
+  writeFileSync(join(doc, "copyright"), copyright());
+  mkdirSync(join(root, "etc/gpu-persistd"), { recursive: true });
+  cpSync("packaging/deb/config.json", join(root, "etc/gpu-persistd/config.json"));
+
+  debPackage(root, dir, "gpu-persistd", readFileSync("packaging/deb/control.in", "utf8"), true);
+  debPackage(simRoot, dir, "gpu-persistd-simulator", readFileSync("packaging/deb/control-simulator.in", "utf8"), false);
+}
+
+/** gzip -9n: no name, no time stamp, so the same input gives the same bytes. */
+function gzipTo(path, data) {
+  writeFileSync(path, gzipSync(data, { level: 9 }));
+}
 
 /** DEBIAN/ (control, md5sums; for the daemon also conffiles and scripts), then dpkg-deb. */
-function debPackage(tree, name, controlTemplate, withScripts) {
+function debPackage(tree, outDir, name, controlTemplate, withScripts) {
   // Modes set explicitly: the build's umask must not leak into the package.
   for (const path of walk(tree)) {
     const executable = statSync(path).mode & 0o111 && !path.endsWith(".json") && !path.endsWith(".md");
@@ -121,7 +132,7 @@ function debPackage(tree, name, controlTemplate, withScripts) {
     .map((p) => `${createHash("md5").update(readFileSync(p)).digest("hex")}  ${relative(tree, p)}`);
   writeFileSync(join(control, "md5sums"), `${sums.join("\n")}\n`);
   chmodSync(join(control, "md5sums"), 0o644);
-  const deb = `dist/${name}_${version}_amd64.deb`;
+  const deb = `${outDir}/${name}_${version}_amd64.deb`;
   execFileSync("dpkg-deb", ["--root-owner-group", "-Zxz", "--build", tree, deb], {
     stdio: ["ignore", "ignore", "inherit"],
     env: { ...process.env, SOURCE_DATE_EPOCH: epoch },

@@ -8,13 +8,20 @@ import { Container, nspawnUnavailable } from "./nspawn.js";
 
 export const VERSION = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version as string;
 
-/** The simulator's package, built beside the daemon's from the same build. */
-export const SIMULATOR_DEB = `gpu-persistd-simulator_${VERSION}_amd64.deb`;
+/** The Debian releases packages are built for, each in its own directory of dist/. */
+export type Suite = "debian-12" | "debian-13";
 
-/** Builds both packages; returns the daemon's file name in dist/. */
-export function buildDeb(): string {
+/** The simulator's package for `suite` (under dist/), built beside the daemon's from the same build. */
+export const simulatorDeb = (suite: Suite = "debian-12"): string =>
+  `${suite}/gpu-persistd-simulator_${VERSION}_amd64.deb`;
+
+/** The daemon's package for `suite`, under dist/. */
+export const daemonDeb = (suite: Suite = "debian-12"): string => `${suite}/gpu-persistd_${VERSION}_amd64.deb`;
+
+/** Builds every package; returns the daemon's for `suite`, as a path under dist/. */
+export function buildDeb(suite: Suite = "debian-12"): string {
   execFileSync(process.execPath, ["scripts/package.mjs"], { cwd: ROOT, stdio: ["ignore", "ignore", "inherit"] });
-  return `gpu-persistd_${VERSION}_amd64.deb`;
+  return daemonDeb(suite);
 }
 
 export const APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0";
@@ -53,12 +60,16 @@ export interface PackageHost {
  * Builds the package and boots `rootfs()` before the file's tests (failing them, with the
  * reason, where this machine cannot: `unavailable`), and powers it off after them.
  */
-export function packageHost(rootfs: () => string, unavailable = nspawnUnavailable()): PackageHost {
+export function packageHost(
+  rootfs: () => string,
+  unavailable = nspawnUnavailable(),
+  suite: Suite = "debian-12",
+): PackageHost {
   const host = { deb: "", withSimulator: "", container: undefined as unknown as Container };
   beforeAll(async () => {
     if (unavailable) throw new Error(`cannot run the package suite: ${unavailable}`);
-    host.deb = buildDeb();
-    host.withSimulator = `/mnt/dist/${host.deb} /mnt/dist/${SIMULATOR_DEB}`;
+    host.deb = buildDeb(suite);
+    host.withSimulator = `/mnt/dist/${host.deb} /mnt/dist/${simulatorDeb(suite)}`;
     host.container = await Container.boot(rootfs(), [[join(ROOT, "dist"), "/mnt/dist"]]);
   }, 180_000);
   afterAll(async () => {

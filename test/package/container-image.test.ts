@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROOT } from "../helpers/daemon.js";
 import { bookwormSlimRootfs, nspawnUnavailable } from "../helpers/nspawn.js";
-import { buildDeb, SIMULATOR_DEB } from "../helpers/package.js";
+import { buildDeb, simulatorDeb } from "../helpers/package.js";
 
 interface Recipe {
   from: string;
@@ -110,8 +110,9 @@ describe("packaging/container/Containerfile", () => {
 
   it("starts from ENTRYPOINT and CMD, holds the GPUs, answers the readiness probe, stops on SIGTERM", () => {
     // Simulated GPUs need the simulator's package, which the production image leaves out.
-    cpSync(join(ROOT, "dist", SIMULATOR_DEB), join(image, "tmp", SIMULATOR_DEB));
-    const sim = inImage(`dpkg -i /tmp/${SIMULATOR_DEB} && rm /tmp/${SIMULATOR_DEB}`);
+    const deb = simulatorDeb().split("/").pop() as string;
+    cpSync(join(ROOT, "dist", simulatorDeb()), join(image, "tmp", deb));
+    const sim = inImage(`dpkg -i /tmp/${deb} && rm /tmp/${deb}`);
     expect(sim.status, sim.stdout + sim.stderr).toBe(0);
     const command = [...recipe.entrypoint, ...recipe.cmd, "--simulate=2"].join(" ");
     const result = inImage(

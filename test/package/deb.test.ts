@@ -12,11 +12,12 @@ import { bookwormRootfs, nspawnUnavailable } from "../helpers/nspawn.js";
 import {
   APT,
   buildDeb,
+  daemonDeb,
   packageHost,
   SIM_CONFIG,
   SIMULATE_DROP_IN,
-  SIMULATOR_DEB,
   simulateInUnit,
+  simulatorDeb,
 } from "../helpers/package.js";
 
 const unavailable =
@@ -39,7 +40,7 @@ const simulate = (gpus: number) => simulateInUnit(host.container, gpus);
 describe("gpu-persistd .deb", () => {
   it("is reproducible: a second build gives the same bytes, for both packages", () => {
     const digest = () =>
-      [host.deb, SIMULATOR_DEB].map((deb) =>
+      [host.deb, simulatorDeb(), daemonDeb("debian-13"), simulatorDeb("debian-13")].map((deb) =>
         createHash("sha256")
           .update(readFileSync(join(ROOT, "dist", deb)))
           .digest("hex"),
@@ -50,7 +51,7 @@ describe("gpu-persistd .deb", () => {
   });
 
   it("has no lintian errors or warnings, and the simulator is only in its own package", () => {
-    for (const deb of [host.deb, SIMULATOR_DEB]) {
+    for (const deb of [host.deb, simulatorDeb()]) {
       const result = spawnSync("lintian", ["--fail-on", "error,warning", join(ROOT, "dist", deb)], {
         encoding: "utf8",
       });
@@ -60,7 +61,11 @@ describe("gpu-persistd .deb", () => {
     const contents = (deb: string) =>
       spawnSync("dpkg-deb", ["-c", join(ROOT, "dist", deb)], { encoding: "utf8" }).stdout;
     expect(contents(host.deb)).not.toContain("libnvidia-ml-sim.so");
-    expect(contents(SIMULATOR_DEB)).toContain("./usr/lib/gpu-persistd/libnvidia-ml-sim.so");
+    expect(contents(simulatorDeb())).toContain("./usr/lib/gpu-persistd/libnvidia-ml-sim.so");
+    // Debian 12's tools want units and udev rules in /lib, Debian 13's in /usr/lib.
+    expect(contents(host.deb)).toContain("./lib/systemd/system/gpu-persistd.service");
+    expect(contents(daemonDeb("debian-13"))).toContain("./usr/lib/systemd/system/gpu-persistd.service");
+    expect(contents(daemonDeb("debian-13"))).toContain("./usr/lib/udev/rules.d/71-gpu-persistd.rules");
   });
 
   it("installs on stock Debian 12 with Debian's nodejs, starts, and purges without a trace", () => {

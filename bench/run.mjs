@@ -5,7 +5,7 @@
 // Prints a table, or one JSON object with --json; --save writes bench/results/sim-<date>.json;
 // --check exits 1 when a target is missed.
 //
-//   npm run bench [-- --json] [-- --save] [-- --check]
+//   npm run bench [-- --json] [-- --save] [-- --check]    (npm run bench --json works too)
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -17,6 +17,8 @@ const ATTACH_DELAY_MS = 500;
 const IDLE_SECONDS = Number(process.env.BENCH_IDLE_SECONDS ?? 60);
 const RPC_CALLS = Number(process.env.BENCH_RPC_CALLS ?? 5000);
 const args = new Set(process.argv.slice(2));
+// `npm run bench --json` hands --json (and --save, --check) to npm, which passes them on as npm_config_*.
+for (const flag of ["json", "save", "check"]) if (process.env[`npm_config_${flag}`] === "true") args.add(`--${flag}`);
 const UNIT_NODE_OPTIONS = "--jitless"; // systemd/gpu-persistd.service: Environment=NODE_OPTIONS=--jitless
 const nodeFlags = JSON.parse(readFileSync(join(ROOT, "src/node-flags.json"), "utf8"));
 

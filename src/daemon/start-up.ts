@@ -225,6 +225,7 @@ function startHealth(ctx: DaemonContext, session: NvmlSession, registry: GpuRegi
       nvmlOpen: () => session.open,
       onRound: (seconds, healthy) => ctx.metrics.observeHealthRound(seconds, healthy),
       ...(watchdog ? { afterTick: () => watchdog.tick() } : {}),
+      nvmlAnsweredAt: () => ctx.xid?.answeredAt ?? Number.NEGATIVE_INFINITY,
       log: ctx.log,
     },
     healthIntervalMs(ctx),

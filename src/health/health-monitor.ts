@@ -1,10 +1,12 @@
 // The health loop: one timer that, each interval, asks NVML one cheap question (the
 // persistence mode of the next held GPU in turn; the GPU count when none is held) on the
 // thread pool with a time limit, then lets the systemd watchdog ping if NVML answered within
-// the watchdog interval: a hung NVML stops the pings, so systemd restarts the daemon. One
-// call per round keeps an idle daemon's wake-ups near zero; a driver that hangs hangs every
-// call, and a GPU that falls off the bus is also reported by its Xid event. What a round
-// finds about a GPU (persistence, loss) goes to the registry.
+// the watchdog interval: a hung NVML stops the pings, so systemd restarts the daemon. Where
+// NVML has just answered by itself (the Xid event wait returned in time), up to three rounds
+// in four need no call of their own. One call at most per round keeps an idle daemon's
+// wake-ups near zero; a driver that hangs hangs every call (the Xid wait then no longer
+// returns, and the rounds call again), and a GPU that falls off the bus is also reported by
+// its Xid event. What a round finds about a GPU (persistence, loss) goes to the registry.
 import type { Nvml } from "../../native-bindings/nvml.js";
 import { NvmlError, NvmlTimeoutError } from "../../native-bindings/nvml-errors.js";
 import { NVML_ERROR_GPU_IS_LOST } from "../../native-bindings/nvml-return-codes.js";
@@ -21,8 +23,16 @@ export interface HealthOptions {
   onRound(seconds: number, healthy: boolean): void;
   /** After each tick: the watchdog pings or withholds (absent without a watchdog). */
   afterTick?(): void;
+  /**
+   * When an NVML call last returned in time by itself (the Xid event wait ending): proof that
+   * NVML answers, which spares a round its own call. -Infinity when nothing proves it.
+   */
+  nvmlAnsweredAt?(): number;
   log: Log;
 }
+
+/** Rounds in a row that may go without a call of their own while NVML keeps answering. */
+const SPARE_AT_MOST = 3;
 
 export class HealthMonitor {
   readonly #o: HealthOptions;
@@ -33,10 +43,12 @@ export class HealthMonitor {
   #passedOnce = false;
   /** The held GPU asked next: rounds take the held GPUs in turn. */
   #next = 0;
+  /** Rounds in a row that NVML's own recent answer spared a call. */
+  #spared = 0;
   /** Calls that timed out and were logged; cleared when the same check succeeds again. */
   readonly #reportedHangs = new Set<string>();
-  /** Checks whose timed-out call still blocks a pool thread: not repeated until it returns. */
-  readonly #stuck = new Set<string>();
+  /** Checks whose timed-out call still blocks a pool thread (not repeated until it returns), and when it does. */
+  readonly #stuck = new Map<string, Promise<void>>();
 
   constructor(options: HealthOptions, intervalMs: number) {
     this.#o = options;
@@ -76,14 +88,23 @@ export class HealthMonitor {
   }
 
   #hung(key: string, err: NvmlTimeoutError, gpu?: Gpu): void {
-    this.#stuck.add(key);
-    void err.returned.then(() => this.#stuck.delete(key));
+    this.#stuck.set(
+      key,
+      err.returned.then(() => {
+        this.#stuck.delete(key);
+      }),
+    );
     if (this.#reportedHangs.has(key)) return;
     this.#reportedHangs.add(key);
     this.#o.log.error(
       gpu ? gpuFields(gpu) : {},
       `health check: ${err.message}; withholding watchdog pings until NVML answers`,
     );
+  }
+
+  /** Resolves once every call that timed out in a round has returned (a hung one: never). */
+  async whenUnstuck(): Promise<void> {
+    await Promise.all(this.#stuck.values());
   }
 
   /** One round; never overlaps the previous one, so a hung NVML cannot pile up calls. */
@@ -94,6 +115,15 @@ export class HealthMonitor {
       this.#lastHealthyAt = performance.now();
       return true;
     }
+    // NVML answered within this interval by itself (the Xid wait returned): no call needed,
+    // but every SPARE_AT_MOST + 1-th round still asks a GPU (persistence, loss).
+    const answeredAt = this.#o.nvmlAnsweredAt?.() ?? Number.NEGATIVE_INFINITY;
+    if (performance.now() - answeredAt <= this.#intervalMs && this.#spared < SPARE_AT_MOST && this.#stuck.size === 0) {
+      this.#spared++;
+      this.#lastHealthyAt = performance.now();
+      return true;
+    }
+    this.#spared = 0;
     this.#running = true;
     const started = performance.now();
     try {

@@ -43,6 +43,7 @@ export class XidWaiter {
   #set: EventSetHandle | null = null;
   #running = false;
   #waiting = false;
+  #answeredAt = Number.NEGATIVE_INFINITY;
   #loop: Promise<void> | null = null;
   readonly #windows = new Map<string, { start: number; logged: number; suppressed: number }>();
 
@@ -87,6 +88,7 @@ export class XidWaiter {
         const event = await this.#nvml.eventSetWait(this.#set, this.waitMs).finally(() => {
           this.#waiting = false;
         });
+        this.#answeredAt = performance.now();
         if (event && this.#running) this.#handle(event.device, Number(event.eventData));
       } catch (err) {
         if (!this.#running) return;
@@ -129,6 +131,11 @@ export class XidWaiter {
     if (xid === XID_GPU_FALLEN_OFF_THE_BUS) {
       void this.#registry.markLost(gpu, new GpuLostError(`Xid ${xid}: GPU has fallen off the bus`));
     }
+  }
+
+  /** When a wait last returned in time (an event or NVML's own time-out): NVML answers. */
+  get answeredAt(): number {
+    return this.#answeredAt;
   }
 
   /** Whether a wait is inside NVML now. */

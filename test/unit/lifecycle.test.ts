@@ -7,6 +7,7 @@ import { describe, expect, it } from "vitest";
 import { NvmlError } from "../../native-bindings/nvml-errors.js";
 import { rpcBackend } from "../../src/daemon/rpc-adapter.js";
 import { daemonStatus } from "../../src/daemon/status-snapshot.js";
+import { HealthMonitor } from "../../src/health/health-monitor.js";
 import { NvPdStatus } from "../../src/rpc/persistence-program.js";
 import { fdsOn, gated, InProcessFixture, openGate } from "../helpers/in-process.js";
 
@@ -190,10 +191,11 @@ describe("health and loss", () => {
   });
 
   it("a health round marks a GPU lost on NVML_ERROR_GPU_IS_LOST and keeps the others", async () => {
-    const d = fixture.daemon({
-      gpus: 2,
-      faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, return: 15, afterCalls: 1 }],
-    });
+    // A long event wait: it proves nothing during the test, so every round makes its own call.
+    const d = fixture.daemon(
+      { gpus: 2, faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, return: 15, afterCalls: 1 }] },
+      { eventWaitMs: 60_000 },
+    );
     await d.daemon.run();
     // Rounds take the held GPUs in turn: GPU 0, then GPU 1.
     expect(await d.context.health?.round()).toBe(true);
@@ -206,7 +208,7 @@ describe("health and loss", () => {
   it("one call per round, the held GPUs in turn; a call stuck in an earlier round keeps rounds unhealthy until it returns", async () => {
     const d = fixture.daemon(
       { gpus: 2, faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, afterCalls: 1, gate: true }] },
-      { nvmlTimeoutMs: 50 },
+      { nvmlTimeoutMs: 50, eventWaitMs: 60_000 },
     );
     await d.daemon.run();
     const health = d.context.health;
@@ -225,12 +227,33 @@ describe("health and loss", () => {
       "GPU 1: health check: nvmlDeviceGetPersistenceMode did not return within 50 ms",
     );
     openGate();
-    await d.context.session?.nvml.idle(5000);
+    await health.whenUnstuck();
     expect(await health.round()).toBe(true);
   });
 
+  it("spares rounds their call while NVML has just answered by itself (the Xid wait), but asks a GPU every fourth", async () => {
+    const d = fixture.daemon({ gpus: 2 }, { eventWaitMs: 60_000 });
+    await d.daemon.run();
+    const session = d.context.session;
+    if (!session) throw new Error("no NVML session");
+    const health = new HealthMonitor(
+      {
+        nvml: session.nvml,
+        registry: d.registry,
+        nvmlOpen: () => session.open,
+        onRound: () => {},
+        nvmlAnsweredAt: () => performance.now(),
+        log: d.context.log,
+      },
+      10_000,
+    );
+    const before = d.scratch.callCount("nvmlDeviceGetPersistenceMode");
+    for (let i = 0; i < 8; i++) expect(await health.round()).toBe(true);
+    expect(d.scratch.callCount("nvmlDeviceGetPersistenceMode") - before).toBe(2);
+  });
+
   it("warns about persistence only when it turns from enabled to disabled, not for a GPU that read disabled", async () => {
-    const d = fixture.daemon({ gpus: [{ persistence: 0 }, { persistence: 1 }] }, { dryRun: true });
+    const d = fixture.daemon({ gpus: [{ persistence: 0 }, { persistence: 1 }] }, { dryRun: true, eventWaitMs: 60_000 });
     await d.daemon.run();
     await d.context.health?.round();
     expect(d.messages().join("\n")).not.toContain("now reads disabled");

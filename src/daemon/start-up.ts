@@ -3,6 +3,8 @@
 // selected GPU settled. A stop requested meanwhile ends the sequence at the next step.
 
 import { NvidiaKernel } from "../../native-bindings/nvidia-kernel.js";
+import { NvmlError } from "../../native-bindings/nvml-errors.js";
+import { NVML_ERROR_NO_PERMISSION } from "../../native-bindings/nvml-return-codes.js";
 import { VERSION } from "../cli/help.js";
 import { startControlServer } from "../control/control-server.js";
 import { ExitCode } from "../exit-codes.js";
@@ -169,7 +171,7 @@ async function bringUp(ctx: DaemonContext, session: NvmlSession, progress: Progr
   if (selected.some((g) => g.state === "held")) return registry;
   const first = selected.find((g) => g.fault !== null);
   throw new FatalError(
-    selected.every((g) => g.fault && "codeName" in g.fault && g.fault.codeName === "NVML_ERROR_NO_PERMISSION")
+    selected.every((g) => g.fault instanceof NvmlError && g.fault.code === NVML_ERROR_NO_PERMISSION)
       ? ExitCode.NO_PERMISSION
       : ExitCode.FAILURE,
     `no selected GPU could be held (first failure: GPU ${first?.index} ${first ? gpuFields(first).gpuPciBusId : ""}: ${describeError(first?.fault)})`,

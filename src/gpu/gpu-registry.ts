@@ -96,7 +96,6 @@ interface Entry extends Gpu {
   fd: number | null;
   /** The /dev/nvidia-uvm fd that carries this GPU's UVM registration. */
   uvmFd: number | null;
-  nodePath: string | null;
   /** The tail of this GPU's transition queue. */
   queue: Promise<void>;
 }
@@ -184,7 +183,6 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       uvmFault: null,
       fd: null,
       uvmFd: null,
-      nodePath: null,
       queue: Promise.resolve(),
     }));
     await forEachLimited(gpus, concurrency, async (gpu) => {
@@ -270,16 +268,12 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       entry.claims.add(claim);
       if (entry.fd === null) await this.#open(entry, origin);
       if (claim === "numa" && !hasCoherentMemory(entry)) {
-        // No coherent memory: there is no NUMA node to keep online; a successful no-op.
+        // No coherent memory: there is no NUMA node to keep online; a successful no-op, so
+        // a node opened only to learn that is closed again and the GPU is as it was.
         entry.claims.delete("numa");
         if (entry.claims.size === 0 && entry.fd !== null) {
           this.#close(entry);
-          this.#move(
-            entry,
-            before === "held" ? "identified" : before,
-            "debug",
-            "no coherent memory: nothing to keep online",
-          );
+          this.#move(entry, before, "debug", "no coherent memory: nothing to keep online");
         }
         return entry.state;
       }
@@ -304,7 +298,6 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
         return;
       }
       gpu.fd = fd;
-      gpu.nodePath = path;
       gpu.fault = null;
       this.#readNuma(gpu, fd);
       if (this.#options.uvmPersistence) await this.#registerUvm(gpu);
@@ -441,8 +434,7 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     const { fd, uvmFd } = gpu;
     gpu.fd = null;
     gpu.uvmFd = null;
-    gpu.nodePath = null;
-    if (gpu.uvm !== "off") gpu.uvm = "off";
+    gpu.uvm = "off";
     if (uvmFd !== null) closeDeviceNode(uvmFd);
     if (fd !== null) closeDeviceNode(fd);
   }

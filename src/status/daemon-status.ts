@@ -3,6 +3,7 @@
 // another version is named as such instead of being misread.
 
 import { NUMA_STATUS_NAMES } from "../../native-bindings/nvidia-kernel.js";
+import { NvmlError } from "../../native-bindings/nvml-errors.js";
 import { describeError } from "../gpu/describe-error.js";
 import {
   type Claim,
@@ -77,7 +78,7 @@ export function gpuStatus(gpu: Gpu): GpuStatus {
     persistence: gpu.persistence,
     xids: Object.fromEntries([...gpu.xids].map(([xid, n]) => [String(xid), n])),
     error: fault ? describeError(fault) : null,
-    errorCode: fault && "codeName" in fault && typeof fault.codeName === "string" ? fault.codeName : null,
+    errorCode: fault instanceof NvmlError ? fault.codeName : null,
     uvm: gpu.uvm,
     uvmError: gpu.uvmFault ? describeError(gpu.uvmFault) : null,
     numa:

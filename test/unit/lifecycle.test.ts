@@ -170,6 +170,34 @@ describe("requests from clients", () => {
   });
 });
 
+describe("the NVML session around a release", () => {
+  it("stays open, saying why, when a call inside NVML does not return in time for the release", async () => {
+    const d = fixture.daemon(
+      { gpus: 2, faults: [gate("nvmlDeviceGetPersistenceMode", { afterCalls: 2 })] },
+      { stopTimeoutMs: 50 },
+    );
+    await d.daemon.run();
+    const round = d.context.health?.round();
+    await gated(1);
+    expect(await rpcBackend(d.registry).setMode(pci(0x06), false, false)).toBe(NvPdStatus.SUCCESS);
+    expect(d.context.session?.open).toBe(true);
+    expect(d.messages().join("\n")).toContain("NVML calls are still in flight: the NVML session stays open");
+    openGate();
+    await round;
+  });
+
+  it("a hold whose nvmlInit fails keeps the GPU held and says health checks stay paused", async () => {
+    const d = fixture.daemon({ gpus: 1, faults: [{ call: "nvmlInit_v2", afterCalls: 1, return: 9 }] });
+    await d.daemon.run();
+    const backend = rpcBackend(d.registry);
+    await backend.setMode(pci(0x06), false, false);
+    expect(await backend.setMode(pci(0x06), true, false)).toBe(NvPdStatus.SUCCESS);
+    expect(d.registry.list()[0]?.state).toBe("held");
+    expect(d.context.session?.open).toBe(false);
+    expect(d.messages().join("\n")).toContain("cannot reopen the NVML session: NVML_ERROR_DRIVER_NOT_LOADED");
+  });
+});
+
 describe("health and loss", () => {
   it("a GPU lost while a client's hold is opening its node: no fd left on it, and no other file closed", async () => {
     const d = fixture.daemon({ gpus: 2 });

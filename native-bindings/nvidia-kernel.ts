@@ -2,9 +2,15 @@
 // (numbers and layouts: ../shared/reference/kernel-interfaces.md, from open-gpu-kernel-modules
 // 580/595). One `ioctl` function backs them: libc's for the real driver, or the simulated
 // libnvidia-ml's stand-in, which answers with the same layouts for the simulator's GPUs.
-import { closeSync, constants, openSync } from "node:fs";
+// Every call runs on the libuv pool (the driver may take its locks for long, and a lost GPU
+// may not answer at all) with a time limit; koffi carries the pool thread's errno back.
+import { close, constants, open } from "node:fs";
+import { promisify } from "node:util";
 import koffi from "koffi";
-import { lastErrno, libcFunction } from "./libc.js";
+import { type KoffiFunction, libcFunction } from "./libc.js";
+
+const openAsync = promisify(open);
+const closeAsync = promisify(close);
 
 const UVM_INITIALIZE = 0x30000001;
 const UVM_REGISTER_GPU = 37;
@@ -63,51 +69,84 @@ export const NUMA_STATUS_NAMES = [
   "offline failed",
 ] as const;
 
-type IoctlFn = (fd: number, request: number, arg: Buffer) => number;
+/** An ioctl that did not return within its time limit; its pool thread stays blocked until it does. */
+export class KernelTimeoutError extends Error {
+  readonly call: string;
+  /** Resolves when the call finally returns and frees its pool thread (maybe never). */
+  readonly returned: Promise<void>;
+  constructor(call: string, timeoutMs: number, returned: Promise<void>) {
+    super(`${call} did not return within ${timeoutMs} ms (driver hung?)`);
+    this.name = "KernelTimeoutError";
+    this.call = call;
+    this.returned = returned;
+  }
+}
+
+function errnoName(n: number): string {
+  return Object.entries(koffi.os.errno).find(([, v]) => v === n)?.[0] ?? `errno ${n}`;
+}
+
+type IoctlFn = KoffiFunction;
 
 export class NvidiaKernel {
   readonly #ioctl: IoctlFn;
-  readonly #errno: () => string;
+  /** Each ioctl's time limit (the NVML call limit: a reload may change it). */
+  timeoutMs: number;
 
-  private constructor(ioctl: IoctlFn, errno: () => string) {
+  private constructor(ioctl: IoctlFn, timeoutMs: number) {
     this.#ioctl = ioctl;
-    this.#errno = errno;
+    this.timeoutMs = timeoutMs;
   }
 
   /** The real driver, through libc's ioctl. */
-  static real(): NvidiaKernel {
-    const fn = libcFunction("int ioctl(int fd, unsigned long request, _Inout_ uint8_t *arg)");
-    return new NvidiaKernel(
-      (fd, request, arg) => fn(fd, request, arg) as number,
-      () => lastErrno().code,
-    );
+  static real(timeoutMs: number): NvidiaKernel {
+    return new NvidiaKernel(libcFunction("int ioctl(int fd, unsigned long request, _Inout_ uint8_t *arg)"), timeoutMs);
   }
 
-  /** The simulator's stand-in (exported by the simulated libnvidia-ml at `library`). */
-  static simulated(library: string): NvidiaKernel {
+  /** The simulator's stand-in (exported by the simulated libnvidia-ml at `library`); it sets errno as libc does. */
+  static simulated(library: string, timeoutMs: number): NvidiaKernel {
     const lib = koffi.load(library);
-    const fn = lib.func("int gpuPersistdSimIoctl(int fd, unsigned long request, _Inout_ uint8_t *arg)");
-    const errno = lib.func("int gpuPersistdSimErrno()");
     return new NvidiaKernel(
-      (fd, request, arg) => fn(fd, request, arg) as number,
-      () => {
-        const n = errno() as number;
-        return Object.entries(koffi.os.errno).find(([, v]) => v === n)?.[0] ?? `errno ${n}`;
-      },
+      lib.func("int gpuPersistdSimIoctl(int fd, unsigned long request, _Inout_ uint8_t *arg)"),
+      timeoutMs,
     );
   }
 
-  #call(name: string, fd: number, request: number, arg: Buffer): void {
-    if (this.#ioctl(fd, request, arg) !== 0) throw new KernelCallError(name, this.#errno(), null);
+  /** One ioctl on the pool: resolves when it returned 0; KernelCallError (errno) or KernelTimeoutError otherwise. */
+  #call(name: string, fd: number, request: number, arg: Buffer): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      let returned: () => void = () => {};
+      const timer = setTimeout(() => {
+        settled = true;
+        reject(new KernelTimeoutError(name, this.timeoutMs, new Promise<void>((r) => (returned = r))));
+      }, this.timeoutMs);
+      this.#ioctl.async(fd, request, arg, (err: Error | null, rc: number) => {
+        const errno = koffi.errno();
+        if (settled) {
+          returned();
+          return;
+        }
+        settled = true;
+        clearTimeout(timer);
+        if (err) reject(err);
+        else if (rc !== 0) reject(new KernelCallError(name, errnoName(errno), null));
+        else resolve();
+      });
+    });
   }
 
-  /** NV_ESC_NUMA_INFO on a GPU's node (a query: changes nothing). */
-  numaInfo(nodeFd: number): NumaInfo {
+  /**
+   * NV_ESC_NUMA_INFO on a GPU's node (a query: changes nothing). The driver refuses every
+   * ioctl on a GPU that was removed from the bus, so on a held node it also tells whether
+   * the driver still answers for that GPU, without NVML.
+   */
+  async numaInfo(nodeFd: number): Promise<NumaInfo> {
     const arg = Buffer.alloc(560);
     arg.writeInt32LE(-1, 0);
     // numEntries on input: no memory block addresses wanted.
     arg.writeUInt32LE(0, 552);
-    this.#call("NV_ESC_NUMA_INFO", nodeFd, NV_ESC_NUMA_INFO, arg);
+    await this.#call("NV_ESC_NUMA_INFO", nodeFd, NV_ESC_NUMA_INFO, arg);
     return {
       nid: arg.readInt32LE(0),
       status: arg.readInt32LE(4),
@@ -121,23 +160,23 @@ export class NvidiaKernel {
    * there: what every CUDA program does; the registration holds the GPU until the returned
    * fd is closed. Throws KernelCallError (NV_STATUS in nvStatus) or an errno Error.
    */
-  registerUvm(dir: string, uuid: string): number {
-    const fd = openSync(`${dir}/nvidia-uvm`, constants.O_RDWR);
+  async registerUvm(dir: string, uuid: string): Promise<number> {
+    const fd = await openAsync(`${dir}/nvidia-uvm`, constants.O_RDWR);
     try {
       const init = Buffer.alloc(16);
-      this.#call("UVM_INITIALIZE", fd, UVM_INITIALIZE, init);
+      await this.#call("UVM_INITIALIZE", fd, UVM_INITIALIZE, init);
       const initStatus = init.readUInt32LE(8);
       if (initStatus !== NV_OK) throw new KernelCallError("UVM_INITIALIZE", null, initStatus);
       const register = Buffer.alloc(40);
       uuidBytes(uuid).copy(register, 0);
       // No MIG: no RM client, control fd or partition reference is needed.
       register.writeInt32LE(-1, 24);
-      this.#call("UVM_REGISTER_GPU", fd, UVM_REGISTER_GPU, register);
+      await this.#call("UVM_REGISTER_GPU", fd, UVM_REGISTER_GPU, register);
       const status = register.readUInt32LE(36);
       if (status !== NV_OK) throw new KernelCallError("UVM_REGISTER_GPU", null, status);
       return fd;
     } catch (err) {
-      closeSync(fd);
+      await closeAsync(fd);
       throw err;
     }
   }

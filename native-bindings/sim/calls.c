@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 nvmlReturn_t done(const char *call, int gpu, nvmlReturn_t ret) {
@@ -57,6 +58,45 @@ int initialized(void) {
     int refs = S.init_refs;
     pthread_mutex_unlock(&lock);
     return refs > 0;
+}
+
+int gpu_lost_locked(int gpu) {
+    long long elapsed = ms_since_first_init();
+    for (int i = 0; i < S.event_count; i++) {
+        const struct event *e = &S.events[i];
+        if (e->gpu == gpu && e->type == EVENT_XID && e->data == XID_FALLEN_OFF_THE_BUS && e->afterMs <= elapsed) return 1;
+    }
+    return 0;
+}
+
+int gpu_lost(int gpu) {
+    pthread_mutex_lock(&lock);
+    int lost = gpu_lost_locked(gpu);
+    pthread_mutex_unlock(&lock);
+    return lost;
+}
+
+/* Real NVML attaches every GPU it touches and keeps that until nvmlShutdown: with attachDir
+ * set, the simulator holds an fd on the GPU's stand-in node the same way, so tests can see
+ * whether an NVML session still pins a released GPU. */
+void attach_gpu(int gpu) {
+    pthread_mutex_lock(&lock);
+    struct sim_gpu *g = &S.gpus[gpu];
+    if (S.attach_dir[0] && g->attach_fd < 0 && S.init_refs > 0) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/nvidia%u", S.attach_dir, g->minor);
+        g->attach_fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+void detach_all(void) {
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < S.gpu_count; i++) {
+        if (S.gpus[i].attach_fd >= 0) close(S.gpus[i].attach_fd);
+        S.gpus[i].attach_fd = -1;
+    }
+    pthread_mutex_unlock(&lock);
 }
 
 int gpu_of(nvmlDevice_t d) {

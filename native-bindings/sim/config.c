@@ -65,6 +65,7 @@ static int load_config_file(const char *path, int dgx) {
     S.attach_delay_ms = num_or(root, "attachDelayMs", 0);
     S.set_delay_ms = num_or(root, "setDelayMs", 0);
     str_into(root, "statePath", S.state_path, sizeof S.state_path);
+    str_into(root, "attachDir", S.attach_dir, sizeof S.attach_dir);
     char call_log[4096] = "";
     str_into(root, "callLogPath", call_log, sizeof call_log);
     if (call_log[0]) S.call_log_fd = open(call_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);

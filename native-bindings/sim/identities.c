@@ -22,6 +22,7 @@ void default_identity(struct sim_gpu *g, int index, int dgx) {
     g->pciSubSystemId = 0x16c110de;
     g->minor = (unsigned)index;
     g->numa_nid = -1;
+    g->attach_fd = -1;
     snprintf(g->busId, sizeof g->busId, "%08X:%02X:%02X.0", g->domain, g->bus, g->device);
 }
 

@@ -7,10 +7,12 @@
 #include <string.h>
 #include <unistd.h>
 
-static __thread int sim_errno;
-
-/* errno of the last gpuPersistdSimIoctl on this thread. */
-EXPORT int gpuPersistdSimErrno(void) { return sim_errno; }
+/* A failed ioctl as libc reports it: -1 with errno set (last, so the call log cannot change it). */
+static int fail(const char *call, int gpu, int err) {
+    done(call, gpu, err);
+    errno = err;
+    return -1;
+}
 
 /* Which stand-in the fd is open on: a GPU's index, -2 for nvidia-uvm, -1 for anything else. */
 static int stand_in_of(int fd) {
@@ -32,7 +34,8 @@ static int stand_in_of(int fd) {
 
 /* ioctl(2) as the nvidia and nvidia-uvm modules answer it, on the simulator's stand-in nodes:
  * NV_ESC_NUMA_INFO, UVM_INITIALIZE, UVM_REGISTER_GPU. A fault's `return` is an errno (the
- * ioctl fails), its `nvStatus` the driver's rmStatus (the ioctl succeeds). */
+ * ioctl fails, errno set as libc's ioctl sets it), its `nvStatus` the driver's rmStatus (the
+ * ioctl succeeds). */
 EXPORT int gpuPersistdSimIoctl(int fd, unsigned long request, void *arg) {
     int target = stand_in_of(fd);
     const char *call = request == 0xC23046D7UL ? "NV_ESC_NUMA_INFO"
@@ -55,11 +58,9 @@ EXPORT int gpuPersistdSimIoctl(int fd, unsigned long request, void *arg) {
     }
     nvmlReturn_t err = 0;
     unsigned nv = 0;
-    if (inject_nv(call, gpu, &err, &nv)) {
-        sim_errno = err;
-        done(call, gpu, err);
-        return -1;
-    }
+    if (inject_nv(call, gpu, &err, &nv)) return fail(call, gpu, err);
+    /* The driver refuses every ioctl on a GPU that left the bus (surprise removal: EINVAL). */
+    if (gpu >= 0 && gpu_lost(gpu)) return fail(call, gpu, EINVAL);
     if (request == 0xC23046D7UL && target >= 0) {
         struct sim_gpu *g = &S.gpus[target];
         memset(p, 0, 552);
@@ -84,7 +85,5 @@ EXPORT int gpuPersistdSimIoctl(int fd, unsigned long request, void *arg) {
         done(call, gpu, (int)nv);
         return 0;
     }
-    sim_errno = ENOTTY;
-    done(call, gpu, ENOTTY);
-    return -1;
+    return fail(call, gpu, ENOTTY);
 }

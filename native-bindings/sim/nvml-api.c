@@ -27,7 +27,10 @@ static nvmlReturn_t do_init(const char *call) {
     ENTER(call, -1);
     pthread_mutex_lock(&lock);
     S.init_refs++;
+    int count = S.gpu_count;
     pthread_mutex_unlock(&lock);
+    /* nvmlInit attaches every GPU (once its stand-in exists). */
+    for (int i = 0; i < count; i++) attach_gpu(i);
     return done(call, -1, NVML_SUCCESS);
 }
 
@@ -43,7 +46,9 @@ EXPORT nvmlReturn_t nvmlShutdown(void) {
     ENTER("nvmlShutdown", -1);
     pthread_mutex_lock(&lock);
     if (S.init_refs > 0) S.init_refs--;
+    int last = S.init_refs == 0;
     pthread_mutex_unlock(&lock);
+    if (last) detach_all();
     return done("nvmlShutdown", -1, NVML_SUCCESS);
 }
 

@@ -24,6 +24,7 @@ enum {
     NVML_ERROR_NOT_FOUND = 6,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
     NVML_ERROR_TIMEOUT = 10,
+    NVML_ERROR_GPU_IS_LOST = 15,
     NVML_ERROR_UNKNOWN = 999,
 };
 
@@ -31,6 +32,9 @@ enum {
 #define MAX_FAULTS 64
 #define MAX_EVENTS 256
 #define MAX_SETS 64
+/* An Xid event's type, and the Xid of a GPU that fell off the bus. */
+#define EVENT_XID 0x8ULL
+#define XID_FALLEN_OFF_THE_BUS 79
 
 struct sim_gpu {
     int index;
@@ -40,6 +44,7 @@ struct sim_gpu {
     unsigned domain, bus, device, pciDeviceId, pciSubSystemId, minor;
     int persistence;
     int attached; /* first handle look-up done in this process */
+    int attach_fd; /* with attachDir: the session's fd on the stand-in node, as real NVML's attach keeps one; -1 when none */
     /* NV_ESC_NUMA_INFO's answer: coherent memory (GH200) has nid >= 0 and a status other than 0. */
     int numa_nid, numa_status, numa_auto_online;
     unsigned long long numa_mem_size;
@@ -102,6 +107,7 @@ struct sim_state {
     int event_count;
     struct event_set sets[MAX_SETS];
     long long attach_delay_ms, set_delay_ms;
+    char attach_dir[4096]; /* where the stand-in nodes are: the session then holds one fd on each GPU's node */
     char state_path[4096];
     int call_log_fd;
     int init_refs;
@@ -135,6 +141,12 @@ int inject_nv(const char *call, int gpu, nvmlReturn_t *ret, unsigned *nv_status)
 int inject(const char *call, int gpu, nvmlReturn_t *ret);
 int initialized(void);
 int gpu_of(nvmlDevice_t d);
+/* Whether the GPU fell off the bus: an Xid 79 event configured for it is due. Lock held. */
+int gpu_lost_locked(int gpu);
+/* The session's attach: an fd on the GPU's stand-in node while NVML is initialised (attachDir). */
+void attach_gpu(int gpu);
+void detach_all(void);
+int gpu_lost(int gpu);
 
 #define ENTER(call, gpu)                                                                                   \
     do {                                                                                                   \
@@ -147,6 +159,8 @@ int gpu_of(nvmlDevice_t d);
     int gpu_ = gpu_of(dev);                                                                                \
     if (!initialized()) return done(call, gpu_, NVML_ERROR_UNINITIALIZED);                                \
     if (gpu_ < 0) return done(call, gpu_, NVML_ERROR_INVALID_ARGUMENT);                                   \
-    ENTER(call, gpu_)
+    ENTER(call, gpu_);                                                                                     \
+    attach_gpu(gpu_);                                                                                      \
+    if (gpu_lost(gpu_)) return done(call, gpu_, NVML_ERROR_GPU_IS_LOST)
 
 #endif

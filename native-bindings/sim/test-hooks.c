@@ -25,6 +25,22 @@ EXPORT int gpuPersistdSimAwaitGated(int count, int timeoutMs) {
     return gated;
 }
 
+/* The GPU falls off the bus now, as an Xid 79 event configured for this moment would have it:
+ * its NVML calls answer GPU_IS_LOST, the event is queued, and ioctls on its node fail. */
+EXPORT void gpuPersistdSimFallOffTheBus(int gpu) {
+    pthread_mutex_lock(&lock);
+    if (gpu >= 0 && gpu < S.gpu_count && S.event_count < MAX_EVENTS) {
+        struct event *e = &S.events[S.event_count++];
+        memset(e, 0, sizeof *e);
+        e->gpu = gpu;
+        e->type = EVENT_XID;
+        e->data = XID_FALLEN_OFF_THE_BUS;
+        e->afterMs = ms_since_first_init();
+    }
+    pthread_cond_broadcast(&wait_changed);
+    pthread_mutex_unlock(&lock);
+}
+
 /* Lets every call waiting at a gate go on, and every later one pass it. */
 EXPORT void gpuPersistdSimOpenGate(void) {
     pthread_mutex_lock(&lock);
@@ -41,6 +57,8 @@ EXPORT void gpuPersistdSimReset(void) {
     pthread_cond_broadcast(&gate_changed);
     pthread_cond_broadcast(&wait_changed);
     if (S.call_log_fd >= 0) close(S.call_log_fd);
+    for (int i = 0; i < S.gpu_count; i++)
+        if (S.gpus[i].attach_fd >= 0) close(S.gpus[i].attach_fd);
     memset(&S, 0, sizeof S);
     S.call_log_fd = -1;
     pthread_mutex_unlock(&lock);

@@ -221,13 +221,6 @@ export const configSchema = {
     env: "GPU_PERSISTD_HEALTH_INTERVAL_MS",
     reload: "live" as const,
   },
-  eventWaitMs: {
-    doc: "Longest one NVML event (Xid) wait blocks, in milliseconds: each wait that ends is one wake-up of an idle daemon, and a release waits for the one in flight before it ends the NVML session.",
-    format: "milliseconds",
-    default: 10000,
-    env: "GPU_PERSISTD_EVENT_WAIT_MS",
-    reload: "live" as const,
-  },
   stopTimeoutMs: {
     doc: "Time a stop may spend on NVML before the process exits anyway, in milliseconds.",
     format: "milliseconds",
@@ -277,7 +270,6 @@ export interface Config {
   bringUpConcurrency: number;
   driverWaitMs: number;
   healthIntervalMs: number;
-  eventWaitMs: number;
   stopTimeoutMs: number;
   metricsListen: string;
   metricsTextfile: string;

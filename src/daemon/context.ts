@@ -2,12 +2,14 @@
 // the start-up, reload and shutdown steps fill and empty it; the adapters read it.
 import type { Server as HttpServer } from "node:http";
 import type { Server } from "node:net";
+import type { NvidiaKernel } from "../../native-bindings/nvidia-kernel.js";
 import type { Config } from "../config/schema.js";
 import type { GpuRegistry } from "../gpu/gpu-registry.js";
 import type { NvmlSession } from "../gpu/nvml-session.js";
 import { PersistenceSetter } from "../gpu/persistence-setter.js";
+import type { SessionCoordinator } from "../gpu/session-coordinator.js";
 import type { HealthMonitor } from "../health/health-monitor.js";
-import type { XidWaiter } from "../health/xid-events.js";
+import type { XidEvents } from "../health/xid-events.js";
 import type { Log } from "../log.js";
 import { DaemonMetrics } from "../metrics/daemon-metrics.js";
 import type { MetricsTextfile } from "../metrics/metrics-textfile.js";
@@ -15,6 +17,7 @@ import type { RpcServer } from "../rpc/rpc-server.js";
 import type { RuntimeDir } from "../runtime-dir.js";
 import type { SystemdNotifier } from "../systemd/notify.js";
 import type { Watchdog } from "../systemd/watchdog.js";
+import { ReleaseLeases } from "./release-leases.js";
 
 export interface DaemonDeps {
   log: Log;
@@ -38,10 +41,14 @@ export class DaemonContext {
   readonly metrics = new DaemonMetrics();
   session: NvmlSession | null = null;
   registry: GpuRegistry | null = null;
+  coordinator: SessionCoordinator | null = null;
+  /** The driver's ioctls (or the simulator's stand-in), for the registry's holds and probes. */
+  kernel: NvidiaKernel | null = null;
+  readonly leases = new ReleaseLeases();
   control: Server | null = null;
   rpc: RpcServer | null = null;
   health: HealthMonitor | null = null;
-  xid: XidWaiter | null = null;
+  xid: XidEvents | null = null;
   watchdog: Watchdog | null = null;
   metricsListener: HttpServer | null = null;
   metricsTextfile: MetricsTextfile | null = null;

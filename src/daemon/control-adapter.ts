@@ -4,10 +4,11 @@
 import type { PeerCredentials } from "../../native-bindings/peer-credentials.js";
 import { clientText } from "../connections/client-text.js";
 import { BadRequest, type ControlRequest, Lease } from "../control/control-server.js";
-import type { Claim, Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
+import type { Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
 import { parseGpuSelector, selectorMatches } from "../gpu/gpu-selector.js";
 import { gpuStatus } from "../status/daemon-status.js";
 import type { DaemonContext } from "./context.js";
+import { LeasedElsewhere, type LeaseRecord } from "./release-leases.js";
 import { daemonStatus } from "./status-snapshot.js";
 
 /** GPUs one release may name. */
@@ -28,16 +29,48 @@ function namedGpus(registry: GpuRegistry, names: unknown): Gpu[] {
   return [...gpus];
 }
 
-/** Releases `gpus` completely; the lease's end holds again what was held. */
-async function releaseLease(registry: GpuRegistry, gpus: Gpu[]): Promise<Lease> {
-  const held = new Map<Gpu, Claim[]>(gpus.map((g) => [g, g.state === "held" ? [...g.claims] : []]));
-  for (const gpu of gpus) {
-    for (const claim of [...gpu.claims]) await registry.relinquish(gpu, claim, "request");
+/**
+ * Releases `gpus` completely: no fd of the daemon's on them, and no NVML session (which
+ * attaches every GPU) once the coordinator has settled. The reply goes out only then, so
+ * COMMAND never starts while anything of the daemon's pins a GPU. A release that cannot be
+ * completed is taken back before the error goes out. The lease's end takes back what each
+ * GPU had.
+ */
+async function releaseLease(ctx: DaemonContext, registry: GpuRegistry, gpus: Gpu[], pid: number): Promise<Lease> {
+  const coordinator = ctx.coordinator;
+  if (!coordinator) throw new BadRequest("the daemon is still starting; try again once it is ready");
+  let record: LeaseRecord;
+  try {
+    record = ctx.leases.open(gpus, pid);
+  } catch (err) {
+    if (err instanceof LeasedElsewhere) throw new BadRequest(err.message);
+    throw err;
+  }
+  const end = async (): Promise<void> => {
+    await ctx.leases.close(record, registry);
+    await coordinator.settle();
+  };
+  let problem: string | null = null;
+  try {
+    await Promise.all(gpus.map((g) => registry.release(g)));
+    const kept = gpus.filter((g) => g.state !== "released");
+    if (kept.length > 0) {
+      problem = kept.map((g) => `GPU ${g.index} is ${g.state}: there is nothing to release`).join("; ");
+    } else {
+      const session = await coordinator.settle();
+      if (session.open)
+        problem = `${session.problem ?? "the NVML session could not be ended"}, so it still pins every GPU`;
+    }
+  } catch (err) {
+    await end();
+    throw err;
+  }
+  if (problem !== null) {
+    await end();
+    throw new BadRequest(`cannot release: ${problem}; nothing was released`);
   }
   return new Lease({ released: gpus.map(gpuStatus) }, async () => {
-    for (const [gpu, claims] of held) {
-      for (const claim of claims) await registry.acquire(gpu, claim, "request");
-    }
+    await end();
     return { held: gpus.map(gpuStatus) };
   });
 }
@@ -49,7 +82,7 @@ export function controlHandler(ctx: DaemonContext): (request: ControlRequest, pe
       if (peer.uid !== 0) throw new BadRequest("only root may release GPUs (run with sudo)");
       const registry = ctx.registry;
       if (!registry || !ctx.ready) throw new BadRequest("the daemon is still starting; try again once it is ready");
-      return releaseLease(registry, namedGpus(registry, request.gpus));
+      return releaseLease(ctx, registry, namedGpus(registry, request.gpus), peer.pid);
     }
     throw new BadRequest(`unknown command ${clientText(request.command)} (known: status, release)`);
   };

@@ -51,9 +51,7 @@ const APPLY: { [K in LiveKey]: (ctx: DaemonContext) => void | Promise<void> } = 
   logLevel: (ctx) => ctx.deps.setLogLevel(ctx.config.logLevel),
   nvmlTimeoutMs: (ctx) => {
     if (ctx.session) ctx.session.nvml.timeoutMs = ctx.config.nvmlTimeoutMs;
-  },
-  eventWaitMs: (ctx) => {
-    if (ctx.xid) ctx.xid.waitMs = ctx.config.eventWaitMs;
+    if (ctx.kernel) ctx.kernel.timeoutMs = ctx.config.nvmlTimeoutMs;
   },
   stopTimeoutMs: (ctx) => {
     if (ctx.session) ctx.session.idleLimitMs = ctx.config.stopTimeoutMs;

@@ -1,52 +1,103 @@
 // Program 35006's backend: translates the protocol's GPU addresses, modes and NUMA states
 // into registry requests, and the registry's answers into NvPdStatus. No state of its own.
 // Semantics as the original's: version 1's Set moves persistence and NUMA together (and
-// rolls persistence back when NUMA fails); version 2 moves each alone.
-import { type Gpu, type GpuRegistry, hasCoherentMemory } from "../gpu/gpu-registry.js";
+// rolls persistence back when NUMA fails); version 2 moves each alone. Every answer waits
+// for the NVML session to settle: a GPU reported released is pinned by nothing of ours.
+import type { Claim, Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
+import { hasCoherentMemory } from "../gpu/gpu-registry.js";
 import { NvPdStatus, type PersistenceBackend } from "../rpc/persistence-program.js";
+import type { DaemonContext } from "./context.js";
 
 const NUMA_ONLINE_FAILED = 4;
 
-async function setNuma(registry: GpuRegistry, gpu: Gpu, online: boolean): Promise<NvPdStatus> {
-  const wasHeld = gpu.state === "held";
-  if (!online) {
-    await registry.relinquish(gpu, "numa", "request");
-    return NvPdStatus.SUCCESS;
-  }
-  const state = await registry.acquire(gpu, "numa", "request");
-  if (state === "lost") return NvPdStatus.DRIVER;
-  if (!hasCoherentMemory(gpu)) return NvPdStatus.SUCCESS;
-  if (state === "held" && gpu.numa?.status !== NUMA_ONLINE_FAILED) return NvPdStatus.SUCCESS;
-  // The memory did not come online: keep nothing open for it.
-  await registry.relinquish(gpu, "numa", wasHeld ? "request" : "undo");
-  return NvPdStatus.NUMA_FAILURE;
+/** The registry, the coordinator and the leases an answer needs; null before bring-up ended. */
+function parts(ctx: DaemonContext) {
+  const { registry, coordinator } = ctx;
+  return registry && coordinator ? { registry, coordinator, leases: ctx.leases } : null;
 }
 
-export function rpcBackend(registry: GpuRegistry): PersistenceBackend {
+export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
+  /** A hold during a `release -- COMMAND` would pin a GPU its command may be resetting. */
+  const leased = (gpu: Gpu, what: string): boolean => {
+    const lease = ctx.leases.of(gpu);
+    if (!lease) return false;
+    ctx.log.warn(
+      { gpuIndex: gpu.index },
+      `RPC: refused to ${what}: the GPU is released by 'gpu-persistd release' (pid ${lease.pid}) until that ends`,
+    );
+    return true;
+  };
+
+  /** Drops claims at a client's request; a release the session cannot follow is taken back. */
+  async function letGo(registry: GpuRegistry, gpu: Gpu, claims: Claim[]): Promise<NvPdStatus> {
+    const p = parts(ctx);
+    if (!p) return NvPdStatus.UNKNOWN;
+    if (ctx.leases.of(gpu)) {
+      // Already released by the lease; its end must not take these back.
+      for (const claim of claims) ctx.leases.forget(gpu, claim);
+      return NvPdStatus.SUCCESS;
+    }
+    const had = [...gpu.claims];
+    // Nothing left to hold it: released outright, so that no NVML session pins it either.
+    if (had.every((c) => claims.includes(c))) await registry.release(gpu);
+    else for (const claim of claims) await registry.relinquish(gpu, claim, "request");
+    const session = await p.coordinator.settle();
+    if (gpu.state === "released" && session.open) {
+      ctx.log.warn(
+        { gpuIndex: gpu.index },
+        `RPC: cannot release the GPU: ${session.problem ?? "the NVML session stays open"}; holding it again`,
+      );
+      await registry.restore(gpu, had);
+      await p.coordinator.settle();
+      return NvPdStatus.DRIVER;
+    }
+    return NvPdStatus.SUCCESS;
+  }
+
+  async function setNuma(registry: GpuRegistry, gpu: Gpu, online: boolean): Promise<NvPdStatus> {
+    const p = parts(ctx);
+    if (!p) return NvPdStatus.UNKNOWN;
+    if (!online) return letGo(registry, gpu, ["numa"]);
+    if (leased(gpu, "bring NUMA memory online")) return NvPdStatus.IO;
+    const wasHeld = gpu.state === "held";
+    const state = await registry.acquire(gpu, "numa", "request");
+    await p.coordinator.settle();
+    if (state === "lost") return NvPdStatus.DRIVER;
+    if (!hasCoherentMemory(gpu)) return NvPdStatus.SUCCESS;
+    if (state === "held" && gpu.numa?.status !== NUMA_ONLINE_FAILED) return NvPdStatus.SUCCESS;
+    // The memory did not come online: keep nothing open for it.
+    await registry.relinquish(gpu, "numa", wasHeld ? "request" : "undo");
+    await p.coordinator.settle();
+    return NvPdStatus.NUMA_FAILURE;
+  }
+
   return {
     mode: (address) => {
-      const gpu = registry.byPci(address);
+      const gpu = ctx.registry?.byPci(address);
       return gpu ? gpu.state === "held" && gpu.claims.has("persistence") : null;
     },
     setMode: async (address, enabled, withNuma) => {
-      const gpu = registry.byPci(address);
-      if (!gpu) return NvPdStatus.DEVICE_NOT_FOUND;
-      if (!enabled) {
-        if (withNuma) await registry.relinquish(gpu, "numa", "request");
-        await registry.relinquish(gpu, "persistence", "request");
-        return NvPdStatus.SUCCESS;
-      }
+      const p = parts(ctx);
+      const gpu = p?.registry.byPci(address);
+      if (!p || !gpu) return NvPdStatus.DEVICE_NOT_FOUND;
+      const { registry, coordinator } = p;
+      if (!enabled) return letGo(registry, gpu, withNuma ? ["numa", "persistence"] : ["persistence"]);
+      if (leased(gpu, "hold it")) return NvPdStatus.IO;
       const held = gpu.claims.has("persistence") && gpu.state === "held";
       const state = await registry.acquire(gpu, "persistence", "request");
+      await coordinator.settle();
       if (state !== "held") return state === "lost" ? NvPdStatus.DRIVER : NvPdStatus.IO;
       if (!withNuma) return NvPdStatus.SUCCESS;
       const numa = await setNuma(registry, gpu, true);
-      if (numa !== NvPdStatus.SUCCESS && !held) await registry.relinquish(gpu, "persistence", "undo");
+      if (numa !== NvPdStatus.SUCCESS && !held) {
+        await registry.relinquish(gpu, "persistence", "undo");
+        await coordinator.settle();
+      }
       return numa;
     },
     setNuma: async (address, online) => {
-      const gpu = registry.byPci(address);
-      return gpu ? setNuma(registry, gpu, online) : null;
+      const gpu = ctx.registry?.byPci(address);
+      return gpu && ctx.registry ? setNuma(ctx.registry, gpu, online) : null;
     },
   };
 }

@@ -13,26 +13,20 @@ export async function shutdown(ctx: DaemonContext, code: ExitCode, reason: strin
   ctx.health?.stop();
   const xid = ctx.xid;
   ctx.xid = null;
-  // A wait inside NVML: no nvmlShutdown beside it (real NVML crashes); the kernel ends the session.
-  const waiting = xid?.waiting ?? false;
-  void xid?.stop();
   ctx.control?.close();
   ctx.rpc?.close();
   // First of all the GPUs: nothing below may delay their release.
-  ctx.registry?.releaseAll();
+  await ctx.registry?.releaseAll();
   ctx.metricsListener?.close();
   ctx.metricsListener?.closeAllConnections();
   // The file then says what is true after the stop: no GPU held.
   ctx.metricsTextfile?.stop();
   for (const left of runtime.remove()) log.warn(`could not remove ${left}`);
-  // nvmlShutdown beside a call still inside NVML (the Xid wait, a health check) crashes
-  // real NVML: the session ends only once they returned, else it is left to the kernel.
-  if (waiting) {
-    log.debug("exiting without nvmlShutdown: the Xid event wait is inside NVML; the kernel ends the session");
-  } else {
-    const problem = (await ctx.session?.end(ctx.config.stopTimeoutMs)) ?? "";
-    if (problem) log.warn(`exiting without a clean NVML shutdown: ${problem}`);
-  }
+  // nvmlShutdown beside a call still inside NVML (a health check) crashes real NVML: the
+  // session ends only once they returned, else it is left to the kernel.
+  await xid?.stop();
+  const problem = (await ctx.session?.end(ctx.config.stopTimeoutMs)) ?? "";
+  if (problem) log.warn(`exiting without a clean NVML shutdown: ${problem}`);
   log.info(`Shutdown (${process.pid})`);
   // _exit: process.exit() would wait for NVML calls still blocked on the thread pool.
   return ctx.deps.exit(code);

@@ -12,11 +12,13 @@ import { FatalError } from "../fatal-error.js";
 import { fixes } from "../fixes.js";
 import { describeError } from "../gpu/describe-error.js";
 import { REAL_DEVICE_DIR } from "../gpu/device-node.js";
-import { type Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
+import { type Gpu, GpuRegistry, identifyGpus } from "../gpu/gpu-registry.js";
 import { parseGpuSelector, selectorKindName } from "../gpu/gpu-selector.js";
+import { DeviceEffects } from "../gpu/hold-effects.js";
 import { NvmlSession } from "../gpu/nvml-session.js";
+import { SessionCoordinator } from "../gpu/session-coordinator.js";
 import { HealthMonitor } from "../health/health-monitor.js";
-import { XidWaiter } from "../health/xid-events.js";
+import { XidEvents } from "../health/xid-events.js";
 import { gpuFields } from "../log.js";
 import { type ListenAddress, parseLoopbackAddress } from "../metrics/listen-address.js";
 import { startMetricsListener } from "../metrics/metrics-listener.js";
@@ -111,15 +113,22 @@ async function bringUp(ctx: DaemonContext, session: NvmlSession, progress: Progr
   if (count === 0) throw new FatalError(ExitCode.UNAVAILABLE, `NVML reports no GPUs: ${fixes.noGpus}.`);
   progress.total = count;
   const simulated = config.simulate !== "";
-  const registry = await GpuRegistry.identify(count, config.bringUpConcurrency, {
-    nvml: session.nvml,
-    kernel: simulated ? NvidiaKernel.simulated(session.nvml.path) : NvidiaKernel.real(),
+  const kernel = simulated
+    ? NvidiaKernel.simulated(session.nvml.path, config.nvmlTimeoutMs)
+    : NvidiaKernel.real(config.nvmlTimeoutMs);
+  ctx.kernel = kernel;
+  const identities = await identifyGpus(session.nvml, count, config.bringUpConcurrency);
+  const registry = new GpuRegistry(identities, {
+    effects: new DeviceEffects({
+      nvml: session.nvml,
+      kernel,
+      setter: ctx.setter,
+      deviceDir: simulated ? runtime.simDeviceDir : REAL_DEVICE_DIR,
+      uvmRetryEveryMs: ctx.deps.uvmRetry?.everyMs ?? UVM_RETRY_EVERY_MS,
+      uvmRetryForMs: ctx.deps.uvmRetry?.forMs ?? UVM_RETRY_FOR_MS,
+    }),
     uvmPersistence: config.uvmPersistenceMode,
-    uvmRetryEveryMs: ctx.deps.uvmRetry?.everyMs ?? UVM_RETRY_EVERY_MS,
-    uvmRetryForMs: ctx.deps.uvmRetry?.forMs ?? UVM_RETRY_FOR_MS,
-    setter: ctx.setter,
-    deviceDir: simulated ? runtime.simDeviceDir : REAL_DEVICE_DIR,
-    session,
+    nvmlOpen: () => session.open,
     dryRun: config.dryRun,
   });
   ctx.registry = registry;
@@ -185,7 +194,7 @@ async function openSockets(ctx: DaemonContext, registry: GpuRegistry): Promise<v
   // From here on NVML's setter would reach this daemon through the socket: close it first.
   ctx.setter.closeForRpc();
   log.debug("NVML's persistence setter closed: the RPC socket opens now");
-  ctx.rpc = await RpcServer.listen(runtime.rpcSocket, rpcBackend(registry), log);
+  ctx.rpc = await RpcServer.listen(runtime.rpcSocket, rpcBackend(ctx), log);
   log.info(`serving the persistence RPC protocol on ${runtime.rpcSocket}`);
   if (config.metricsListen) {
     // Before the drop: a port below 1024 needs root to bind, not to serve.
@@ -195,11 +204,12 @@ async function openSockets(ctx: DaemonContext, registry: GpuRegistry): Promise<v
   }
 }
 
-async function startXidWaiter(ctx: DaemonContext, session: NvmlSession, registry: GpuRegistry): Promise<void> {
+/** Registers the selected GPUs for Xid events; the health rounds drain the set. */
+async function startXidEvents(ctx: DaemonContext, session: NvmlSession, registry: GpuRegistry): Promise<void> {
   if (!session.open) return;
-  const xid = new XidWaiter(session.nvml, registry, ctx.log, ctx.config.eventWaitMs);
+  const xid = new XidEvents(session.nvml, registry, ctx.log);
   try {
-    const watched = await xid.start(registry.list().filter((g) => g.handle !== null));
+    const watched = await xid.start(registry.list().filter((g) => g.selected && g.handle !== null));
     ctx.xid = xid;
     ctx.log.info(`watching Xid events on ${watched} GPUs`);
   } catch (err) {
@@ -207,14 +217,19 @@ async function startXidWaiter(ctx: DaemonContext, session: NvmlSession, registry
   }
 }
 
-/** Stops the Xid waiter for a release: the wait in flight must return before nvmlShutdown. */
-async function stopXidWaiter(ctx: DaemonContext): Promise<void> {
+/** Before the NVML session closes: the event set must not outlive it. */
+async function stopXidEvents(ctx: DaemonContext): Promise<void> {
   const xid = ctx.xid;
   ctx.xid = null;
   await xid?.stop();
 }
 
-function startHealth(ctx: DaemonContext, session: NvmlSession, registry: GpuRegistry): void {
+function startHealth(
+  ctx: DaemonContext,
+  session: NvmlSession,
+  registry: GpuRegistry,
+  coordinator: SessionCoordinator,
+): void {
   const usec = watchdogUsec(ctx.deps.env);
   const watchdog =
     usec && ctx.deps.notifier.enabled
@@ -224,10 +239,11 @@ function startHealth(ctx: DaemonContext, session: NvmlSession, registry: GpuRegi
     {
       nvml: session.nvml,
       registry,
+      coordinator,
       nvmlOpen: () => session.open,
-      onRound: (seconds, healthy) => ctx.metrics.observeHealthRound(seconds, healthy),
+      xid: () => ctx.xid,
+      onRound: (seconds, healthy, checked) => ctx.metrics.observeHealthRound(seconds, healthy, checked),
       ...(watchdog ? { afterTick: () => watchdog.tick() } : {}),
-      nvmlAnsweredAt: () => ctx.xid?.answeredAt ?? Number.NEGATIVE_INFINITY,
       log: ctx.log,
     },
     healthIntervalMs(ctx),
@@ -238,7 +254,7 @@ function startHealth(ctx: DaemonContext, session: NvmlSession, registry: GpuRegi
   watchdog?.tick();
   health.start();
   if (watchdog) {
-    ctx.log.info(`watchdog: pinging every ${health.intervalMs} ms while NVML health checks pass`);
+    ctx.log.info(`watchdog: pinging every ${health.intervalMs} ms while every held GPU's health check answers`);
   }
 }
 
@@ -265,6 +281,9 @@ export async function startUp(ctx: DaemonContext): Promise<void> {
   } finally {
     stopExtending();
   }
+  // From here on clients may release GPUs: the session follows the registry's state.
+  const coordinator = new SessionCoordinator(session, registry, log);
+  ctx.coordinator = coordinator;
   await openSockets(ctx, registry);
   checkpoint(ctx);
   if (identity) {
@@ -274,15 +293,15 @@ export async function startUp(ctx: DaemonContext): Promise<void> {
     runtime.privilegesDropped();
     log.info(`now running as ${identity.description}`);
   }
-  startHealth(ctx, session, registry);
-  await startXidWaiter(ctx, session, registry);
-  session.setHooks({
-    beforeSuspend: () => stopXidWaiter(ctx),
-    afterResume: async () => {
-      await registry.refreshHandles();
-      await startXidWaiter(ctx, session, registry);
+  await startXidEvents(ctx, session, registry);
+  coordinator.setWatchers({
+    beforeClose: () => stopXidEvents(ctx),
+    afterOpen: async () => {
+      await registry.refreshHandles(session.nvml);
+      await startXidEvents(ctx, session, registry);
     },
   });
+  startHealth(ctx, session, registry, coordinator);
   checkpoint(ctx);
   const bringUpMs = performance.now() - started;
   ctx.metrics.recordBringUp(bringUpMs / 1000);

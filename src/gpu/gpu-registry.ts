@@ -1,81 +1,38 @@
-// The GPU registry: the one owner of every GPU's state and of the fds that hold GPUs.
-// Bring-up, reload, RPC, control commands, health drift and Xid loss all ask it; none of
-// them touches an fd. Transitions of one GPU run one at a time (a per-GPU queue), different
-// GPUs proceed in parallel. Every transition is emitted as an event that logs, systemd's
-// STATUS and metrics subscribe to.
+// The GPU registry: the one owner of every GPU's state and of the fds that hold GPUs, as a
+// claim state machine. Bring-up, reload, RPC, control commands, health and Xid loss all ask
+// it; none of them touches an fd. Transitions of one GPU run one at a time (a per-GPU
+// queue), different GPUs proceed in parallel. What a transition does to the driver (open,
+// NUMA, UVM, close) is the HoldEffects' business; every transition is emitted as an event
+// that the log and systemd's STATUS follow, and that the NVML session coordinator reads.
 import { EventEmitter } from "node:events";
 import {
   KernelCallError,
   NUMA_STATUS_NAMES,
-  type NumaInfo,
   NV_ERR_NVLINK_FABRIC_NOT_READY,
-  type NvidiaKernel,
 } from "../../native-bindings/nvidia-kernel.js";
 import type { DeviceHandle, Nvml } from "../../native-bindings/nvml.js";
 import { PERSISTENCE_ENABLED } from "../../native-bindings/nvml.js";
 import { forEachLimited } from "../concurrency.js";
 import { describeError as errorText } from "./describe-error.js";
-import { closeDeviceNode, deviceNodePath, openDeviceNode } from "./device-node.js";
+import {
+  type Claim,
+  type Gpu,
+  type GpuState,
+  hasCoherentMemory,
+  type Origin,
+  type PersistenceReading,
+  type RegistryEvents,
+  type Transition,
+  type UvmState,
+} from "./gpu-model.js";
 import { type GpuSelector, selectorMatches } from "./gpu-selector.js";
+import type { HoldEffects } from "./hold-effects.js";
 import { formatPciAddress, type PciAddress, samePciDevice } from "./pci-address.js";
-import type { PersistenceSetter } from "./persistence-setter.js";
 
-/**
- * unidentified: NVML could not tell what the GPU is; identified: known, not held (not
- * selected, or not wanted); holding: its node is being opened; held: the daemon keeps its
- * node open; released: a client asked to let it go; lost: NVML said it fell off the bus (a
- * reset or reboot is needed); failed: wanted, but it could not be held (see `fault`).
- */
-export type GpuState = "unidentified" | "identified" | "holding" | "held" | "released" | "lost" | "failed";
+export type { Claim, Gpu, GpuState, Origin, PersistenceReading, Transition, UvmState } from "./gpu-model.js";
+export { GpuLostError, hasCoherentMemory } from "./gpu-model.js";
 
-/**
- * What keeps a GPU's node open; the node is held while any claim is. "persistence": the
- * persistence mode; "numa": the NUMA status of a GPU with coherent memory (GH200), whose
- * memory is a NUMA node only while the GPU is initialised.
- */
-export type Claim = "persistence" | "numa";
-
-/** The UVM registration kept with a held GPU under --uvm-persistence-mode. */
-export type UvmState = "off" | "registering" | "registered" | "failed";
-
-/** The persistence mode as NVML last read (or set) it; "unknown" until NVML answered. */
-export type PersistenceReading = "enabled" | "disabled" | "unknown";
-
-/** One GPU, as everything outside the registry sees it: read-only. */
-export interface Gpu {
-  readonly index: number;
-  readonly uuid: string;
-  readonly name: string;
-  readonly pci: PciAddress | null;
-  readonly minor: number;
-  readonly handle: DeviceHandle | null;
-  readonly state: GpuState;
-  readonly claims: ReadonlySet<Claim>;
-  readonly selected: boolean;
-  readonly persistence: PersistenceReading;
-  /** Xid events seen since start, by Xid number. */
-  readonly xids: ReadonlyMap<number, number>;
-  /** Why the GPU is not as wanted: NvmlError, NvmlTimeoutError, DeviceNodeError or GpuLostError. */
-  readonly fault: Error | null;
-  /** NV_ESC_NUMA_INFO as read when the node was first opened; null until then or when it failed. */
-  readonly numa: NumaInfo | null;
-  readonly uvm: UvmState;
-  /** Why the UVM registration failed (KernelCallError with the driver's NV_STATUS, or errno). */
-  readonly uvmFault: Error | null;
-}
-
-/** Whether the GPU's memory is a NUMA node (coherent memory, as on GH200). */
-export function hasCoherentMemory(gpu: Gpu): boolean {
-  return gpu.numa !== null && gpu.numa.status !== 0;
-}
-
-/** NVML or an Xid said the GPU is gone; `cause` is NVML's error when NVML said so. */
-export class GpuLostError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = "GpuLostError";
-  }
-}
+const NUMA_ONLINE_FAILED = 4;
 
 interface Entry extends Gpu {
   uuid: string;
@@ -89,7 +46,7 @@ interface Entry extends Gpu {
   persistence: PersistenceReading;
   xids: Map<number, number>;
   fault: Error | null;
-  numa: NumaInfo | null;
+  numa: Gpu["numa"];
   uvm: UvmState;
   uvmFault: Error | null;
   /** The fd held open on the GPU's node; only this module reads or writes it. */
@@ -98,109 +55,91 @@ interface Entry extends Gpu {
   uvmFd: number | null;
   /** The tail of this GPU's transition queue. */
   queue: Promise<void>;
+  /** A probe on `fd` in flight: the fd is closed only after it (its number could be reused). */
+  probing: Promise<unknown> | null;
 }
 
-export interface Transition {
-  gpu: Gpu;
-  from: GpuState;
-  to: GpuState;
-  /** What to log about it, at which level. */
-  level: "debug" | "info" | "warn" | "error";
-  message: string;
-}
-
-export interface RegistryEvents {
-  transition: [Transition];
-  /** A fact about a GPU that is not a state change (persistence read, Xid), for logs. */
-  note: [Transition];
-}
-
-/**
- * Who asks: "config" (start-up and reload, may use NVML's setter), "request" (a client), or
- * "undo" (a client's request that failed half-way, taken back: the GPU returns to not held).
- */
-export type Origin = "config" | "request" | "undo";
-
-/** What the registry needs from the NVML session while a GPU is released by request. */
-export interface SessionControl {
-  /** Whether NVML can be asked now. */
-  readonly open: boolean;
-  /** Ends the NVML session, which pins every GPU, so a released GPU can be reset. */
-  suspend(): Promise<void>;
-  /** Starts it again once no GPU is released by request. */
-  resume(): Promise<void>;
+/** What NVML told about one GPU when the registry was made. */
+export interface Identity {
+  handle: DeviceHandle;
+  uuid: string;
+  name: string;
+  pci: PciAddress;
+  minor: number;
 }
 
 export interface RegistryOptions {
-  nvml: Nvml;
-  /** The driver's ioctls (or the simulator's stand-in). */
-  kernel: NvidiaKernel;
+  effects: HoldEffects;
   /** Keep a UVM registration with each held GPU (--uvm-persistence-mode). */
   uvmPersistence: boolean;
-  /** UVM registration: retried this often while the NVLink fabric is not ready, for at most uvmRetryForMs. */
-  uvmRetryEveryMs: number;
-  uvmRetryForMs: number;
-  setter: PersistenceSetter;
-  /** Where the GPUs' nodes are: /dev, or the simulator's stand-ins. */
-  deviceDir: string;
-  session: SessionControl;
+  /** Whether NVML may be asked now (the session is open): a GPU held meanwhile is held by its node alone. */
+  nvmlOpen: () => boolean;
   dryRun: boolean;
 }
 
-export class GpuRegistry extends EventEmitter<RegistryEvents> {
-  readonly #gpus: Entry[];
-  readonly #options: RegistryOptions;
-  /** Set by releaseAll at stop: no node is opened after it. */
-  #closed = false;
-
-  private constructor(gpus: Entry[], options: RegistryOptions) {
-    super();
-    this.#gpus = gpus;
-    this.#options = options;
-  }
-
-  /**
-   * Asks NVML for every GPU, `concurrency` at once. A GPU that cannot be identified stays
-   * "unidentified" with NVML's error; the others are not held up by it.
-   */
-  static async identify(count: number, concurrency: number, options: RegistryOptions): Promise<GpuRegistry> {
-    const { nvml } = options;
-    const gpus: Entry[] = Array.from({ length: count }, (_, index) => ({
-      index,
-      uuid: "",
-      name: "",
-      pci: null,
-      minor: -1,
-      handle: null,
-      state: "unidentified",
-      claims: new Set(),
-      selected: false,
-      persistence: "unknown",
-      xids: new Map(),
-      fault: null,
-      numa: null,
-      uvm: "off",
-      uvmFault: null,
-      fd: null,
-      uvmFd: null,
-      queue: Promise.resolve(),
-    }));
-    await forEachLimited(gpus, concurrency, async (gpu) => {
+/**
+ * Asks NVML for every GPU, `concurrency` at once: an Identity each, or the error that kept
+ * NVML from telling (the GPU then stays "unidentified"; the others are not held up by it).
+ */
+export async function identifyGpus(nvml: Nvml, count: number, concurrency: number): Promise<(Identity | Error)[]> {
+  const found: (Identity | Error)[] = Array.from({ length: count }, () => new Error("not asked"));
+  await forEachLimited(
+    found.map((_, index) => index),
+    concurrency,
+    async (index) => {
       try {
-        const handle = await nvml.handleByIndex(gpu.index);
+        const handle = await nvml.handleByIndex(index);
         const [uuid, name, pci, minor] = await Promise.all([
           nvml.uuid(handle),
           nvml.name(handle),
           nvml.pciInfo(handle),
           nvml.minorNumber(handle),
         ]);
-        Object.assign(gpu, { handle, uuid, name, minor, state: "identified" });
-        gpu.pci = { domain: pci.domain, bus: pci.bus, device: pci.device, function: 0 };
+        found[index] = {
+          handle,
+          uuid,
+          name,
+          minor,
+          pci: { domain: pci.domain, bus: pci.bus, device: pci.device, function: 0 },
+        };
       } catch (err) {
-        gpu.fault = err as Error;
+        found[index] = err as Error;
       }
-    });
-    return new GpuRegistry(gpus, options);
+    },
+  );
+  return found;
+}
+
+export class GpuRegistry extends EventEmitter<RegistryEvents> {
+  readonly #gpus: Entry[];
+  readonly #o: RegistryOptions;
+  /** Set by releaseAll at stop: no node is opened after it. */
+  #closed = false;
+
+  constructor(identities: readonly (Identity | Error)[], options: RegistryOptions) {
+    super();
+    this.#o = options;
+    this.#gpus = identities.map((id, index) => ({
+      index,
+      uuid: id instanceof Error ? "" : id.uuid,
+      name: id instanceof Error ? "" : id.name,
+      pci: id instanceof Error ? null : id.pci,
+      minor: id instanceof Error ? -1 : id.minor,
+      handle: id instanceof Error ? null : id.handle,
+      state: id instanceof Error ? "unidentified" : "identified",
+      claims: new Set(),
+      selected: false,
+      persistence: "unknown",
+      xids: new Map(),
+      fault: id instanceof Error ? id : null,
+      numa: null,
+      uvm: "off",
+      uvmFault: null,
+      fd: null,
+      uvmFd: null,
+      queue: Promise.resolve(),
+      probing: null,
+    }));
   }
 
   list(): readonly Gpu[] {
@@ -223,9 +162,14 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     return selectors.filter((s) => !this.#gpus.some((g) => selectorMatches(s, g)));
   }
 
-  /** Whether any GPU was released at a client's request (the NVML session must stay closed). */
+  /** Whether any GPU was released at a client's request (no NVML session may pin it). */
   anyReleasedByRequest(): boolean {
     return this.#gpus.some((g) => g.state === "released");
+  }
+
+  /** Resolves once every transition queued so far, of every GPU, has ended. */
+  async settled(): Promise<void> {
+    await Promise.all(this.#gpus.map((g) => g.queue));
   }
 
   #entry(gpu: Gpu): Entry {
@@ -256,10 +200,10 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
   }
 
   /**
-   * Adds `claim` and holds the GPU if it is not held yet. From "config", reads the
-   * persistence mode first and enables it through NVML's setter when it reads off (the setter
-   * decides whether it may be called). From "request", never calls the setter, and resumes
-   * the NVML session once no GPU is released by request. Resolves with the state after.
+   * Adds `claim` and holds the GPU if it is not held yet. From "config", with the NVML
+   * session open, reads the persistence mode first and enables it through NVML's setter when
+   * it reads off (the setter decides whether it may be called); from "request", never calls
+   * the setter. Resolves with the state after.
    */
   acquire(gpu: Gpu, claim: Claim, origin: Origin): Promise<GpuState> {
     return this.#serial(gpu, async (entry) => {
@@ -272,35 +216,34 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
         // a node opened only to learn that is closed again and the GPU is as it was.
         entry.claims.delete("numa");
         if (entry.claims.size === 0 && entry.fd !== null) {
-          this.#close(entry);
+          await this.#close(entry);
           this.#move(entry, before, "debug", "no coherent memory: nothing to keep online");
         }
-        return entry.state;
-      }
-      if (origin === "request" && entry.state === "held" && !this.anyReleasedByRequest()) {
-        await this.#options.session.resume();
       }
       return entry.state;
     });
   }
 
   async #open(gpu: Entry, origin: Origin): Promise<void> {
+    const { effects } = this.#o;
     const wasReleased = gpu.state === "released";
     this.#move(gpu, "holding", "debug", "holding the GPU");
-    const path = deviceNodePath(this.#options.deviceDir, gpu.minor);
     try {
-      // With the session suspended for a released GPU, a newly wanted one is held by its node.
-      if (origin === "config" && this.#options.session.open) await this.#enablePersistence(gpu);
-      const fd = await openDeviceNode(path);
+      if (origin === "config" && this.#o.nvmlOpen()) {
+        const { reading, note } = await effects.enablePersistence(gpu);
+        gpu.persistence = reading;
+        this.#note(gpu, "info", note);
+      }
+      const fd = await effects.openNode(gpu);
       if (this.#closed) {
         // The daemon is stopping: it must leave nothing open.
-        closeDeviceNode(fd);
+        await effects.close(fd);
         return;
       }
       gpu.fd = fd;
       gpu.fault = null;
-      this.#readNuma(gpu, fd);
-      if (this.#options.uvmPersistence) await this.#registerUvm(gpu);
+      await this.#readNuma(gpu, fd);
+      if (this.#o.uvmPersistence) await this.#registerUvm(gpu);
       this.#move(
         gpu,
         "held",
@@ -317,23 +260,23 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     }
   }
 
-  #readNuma(gpu: Entry, fd: number): void {
+  async #readNuma(gpu: Entry, fd: number): Promise<void> {
     try {
-      gpu.numa = this.#options.kernel.numaInfo(fd);
-      const raw = gpu.numa;
+      const n = await this.#o.effects.readNuma(fd);
+      gpu.numa = n;
       this.#note(
         gpu,
         "debug",
-        `NV_ESC_NUMA_INFO: nid ${raw.nid}, status ${raw.status}, use_auto_online ${raw.useAutoOnline}, memory ${raw.memSizeBytes} bytes`,
+        `NV_ESC_NUMA_INFO: nid ${n.nid}, status ${n.status}, use_auto_online ${n.useAutoOnline}, memory ${n.memSizeBytes} bytes`,
       );
       if (hasCoherentMemory(gpu)) {
-        const n = gpu.numa;
+        const failed = n.status === NUMA_ONLINE_FAILED;
         this.#note(
           gpu,
-          n.status === 4 ? "warn" : "info",
+          failed ? "warn" : "info",
           `coherent memory: NUMA node ${n.nid}, ${NUMA_STATUS_NAMES[n.status] ?? `status ${n.status}`}, ` +
             `${Number(n.memSizeBytes / 2n ** 20n)} MiB${n.useAutoOnline ? ", onlined by the driver" : ""}` +
-            (n.status === 4 ? " (check that /sys/devices/system/memory/auto_online_blocks is online_movable)" : ""),
+            (failed ? " (check that /sys/devices/system/memory/auto_online_blocks is online_movable)" : ""),
         );
       }
     } catch (err) {
@@ -343,64 +286,30 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     }
   }
 
-  /**
-   * Registers the GPU with UVM and keeps the fd, retrying while the NVLink fabric is not
-   * ready (as NVIDIA's daemon does); a failure is a per-GPU warning, the GPU stays held.
-   */
+  /** A UVM registration kept with the GPU; a failure is a per-GPU warning, the GPU stays held. */
   async #registerUvm(gpu: Entry): Promise<void> {
-    const { kernel, deviceDir, uvmRetryEveryMs, uvmRetryForMs } = this.#options;
     gpu.uvm = "registering";
-    const started = performance.now();
-    for (;;) {
-      try {
-        gpu.uvmFd = kernel.registerUvm(deviceDir, gpu.uuid);
-        gpu.uvm = "registered";
-        gpu.uvmFault = null;
-        this.#note(gpu, "info", "UVM registration held (--uvm-persistence-mode)");
-        return;
-      } catch (err) {
-        const fabric = err instanceof KernelCallError && err.nvStatus === NV_ERR_NVLINK_FABRIC_NOT_READY;
-        if (fabric && performance.now() - started + uvmRetryEveryMs <= uvmRetryForMs && !this.#closed) {
-          await new Promise((r) => setTimeout(r, uvmRetryEveryMs));
-          continue;
-        }
-        gpu.uvm = "failed";
-        gpu.uvmFault = err as Error;
-        this.#note(
-          gpu,
-          "warn",
-          `cannot keep a UVM registration: ${errorText(err)}${fabric ? ` (the NVLink fabric was not ready within ${Math.round(uvmRetryForMs / 1000)} s)` : ""}; the GPU stays held by its node`,
-        );
-        return;
-      }
-    }
-  }
-
-  async #enablePersistence(gpu: Entry): Promise<void> {
-    const { nvml, setter } = this.#options;
-    if (gpu.handle === null) throw gpu.fault ?? new Error("the GPU was not identified");
-    const mode = await nvml.persistenceMode(gpu.handle);
-    if (mode === PERSISTENCE_ENABLED) {
-      gpu.persistence = "enabled";
-      this.#note(gpu, "info", "already in requested persistence mode");
-      return;
-    }
-    gpu.persistence = "disabled";
-    const outcome = await setter.enable(nvml, gpu.handle);
-    if (outcome === "enabled") {
-      gpu.persistence = "enabled";
-      this.#note(gpu, "info", "persistence mode enabled");
-    } else if (outcome === "closed") {
-      this.#note(gpu, "info", "persistence mode reads disabled; holding the GPU by its node alone (RPC socket up)");
-    } else {
-      this.#note(gpu, "info", "dry run: persistence mode reads disabled; not calling the setter");
+    try {
+      gpu.uvmFd = await this.#o.effects.registerUvm(gpu, () => this.#closed);
+      gpu.uvm = "registered";
+      gpu.uvmFault = null;
+      this.#note(gpu, "info", "UVM registration held (--uvm-persistence-mode)");
+    } catch (err) {
+      gpu.uvm = "failed";
+      gpu.uvmFault = err as Error;
+      const fabric = err instanceof KernelCallError && err.nvStatus === NV_ERR_NVLINK_FABRIC_NOT_READY;
+      this.#note(
+        gpu,
+        "warn",
+        `cannot keep a UVM registration: ${errorText(err)}${fabric ? " (the NVLink fabric did not become ready while it was retried)" : ""}; the GPU stays held by its node`,
+      );
     }
   }
 
   /**
    * Drops `claim`; once no claim is left the node is closed. From "request" the GPU is then
-   * "released" and the NVML session is suspended so nothing pins the GPU; from "config" it
-   * is "identified" again (no longer selected or wanted).
+   * "released" (the NVML session coordinator then ends the session, so nothing pins it);
+   * from "config" or "undo" it is "identified" again (not selected, or the request failed).
    */
   relinquish(gpu: Gpu, claim: Claim, origin: Origin): Promise<GpuState> {
     return this.#serial(gpu, async (entry) => {
@@ -408,43 +317,89 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       entry.claims.delete(claim);
       if (entry.claims.size > 0) return entry.state;
       if (entry.fd === null) {
-        // Nothing is open: a GPU that could not be held is simply no longer wanted.
-        if (entry.state === "failed" && origin === "config")
-          this.#move(entry, "identified", "info", "no longer wanted");
+        // Nothing is open: a GPU that could not be held is simply no longer wanted; one that
+        // failed to be held again after a release is released again by the same request.
+        if (entry.state === "failed") {
+          if (origin === "config") this.#move(entry, "identified", "info", "no longer wanted");
+          else if (origin === "request") this.#move(entry, "released", "info", "released at a client's request");
+        }
         return entry.state;
       }
-      this.#close(entry);
-      if (origin !== "request") {
+      await this.#close(entry);
+      if (origin === "request") {
+        this.#move(entry, "released", "info", "released the GPU at a client's request: no fd left on its node");
+      } else {
         this.#move(
           entry,
           "identified",
           "info",
           origin === "config" ? "released the GPU (no longer selected)" : "let go of the GPU again: the request failed",
         );
-        return entry.state;
       }
-      this.#move(entry, "released", "info", "released the GPU at a client's request: no fd left on its node");
-      await this.#options.session.suspend();
       return entry.state;
     });
   }
 
-  /** Lets go of the GPU: the UVM registration first, then the node. */
-  #close(gpu: Entry): void {
+  /**
+   * Lets go of the GPU completely at a client's request (every claim, every fd): it ends
+   * "released", whether it was held or not, so that the session coordinator lets no NVML
+   * session pin it either. A lost or unidentified GPU stays as it is.
+   */
+  release(gpu: Gpu): Promise<GpuState> {
+    return this.#serial(gpu, async (entry) => {
+      if (this.#closed || entry.state === "lost" || entry.state === "unidentified") return entry.state;
+      if (entry.state === "released") return entry.state;
+      entry.claims.clear();
+      const held = entry.fd !== null;
+      if (held) await this.#close(entry);
+      this.#move(
+        entry,
+        "released",
+        "info",
+        held ? "released the GPU at a client's request: no fd left on its node" : "released at a client's request",
+      );
+      return entry.state;
+    });
+  }
+
+  /**
+   * Ends a client's release: with claims, takes them back (holding the GPU again); with
+   * none, the GPU is simply not released any more ("identified"); with null it stays released.
+   */
+  restore(gpu: Gpu, claims: readonly Claim[] | null): Promise<GpuState> {
+    return this.#serial(gpu, async (entry) => {
+      if (this.#closed || entry.state !== "released" || claims === null) return entry.state;
+      if (claims.length === 0) {
+        this.#move(entry, "identified", "info", "no longer released");
+        return entry.state;
+      }
+      for (const claim of claims) entry.claims.add(claim);
+      await this.#open(entry, "request");
+      return entry.state;
+    });
+  }
+
+  /** Lets go of the GPU, off the event loop: the UVM registration first, then the node. */
+  async #close(gpu: Entry): Promise<void> {
     const { fd, uvmFd } = gpu;
     gpu.fd = null;
     gpu.uvmFd = null;
     gpu.uvm = "off";
-    if (uvmFd !== null) closeDeviceNode(uvmFd);
-    if (fd !== null) closeDeviceNode(fd);
+    await gpu.probing?.catch(() => {});
+    const { effects } = this.#o;
+    if (uvmFd !== null)
+      await effects.close(uvmFd).catch((err) => this.#note(gpu, "warn", `closing the UVM fd: ${errorText(err)}`));
+    if (fd !== null)
+      await effects.close(fd).catch((err) => this.#note(gpu, "warn", `closing the node: ${errorText(err)}`));
   }
 
-  /** NVML or an Xid said the GPU is gone: let go of it until the daemon restarts. */
+  /** NVML, an Xid or the driver said the GPU is gone: let go of it until the daemon restarts. */
   markLost(gpu: Gpu, cause: Error): Promise<void> {
     return this.#serial(gpu, async (entry) => {
       if (entry.state === "lost" || this.#closed) return;
-      this.#close(entry);
+      await this.#close(entry);
       entry.fault = cause;
+      entry.claims.clear();
       this.#move(
         entry,
         "lost",
@@ -454,13 +409,32 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     });
   }
 
+  /**
+   * Asks the driver about a held GPU through its own node, without NVML (NV_ESC_NUMA_INFO):
+   * "answered"; "not held" (nothing to ask); "no query" (this driver lacked the query when
+   * the GPU was held). KernelCallError or KernelTimeoutError when the driver does not answer.
+   */
+  async probe(gpu: Gpu): Promise<"answered" | "not held" | "no query"> {
+    const entry = this.#entry(gpu);
+    if (entry.fd === null) return "not held";
+    if (entry.numa === null) return "no query";
+    const probing = this.#o.effects.readNuma(entry.fd);
+    entry.probing = probing;
+    try {
+      entry.numa = await probing;
+    } finally {
+      if (entry.probing === probing) entry.probing = null;
+    }
+    return "answered";
+  }
+
   /** Records what NVML read; warns once when a held GPU's mode turns from enabled to disabled. */
   recordPersistence(gpu: Gpu, mode: number): void {
     const entry = this.#entry(gpu);
     const reading: PersistenceReading = mode === PERSISTENCE_ENABLED ? "enabled" : "disabled";
     const before = entry.persistence;
     entry.persistence = reading;
-    if (before === "enabled" && reading === "disabled" && entry.state === "held" && !this.#options.dryRun) {
+    if (before === "enabled" && reading === "disabled" && entry.state === "held" && !this.#o.dryRun) {
       this.#note(
         entry,
         "warn",
@@ -476,8 +450,7 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
   }
 
   /** After the NVML session was started again: its handles are new. */
-  async refreshHandles(): Promise<void> {
-    const { nvml } = this.#options;
+  async refreshHandles(nvml: Nvml): Promise<void> {
     await Promise.all(
       this.#gpus.map(async (gpu) => {
         if (gpu.pci === null) return;
@@ -505,13 +478,15 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     });
   }
 
-  /** At stop: closes every node now, without waiting for queued transitions; none opens after. */
-  releaseAll(): void {
+  /** At stop: closes every node now (in parallel, off the loop), without waiting for queued transitions; none opens after. */
+  async releaseAll(): Promise<void> {
     this.#closed = true;
-    for (const gpu of this.#gpus) {
-      if (gpu.fd === null) continue;
-      this.#close(gpu);
-      this.#move(gpu, "identified", "debug", "released the GPU: the daemon stops");
-    }
+    await Promise.all(
+      this.#gpus.map(async (gpu) => {
+        if (gpu.fd === null) return;
+        await this.#close(gpu);
+        this.#move(gpu, "identified", "debug", "released the GPU: the daemon stops");
+      }),
+    );
   }
 }

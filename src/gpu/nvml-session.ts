@@ -1,10 +1,10 @@
-// The NVML session: loading the library, nvmlInit (waiting for a late driver), and closing
-// and reopening the session while a GPU is released at a client's request (an open session
-// attaches, and so pins, every GPU). Opening and closing run one at a time. Nothing calls
-// nvmlShutdown while another call is inside NVML: real NVML crashes then.
+// The NVML session: loading the library, nvmlInit (waiting for a late driver), and the
+// close and reopen that the session coordinator runs while a GPU is released (an open
+// session attaches, and so pins, every GPU). Nothing calls nvmlShutdown while another call
+// is inside NVML: real NVML crashes then.
 import { Nvml } from "../../native-bindings/nvml.js";
 import { NvmlError, NvmlLoadError } from "../../native-bindings/nvml-errors.js";
-import { NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_NO_PERMISSION } from "../../native-bindings/nvml-return-codes.js";
+import { NVML_ERROR_NO_PERMISSION } from "../../native-bindings/nvml-return-codes.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { fixes } from "../fixes.js";
@@ -12,22 +12,20 @@ import type { Log } from "../log.js";
 import type { SystemdNotifier } from "../systemd/notify.js";
 import { describeError } from "./describe-error.js";
 import { initWhenDriverLoads } from "./driver-wait.js";
-import type { SessionControl } from "./gpu-registry.js";
 
-export interface SessionHooks {
-  /** Before nvmlShutdown for a release: stop whatever calls NVML on its own (the Xid waiter). */
-  beforeSuspend(): Promise<void>;
-  /** After nvmlInit again: look the GPUs up again, restart the Xid waiter. */
-  afterResume(): Promise<void>;
+/** nvmlShutdown was not called: calls were still inside NVML after the limit. */
+export class SessionBusyError extends Error {
+  constructor(limitMs: number) {
+    super(`NVML calls were still in flight after ${limitMs} ms (driver hung?)`);
+    this.name = "SessionBusyError";
+  }
 }
 
-export class NvmlSession implements SessionControl {
+export class NvmlSession {
   readonly nvml: Nvml;
   readonly #log: Log;
   #open = false;
-  #hooks: SessionHooks | null = null;
-  #queue: Promise<void> = Promise.resolve();
-  /** How long a release waits for calls in flight before it leaves the session open. */
+  /** How long a close waits for calls in flight before it leaves the session open. */
   idleLimitMs: number;
 
   constructor(nvml: Nvml, log: Log, idleLimitMs: number) {
@@ -46,78 +44,50 @@ export class NvmlSession implements SessionControl {
     }
   }
 
+  /** Whether NVML may be asked now. */
   get open(): boolean {
     return this.#open;
   }
 
-  setHooks(hooks: SessionHooks): void {
-    this.#hooks = hooks;
-  }
-
   /**
-   * nvmlInit, waiting up to `driverWaitMs` for the driver to load. Throws FatalError: 77 when
-   * NVML says we lack permission, 69 otherwise, each with the fix.
+   * nvmlInit, waiting up to `driverWaitMs` for the driver to load (initWhenDriverLoads
+   * names the missing driver itself). Throws FatalError: 77 when NVML says we lack
+   * permission, 69 otherwise.
    */
   async start(driverWaitMs: number, notifier: SystemdNotifier): Promise<void> {
     try {
       await initWhenDriverLoads(this.nvml, driverWaitMs, this.#log, notifier);
     } catch (err) {
       if (err instanceof FatalError) throw err;
-      const code = err instanceof NvmlError ? err.code : -1;
-      const fix =
-        code === NVML_ERROR_DRIVER_NOT_LOADED
-          ? ` To fix: ${fixes.loadDriver}.`
-          : code === NVML_ERROR_NO_PERMISSION
-            ? ` To fix: ${fixes.runAsRoot}.`
-            : "";
+      const permission = err instanceof NvmlError && err.code === NVML_ERROR_NO_PERMISSION;
       throw new FatalError(
-        code === NVML_ERROR_NO_PERMISSION ? ExitCode.NO_PERMISSION : ExitCode.UNAVAILABLE,
-        `cannot initialise NVML from ${this.nvml.path}: ${describeError(err)}.${fix}`,
+        permission ? ExitCode.NO_PERMISSION : ExitCode.UNAVAILABLE,
+        `cannot initialise NVML from ${this.nvml.path}: ${describeError(err)}.${permission ? ` To fix: ${fixes.runAsRoot}.` : ""}`,
       );
     }
     this.#open = true;
   }
 
-  #serial(step: () => Promise<void>): Promise<void> {
-    const run = this.#queue.then(step);
-    this.#queue = run.catch(() => {});
-    return run;
-  }
-
-  suspend(): Promise<void> {
-    return this.#serial(async () => {
-      if (!this.#open) return;
-      // No new calls from here; the Xid wait and any health call in flight must return first.
-      this.#open = false;
-      await this.#hooks?.beforeSuspend();
-      if (!(await this.nvml.idle(this.idleLimitMs))) {
-        this.#open = true;
-        this.#log.warn("NVML calls are still in flight: the NVML session stays open, so it still pins every GPU");
-        await this.#hooks?.afterResume();
-        return;
-      }
-      try {
-        await this.nvml.shutdown();
-        this.#log.info("NVML session closed while a GPU is released; health checks pause until it is held again");
-      } catch (err) {
-        this.#log.warn(`nvmlShutdown failed: ${describeError(err)}`);
-      }
-    });
-  }
-
-  resume(): Promise<void> {
-    return this.#serial(async () => {
-      if (this.#open) return;
-      try {
-        await this.nvml.init();
-      } catch (err) {
-        this.#log.error(`cannot reopen the NVML session: ${describeError(err)}; health checks stay paused`);
-        return;
-      }
+  /**
+   * Ends the session so that it pins no GPU: no new call from here, then nvmlShutdown once
+   * the calls in flight returned. SessionBusyError (the session stays open) when they do not
+   * within idleLimitMs; nvmlShutdown's own error otherwise (NVML then holds nothing either).
+   */
+  async close(): Promise<void> {
+    if (!this.#open) return;
+    this.#open = false;
+    if (!(await this.nvml.idle(this.idleLimitMs))) {
       this.#open = true;
-      this.#log.info("every released GPU is held again: NVML session reopened, health checks resume");
-      await this.#hooks?.afterResume();
-    });
+      throw new SessionBusyError(this.idleLimitMs);
+    }
+    await this.nvml.shutdown();
+  }
+
+  /** nvmlInit again; NVML's error when it fails (the session stays closed). */
+  async reopen(): Promise<void> {
+    if (this.#open) return;
+    await this.nvml.init();
+    this.#open = true;
   }
 
   /**

@@ -1,38 +1,37 @@
-// The health loop: one timer that, each interval, asks NVML one cheap question (the
-// persistence mode of the next held GPU in turn; the GPU count when none is held) on the
-// thread pool with a time limit, then lets the systemd watchdog ping if NVML answered within
-// the watchdog interval: a hung NVML stops the pings, so systemd restarts the daemon. Where
-// NVML has just answered by itself (the Xid event wait returned in time), up to three rounds
-// in four need no call of their own. One call at most per round keeps an idle daemon's
-// wake-ups near zero; a driver that hangs hangs every call (the Xid wait then no longer
-// returns, and the rounds call again), and a GPU that falls off the bus is also reported by
-// its Xid event. What a round finds about a GPU (persistence, loss) goes to the registry.
+// The health loop: one timer that, each interval, checks every held GPU, then lets the
+// systemd watchdog ping if every check answered within the watchdog interval (a hung driver
+// stops the pings, so systemd restarts the daemon). With the NVML session open a round
+// drains the Xid events queued since the last one and reads each held GPU's persistence mode;
+// while a GPU is released (the session closed, so nothing pins that GPU) it asks the driver
+// about each held GPU through the GPU's own node instead. All checks of a round run at once
+// on the thread pool, each with its time limit. What a round finds (persistence, loss) goes to
+// the registry; a round also retries an NVML session that could not be closed or reopened.
+import { KernelCallError, KernelTimeoutError } from "../../native-bindings/nvidia-kernel.js";
 import type { Nvml } from "../../native-bindings/nvml.js";
 import { NvmlError, NvmlTimeoutError } from "../../native-bindings/nvml-errors.js";
 import { NVML_ERROR_GPU_IS_LOST } from "../../native-bindings/nvml-return-codes.js";
 import { describeError } from "../gpu/describe-error.js";
-import type { Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
+import { type Gpu, GpuLostError, type GpuRegistry } from "../gpu/gpu-registry.js";
+import type { SessionCoordinator } from "../gpu/session-coordinator.js";
 import { gpuFields, type Log } from "../log.js";
+import type { XidEvents } from "./xid-events.js";
 
 export interface HealthOptions {
   nvml: Nvml;
   registry: GpuRegistry;
-  /** Whether the NVML session is open; while closed, there is nothing to ask NVML. */
+  coordinator: SessionCoordinator;
+  /** Whether the NVML session is open now. */
   nvmlOpen(): boolean;
-  /** A round that asked NVML ended: its duration, and whether every call answered. */
-  onRound(seconds: number, healthy: boolean): void;
+  /** The Xid event set, while there is one. */
+  xid(): XidEvents | null;
+  /** A round ended: its duration, whether every check answered, and how many GPUs it checked. */
+  onRound(seconds: number, healthy: boolean, checked: number): void;
   /** After each tick: the watchdog pings or withholds (absent without a watchdog). */
   afterTick?(): void;
-  /**
-   * When an NVML call last returned in time by itself (the Xid event wait ending): proof that
-   * NVML answers, which spares a round its own call. -Infinity when nothing proves it.
-   */
-  nvmlAnsweredAt?(): number;
   log: Log;
 }
 
-/** Rounds in a row that may go without a call of their own while NVML keeps answering. */
-const SPARE_AT_MOST = 3;
+type Outcome = "answered" | "hung";
 
 export class HealthMonitor {
   readonly #o: HealthOptions;
@@ -41,21 +40,17 @@ export class HealthMonitor {
   #running = false;
   #lastHealthyAt: number = performance.now();
   #passedOnce = false;
-  /** The held GPU asked next: rounds take the held GPUs in turn. */
-  #next = 0;
-  /** Rounds in a row that NVML's own recent answer spared a call. */
-  #spared = 0;
-  /** Calls that timed out and were logged; cleared when the same check succeeds again. */
-  readonly #reportedHangs = new Set<string>();
-  /** Checks whose timed-out call still blocks a pool thread (not repeated until it returns), and when it does. */
-  readonly #stuck = new Map<string, Promise<void>>();
+  /** What each check last reported (a hang, an error), so a lasting problem is logged once. */
+  readonly #reported = new Map<string, string>();
+  /** Checks whose timed-out call still blocks a pool thread: not repeated until it returns. */
+  readonly #stuck = new Set<string>();
 
   constructor(options: HealthOptions, intervalMs: number) {
     this.#o = options;
     this.#intervalMs = intervalMs;
   }
 
-  /** performance.now() of the last round in which NVML answered every call. */
+  /** performance.now() of the last round in which every check answered. */
   get lastHealthyAt(): number {
     return this.#lastHealthyAt;
   }
@@ -70,7 +65,7 @@ export class HealthMonitor {
     this.#timer.unref();
   }
 
-  /** One timer tick: a round (unless one is still stuck), then the watchdog's turn. */
+  /** One timer tick: a round (unless the previous one still runs), then the watchdog's turn. */
   async tick(): Promise<void> {
     await this.round();
     this.#o.afterTick?.();
@@ -87,67 +82,43 @@ export class HealthMonitor {
     this.#timer = null;
   }
 
-  #hung(key: string, err: NvmlTimeoutError, gpu?: Gpu): void {
-    this.#stuck.set(
-      key,
-      err.returned.then(() => {
-        this.#stuck.delete(key);
-      }),
-    );
-    if (this.#reportedHangs.has(key)) return;
-    this.#reportedHangs.add(key);
-    this.#o.log.error(
-      gpu ? gpuFields(gpu) : {},
-      `health check: ${err.message}; withholding watchdog pings until NVML answers`,
-    );
-  }
-
-  /** Resolves once every call that timed out in a round has returned (a hung one: never). */
-  async whenUnstuck(): Promise<void> {
-    await Promise.all(this.#stuck.values());
-  }
-
-  /** One round; never overlaps the previous one, so a hung NVML cannot pile up calls. */
+  /** One round; never overlaps the previous one, so a hung driver cannot pile up calls. */
   async round(): Promise<boolean> {
     if (this.#running) return false;
-    if (!this.#o.nvmlOpen()) {
-      // The session was closed on purpose (a GPU released over RPC): the daemon is alive.
-      this.#lastHealthyAt = performance.now();
-      return true;
-    }
-    // NVML answered within this interval by itself (the Xid wait returned): no call needed,
-    // but every SPARE_AT_MOST + 1-th round still asks a GPU (persistence, loss).
-    const answeredAt = this.#o.nvmlAnsweredAt?.() ?? Number.NEGATIVE_INFINITY;
-    if (performance.now() - answeredAt <= this.#intervalMs && this.#spared < SPARE_AT_MOST && this.#stuck.size === 0) {
-      this.#spared++;
-      this.#lastHealthyAt = performance.now();
-      return true;
-    }
-    this.#spared = 0;
     this.#running = true;
     const started = performance.now();
     try {
-      const { registry, nvml } = this.#o;
-      const held = registry.list().filter((g) => g.state === "held" && g.handle !== null);
-      const gpu = held.length ? held[this.#next++ % held.length] : undefined;
-      const answered = gpu ? await this.#checkGpu(gpu) : await this.#check("count", () => nvml.deviceCount());
+      const { registry, coordinator, nvml } = this.#o;
+      const session = coordinator.state;
+      if (session.open !== session.wanted) await coordinator.settle();
+      const held = registry.list().filter((g) => g.state === "held");
+      const checks: Promise<Outcome>[] = [];
+      if (this.#o.nvmlOpen()) {
+        const xid = this.#o.xid();
+        if (xid) checks.push(this.#check("xid", () => xid.drain()));
+        for (const gpu of held) checks.push(this.#checkByNvml(gpu));
+        if (held.length === 0) checks.push(this.#check("count", () => nvml.deviceCount()));
+      } else {
+        for (const gpu of held) checks.push(this.#checkByNode(gpu));
+      }
+      const outcomes = await Promise.all(checks);
       // A call still stuck from an earlier round keeps every round unhealthy until it returns.
-      const healthy = answered && this.#stuck.size === 0;
+      const healthy = outcomes.every((o) => o === "answered") && this.#stuck.size === 0;
       if (healthy) {
         if (!this.#passedOnce) this.#o.log.debug("health check passed");
         this.#passedOnce = true;
         this.#lastHealthyAt = performance.now();
       }
-      this.#o.onRound((performance.now() - started) / 1000, healthy);
+      this.#o.onRound((performance.now() - started) / 1000, healthy, held.length);
       return healthy;
     } finally {
       this.#running = false;
     }
   }
 
-  #checkGpu(gpu: Gpu): Promise<boolean> {
+  #checkByNvml(gpu: Gpu): Promise<Outcome> {
     const handle = gpu.handle;
-    if (handle === null) return Promise.resolve(true);
+    if (handle === null) return this.#checkByNode(gpu);
     return this.#check(
       `gpu:${gpu.index}`,
       async () => this.#o.registry.recordPersistence(gpu, await this.#o.nvml.persistenceMode(handle)),
@@ -155,28 +126,58 @@ export class HealthMonitor {
     );
   }
 
+  #checkByNode(gpu: Gpu): Promise<Outcome> {
+    return this.#check(
+      `node:${gpu.index}`,
+      async () => {
+        if ((await this.#o.registry.probe(gpu)) === "no query") {
+          throw new Error(
+            "this driver answers no NV_ESC_NUMA_INFO: the GPU cannot be checked while the NVML session is closed",
+          );
+        }
+      },
+      gpu,
+    );
+  }
+
+  #report(key: string, message: string, gpu: Gpu | undefined, level: "warn" | "error"): void {
+    if (this.#reported.get(key) === message) return;
+    this.#reported.set(key, message);
+    this.#o.log[level](gpu ? gpuFields(gpu) : {}, message);
+  }
+
   /**
-   * Whether NVML answered `call` in time. A call still stuck from an earlier round is not
-   * repeated (one blocked thread per check at most). Any answer counts as healthy: a GPU's
-   * own trouble is logged, and a lost GPU handed to the registry, but NVML itself answers.
+   * Whether `call` answered in time. A call still stuck from an earlier round is not
+   * repeated (one blocked thread per check at most). Any answer counts: a GPU's own trouble
+   * is logged once, and a lost GPU handed to the registry, but the driver itself answered.
    */
-  async #check(key: string, call: () => Promise<unknown>, gpu?: Gpu): Promise<boolean> {
-    if (this.#stuck.has(key)) return false;
+  async #check(key: string, call: () => Promise<unknown>, gpu?: Gpu): Promise<Outcome> {
+    if (this.#stuck.has(key)) return "hung";
     try {
       await call();
-      this.#reportedHangs.delete(key);
-      return true;
+      if (this.#reported.delete(key)) this.#o.log.info(gpu ? gpuFields(gpu) : {}, "health check answers again");
+      return "answered";
     } catch (err) {
-      if (err instanceof NvmlTimeoutError) {
-        this.#hung(key, err, gpu);
-        return false;
+      if (err instanceof NvmlTimeoutError || err instanceof KernelTimeoutError) {
+        this.#stuck.add(key);
+        void err.returned.then(() => this.#stuck.delete(key));
+        this.#report(key, `health check: ${err.message}; withholding watchdog pings until it answers`, gpu, "error");
+        return "hung";
       }
       if (gpu && err instanceof NvmlError && err.code === NVML_ERROR_GPU_IS_LOST) {
         await this.#o.registry.markLost(gpu, err);
-        return true;
+        return "answered";
       }
-      this.#o.log.warn(gpu ? gpuFields(gpu) : {}, `health check: ${describeError(err)}`);
-      return true;
+      if (gpu && err instanceof KernelCallError) {
+        // The driver refuses every ioctl on a GPU that left the bus.
+        await this.#o.registry.markLost(
+          gpu,
+          new GpuLostError(`the driver no longer answers on the GPU's node (${err.message})`, { cause: err }),
+        );
+        return "answered";
+      }
+      this.#report(key, `health check: ${describeError(err)}`, gpu, "warn");
+      return "answered";
     }
   }
 }

@@ -1,12 +1,12 @@
-// The Xid event waiter: NVML's blocking nvmlEventSetWait_v2 on the thread pool, in long
-// waits (one wake-up each eventWaitMs when nothing happens). A stop does not wait for it: the
-// process exits without nvmlShutdown while it is inside NVML (real NVML crashes when the
-// session ends beside it). A release, which must end the session, waits for it to return.
-// Each Xid is logged with the GPU and its meaning, at most a few lines per GPU and Xid a
-// minute during a storm; Xid 79 (the GPU fell off the bus) marks the GPU lost.
+// Xid events: a set registered for every GPU that reports them, drained without waiting
+// (nvmlEventSetWait_v2 with a 0 ms timeout: events queue in the set between rounds) at the
+// start of each health round. No call ever stays inside NVML for long, so a release can end
+// the NVML session at once; an Xid is seen at most one health interval late. Each Xid is
+// logged with the GPU and its meaning, at most a few lines per GPU and Xid a minute during a
+// storm (the rest summed up at the end of that minute); Xid 79 (the GPU fell off the bus)
+// marks the GPU lost.
 import type { DeviceHandle, EventSetHandle, Nvml } from "../../native-bindings/nvml.js";
 import { EVENT_XID_CRITICAL_ERROR } from "../../native-bindings/nvml.js";
-import { NvmlError, NvmlTimeoutError } from "../../native-bindings/nvml-errors.js";
 import { describeError } from "../gpu/describe-error.js";
 import { type Gpu, GpuLostError, type GpuRegistry } from "../gpu/gpu-registry.js";
 import { gpuFields, type Log } from "../log.js";
@@ -36,30 +36,36 @@ export const XID_GPU_FALLEN_OFF_THE_BUS = 79;
 const LOGS_PER_WINDOW = 5;
 const WINDOW_MS = 60_000;
 
-export class XidWaiter {
+/** Events taken from the set in one drain at most: a storm cannot hold a round up. */
+const DRAIN_AT_MOST = 64;
+
+interface StormWindow {
+  gpu: Gpu;
+  xid: number;
+  start: number;
+  logged: number;
+  suppressed: number;
+}
+
+export class XidEvents {
   readonly #nvml: Nvml;
   readonly #registry: GpuRegistry;
   readonly #log: Log;
   #set: EventSetHandle | null = null;
-  #running = false;
-  #waiting = false;
-  #answeredAt = Number.NEGATIVE_INFINITY;
-  #loop: Promise<void> | null = null;
-  readonly #windows = new Map<string, { start: number; logged: number; suppressed: number }>();
+  #draining: Promise<void> | null = null;
+  readonly #windows = new Map<string, StormWindow>();
+  /** The GPUs registered for Xid events. */
+  watched = 0;
 
-  /** One wait (eventWaitMs): a reload may change it; the wait in flight keeps its own. */
-  waitMs: number;
-
-  constructor(nvml: Nvml, registry: GpuRegistry, log: Log, waitMs: number) {
-    this.waitMs = waitMs;
+  constructor(nvml: Nvml, registry: GpuRegistry, log: Log) {
     this.#nvml = nvml;
     this.#registry = registry;
     this.#log = log;
   }
 
-  /** Registers every GPU that supports Xid events; returns how many were registered. */
+  /** Registers every GPU in `gpus` that supports Xid events; returns how many were registered. */
   async start(gpus: readonly Gpu[]): Promise<number> {
-    this.#set = await this.#nvml.eventSetCreate();
+    const set = await this.#nvml.eventSetCreate();
     let registered = 0;
     for (const gpu of gpus) {
       if (gpu.handle === null) continue;
@@ -70,32 +76,50 @@ export class XidWaiter {
           this.#log.info(fields, "this GPU reports no Xid events: none will be logged for it");
           continue;
         }
-        await this.#nvml.registerEvents(gpu.handle, EVENT_XID_CRITICAL_ERROR, this.#set);
+        await this.#nvml.registerEvents(gpu.handle, EVENT_XID_CRITICAL_ERROR, set);
         registered++;
       } catch (err) {
         this.#log.warn(fields, `cannot watch Xid events: ${describeError(err)}`);
       }
     }
-    this.#running = true;
-    this.#loop = this.#run();
+    this.#set = set;
+    this.watched = registered;
     return registered;
   }
 
-  async #run(): Promise<void> {
-    while (this.#running && this.#set !== null) {
-      try {
-        this.#waiting = true;
-        const event = await this.#nvml.eventSetWait(this.#set, this.waitMs).finally(() => {
-          this.#waiting = false;
-        });
-        this.#answeredAt = performance.now();
-        if (event && this.#running) this.#handle(event.device, Number(event.eventData));
-      } catch (err) {
-        if (!this.#running) return;
-        // A hung wait is the health loop's business; a failing one must not spin.
-        if (!(err instanceof NvmlTimeoutError)) this.#log.warn(`Xid event wait failed: ${describeError(err)}`);
-        if (err instanceof NvmlError || err instanceof NvmlTimeoutError) await new Promise((r) => setTimeout(r, 1000));
+  /**
+   * Takes every event queued in the set, without waiting. Rejects with NVML's error (or
+   * NvmlTimeoutError) when the wait fails: the health round counts it as NVML not answering.
+   */
+  drain(): Promise<void> {
+    this.#draining ??= this.#drain().finally(() => {
+      this.#draining = null;
+    });
+    return this.#draining;
+  }
+
+  async #drain(): Promise<void> {
+    this.#summarise(performance.now());
+    for (let n = 0; n < DRAIN_AT_MOST; n++) {
+      const set = this.#set;
+      if (set === null) return;
+      const event = await this.#nvml.eventSetWait(set, 0);
+      if (!event) return;
+      if (this.#set !== null) this.#handle(event.device, Number(event.eventData));
+    }
+  }
+
+  /** Logs what a storm window suppressed once its minute is over. */
+  #summarise(now: number): void {
+    for (const [key, w] of this.#windows) {
+      if (now - w.start < WINDOW_MS) continue;
+      if (w.suppressed > 0) {
+        this.#log.warn(
+          { ...gpuFields(w.gpu), xid: w.xid },
+          `Xid ${w.xid} occurred ${w.suppressed} more times in the last minute`,
+        );
       }
+      this.#windows.delete(key);
     }
   }
 
@@ -105,16 +129,9 @@ export class XidWaiter {
     this.#registry.recordXid(gpu, xid);
     const meaning = XID_MEANINGS[xid];
     const key = `${gpu.uuid}:${xid}`;
-    const now = performance.now();
     let window = this.#windows.get(key);
-    if (!window || now - window.start >= WINDOW_MS) {
-      if (window && window.suppressed > 0) {
-        this.#log.warn(
-          { ...gpuFields(gpu), xid },
-          `Xid ${xid} occurred ${window.suppressed} more times in the last minute`,
-        );
-      }
-      window = { start: now, logged: 0, suppressed: 0 };
+    if (!window) {
+      window = { gpu, xid, start: performance.now(), logged: 0, suppressed: 0 };
       this.#windows.set(key, window);
     }
     if (window.logged < LOGS_PER_WINDOW) {
@@ -133,22 +150,11 @@ export class XidWaiter {
     }
   }
 
-  /** When a wait last returned in time (an event or NVML's own time-out): NVML answers. */
-  get answeredAt(): number {
-    return this.#answeredAt;
-  }
-
-  /** Whether a wait is inside NVML now. */
-  get waiting(): boolean {
-    return this.#waiting;
-  }
-
-  /** Stops the loop; resolves once the wait in flight returned (within eventWaitMs) and the set is freed. */
+  /** Frees the set, once a drain in flight returned (no call outlives the NVML session). */
   async stop(): Promise<void> {
-    this.#running = false;
     const set = this.#set;
     this.#set = null;
-    await this.#loop?.catch(() => {});
+    await this.#draining?.catch(() => {});
     if (set !== null) await this.#nvml.eventSetFree(set).catch(() => {});
   }
 }

@@ -18,12 +18,14 @@ export class DaemonMetrics {
   readonly #startTimeSeconds = Date.now() / 1000;
   readonly #healthDuration = new Histogram(HEALTH_BUCKETS_SECONDS);
   readonly #healthRounds = { passed: 0, failed: 0 };
+  #gpusChecked = 0;
   #bringUpSeconds: number | null = null;
 
-  /** One health round: how long NVML took to answer every call, and whether all answered. */
-  observeHealthRound(seconds: number, healthy: boolean): void {
+  /** One health round: how long its checks took, whether all answered, and how many held GPUs it checked. */
+  observeHealthRound(seconds: number, healthy: boolean, gpusChecked: number): void {
     this.#healthDuration.observe(seconds);
     this.#healthRounds[healthy ? "passed" : "failed"]++;
+    this.#gpusChecked += gpusChecked;
   }
 
   recordBringUp(seconds: number): void {
@@ -103,14 +105,20 @@ export class DaemonMetrics {
       family(
         "gpu_persistd_health_check_duration_seconds",
         "histogram",
-        "Duration of one NVML health round (every held GPU, in parallel).",
+        "Duration of one health round: every held GPU checked at once (through NVML, or through its node while a GPU is released).",
         this.#healthDuration.samples(),
       ),
       family(
         "gpu_persistd_health_checks_total",
         "counter",
-        "NVML health rounds by result: passed, or failed (a call hung; watchdog pings withheld).",
+        "Health rounds by result: passed, or failed (a check hung; watchdog pings withheld).",
         Object.entries(this.#healthRounds).map(([result, value]) => ({ labels: { result }, value })),
+      ),
+      family(
+        "gpu_persistd_health_gpu_checks_total",
+        "counter",
+        "Held GPUs checked by health rounds, one check per held GPU a round.",
+        [{ labels: {}, value: this.#gpusChecked }],
       ),
       family(
         "gpu_persistd_rpc_requests_total",

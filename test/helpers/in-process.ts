@@ -16,6 +16,12 @@ const sim = koffi.load(SIM_LIBRARY);
 const simReset = sim.func("void gpuPersistdSimReset()");
 const simOpenGate = sim.func("void gpuPersistdSimOpenGate()");
 const simAwaitGated = sim.func("int gpuPersistdSimAwaitGated(int count, int timeoutMs)");
+const simFallOffTheBus = sim.func("void gpuPersistdSimFallOffTheBus(int gpu)");
+
+/** GPU `index` falls off the bus now: NVML answers GPU_IS_LOST for it, its Xid 79 is queued, its node's ioctls fail. */
+export function fallOffTheBus(index: number): void {
+  simFallOffTheBus(index);
+}
 
 /** Resolves once `count` NVML calls wait at the simulator's gate (on a pool thread, not by polling). */
 export function gated(count: number, timeoutMs = 10_000): Promise<number> {
@@ -85,7 +91,7 @@ export class InProcessDaemon {
       { level: "debug", base: null, timestamp: false },
       { write: (l: string) => this.lines.push(JSON.parse(l)) },
     );
-    const base = { ...defaults(), runtimeDir: scratch.runtimeDir, simulate: "on", eventWaitMs: 100, ...config };
+    const base = { ...defaults(), runtimeDir: scratch.runtimeDir, simulate: "on", ...config };
     this.nextConfig = base;
     const runtime = RuntimeDir.claim(scratch.runtimeDir, {});
     this.daemon = new Daemon(base, {

@@ -1,8 +1,11 @@
 // The koffi binding against the simulated libnvidia-ml, loaded in this process: real FFI,
 // real NVML signatures, faults injected through the simulator's configuration.
-import { writeFileSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import koffi from "koffi";
 import { afterAll, beforeEach, describe, expect, it } from "vitest";
+import { NvidiaKernel } from "../../native-bindings/nvidia-kernel.js";
 import { Nvml } from "../../native-bindings/nvml.js";
 import { NvmlError, NvmlLoadError, NvmlTimeoutError } from "../../native-bindings/nvml-errors.js";
 import { nvmlReturnName } from "../../native-bindings/nvml-return-codes.js";
@@ -10,6 +13,7 @@ import { Scratch, SIM_LIBRARY, type SimConfig } from "../helpers/daemon.js";
 
 const scratch = new Scratch();
 const reset = koffi.load(SIM_LIBRARY).func("void gpuPersistdSimReset()");
+const simFallOffTheBus = koffi.load(SIM_LIBRARY).func("void gpuPersistdSimFallOffTheBus(int gpu)");
 const nvml = Nvml.load(SIM_LIBRARY, 2000);
 
 function simulate(config: SimConfig): void {
@@ -141,15 +145,40 @@ describe("calls", () => {
   });
 
   it("delivers configured Xid events to a registered set", async () => {
-    simulate({ gpus: 2, events: [{ gpu: 1, type: 8, data: 79, afterMs: 0 }] });
+    simulate({ gpus: 2, events: [{ gpu: 1, type: 8, data: 13, afterMs: 0 }] });
     await nvml.init();
     const set = await nvml.eventSetCreate();
     const dev1 = await nvml.handleByIndex(1);
     expect((await nvml.supportedEventTypes(dev1)) & 8n).toBe(8n);
     await nvml.registerEvents(dev1, 8n, set);
-    const event = await nvml.eventSetWait(set, 100);
-    expect(event).toMatchObject({ device: dev1, eventType: 8n, eventData: 79n });
-    expect(await nvml.eventSetWait(set, 20)).toBeNull();
+    const event = await nvml.eventSetWait(set, 0);
+    expect(event).toMatchObject({ device: dev1, eventType: 8n, eventData: 13n });
+    expect(await nvml.eventSetWait(set, 0)).toBeNull();
+    await nvml.eventSetFree(set);
+    await nvml.shutdown();
+  });
+
+  it("a GPU that falls off the bus looks lost on every channel: NVML calls, its Xid 79 event, the ioctls on its node", async () => {
+    simulate({ gpus: 2 });
+    await nvml.init();
+    const set = await nvml.eventSetCreate();
+    const dev1 = await nvml.handleByIndex(1);
+    await nvml.registerEvents(dev1, 8n, set);
+    const kernel = NvidiaKernel.simulated(SIM_LIBRARY, 1000);
+    const dir = mkdtempSync(join(tmpdir(), "gpu-persistd-node-"));
+    writeFileSync(join(dir, "nvidia1"), "");
+    const fd = openSync(join(dir, "nvidia1"), "r+");
+    try {
+      await expect(kernel.numaInfo(fd)).resolves.toMatchObject({ nid: -1 });
+      simFallOffTheBus(1);
+      expect(await nvml.eventSetWait(set, 0)).toMatchObject({ device: dev1, eventData: 79n });
+      await expect(nvml.persistenceMode(dev1)).rejects.toMatchObject({ codeName: "NVML_ERROR_GPU_IS_LOST" });
+      await expect(kernel.numaInfo(fd)).rejects.toMatchObject({ name: "KernelCallError", errno: "EINVAL" });
+      await expect(nvml.persistenceMode(await nvml.handleByIndex(0))).resolves.toBeTypeOf("number");
+    } finally {
+      closeSync(fd);
+      rmSync(dir, { recursive: true });
+    }
     await nvml.eventSetFree(set);
     await nvml.shutdown();
   });

@@ -22,10 +22,10 @@ describe("UVM persistence", () => {
     expect(daemonStatus(d.context).devices.map((g) => g.uvm)).toEqual(["registered", "registered"]);
     expect(fdsOn(d.scratch.runtimeDir, "uvm")).toHaveLength(2);
     expect(d.scratch.callCount("UVM_REGISTER_GPU")).toBe(2);
-    await rpcBackend(d.registry).setMode(pci(0x06), false, false);
+    await rpcBackend(d.context).setMode(pci(0x06), false, false);
     expect(fdsOn(d.scratch.runtimeDir, "uvm")).toHaveLength(1);
     expect(daemonStatus(d.context).devices[0]?.uvm).toBe("off");
-    await rpcBackend(d.registry).setMode(pci(0x06), true, false);
+    await rpcBackend(d.context).setMode(pci(0x06), true, false);
     expect(fdsOn(d.scratch.runtimeDir, "uvm")).toHaveLength(2);
   });
 
@@ -49,7 +49,7 @@ describe("UVM persistence", () => {
     expect(status).toMatchObject({ held: true, uvm: "failed" });
     expect(status?.uvmError).toBe("UVM_REGISTER_GPU failed: NV_ERR_NVLINK_FABRIC_NOT_READY");
     expect(d.messages().join("\n")).toContain(
-      "GPU 1: cannot keep a UVM registration: UVM_REGISTER_GPU failed: NV_ERR_NVLINK_FABRIC_NOT_READY (the NVLink fabric was not ready within 0 s)",
+      "GPU 1: cannot keep a UVM registration: UVM_REGISTER_GPU failed: NV_ERR_NVLINK_FABRIC_NOT_READY (the NVLink fabric did not become ready while it was retried)",
     );
     expect(fdsOn(d.scratch.runtimeDir, "uvm")).toHaveLength(1);
   });
@@ -81,7 +81,7 @@ describe("NUMA status", () => {
   it("version 2 moves one claim each: the node stays open while either holds", async () => {
     const d = fixture.daemon(coherent);
     await d.daemon.run();
-    const backend = rpcBackend(d.registry);
+    const backend = rpcBackend(d.context);
     expect(await backend.setNuma(pci(0x06), true)).toBe(NvPdStatus.SUCCESS);
     expect(await backend.setMode(pci(0x06), false, false)).toBe(NvPdStatus.SUCCESS);
     // Persistence released, NUMA still online: held, and Get says disabled.
@@ -100,7 +100,7 @@ describe("NUMA status", () => {
   it("version 1's Set moves both, and rolls persistence back when NUMA cannot come online", async () => {
     const d = fixture.daemon({ gpus: [{ numa: { status: 4 } }] }, { persistenceMode: false });
     await d.daemon.run();
-    const backend = rpcBackend(d.registry);
+    const backend = rpcBackend(d.context);
     expect(await backend.setMode(pci(0x06), true, true)).toBe(NvPdStatus.NUMA_FAILURE);
     expect(backend.mode(pci(0x06))).toBe(false);
     expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(0);
@@ -111,7 +111,7 @@ describe("NUMA status", () => {
   it("is a successful no-op on a GPU without coherent memory", async () => {
     const d = fixture.daemon({ gpus: 1 }, { persistenceMode: false });
     await d.daemon.run();
-    const backend = rpcBackend(d.registry);
+    const backend = rpcBackend(d.context);
     expect(await backend.setNuma(pci(0x06), true)).toBe(NvPdStatus.SUCCESS);
     expect(d.registry.list()[0]?.state).toBe("identified");
     expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(0);

@@ -1,0 +1,84 @@
+// The GPU as the rest of the daemon sees it: its states, its claims, what it reads, and the
+// errors that say it is gone. The registry (gpu-registry.ts) is the only writer.
+import type { NumaInfo } from "../../native-bindings/nvidia-kernel.js";
+import type { DeviceHandle } from "../../native-bindings/nvml.js";
+import type { PciAddress } from "./pci-address.js";
+
+/**
+ * unidentified: NVML could not tell what the GPU is; identified: known, not held (not
+ * selected, or not wanted); holding: its node is being opened; held: the daemon keeps its
+ * node open; released: a client
+ * asked to let it go, and nothing of the daemon's holds it; lost: it fell off the bus (a
+ * reset or reboot is needed); failed: wanted, but it could not be held (see `fault`).
+ */
+export type GpuState = "unidentified" | "identified" | "holding" | "held" | "released" | "lost" | "failed";
+
+/**
+ * What keeps a GPU's node open; the node is held while any claim is. "persistence": the
+ * persistence mode; "numa": the NUMA status of a GPU with coherent memory (GH200), whose
+ * memory is a NUMA node only while the GPU is initialised.
+ */
+export type Claim = "persistence" | "numa";
+
+/** The UVM registration kept with a held GPU under --uvm-persistence-mode. */
+export type UvmState = "off" | "registering" | "registered" | "failed";
+
+/** The persistence mode as NVML last read (or set) it; "unknown" until NVML answered. */
+export type PersistenceReading = "enabled" | "disabled" | "unknown";
+
+/** One GPU, as everything outside the registry sees it: read-only. */
+export interface Gpu {
+  readonly index: number;
+  readonly uuid: string;
+  readonly name: string;
+  readonly pci: PciAddress | null;
+  readonly minor: number;
+  readonly handle: DeviceHandle | null;
+  readonly state: GpuState;
+  readonly claims: ReadonlySet<Claim>;
+  readonly selected: boolean;
+  readonly persistence: PersistenceReading;
+  /** Xid events seen since start, by Xid number. */
+  readonly xids: ReadonlyMap<number, number>;
+  /** Why the GPU is not as wanted: NvmlError, NvmlTimeoutError, DeviceNodeError, KernelCallError or GpuLostError. */
+  readonly fault: Error | null;
+  /** NV_ESC_NUMA_INFO as read when the node was first opened; null until then or when it failed. */
+  readonly numa: NumaInfo | null;
+  readonly uvm: UvmState;
+  /** Why the UVM registration failed (KernelCallError with the driver's NV_STATUS, or errno). */
+  readonly uvmFault: Error | null;
+}
+
+/** Whether the GPU's memory is a NUMA node (coherent memory, as on GH200). */
+export function hasCoherentMemory(gpu: Gpu): boolean {
+  return gpu.numa !== null && gpu.numa.status !== 0;
+}
+
+/** NVML, an Xid or the driver said the GPU is gone; `cause` is the error that said so. */
+export class GpuLostError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "GpuLostError";
+  }
+}
+
+export interface Transition {
+  gpu: Gpu;
+  from: GpuState;
+  to: GpuState;
+  /** What to log about it, at which level. */
+  level: "debug" | "info" | "warn" | "error";
+  message: string;
+}
+
+export interface RegistryEvents {
+  transition: [Transition];
+  /** A fact about a GPU that is not a state change (persistence read, Xid), for logs. */
+  note: [Transition];
+}
+
+/**
+ * Who asks: "config" (start-up and reload, may use NVML's setter), "request" (a client), or
+ * "undo" (a client's request that failed half-way, taken back: the GPU returns to not held).
+ */
+export type Origin = "config" | "request" | "undo";

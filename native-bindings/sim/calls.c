@@ -76,13 +76,14 @@ int gpu_lost(int gpu) {
     return lost;
 }
 
-/* Real NVML attaches every GPU it touches and keeps that until nvmlShutdown: with attachDir
- * set, the simulator holds an fd on the GPU's stand-in node the same way, so tests can see
- * whether an NVML session still pins a released GPU. */
-void attach_gpu(int gpu) {
+/* Real NVML attaches every GPU at nvmlInit and keeps that until nvmlShutdown: with attachDir
+ * set, the simulator holds an fd on each GPU's stand-in node the same way (from the first
+ * call after the stand-ins exist), so tests can see whether a session still pins a GPU. */
+void attach_all(void) {
     pthread_mutex_lock(&lock);
-    struct sim_gpu *g = &S.gpus[gpu];
-    if (S.attach_dir[0] && g->attach_fd < 0 && S.init_refs > 0) {
+    for (int i = 0; S.attach_dir[0] && S.init_refs > 0 && i < S.gpu_count; i++) {
+        struct sim_gpu *g = &S.gpus[i];
+        if (g->attach_fd >= 0) continue;
         char path[4200];
         snprintf(path, sizeof path, "%s/nvidia%u", S.attach_dir, g->minor);
         g->attach_fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);

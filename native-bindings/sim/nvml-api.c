@@ -27,10 +27,8 @@ static nvmlReturn_t do_init(const char *call) {
     ENTER(call, -1);
     pthread_mutex_lock(&lock);
     S.init_refs++;
-    int count = S.gpu_count;
     pthread_mutex_unlock(&lock);
-    /* nvmlInit attaches every GPU (once its stand-in exists). */
-    for (int i = 0; i < count; i++) attach_gpu(i);
+    attach_all();
     return done(call, -1, NVML_SUCCESS);
 }
 

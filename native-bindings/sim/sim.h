@@ -143,8 +143,8 @@ int initialized(void);
 int gpu_of(nvmlDevice_t d);
 /* Whether the GPU fell off the bus: an Xid 79 event configured for it is due. Lock held. */
 int gpu_lost_locked(int gpu);
-/* The session's attach: an fd on the GPU's stand-in node while NVML is initialised (attachDir). */
-void attach_gpu(int gpu);
+/* The session's attach: an fd on every GPU's stand-in node while NVML is initialised (attachDir). */
+void attach_all(void);
 void detach_all(void);
 int gpu_lost(int gpu);
 
@@ -160,7 +160,7 @@ int gpu_lost(int gpu);
     if (!initialized()) return done(call, gpu_, NVML_ERROR_UNINITIALIZED);                                \
     if (gpu_ < 0) return done(call, gpu_, NVML_ERROR_INVALID_ARGUMENT);                                   \
     ENTER(call, gpu_);                                                                                     \
-    attach_gpu(gpu_);                                                                                      \
+    attach_all();                                                                                          \
     if (gpu_lost(gpu_)) return done(call, gpu_, NVML_ERROR_GPU_IS_LOST)
 
 #endif

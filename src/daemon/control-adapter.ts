@@ -52,7 +52,7 @@ async function releaseLease(ctx: DaemonContext, registry: GpuRegistry, gpus: Gpu
   };
   let problem: string | null = null;
   try {
-    await Promise.all(gpus.map((g) => registry.release(g)));
+    await ctx.leases.release(record, registry);
     const kept = gpus.filter((g) => g.state !== "released");
     if (kept.length > 0) {
       problem = kept.map((g) => `GPU ${g.index} is ${g.state}: there is nothing to release`).join("; ");

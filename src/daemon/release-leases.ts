@@ -10,7 +10,7 @@ export interface LeaseRecord {
   readonly pid: number;
   readonly since: Date;
   readonly gpus: readonly Gpu[];
-  /** What each GPU had before the lease: its state and claims. */
+  /** What each GPU had just before the lease released it (set as each release runs): its state and claims. */
   readonly before: Map<Gpu, { state: GpuState; claims: Claim[] }>;
 }
 
@@ -42,16 +42,34 @@ export class ReleaseLeases {
       pid,
       since: new Date(),
       gpus,
-      before: new Map(gpus.map((g) => [g, { state: g.state, claims: [...g.claims] }])),
+      before: new Map(),
     };
     for (const gpu of gpus) this.#byGpu.set(gpu, record);
     return record;
   }
 
+  /** Releases the lease's GPUs, recording what each had. */
+  async release(record: LeaseRecord, registry: GpuRegistry): Promise<void> {
+    await Promise.all(
+      record.gpus.map(async (gpu) => {
+        const before = await registry.release(gpu);
+        // A plain release that came in while this one was queued is kept.
+        const forgotten = record.before.get(gpu);
+        record.before.set(gpu, forgotten ? { state: "released", claims: [] } : before);
+      }),
+    );
+  }
+
   /** A plain release of `claim` during the lease: the lease's end does not take it back. */
   forget(gpu: Gpu, claim: Claim): void {
-    const before = this.#byGpu.get(gpu)?.before.get(gpu);
-    if (!before) return;
+    const record = this.#byGpu.get(gpu);
+    if (!record) return;
+    const before = record.before.get(gpu);
+    if (!before) {
+      // Its release is still queued: record that nothing is to be taken back.
+      record.before.set(gpu, { state: "released", claims: [] });
+      return;
+    }
     before.claims = before.claims.filter((c) => c !== claim);
     if (before.claims.length === 0 && before.state === "held") before.state = "released";
   }
@@ -62,7 +80,9 @@ export class ReleaseLeases {
     await Promise.all(
       record.gpus.map((gpu) => {
         const before = record.before.get(gpu);
-        return registry.restore(gpu, before?.state === "released" ? null : (before?.claims ?? []));
+        // Not released by this lease (still queued, or lost meanwhile): nothing to take back.
+        if (!before) return Promise.resolve();
+        return registry.restore(gpu, before.state === "released" ? null : before.claims);
       }),
     );
   }

@@ -343,12 +343,13 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
   /**
    * Lets go of the GPU completely at a client's request (every claim, every fd): it ends
    * "released", whether it was held or not, so that the session coordinator lets no NVML
-   * session pin it either. A lost or unidentified GPU stays as it is.
+   * session pin it either. A lost or unidentified GPU stays as it is. Resolves with what the
+   * GPU was just before, after every earlier transition (to take back at the lease's end).
    */
-  release(gpu: Gpu): Promise<GpuState> {
+  release(gpu: Gpu): Promise<{ state: GpuState; claims: Claim[] }> {
     return this.#serial(gpu, async (entry) => {
-      if (this.#closed || entry.state === "lost" || entry.state === "unidentified") return entry.state;
-      if (entry.state === "released") return entry.state;
+      const before = { state: entry.state, claims: [...entry.claims] };
+      if (this.#closed || ["lost", "unidentified", "released"].includes(entry.state)) return before;
       entry.claims.clear();
       const held = entry.fd !== null;
       if (held) await this.#close(entry);
@@ -358,7 +359,7 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
         "info",
         held ? "released the GPU at a client's request: no fd left on its node" : "released at a client's request",
       );
-      return entry.state;
+      return before;
     });
   }
 

@@ -16,7 +16,7 @@ export const SIM_LIBRARY = join(ROOT, "dist/libnvidia-ml-sim.so");
 const EMPTY_CONFIG = join(mkdtempSync(join(tmpdir(), "gpu-persistd-config-")), "config.json");
 writeFileSync(EMPTY_CONFIG, "{}");
 // Short event waits: a release waits for the one in flight (10 s by default) before it ends the NVML session.
-const BASE_ENV = { PATH: process.env.PATH, GPU_PERSISTD_CONFIG: EMPTY_CONFIG, GPU_PERSISTD_EVENT_WAIT_MS: "200" };
+const BASE_ENV = { PATH: process.env.PATH, GPU_PERSISTD_CONFIG: EMPTY_CONFIG };
 
 export interface SimConfig {
   gpus?: number | Record<string, unknown>[];
@@ -26,6 +26,8 @@ export interface SimConfig {
   events?: Record<string, unknown>[];
   statePath?: string;
   callLogPath?: string;
+  /** The stand-in nodes' directory: the simulated NVML session then holds an fd on each GPU it attaches, as real NVML does. */
+  attachDir?: string;
 }
 
 /** A scratch directory with a runtime dir, a simulator config and its call log. */

@@ -2,6 +2,7 @@
 // libnvidia-ml loaded through the real koffi binding. Ordering comes from the simulator's
 // gates (a call blocks until the test opens the gate), never from sleeping.
 import { readdirSync, readlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import koffi from "koffi";
 import pino from "pino";
 import { afterEach } from "vitest";
@@ -181,12 +182,15 @@ export class InProcessFixture {
     return this.#scratch;
   }
 
-  /** A daemon (not started) on simulated GPUs configured by `sim`. */
-  daemon(sim: SimConfig, config: Partial<Config> = {}): InProcessDaemon {
+  /**
+   * A daemon (not started) on simulated GPUs configured by `sim`. With `attach`, the
+   * simulated NVML session holds an fd on each GPU's stand-in node, as real NVML does.
+   */
+  daemon(sim: SimConfig, config: Partial<Config> = {}, { attach = false } = {}): InProcessDaemon {
     simReset();
     this.#scratch = new Scratch();
     writeFileSync(this.#scratch.callLogPath, "");
-    this.#scratch.writeSimConfig(sim);
+    this.#scratch.writeSimConfig(attach ? { attachDir: join(this.#scratch.runtimeDir, "sim-dev"), ...sim } : sim);
     // The simulator reads its configuration from the environment at nvmlInit.
     process.env.GPU_PERSISTD_SIM_CONFIG = this.#scratch.simConfigPath;
     delete process.env.GPU_PERSISTD_SIM_GPUS;

@@ -8,6 +8,7 @@
 //   npm run bench [-- --json] [-- --save] [-- --check]    (npm run bench --json works too)
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
 import os from "node:os";
 import { join, resolve } from "node:path";
 
@@ -16,6 +17,7 @@ const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const ATTACH_DELAY_MS = 500;
 const IDLE_SECONDS = Number(process.env.BENCH_IDLE_SECONDS ?? 60);
 const RPC_CALLS = Number(process.env.BENCH_RPC_CALLS ?? 5000);
+const RELEASES = Number(process.env.BENCH_RELEASES ?? 100);
 const args = new Set(process.argv.slice(2));
 // `npm run bench --json` hands --json (and --save, --check) to npm, which passes them on as npm_config_*.
 for (const flag of ["json", "save", "check"]) if (process.env[`npm_config_${flag}`] === "true") args.add(`--${flag}`);
@@ -93,10 +95,14 @@ async function notifyReceiver(path) {
 }
 
 /** Starts the daemon through the launcher on N simulated GPUs; resolves once READY=1 arrives. */
-async function startDaemon(gpus, { serial = false, attachDelayMs = ATTACH_DELAY_MS, env = {} } = {}) {
+async function startDaemon(gpus, { serial = false, attachDelayMs = ATTACH_DELAY_MS, env = {}, attach = false } = {}) {
   const dir = mkdtempSync(join(scratch, "run-"));
   const simConfig = join(dir, "sim.json");
-  writeFileSync(simConfig, JSON.stringify({ attachDelayMs }));
+  // attach: the simulated NVML session holds each GPU's stand-in node, as real NVML does.
+  writeFileSync(
+    simConfig,
+    JSON.stringify({ attachDelayMs, ...(attach ? { attachDir: join(dir, "run/sim-dev") } : {}) }),
+  );
   const notify = await notifyReceiver(join(dir, "notify"));
   const ready = notify.nextReady();
   const started = performance.now();
@@ -212,6 +218,78 @@ async function rpc() {
   return { ours, floor: floorResult };
 }
 
+const percentile = (values, p) =>
+  [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((values.length * p) / 100))];
+
+/** `gpu-persistd release 0 -- COMMAND` as its client does it: ms to the release's answer, and to the re-hold's once the client ends. */
+function leaseOnce(controlSocket) {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    let released = 0;
+    let buffered = "";
+    const socket = connect(controlSocket, () => socket.write('{"command":"release","gpus":["0"]}\n'));
+    socket.setEncoding("utf8");
+    socket.on("error", reject);
+    socket.on("data", (chunk) => {
+      buffered += chunk;
+      for (let nl = buffered.indexOf("\n"); nl >= 0; nl = buffered.indexOf("\n")) {
+        const line = JSON.parse(buffered.slice(0, nl));
+        buffered = buffered.slice(nl + 1);
+        if (line.error) reject(new Error(line.error));
+        else if (line.released) {
+          released = performance.now();
+          socket.end();
+        } else if (line.held) resolve({ release: released - t0, rehold: performance.now() - released });
+      }
+    });
+  });
+}
+
+/** Release and re-hold with the shipped defaults on 8 GPUs, the NVML session attaching every GPU. */
+async function releases() {
+  const { cc } = JSON.parse(readFileSync(join(ROOT, "test/rpc/tirpc-client.build.json"), "utf8"));
+  const client = build(join(ROOT, "test/rpc/tirpc-client.c"), join(scratch, "tirpc-client"), cc);
+  const d = await startDaemon(8, { attachDelayMs: 0, attach: true });
+  const socket = join(d.runtimeDir, "socket");
+  const toggle = (vers) =>
+    JSON.parse(
+      spawnSync(client, [socket, "toggle", String(RELEASES), String(vers), "0", "6", "0"], { encoding: "utf8" }).stdout,
+    );
+  const v2 = toggle(2);
+  const v1 = toggle(1);
+  const leases = [];
+  for (let i = 0; i < RELEASES; i++) leases.push(await leaseOnce(join(d.runtimeDir, "gpu-persistd.sock")));
+  await d.stop();
+  if (v2.error || v1.error) throw new Error(`release bench: ${v2.error ?? v1.error}`);
+  const ms = (us) => us / 1000;
+  return {
+    release_rpc_v2_p50_ms: ms(v2.disable_p50_us),
+    release_rpc_v2_p99_ms: ms(v2.disable_p99_us),
+    rehold_rpc_v2_p50_ms: ms(v2.enable_p50_us),
+    rehold_rpc_v2_p99_ms: ms(v2.enable_p99_us),
+    release_rpc_v1_p50_ms: ms(v1.disable_p50_us),
+    release_rpc_v1_p99_ms: ms(v1.disable_p99_us),
+    rehold_rpc_v1_p50_ms: ms(v1.enable_p50_us),
+    rehold_rpc_v1_p99_ms: ms(v1.enable_p99_us),
+    release_lease_p50_ms: percentile(
+      leases.map((l) => l.release),
+      50,
+    ),
+    release_lease_p99_ms: percentile(
+      leases.map((l) => l.release),
+      99,
+    ),
+    rehold_lease_p50_ms: percentile(
+      leases.map((l) => l.rehold),
+      50,
+    ),
+    rehold_lease_p99_ms: percentile(
+      leases.map((l) => l.rehold),
+      99,
+    ),
+  };
+}
+
 async function main() {
   const result = {
     machine: `${os.cpus()[0]?.model ?? "unknown CPU"}, ${os.cpus().length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.release()}, node ${process.version}`,
@@ -254,6 +332,11 @@ async function main() {
     rpc_floor_p99_us: r.floor.p99_us,
   });
 
+  progress(
+    `releases: ${RELEASES} RPC v2 and v1 Set DISABLED/ENABLED, and ${RELEASES} release -- COMMAND leases, 8 GPUs, shipped defaults`,
+  );
+  Object.assign(result, await releases());
+
   for (const [k, v] of Object.entries(result)) if (typeof v === "number") result[k] = Math.round(v * 100) / 100;
   result.targets = {
     "threads <= 12": result.threads <= 12,
@@ -265,6 +348,14 @@ async function main() {
     "RPC p50 <= 2 x the C floor": result.rpc_get_p50_us <= 2 * result.rpc_floor_p50_us,
     "READY(8)/READY(1) at 500 ms attach <= 1.15": result.ready_ms_8 / result.ready_ms_1_attach <= 1.15,
     "READY(64) <= 1.5 x 500 ms + 300 ms": result.ready_ms_64 <= 1050,
+    "release and re-hold p99 <= 100 ms (RPC v1, v2, lease)": [
+      "release_rpc_v2_p99_ms",
+      "rehold_rpc_v2_p99_ms",
+      "release_rpc_v1_p99_ms",
+      "rehold_rpc_v1_p99_ms",
+      "release_lease_p99_ms",
+      "rehold_lease_p99_ms",
+    ].every((k) => result[k] <= 100),
   };
   if (args.has("--save")) {
     mkdirSync(join(ROOT, "bench/results"), { recursive: true });
@@ -298,6 +389,16 @@ async function main() {
         "RPC Get p50 / p99",
         `${result.rpc_get_p50_us} / ${result.rpc_get_p99_us} us`,
         `C floor: ${result.rpc_floor_p50_us} / ${result.rpc_floor_p99_us} us`,
+      ],
+      [
+        "release p50 / p99",
+        `${result.release_rpc_v2_p50_ms} / ${result.release_rpc_v2_p99_ms} ms`,
+        `RPC v2 Set DISABLED; v1: ${result.release_rpc_v1_p50_ms} / ${result.release_rpc_v1_p99_ms}; lease: ${result.release_lease_p50_ms} / ${result.release_lease_p99_ms}`,
+      ],
+      [
+        "re-hold p50 / p99",
+        `${result.rehold_rpc_v2_p50_ms} / ${result.rehold_rpc_v2_p99_ms} ms`,
+        `RPC v2 Set ENABLED; v1: ${result.rehold_rpc_v1_p50_ms} / ${result.rehold_rpc_v1_p99_ms}; lease end: ${result.rehold_lease_p50_ms} / ${result.rehold_lease_p99_ms}`,
       ],
     ];
     for (const [name, value, note] of rows) console.log(`  ${name.padEnd(24)} ${value.padEnd(20)} ${note}`);

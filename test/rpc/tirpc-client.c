@@ -8,6 +8,9 @@
  *   tirpc-client SOCKET [--auth-sys] PROG VERS proc N
  *   tirpc-client SOCKET bench N DOMAIN BUS SLOT      N Gets, one connection each (as NVML does):
  *                                                   prints p50/p99 latency in microseconds
+ *   tirpc-client SOCKET toggle N VERS DOMAIN BUS SLOT
+ *                                                   N Set DISABLED then Set ENABLED (root), one
+ *                                                   connection each, 5 s timeout as NVML's: p50/p99 of each
  */
 #include <rpc/rpc.h>
 #include <stdio.h>
@@ -111,6 +114,33 @@ int main(int argc, char **argv) {
         qsort(lat, (size_t)n, sizeof(double), compare);
         printf("{\"calls\":%d,\"p50_us\":%.1f,\"p99_us\":%.1f,\"per_s\":%.1f}\n", n, lat[n / 2], lat[(n * 99) / 100],
                n / (total / 1e6));
+        return 0;
+    }
+    if (strcmp(argv[2], "toggle") == 0 && argc == 8) {
+        int n = atoi(argv[3]);
+        unsigned long vers = strtoul(argv[4], NULL, 0);
+        struct timeval five = {5, 0};
+        double *lat[2] = {malloc(sizeof(double) * (size_t)n), malloc(sizeof(double) * (size_t)n)};
+        for (int i = 0; i < n; i++) {
+            for (int mode = 0; mode < 2; mode++) {
+                struct set_args s = {{atoi(argv[5]), atoi(argv[6]), atoi(argv[7]), 0}, mode};
+                int status = -1;
+                double t0 = now_us();
+                CLIENT *c = connect_to(path, 35006, vers, 1);
+                enum clnt_stat st = clnt_call(c, 1, (xdrproc_t)xdr_set_args, (char *)&s, (xdrproc_t)xdr_int,
+                                              (char *)&status, five);
+                clnt_destroy(c);
+                if (st != RPC_SUCCESS || status != 0) {
+                    printf("{\"error\":\"set %d of round %d: %s, status %d\"}\n", mode, i, clnt_sperrno(st), status);
+                    return 1;
+                }
+                lat[mode][i] = now_us() - t0;
+            }
+        }
+        for (int mode = 0; mode < 2; mode++) qsort(lat[mode], (size_t)n, sizeof(double), compare);
+        printf("{\"rounds\":%d,\"disable_p50_us\":%.1f,\"disable_p99_us\":%.1f,\"enable_p50_us\":%.1f,"
+               "\"enable_p99_us\":%.1f}\n",
+               n, lat[0][n / 2], lat[0][(n * 99) / 100], lat[1][n / 2], lat[1][(n * 99) / 100]);
         return 0;
     }
     int i = 2, auth_sys = 0;

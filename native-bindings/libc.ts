@@ -127,3 +127,30 @@ export function execve(path: string, argv: string[], env: NodeJS.ProcessEnv): st
   );
   return lastErrno().code;
 }
+
+/** The path a listening unix socket is bound to (getsockname), or null for any other socket. */
+export function unixSocketPath(fd: number): string | null {
+  const address = Buffer.alloc(110);
+  const length = [address.length];
+  if (
+    (libcFunction("int getsockname(int fd, _Out_ uint8_t *addr, _Inout_ uint32_t *len)")(
+      fd,
+      address,
+      length,
+    ) as number) !== 0
+  ) {
+    return null;
+  }
+  if (address.readUInt16LE(0) !== 1 /* AF_UNIX */) return null;
+  const path = address.subarray(2, Math.min(length[0] ?? 2, address.length));
+  const end = path.indexOf(0);
+  return (end < 0 ? path : path.subarray(0, end)).toString("utf8") || null;
+}
+
+/** An anonymous in-memory file (memfd_create), close-on-exec: state that only PID 1 keeps. */
+export function memoryFile(name: string): number {
+  const MFD_CLOEXEC = 1;
+  const fd = libcFunction("int memfd_create(const char *name, unsigned int flags)")(name, MFD_CLOEXEC) as number;
+  if (fd < 0) throw new Error(`memfd_create: ${lastErrno().code}`);
+  return fd;
+}

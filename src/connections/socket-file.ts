@@ -1,6 +1,7 @@
 // The unix socket files the daemon serves: the path must fit in sockaddr_un, and whatever is
 // in its place must be a socket left by an earlier run (never a directory, file or link).
-import { lstatSync, unlinkSync } from "node:fs";
+import { chmodSync, lstatSync, unlinkSync } from "node:fs";
+import type { Server } from "node:net";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 
@@ -40,4 +41,24 @@ export function clearStaleSocket(path: string): void {
     ExitCode.CONFIG,
     `${path} is ${kind}, not a socket: the daemon's socket goes there. Remove it (rm -r ${path}) and start again.`,
   );
+}
+
+/**
+ * Serves `path` on `server`: on the listening socket systemd handed over (socket
+ * activation: the socket and its inode outlive this process, and clients that connect
+ * while it restarts wait in the backlog), or else bound anew, with `mode`, over whatever
+ * stale socket a killed daemon left.
+ */
+export async function listenUnix(server: Server, path: string, mode: number, handedFd?: number): Promise<void> {
+  if (handedFd === undefined) clearStaleSocket(path);
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    const done = (): void => {
+      server.off("error", reject);
+      resolve();
+    };
+    if (handedFd !== undefined) server.listen({ fd: handedFd }, done);
+    else server.listen({ path, backlog: 4096 }, done);
+  });
+  if (handedFd === undefined) chmodSync(path, mode);
 }

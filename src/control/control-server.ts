@@ -2,14 +2,13 @@
 // in, one JSON reply line out, then the connection closes. Bounded as the RPC socket is:
 // request size, one deadline for the whole request, connection slots per uid with a reserve
 // for root and the daemon's own user, and rejected requests logged quoted and rate-limited.
-import { chmodSync } from "node:fs";
 import { createServer, type Server } from "node:net";
 import { type PeerCredentials, peerCredentials } from "../../native-bindings/peer-credentials.js";
 import { clientText } from "../connections/client-text.js";
 import { ConnectionSlots, type SlotLimits } from "../connections/connection-slots.js";
 import { RejectionLog } from "../connections/rejection-log.js";
 import { socketFd } from "../connections/socket-fd.js";
-import { clearStaleSocket } from "../connections/socket-file.js";
+import { listenUnix } from "../connections/socket-file.js";
 import type { Log } from "../log.js";
 
 export const MAX_REQUEST_BYTES = 4096;
@@ -51,7 +50,12 @@ function parseRequest(line: string): ControlRequest {
   return value as ControlRequest;
 }
 
-export async function startControlServer(path: string, handler: ControlHandler, log: Log): Promise<Server> {
+export async function startControlServer(
+  path: string,
+  handler: ControlHandler,
+  log: Log,
+  handedFd?: number,
+): Promise<Server> {
   const rejections = new RejectionLog(log, "control socket");
   const slots = new ConnectionSlots(CONTROL_SLOTS);
   const server = createServer({ allowHalfOpen: true }, (socket) => {
@@ -140,15 +144,7 @@ export async function startControlServer(path: string, handler: ControlHandler, 
       if (!answered && !buffered.includes("\n")) refuse(`the request ended without a newline: ${clientText(buffered)}`);
     });
   });
-  clearStaleSocket(path);
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(path, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
   // Status is for every local user, as nvidia-smi's persistence query is.
-  chmodSync(path, 0o666);
+  await listenUnix(server, path, 0o666, handedFd);
   return server;
 }

@@ -15,6 +15,8 @@ import { DaemonMetrics } from "../metrics/daemon-metrics.js";
 import type { MetricsTextfile } from "../metrics/metrics-textfile.js";
 import type { RpcServer } from "../rpc/rpc-server.js";
 import type { RuntimeDir } from "../runtime-dir.js";
+import { FdStore } from "../systemd/fd-store.js";
+import { type PassedFd, passedFds } from "../systemd/listen-fds.js";
 import type { SystemdNotifier } from "../systemd/notify.js";
 import type { Watchdog } from "../systemd/watchdog.js";
 import { ReleaseLeases } from "./release-leases.js";
@@ -52,6 +54,12 @@ export class DaemonContext {
   watchdog: Watchdog | null = null;
   metricsListener: HttpServer | null = null;
   metricsTextfile: MetricsTextfile | null = null;
+  /** systemd's fd store: holds the GPUs across restarts (a no-op outside systemd). */
+  readonly fdStore: FdStore;
+  /** What systemd handed over at start (LISTEN_FDS), read once. */
+  readonly passedFds: PassedFd[];
+  /** The socket unit's listening sockets, by path. */
+  handedSockets: ReadonlyMap<string, number> = new Map();
   /** READY=1 was sent: every selected GPU has settled. */
   ready = false;
   stopping = false;
@@ -60,6 +68,8 @@ export class DaemonContext {
     this.config = config;
     this.deps = deps;
     this.setter = new PersistenceSetter(config.dryRun);
+    this.fdStore = new FdStore(deps.notifier);
+    this.passedFds = passedFds(deps.env);
   }
 
   get log(): Log {

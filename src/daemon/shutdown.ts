@@ -11,12 +11,12 @@ export async function shutdown(ctx: DaemonContext, code: ExitCode, reason: strin
   notifier.stopping();
   log.info(`stopping: ${reason}`);
   ctx.health?.stop();
-  const xid = ctx.xid;
+  // The Xid event set dies with the session: freeing it is one more call that could hang.
   ctx.xid = null;
   ctx.control?.close();
   ctx.rpc?.close();
   // First of all the GPUs: nothing below may delay their release.
-  await ctx.registry?.releaseAll();
+  ctx.registry?.releaseAll();
   ctx.metricsListener?.close();
   ctx.metricsListener?.closeAllConnections();
   // The file then says what is true after the stop: no GPU held.
@@ -24,7 +24,6 @@ export async function shutdown(ctx: DaemonContext, code: ExitCode, reason: strin
   for (const left of runtime.remove()) log.warn(`could not remove ${left}`);
   // nvmlShutdown beside a call still inside NVML (a health check) crashes real NVML: the
   // session ends only once they returned, else it is left to the kernel.
-  await xid?.stop();
   const problem = (await ctx.session?.end(ctx.config.stopTimeoutMs)) ?? "";
   if (problem) log.warn(`exiting without a clean NVML shutdown: ${problem}`);
   log.info(`Shutdown (${process.pid})`);

@@ -10,12 +10,14 @@ import { startControlServer } from "../control/control-server.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { fixes } from "../fixes.js";
+import { adoptHanded } from "../gpu/adoption.js";
 import { describeError } from "../gpu/describe-error.js";
 import { REAL_DEVICE_DIR } from "../gpu/device-node.js";
 import { type Gpu, GpuRegistry, identifyGpus } from "../gpu/gpu-registry.js";
 import { parseGpuSelector, selectorKindName } from "../gpu/gpu-selector.js";
 import { DeviceEffects } from "../gpu/hold-effects.js";
 import { NvmlSession } from "../gpu/nvml-session.js";
+import { formatPciAddress } from "../gpu/pci-address.js";
 import { SessionCoordinator } from "../gpu/session-coordinator.js";
 import { HealthMonitor } from "../health/health-monitor.js";
 import { XidEvents } from "../health/xid-events.js";
@@ -118,20 +120,38 @@ async function bringUp(ctx: DaemonContext, session: NvmlSession, progress: Progr
     : NvidiaKernel.real(config.nvmlTimeoutMs);
   ctx.kernel = kernel;
   const identities = await identifyGpus(session.nvml, count, config.bringUpConcurrency);
+  const deviceDir = simulated ? runtime.simDeviceDir : REAL_DEVICE_DIR;
+  if (simulated) {
+    // Under systemd the stand-ins outlive the daemon, as /dev/nvidiaN does: what the fd store
+    // keeps across a restart must still be the node the next run finds.
+    if (!ctx.fdStore.enabled) runtime.track(deviceDir);
+    createStandInNodes(
+      deviceDir,
+      identities.flatMap((id) => (id instanceof Error ? [] : [id.minor])),
+    );
+  }
+  const handed = adoptHanded(ctx.passedFds, identities, { deviceDir, simulated, store: ctx.fdStore, log });
+  const effects = new DeviceEffects({
+    nvml: session.nvml,
+    kernel,
+    setter: ctx.setter,
+    deviceDir,
+    uvmRetryEveryMs: ctx.deps.uvmRetry?.everyMs ?? UVM_RETRY_EVERY_MS,
+    uvmRetryForMs: ctx.deps.uvmRetry?.forMs ?? UVM_RETRY_FOR_MS,
+    store: ctx.fdStore,
+    handed,
+  });
   const registry = new GpuRegistry(identities, {
-    effects: new DeviceEffects({
-      nvml: session.nvml,
-      kernel,
-      setter: ctx.setter,
-      deviceDir: simulated ? runtime.simDeviceDir : REAL_DEVICE_DIR,
-      uvmRetryEveryMs: ctx.deps.uvmRetry?.everyMs ?? UVM_RETRY_EVERY_MS,
-      uvmRetryForMs: ctx.deps.uvmRetry?.forMs ?? UVM_RETRY_FOR_MS,
-    }),
+    effects,
     uvmPersistence: config.uvmPersistenceMode,
     nvmlOpen: () => session.open,
     dryRun: config.dryRun,
   });
   ctx.registry = registry;
+  ctx.handedSockets = handed.sockets;
+  if (handed.nodes.size > 0) {
+    log.info(`adopting ${handed.nodes.size} GPU nodes the previous run kept in systemd's fd store: no GPU was let go`);
+  }
   for (const gpu of registry.list()) {
     if (gpu.state === "unidentified")
       log.error(gpuFields(gpu), `cannot identify GPU ${gpu.index}: ${describeError(gpu.fault)}`);
@@ -144,16 +164,12 @@ async function bringUp(ctx: DaemonContext, session: NvmlSession, progress: Progr
     if (ctx.ready && !ctx.stopping) ctx.deps.notifier.status(daemonStatusLine(ctx));
   });
   const unmatched = applySelection(ctx, registry);
-  if (simulated) {
-    runtime.track(runtime.simDeviceDir);
-    createStandInNodes(
-      runtime.simDeviceDir,
-      registry
-        .list()
-        .filter((g) => g.minor >= 0)
-        .map((g) => g.minor),
-    );
+  // Released at a client's request before the restart: they stay released.
+  for (const index of handed.released) {
+    const gpu = registry.list()[index];
+    if (gpu) await registry.release(gpu);
   }
+  keepReleasedState(ctx, registry);
   checkpoint(ctx);
   if (!config.persistenceMode) {
     log.info("starting with every GPU released (--no-persistence-mode)");
@@ -176,6 +192,7 @@ async function bringUp(ctx: DaemonContext, session: NvmlSession, progress: Progr
   } finally {
     registry.off("transition", onTransition);
   }
+  await effects.discardUnused((message) => log.info(message));
   checkpoint(ctx);
   if (selected.some((g) => g.state === "held")) return registry;
   const first = selected.find((g) => g.fault !== null);
@@ -187,15 +204,38 @@ async function bringUp(ctx: DaemonContext, session: NvmlSession, progress: Progr
   );
 }
 
-async function openSockets(ctx: DaemonContext, registry: GpuRegistry): Promise<void> {
+/** Under systemd, the GPUs a client released are recorded in the fd store: a restart keeps them released. */
+function keepReleasedState(ctx: DaemonContext, registry: GpuRegistry): void {
+  const store = ctx.fdStore;
+  if (!store.enabled) return;
+  const record = (): void =>
+    store.keepState({
+      released: registry.list().flatMap((g) => (g.state === "released" && g.pci ? [formatPciAddress(g.pci)] : [])),
+    });
+  record();
+  registry.on("transition", (t) => {
+    if ((t.from === "released" || t.to === "released") && !ctx.stopping) record();
+  });
+}
+
+async function openSockets(ctx: DaemonContext): Promise<void> {
   const { config, log } = ctx;
   const { runtime } = ctx.deps;
-  ctx.control = await startControlServer(runtime.controlSocket, controlHandler(ctx), log);
+  const handed = (path: string): number | undefined => ctx.handedSockets.get(path);
+  ctx.control = await startControlServer(
+    runtime.controlSocket,
+    controlHandler(ctx),
+    log,
+    handed(runtime.controlSocket),
+  );
   // From here on NVML's setter would reach this daemon through the socket: close it first.
   ctx.setter.closeForRpc();
   log.debug("NVML's persistence setter closed: the RPC socket opens now");
-  ctx.rpc = await RpcServer.listen(runtime.rpcSocket, rpcBackend(ctx), log);
-  log.info(`serving the persistence RPC protocol on ${runtime.rpcSocket}`);
+  const rpcFd = handed(runtime.rpcSocket);
+  ctx.rpc = await RpcServer.listen(runtime.rpcSocket, rpcBackend(ctx), log, undefined, rpcFd);
+  log.info(
+    `serving the persistence RPC protocol on ${runtime.rpcSocket}${rpcFd === undefined ? "" : " (the socket unit's: it outlives this process)"}`,
+  );
   if (config.metricsListen) {
     // Before the drop: a port below 1024 needs root to bind, not to serve.
     const address = parseLoopbackAddress(config.metricsListen) as ListenAddress;
@@ -284,7 +324,7 @@ export async function startUp(ctx: DaemonContext): Promise<void> {
   // From here on clients may release GPUs: the session follows the registry's state.
   const coordinator = new SessionCoordinator(session, registry, log);
   ctx.coordinator = coordinator;
-  await openSockets(ctx, registry);
+  await openSockets(ctx);
   checkpoint(ctx);
   if (identity) {
     // The runtime directory stays root's: the dropped user could otherwise plant links there

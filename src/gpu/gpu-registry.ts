@@ -230,14 +230,18 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     this.#move(gpu, "holding", "debug", "holding the GPU");
     try {
       if (origin === "config" && this.#o.nvmlOpen()) {
-        const { reading, note } = await effects.enablePersistence(gpu);
-        gpu.persistence = reading;
-        this.#note(gpu, "info", note);
+        gpu.persistence = await effects.readPersistence(gpu);
+        if (gpu.persistence === "enabled") this.#note(gpu, "info", "already in requested persistence mode");
+        else {
+          const { reading, note } = await effects.enablePersistence(gpu);
+          gpu.persistence = reading;
+          this.#note(gpu, "info", note);
+        }
       }
       const fd = await effects.openNode(gpu);
       if (this.#closed) {
         // The daemon is stopping: it must leave nothing open.
-        await effects.close(fd);
+        await effects.close(fd, false);
         return;
       }
       gpu.fd = fd;
@@ -380,8 +384,11 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     });
   }
 
-  /** Lets go of the GPU, off the event loop: the UVM registration first, then the node. */
-  async #close(gpu: Entry): Promise<void> {
+  /**
+   * Lets go of the GPU, off the event loop: the UVM registration first, then the node.
+   * `forGood` (every case but the daemon's stop): no copy stays in systemd's fd store.
+   */
+  async #close(gpu: Entry, forGood = true): Promise<void> {
     const { fd, uvmFd } = gpu;
     gpu.fd = null;
     gpu.uvmFd = null;
@@ -389,9 +396,11 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     await gpu.probing?.catch(() => {});
     const { effects } = this.#o;
     if (uvmFd !== null)
-      await effects.close(uvmFd).catch((err) => this.#note(gpu, "warn", `closing the UVM fd: ${errorText(err)}`));
+      await effects
+        .close(uvmFd, forGood)
+        .catch((err) => this.#note(gpu, "warn", `closing the UVM fd: ${errorText(err)}`));
     if (fd !== null)
-      await effects.close(fd).catch((err) => this.#note(gpu, "warn", `closing the node: ${errorText(err)}`));
+      await effects.close(fd, forGood).catch((err) => this.#note(gpu, "warn", `closing the node: ${errorText(err)}`));
   }
 
   /** NVML, an Xid or the driver said the GPU is gone: let go of it until the daemon restarts. */
@@ -479,15 +488,22 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     });
   }
 
-  /** At stop: closes every node now (in parallel, off the loop), without waiting for queued transitions; none opens after. */
-  async releaseAll(): Promise<void> {
+  /**
+   * At stop: closes every node now, without waiting for queued transitions; none opens
+   * after. Under systemd the fd store keeps holding them: a restart finds them there, and a
+   * stop for good flushes the store.
+   */
+  releaseAll(): void {
     this.#closed = true;
-    await Promise.all(
-      this.#gpus.map(async (gpu) => {
-        if (gpu.fd === null) return;
-        await this.#close(gpu);
-        this.#move(gpu, "identified", "debug", "released the GPU: the daemon stops");
-      }),
-    );
+    for (const gpu of this.#gpus) {
+      const { fd, uvmFd } = gpu;
+      if (fd === null) continue;
+      gpu.fd = null;
+      gpu.uvmFd = null;
+      gpu.uvm = "off";
+      if (uvmFd !== null) this.#o.effects.closeNow(uvmFd);
+      this.#o.effects.closeNow(fd);
+      this.#move(gpu, "identified", "debug", "released the GPU: the daemon stops");
+    }
   }
 }

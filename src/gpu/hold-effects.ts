@@ -3,7 +3,7 @@
 // opening a cold GPU's node initialises it, closing its last reference tears it down, both
 // seconds on a large GPU, and the ioctls take the driver's locks. The registry's claim
 // machine drives these; its tests drive a fake of them.
-import { close } from "node:fs";
+import { close, closeSync } from "node:fs";
 import { promisify } from "node:util";
 import {
   KernelCallError,
@@ -12,19 +12,24 @@ import {
   type NvidiaKernel,
 } from "../../native-bindings/nvidia-kernel.js";
 import { type Nvml, PERSISTENCE_ENABLED } from "../../native-bindings/nvml.js";
+import type { FdStore } from "../systemd/fd-store.js";
+import { fdName, type Handed } from "./adoption.js";
 import { deviceNodePath, openDeviceNode } from "./device-node.js";
 import type { Gpu, PersistenceReading } from "./gpu-model.js";
 import type { PersistenceSetter } from "./persistence-setter.js";
 
 const closeAsync = promisify(close);
 
+/** What enabling persistence came to: the mode it reads after, and what to log. */
 export interface PersistenceOutcome {
   reading: PersistenceReading;
   note: string;
 }
 
 export interface HoldEffects {
-  /** Reads the persistence mode; where it reads off, enables it through NVML's setter if the setter may be called. */
+  /** The persistence mode as NVML reads it. */
+  readPersistence(gpu: Gpu): Promise<PersistenceReading>;
+  /** Enables persistence through NVML's setter, if the setter may be called (it read disabled). */
   enablePersistence(gpu: Gpu): Promise<PersistenceOutcome>;
   /** Opens the GPU's node: the fd that holds it. DeviceNodeError when it cannot. */
   openNode(gpu: Gpu): Promise<number>;
@@ -35,8 +40,17 @@ export interface HoldEffects {
    * while the NVLink fabric is not ready unless `stopping()`; throws the last error.
    */
   registerUvm(gpu: Gpu, stopping: () => boolean): Promise<number>;
-  /** Closes a node or UVM fd; the last close of a GPU's node tears the GPU down. */
-  close(fd: number): Promise<void>;
+  /**
+   * Closes a node or UVM fd; the last close of a GPU's node tears the GPU down. `forGood`:
+   * the GPU is let go (released, lost, deselected), so no copy may stay in systemd's fd
+   * store either; without it (the daemon stops) the store keeps holding it across a restart.
+   */
+  close(fd: number, forGood: boolean): Promise<void>;
+  /**
+   * At stop only: closes at once, on the main thread. The loop has nothing left to serve
+   * then, and thread-pool work could wait behind NVML calls hung in the driver.
+   */
+  closeNow(fd: number): void;
 }
 
 export interface DeviceEffectsOptions {
@@ -48,22 +62,71 @@ export interface DeviceEffectsOptions {
   /** UVM registration: retried this often while the NVLink fabric is not ready, for at most uvmRetryForMs. */
   uvmRetryEveryMs: number;
   uvmRetryForMs: number;
+  /** systemd's fd store (a no-op outside systemd): every fd that holds a GPU goes there. */
+  store: FdStore;
+  /** What the previous run kept, by GPU index: used instead of opening anew. */
+  handed: Pick<Handed, "nodes" | "uvm">;
 }
 
 /** The effects on the real driver (or the simulator's stand-ins). */
 export class DeviceEffects implements HoldEffects {
   readonly #o: DeviceEffectsOptions;
+  /** The fd store's name of each fd handed out, to drop it when the fd is closed for good. */
+  readonly #stored = new Map<number, string>();
 
   constructor(options: DeviceEffectsOptions) {
     this.#o = options;
   }
 
+  /** Takes the fd the previous run kept for `gpu`, if any; else stores `open()`'s. */
+  async #kept(kind: "gpu" | "uvm", gpu: Gpu, open: () => Promise<number>): Promise<number> {
+    const handed = kind === "gpu" ? this.#o.handed.nodes : this.#o.handed.uvm;
+    const adopted = handed.get(gpu.index);
+    if (gpu.pci === null) return open();
+    const name = fdName(kind, gpu.pci);
+    if (adopted !== undefined) {
+      // Still in the store: PID 1 has held it all along.
+      handed.delete(gpu.index);
+      this.#stored.set(adopted, name);
+      return adopted;
+    }
+    const fd = await open();
+    this.#o.store.keep(name, fd);
+    this.#stored.set(fd, name);
+    return fd;
+  }
+
+  /** Closes and drops from the store what the previous run kept that nothing took. */
+  async discardUnused(log: (message: string) => void): Promise<void> {
+    for (const [kind, handed] of [
+      ["gpu", this.#o.handed.nodes],
+      ["uvm", this.#o.handed.uvm],
+    ] as const) {
+      for (const [index, fd] of handed) {
+        handed.delete(index);
+        log(
+          `GPU ${index}: let go of the ${kind === "gpu" ? "node" : "UVM registration"} the previous run kept: the GPU is not wanted now`,
+        );
+        await this.#closeStored(fd, true);
+      }
+    }
+  }
+
+  async #closeStored(fd: number, forGood: boolean): Promise<void> {
+    const name = this.#stored.get(fd);
+    this.#stored.delete(fd);
+    if (forGood && name !== undefined) this.#o.store.drop(name);
+    await closeAsync(fd);
+  }
+
+  async readPersistence(gpu: Gpu): Promise<PersistenceReading> {
+    if (gpu.handle === null) throw gpu.fault ?? new Error("the GPU was not identified");
+    return (await this.#o.nvml.persistenceMode(gpu.handle)) === PERSISTENCE_ENABLED ? "enabled" : "disabled";
+  }
+
   async enablePersistence(gpu: Gpu): Promise<PersistenceOutcome> {
     const { nvml, setter } = this.#o;
     if (gpu.handle === null) throw gpu.fault ?? new Error("the GPU was not identified");
-    if ((await nvml.persistenceMode(gpu.handle)) === PERSISTENCE_ENABLED) {
-      return { reading: "enabled", note: "already in requested persistence mode" };
-    }
     const outcome = await setter.enable(nvml, gpu.handle);
     if (outcome === "enabled") return { reading: "enabled", note: "persistence mode enabled" };
     return {
@@ -76,14 +139,18 @@ export class DeviceEffects implements HoldEffects {
   }
 
   openNode(gpu: Gpu): Promise<number> {
-    return openDeviceNode(deviceNodePath(this.#o.deviceDir, gpu.minor));
+    return this.#kept("gpu", gpu, () => openDeviceNode(deviceNodePath(this.#o.deviceDir, gpu.minor)));
   }
 
   readNuma(fd: number): Promise<NumaInfo> {
     return this.#o.kernel.numaInfo(fd);
   }
 
-  async registerUvm(gpu: Gpu, stopping: () => boolean): Promise<number> {
+  registerUvm(gpu: Gpu, stopping: () => boolean): Promise<number> {
+    return this.#kept("uvm", gpu, () => this.#registerUvm(gpu, stopping));
+  }
+
+  async #registerUvm(gpu: Gpu, stopping: () => boolean): Promise<number> {
     const { kernel, deviceDir, uvmRetryEveryMs, uvmRetryForMs } = this.#o;
     const started = performance.now();
     for (;;) {
@@ -97,7 +164,12 @@ export class DeviceEffects implements HoldEffects {
     }
   }
 
-  close(fd: number): Promise<void> {
-    return closeAsync(fd);
+  close(fd: number, forGood: boolean): Promise<void> {
+    return this.#closeStored(fd, forGood);
+  }
+
+  closeNow(fd: number): void {
+    this.#stored.delete(fd);
+    closeSync(fd);
   }
 }

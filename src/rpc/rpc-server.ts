@@ -4,13 +4,12 @@
 // connection (reading stops until the client reads), a deadline for each whole record,
 // connection slots per uid with a reserve for root, and every call before a half-close
 // answered.
-import { chmodSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { type PeerCredentials, peerCredentials } from "../../native-bindings/peer-credentials.js";
 import { ConnectionSlots, type SlotLimits } from "../connections/connection-slots.js";
 import { RejectionLog } from "../connections/rejection-log.js";
 import { socketFd } from "../connections/socket-fd.js";
-import { clearStaleSocket } from "../connections/socket-file.js";
+import { listenUnix } from "../connections/socket-file.js";
 import type { Log } from "../log.js";
 import { handlePersistenceCall, type PersistenceBackend } from "./persistence-program.js";
 import { frameRecord, RecordAssembler, RecordError } from "./record-marking.js";
@@ -72,6 +71,7 @@ export class RpcServer {
     backend: PersistenceBackend,
     log: Log,
     limits: RpcLimits = DEFAULT_RPC_LIMITS,
+    handedFd?: number,
   ): Promise<RpcServer> {
     const rejections = new RejectionLog(log, "RPC");
     const slots = new ConnectionSlots(limits.slots);
@@ -82,17 +82,9 @@ export class RpcServer {
       rpc.#serve(socket, { backend, log, rejections, limits, slots });
     });
     rpc = new RpcServer(server);
-    clearStaleSocket(path);
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen({ path, backlog: 4096 }, () => {
-        server.off("error", reject);
-        resolve();
-      });
-    });
     // Every NVML client on the host asks here (nvidia-smi as any user); setters are
     // refused by peer credentials, not by file mode.
-    chmodSync(path, 0o666);
+    await listenUnix(server, path, 0o666, handedFd);
     return rpc;
   }
 

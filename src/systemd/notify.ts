@@ -32,13 +32,15 @@ export class SystemdNotifier {
    * NOTIFY_SOCKET; a failed send is reported through onError (systemd gone, say) and
    * returns false.
    */
-  send(fields: Record<string, string | number>): boolean {
+  send(fields: Record<string, string | number>, fds: readonly number[] = []): boolean {
     if (!this.#sender || !this.#address) return false;
     const text = Object.entries(fields)
       .map(([k, v]) => `${k}=${String(v).replaceAll("\n", " ")}`)
       .join("\n");
     try {
-      this.#sender.send(this.#address, Buffer.from(`${text}\n`, "utf8"));
+      const payload = Buffer.from(`${text}\n`, "utf8");
+      if (fds.length) this.#sender.sendWithFds(this.#address, payload, fds);
+      else this.#sender.send(this.#address, payload);
       return true;
     } catch (err) {
       this.#onError(err instanceof DatagramError ? err : new Error(String(err)));
@@ -69,6 +71,20 @@ export class SystemdNotifier {
 
   watchdog(): boolean {
     return this.send({ WATCHDOG: 1 });
+  }
+
+  /**
+   * Hands `fd` to systemd's file descriptor store under `name` (FDSTORE=1): PID 1 keeps a
+   * copy across restarts of the unit and hands it back in LISTEN_FDS. `poll: false` for fds
+   * that cannot be polled for hang-ups (FDPOLL=0).
+   */
+  storeFd(name: string, fd: number, poll: boolean): boolean {
+    return this.send({ FDSTORE: 1, FDNAME: name, ...(poll ? {} : { FDPOLL: 0 }) }, [fd]);
+  }
+
+  /** Drops every fd stored under `name` (FDSTOREREMOVE=1): PID 1 closes its copies. */
+  removeFd(name: string): boolean {
+    return this.send({ FDSTOREREMOVE: 1, FDNAME: name });
   }
 
   close(): void {

@@ -4,7 +4,7 @@
 import { describe, expect, it } from "vitest";
 import type { NumaInfo } from "../../native-bindings/nvidia-kernel.js";
 import type { DeviceHandle } from "../../native-bindings/nvml.js";
-import type { Claim, Gpu, GpuState, Origin } from "../../src/gpu/gpu-model.js";
+import type { Claim, Gpu, GpuState, Origin, PersistenceReading } from "../../src/gpu/gpu-model.js";
 import { GpuRegistry } from "../../src/gpu/gpu-registry.js";
 import type { HoldEffects, PersistenceOutcome } from "../../src/gpu/hold-effects.js";
 
@@ -13,9 +13,15 @@ class FakeEffects implements HoldEffects {
   failOpen = false;
   coherent = false;
   #fd = 100;
-  async enablePersistence(): Promise<PersistenceOutcome> {
+  async readPersistence(): Promise<PersistenceReading> {
     this.log.push("persistence");
-    return { reading: "enabled", note: "already in requested persistence mode" };
+    return "enabled";
+  }
+  async enablePersistence(): Promise<PersistenceOutcome> {
+    throw new Error("not called: it reads enabled");
+  }
+  closeNow(fd: number): void {
+    this.log.push(`close now ${fd >= 900 ? "uvm" : "node"}`);
   }
   async openNode(): Promise<number> {
     this.log.push("open");
@@ -30,7 +36,7 @@ class FakeEffects implements HoldEffects {
     this.log.push("uvm");
     return 900;
   }
-  async close(fd: number): Promise<void> {
+  async close(fd: number, _forGood: boolean): Promise<void> {
     this.log.push(`close ${fd >= 900 ? "uvm" : "node"}`);
   }
 }

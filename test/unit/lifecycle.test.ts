@@ -159,7 +159,7 @@ describe("requests from clients", () => {
     expect(await backend.setMode(pci(0x07), false, false)).toBe(NvPdStatus.SUCCESS);
     expect(d.context.session?.open).toBe(false);
     expect(backend.mode(pci(0x07))).toBe(false);
-    expect(d.notifier.sent.at(-1)?.STATUS).toBe("1/2 GPUs persistent; 00000000:07:00.0: released");
+    expect(d.notifier.with("STATUS").at(-1)?.STATUS).toBe("1/2 GPUs persistent; 00000000:07:00.0: released");
     expect(await backend.setMode(pci(0x07), true, false)).toBe(NvPdStatus.SUCCESS);
     expect(d.context.session?.open).toBe(true);
     expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held"]);

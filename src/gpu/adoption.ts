@@ -1,0 +1,140 @@
+// What systemd hands back at start (LISTEN_FDS): the fds the previous run kept in the fd
+// store (each GPU's node and UVM registration, and the state record) and the socket units'
+// listening sockets. Each is checked before it is used: a GPU's fd must be its node (the
+// NVIDIA character device of its minor, or the simulator's stand-in for it); anything that
+// fits nothing is closed, dropped from the store, and logged with the reason.
+import { closeSync, fstatSync, type Stats, statSync } from "node:fs";
+import { join } from "node:path";
+import { unixSocketPath } from "../../native-bindings/libc.js";
+import type { Log } from "../log.js";
+import { type FdStore, readKeptState, STATE_FD_NAME } from "../systemd/fd-store.js";
+import type { PassedFd } from "../systemd/listen-fds.js";
+import { deviceNodePath } from "./device-node.js";
+import type { Identity } from "./gpu-registry.js";
+import { formatPciAddress, type PciAddress, parsePciAddress, samePciDevice } from "./pci-address.js";
+
+/** The NVIDIA driver's character-device major for /dev/nvidiaN and /dev/nvidiactl. */
+const NVIDIA_MAJOR = 195;
+
+/** The fd store's name for a GPU's node or UVM fd: the PCI address (FDNAME may not hold ':'). */
+export function fdName(kind: "gpu" | "uvm", pci: PciAddress): string {
+  return `${kind}-${formatPciAddress(pci).replaceAll(":", "-")}`;
+}
+
+export interface Handed {
+  /** By GPU index: the fd on its node, and the one carrying its UVM registration. */
+  nodes: Map<number, number>;
+  uvm: Map<number, number>;
+  /** GPUs the previous run had released at a client's request, by index. */
+  released: Set<number>;
+  /** Listening sockets from the socket unit, by the path they are bound to. */
+  sockets: Map<string, number>;
+}
+
+export interface AdoptOptions {
+  /** Where the GPUs' nodes are (/dev, or the simulator's stand-ins). */
+  deviceDir: string;
+  simulated: boolean;
+  store: FdStore;
+  log: Log;
+}
+
+const major = (rdev: number) => Number((BigInt(rdev) >> 8n) & 0xfffn) | Number((BigInt(rdev) >> 32n) & ~0xfffn);
+const minor = (rdev: number) => Number(BigInt(rdev) & 0xffn) | Number((BigInt(rdev) >> 12n) & ~0xffn);
+
+function sameFile(a: Stats, b: Stats): boolean {
+  return a.dev === b.dev && a.ino === b.ino;
+}
+
+/** Why `st` is not GPU `minorNumber`'s node, or null when it is. */
+function nodeProblem(st: Stats, minorNumber: number, o: AdoptOptions): string | null {
+  if (o.simulated) {
+    const path = deviceNodePath(o.deviceDir, minorNumber);
+    try {
+      return sameFile(st, statSync(path)) ? null : `it is not the simulator's stand-in ${path}`;
+    } catch {
+      return `the stand-in ${path} does not exist`;
+    }
+  }
+  if (!st.isCharacterDevice()) return "it is not a character device";
+  if (major(st.rdev) !== NVIDIA_MAJOR || minor(st.rdev) !== minorNumber) {
+    return `it is device ${major(st.rdev)}:${minor(st.rdev)}, not ${NVIDIA_MAJOR}:${minorNumber}`;
+  }
+  return null;
+}
+
+/** Why `st` is not nvidia-uvm, or null when it is. */
+function uvmProblem(st: Stats, o: AdoptOptions): string | null {
+  const path = join(o.deviceDir, "nvidia-uvm");
+  let uvm: Stats;
+  try {
+    uvm = statSync(path);
+  } catch {
+    return `${path} does not exist`;
+  }
+  const fits = o.simulated ? sameFile(st, uvm) : st.isCharacterDevice() && st.rdev === uvm.rdev;
+  return fits ? null : `it is not ${path}`;
+}
+
+/**
+ * Sorts what systemd handed over by what it is for, against the GPUs NVML identified. Every
+ * fd that fits nothing is closed and dropped from the store, with a warning saying why.
+ */
+export function adoptHanded(passed: readonly PassedFd[], gpus: readonly (Identity | Error)[], o: AdoptOptions): Handed {
+  const handed: Handed = { nodes: new Map(), uvm: new Map(), released: new Set(), sockets: new Map() };
+  const byPci = (pci: string) => {
+    const address = parsePciAddress(pci);
+    const index = address ? gpus.findIndex((g) => !(g instanceof Error) && samePciDevice(g.pci, address)) : -1;
+    return index;
+  };
+  for (const { fd, name } of passed) {
+    const reject = (why: string): void => {
+      o.log.warn(`closed the file descriptor systemd handed back as '${name}': ${why}`);
+      closeSync(fd);
+      if (name !== "unknown") o.store.drop(name);
+    };
+    let st: Stats;
+    try {
+      st = fstatSync(fd);
+    } catch (err) {
+      o.log.warn(`file descriptor ${fd} ('${name}') handed back by systemd cannot be read: ${(err as Error).message}`);
+      continue;
+    }
+    if (st.isSocket()) {
+      const path = unixSocketPath(fd);
+      if (path) handed.sockets.set(path, fd);
+      else reject("it is a socket, but not a listening unix socket");
+      continue;
+    }
+    if (name === STATE_FD_NAME) {
+      try {
+        for (const pci of readKeptState(fd).released) {
+          const index = byPci(pci);
+          if (index >= 0) handed.released.add(index);
+        }
+        closeSync(fd);
+      } catch (err) {
+        reject((err as Error).message);
+      }
+      continue;
+    }
+    const match = /^(gpu|uvm)-([0-9a-fA-F]{1,8})-([0-9a-fA-F]{2})-([0-9a-fA-F]{2})\.0$/.exec(name);
+    const index = match ? byPci(`${match[2]}:${match[3]}:${match[4]}.0`) : -1;
+    const gpu = gpus[index];
+    if (!match || index < 0 || gpu === undefined || gpu instanceof Error) {
+      reject(match ? "no GPU with that PCI address is present" : "the name is not one gpu-persistd stores");
+      continue;
+    }
+    const kind = match[1] === "gpu" ? handed.nodes : handed.uvm;
+    const problem = match[1] === "gpu" ? nodeProblem(st, gpu.minor, o) : uvmProblem(st, o);
+    if (problem) reject(problem);
+    else if (kind.has(index)) {
+      // The store holds both copies: keep one there, and this process's first.
+      o.log.warn(`closed a second file descriptor systemd handed back as '${name}'`);
+      closeSync(fd);
+      o.store.drop(name);
+      o.store.keep(name, kind.get(index) as number);
+    } else kind.set(index, fd);
+  }
+  return handed;
+}

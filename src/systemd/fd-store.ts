@@ -1,0 +1,72 @@
+// systemd's file descriptor store, for what must outlive the daemon's process: the fds
+// that hold GPUs (so a restart, a crash or an upgrade never lets a GPU go) and a small
+// state record (which GPUs a client released, so that they stay released across a restart).
+// PID 1 keeps them while the unit restarts and flushes them when it is stopped for good.
+// Outside systemd (no NOTIFY_SOCKET) every call is a no-op.
+import { closeSync, readSync, writeSync } from "node:fs";
+import { memoryFile } from "../../native-bindings/libc.js";
+import type { SystemdNotifier } from "./notify.js";
+
+export const STATE_FD_NAME = "state";
+/** The longest state record read back: PCI addresses of released GPUs. */
+const STATE_MAX_BYTES = 64 * 1024;
+
+/** What the previous run recorded. */
+export interface KeptState {
+  /** PCI bus ids (NVML's form) of GPUs released at a client's request. */
+  released: string[];
+}
+
+export class FdStore {
+  readonly #notifier: SystemdNotifier;
+
+  constructor(notifier: SystemdNotifier) {
+    this.#notifier = notifier;
+  }
+
+  get enabled(): boolean {
+    return this.#notifier.enabled;
+  }
+
+  /** Hands a copy of `fd` to PID 1 under `name` (replacing nothing: names are per GPU). */
+  keep(name: string, fd: number): void {
+    // FDPOLL=0: PID 1 must not drop a GPU's fd on a hang-up it reports; nvidia-uvm and the
+    // simulator's stand-ins cannot be polled at all.
+    this.#notifier.storeFd(name, fd, false);
+  }
+
+  /** PID 1 closes its copies of `name`. */
+  drop(name: string): void {
+    this.#notifier.removeFd(name);
+  }
+
+  /** Replaces the state record. */
+  keepState(state: KeptState): void {
+    if (!this.enabled) return;
+    const fd = memoryFile("gpu-persistd-state");
+    try {
+      writeSync(fd, JSON.stringify(state));
+      this.drop(STATE_FD_NAME);
+      this.keep(STATE_FD_NAME, fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
+}
+
+/** Reads a state record handed back; Error saying what is wrong with it otherwise. */
+export function readKeptState(fd: number): KeptState {
+  const buffer = Buffer.alloc(STATE_MAX_BYTES);
+  const length = readSync(fd, buffer, 0, buffer.length, 0);
+  let value: unknown;
+  try {
+    value = JSON.parse(buffer.subarray(0, length).toString("utf8"));
+  } catch {
+    throw new Error("the state record is not JSON");
+  }
+  const released = (value as KeptState | null)?.released;
+  if (!Array.isArray(released) || !released.every((p) => typeof p === "string")) {
+    throw new Error('the state record has no "released" list of PCI bus ids');
+  }
+  return { released };
+}

@@ -1,6 +1,6 @@
 // `gpu-persistd health-check [--slurm]`: one line saying whether every selected GPU is held,
 // from the daemon's status over its control socket. Exit 0 healthy, 1 not (the line names
-// the GPU and the cause), 69 no daemon answers. With --slurm (the shipped
+// the GPU and the cause) or Slurm could not be read or updated, 69 no daemon answers. With --slurm (the shipped
 // HealthCheckProgram), it also drains this node when unhealthy and resumes it once healthy,
 // but only a node it drained itself (the reason's prefix says so).
 import { spawnSync } from "node:child_process";
@@ -60,23 +60,30 @@ export async function healthCheckCommand(options: HealthCheckOptions): Promise<v
     devices: options.devices,
     drainReleased: options.drainReleased,
   });
-  let line = verdict.reason;
+  let out = verdict.reason;
   if (options.slurm) {
     // slurmd names the node it runs as; by hand, the short host name is Slurm's default.
     const node = process.env.SLURMD_NODENAME || hostname().split(".")[0] || hostname();
-    const action = nodeAction(verdict, parseSinfoNode(slurm(["sinfo", "-h", "-N", "-n", node, "-o", "%t %E"])));
+    const line = slurm(["sinfo", "-h", "-N", "-n", node, "-o", "%t %E"]).split("\n")[0]?.trim();
+    if (!line) {
+      throw new FatalError(
+        ExitCode.FAILURE,
+        `Slurm knows no node '${node}' (sinfo -n ${node} is empty): run this as slurmd's HealthCheckProgram, or set SLURMD_NODENAME to the node's Slurm name`,
+      );
+    }
+    const action = nodeAction(verdict, parseSinfoNode(line));
     if (action.action === "drain") {
       slurm(["scontrol", "update", `nodename=${node}`, "state=drain", `reason=${action.reason}`]);
-      line += ` (drained ${node})`;
+      out += ` (drained ${node})`;
     } else if (action.action === "resume") {
       slurm(["scontrol", "update", `nodename=${node}`, "state=resume"]);
-      line += ` (resumed ${node})`;
+      out += ` (resumed ${node})`;
     } else {
-      line += ` (${node}: ${action.why})`;
+      out += ` (${node}: ${action.why})`;
     }
   }
   // The line goes to stdout either way: it already starts with "gpu-persistd:", and Slurm
   // logs what its HealthCheckProgram prints.
-  process.stdout.write(`${line}\n`);
+  process.stdout.write(`${out}\n`);
   if (!verdict.healthy) process.exitCode = noDaemon ? ExitCode.UNAVAILABLE : ExitCode.FAILURE;
 }

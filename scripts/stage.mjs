@@ -8,7 +8,7 @@
 // `sudo "$(command -v node)" scripts/stage.mjs /` installs for the Node you built with, nvm's
 // included, not an old /usr/bin/node); the .deb passes /usr/bin/node (Debian's nodejs).
 import { execFileSync } from "node:child_process";
-import { cpSync, mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, cpSync, mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 const args = process.argv.slice(2);
@@ -53,6 +53,9 @@ const native = "node_modules/@koromix/koffi-linux-x64";
 for (const entry of ["package.json", "index.js", "linux_x64"]) {
   cpSync(join(native, entry), join(lib, native, entry), { recursive: true });
 }
+// Slurm's HealthCheckProgram takes no arguments: a script runs `health-check --slurm`.
+cpSync("packaging/slurm/slurm-health-check", join(lib, "slurm-health-check"));
+chmodSync(join(lib, "slurm-health-check"), 0o755);
 mkdirSync(join(dest, "usr/bin"), { recursive: true });
 rmSync(join(dest, "usr/bin/gpu-persistd"), { force: true });
 writeFileSync(join(dest, "usr/bin/gpu-persistd"), launcher(), { mode: 0o755 });
@@ -68,6 +71,11 @@ cpSync("docs/operations.md", join(dest, "usr/share/doc/gpu-persistd/operations.m
 for (const example of ["metrics-listen.conf", "metrics-textfile.conf"]) {
   cpSync(join("systemd", example), join(dest, "usr/share/doc/gpu-persistd/examples", example));
 }
+// Prometheus alert rules for the metrics above, to copy into Prometheus' rule_files.
+cpSync(
+  "packaging/prometheus/gpu-persistd.rules.yml",
+  join(dest, "usr/share/doc/gpu-persistd/examples/gpu-persistd.rules.yml"),
+);
 
 /**
  * /usr/bin/gpu-persistd: the chosen Node, by its full path (a service's PATH may reach an

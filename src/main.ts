@@ -6,6 +6,7 @@ import { hardExit } from "../native-bindings/libc.js";
 import { parseCommandLine } from "./cli/command-line.js";
 import { helpText, versionText } from "./cli/help.js";
 import { doctorCommand } from "./commands/doctor.js";
+import { healthCheckCommand } from "./commands/health-check.js";
 import { releaseAroundCommand } from "./commands/release-around.js";
 import { setPersistenceCommand } from "./commands/set-persistence.js";
 import { statusCommand } from "./commands/status.js";
@@ -86,6 +87,13 @@ async function main(argv: readonly string[]): Promise<void> {
       return statusCommand(config.runtimeDir, commandLine.json);
     case "wait":
       return waitCommand(config.runtimeDir, commandLine.timeoutSeconds);
+    case "health-check":
+      return healthCheckCommand({
+        runtimeDir: config.runtimeDir,
+        devices: config.devices,
+        drainReleased: config.healthCheckDrainReleased,
+        slurm: commandLine.slurm,
+      });
     case "release":
       if (commandLine.run.length > 0)
         return releaseAroundCommand(config.runtimeDir, commandLine.operands, commandLine.run);

@@ -1,6 +1,6 @@
 // --simulate: the daemon loads the simulated libnvidia-ml built beside it and tells it the
 // GPU count or profile through the environment it reads at nvmlInit.
-import { closeSync, existsSync, fchmodSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, fchmodSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ExitCode } from "./exit-codes.js";
@@ -45,7 +45,9 @@ export function nvmlLibraryFor(config: { simulate: string; nvmlLibrary: string }
  * The directory and files must be ours (a link or another user's file there is refused).
  */
 export function createStandInNodes(dir: string, minors: number[]): void {
-  claimDirectory(dir, 0o755);
+  // mkdir's mode is cut by the umask (the unit's UMask=0077 gives 0700), and the daemon must
+  // reach the nodes after --user to hold a released GPU again, as it can /dev.
+  if (claimDirectory(dir, 0o755)) chmodSync(dir, 0o755);
   for (const path of [...minors.map((minor) => deviceNodePath(dir, minor)), join(dir, "nvidia-uvm")]) {
     const fd = openOwnedFile(path, 0o666);
     // As the driver's nodes: any user may open them, also the daemon after --user.

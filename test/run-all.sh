@@ -17,6 +17,7 @@ declare -A NEEDED=(
   [cmd:pgrep]=procps
   [cmd:lintian]=lintian
   [cmd:strip]=binutils
+  [cmd:promtool]=prometheus
   [file:/usr/include/tirpc/rpc/rpc.h]=libtirpc-dev
 )
 

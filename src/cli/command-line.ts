@@ -7,7 +7,7 @@ import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { OPTIONS } from "./options.js";
 
-export const COMMANDS = ["run", "status", "release", "hold", "wait", "doctor"] as const;
+export const COMMANDS = ["run", "status", "release", "hold", "wait", "doctor", "health-check"] as const;
 export type Command = (typeof COMMANDS)[number];
 
 export interface CommandLine {
@@ -20,6 +20,8 @@ export interface CommandLine {
   configPath?: string;
   /** doctor --root: the system to examine, when not /. */
   root?: string;
+  /** health-check --slurm: drain or resume this Slurm node as well. */
+  slurm: boolean;
   /** wait --timeout, in seconds. */
   timeoutSeconds: number;
   /** release GPU... -- COMMAND ARGS: the command to run while the GPUs are released. */
@@ -37,6 +39,7 @@ const OPERAND_COUNT: Record<Command, [number, number]> = {
   hold: [1, Number.POSITIVE_INFINITY],
   wait: [0, 0],
   doctor: [0, 0],
+  "health-check": [0, 0],
 };
 const DEFAULT_WAIT_SECONDS = 60;
 const OPTIONAL_VALUE_FORM = /^(\d+|on|[a-z][a-z0-9-]*-[a-z0-9-]+)$/;
@@ -142,6 +145,9 @@ export function parseCommandLine(fullArgv: readonly string[]): CommandLine {
   const configPath = values.config as string | undefined;
   const root = values.root as string | undefined;
   if (root !== undefined && command !== "doctor") throw usageError("option '--root' is for 'doctor' only");
+  if (values.slurm === true && command !== "health-check") {
+    throw usageError("option '--slurm' is for 'health-check' only");
+  }
   const timeout = values.timeout as string | undefined;
   if (timeout !== undefined && command !== "wait") throw usageError("option '--timeout' is for 'wait' only");
   if (timeout !== undefined && !/^\d+(\.\d+)?$/.test(timeout)) {
@@ -153,6 +159,7 @@ export function parseCommandLine(fullArgv: readonly string[]): CommandLine {
     help: values.help === true,
     version: values.version === true,
     json: values.json === true,
+    slurm: values.slurm === true,
     ...(configPath !== undefined ? { configPath } : {}),
     ...(root !== undefined ? { root } : {}),
     timeoutSeconds: timeout !== undefined ? Number(timeout) : DEFAULT_WAIT_SECONDS,

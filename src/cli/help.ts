@@ -32,6 +32,8 @@ export function helpText(): string {
     "                                         release, run COMMAND, hold again when it ends",
     "       gpu-persistd wait [--timeout=S]   wait until the daemon is ready (0 all held, 1 some not, 69 none)",
     "       gpu-persistd doctor [--json]      check driver, devices, units, user and GPUs; say each fix",
+    "       gpu-persistd health-check [--slurm]",
+    "                                         one line: every GPU held? (0 yes, 1 no, 69 no daemon); --slurm drains/resumes",
     "",
     "Options:",
   ];

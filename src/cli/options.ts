@@ -141,6 +141,10 @@ export const OPTIONS: readonly OptionSpec[] = [
     help: "With doctor: examine the system laid out under DIR instead of / (an image, a test tree).",
   },
   {
+    long: "slurm",
+    help: "With health-check: also drain this Slurm node while a GPU is not held, and resume it once all are (only a node it drained itself).",
+  },
+  {
     long: "timeout",
     value: "SECONDS",
     help: "With wait: how long to wait for the daemon (default 60).",

@@ -242,6 +242,14 @@ export const configSchema = {
     env: "GPU_PERSISTD_METRICS_TEXTFILE",
     reload: "restart" as const,
   },
+  healthCheckDrainReleased: {
+    doc: "With health-check: a GPU an admin released (a reset, a MIG change) counts as unhealthy, so --slurm drains the node (false: such a deliberate, usually brief release leaves scheduling alone).",
+    format: "flag",
+    default: false,
+    env: "GPU_PERSISTD_HEALTH_CHECK_DRAIN_RELEASED",
+    // Each health-check run reads it; the daemon itself never does.
+    reload: "live" as const,
+  },
 };
 
 export type ConfigKey = keyof typeof configSchema;
@@ -273,6 +281,7 @@ export interface Config {
   stopTimeoutMs: number;
   metricsListen: string;
   metricsTextfile: string;
+  healthCheckDrainReleased: boolean;
 }
 
 export function newConfig(): convict.Config<Config> {

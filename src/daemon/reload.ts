@@ -64,6 +64,8 @@ const APPLY: { [K in LiveKey]: (ctx: DaemonContext) => void | Promise<void> } = 
   persistenceMode: () => {},
   devices: () => {},
   bringUpConcurrency: () => {},
+  // Read by each `health-check` run, not by the daemon.
+  healthCheckDrainReleased: () => {},
 };
 
 async function holdWhatIsWanted(ctx: DaemonContext): Promise<void> {

@@ -33,14 +33,14 @@ export const SIM_CONFIG = "/run/gpu-persistd-sim.json";
  * Simulated GPUs for the package's unit. The simulator keeps persistence in a state file,
  * which doctor's NVML reads too (real NVML would ask the daemon over its socket).
  */
-export function simulateInUnit(container: Container, gpus: number): void {
+export function simulateInUnit(container: Container, gpus: number, extraOptions = ""): void {
   container.writeFile(SIM_CONFIG, JSON.stringify({ statePath: "/run/nvidia-persistenced/sim-state" }));
   container.writeFile(
     SIMULATE_DROP_IN,
     [
       "[Service]",
       "ExecStart=",
-      `ExecStart=/usr/bin/gpu-persistd --user nvidia-persistenced --simulate=${gpus}`,
+      `ExecStart=/usr/bin/gpu-persistd --user nvidia-persistenced --simulate=${gpus}${extraOptions ? ` ${extraOptions}` : ""}`,
       `Environment=GPU_PERSISTD_SIM_CONFIG=${SIM_CONFIG}`,
       "",
     ].join("\n"),

@@ -125,6 +125,15 @@ describe("gpu-persistd's own options", () => {
     });
   });
 
+  it("reads health-check and its --slurm", () => {
+    expect(parseCommandLine(["health-check"])).toMatchObject({ command: "health-check", slurm: false });
+    expect(parseCommandLine(["health-check", "--slurm", "--runtime-dir=/x"])).toMatchObject({
+      command: "health-check",
+      slurm: true,
+      overrides: { runtimeDir: "/x" },
+    });
+  });
+
   it("reads doctor with --json, --root and setting overrides", () => {
     expect(parseCommandLine(["doctor", "--json", "--root=/img", "--metrics-listen", "127.0.0.1:9400"])).toMatchObject({
       command: "doctor",
@@ -144,6 +153,8 @@ describe("bad usage exits 64 and names the option", () => {
     [["frobnicate"], "unknown command 'frobnicate'"],
     [["status", "extra"], "unexpected argument 'extra'"],
     [["status", "--root=/x"], "option '--root' is for 'doctor' only"],
+    [["status", "--slurm"], "option '--slurm' is for 'health-check' only"],
+    [["health-check", "3"], "unexpected argument '3'"],
   ])("%j", (argv, message) => {
     const err = usageError(argv);
     expect(err.message).toContain(message);

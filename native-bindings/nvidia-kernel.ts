@@ -4,7 +4,7 @@
 // libnvidia-ml's stand-in, which answers with the same layouts for the simulator's GPUs.
 // Every call runs on the libuv pool (the driver may take its locks for long, and a lost GPU
 // may not answer at all) with a time limit; koffi carries the pool thread's errno back.
-import { close, constants, open } from "node:fs";
+import { close, constants, open, readdirSync, readFileSync } from "node:fs";
 import { promisify } from "node:util";
 import koffi from "koffi";
 import { type KoffiFunction, libcFunction } from "./libc.js";
@@ -88,28 +88,110 @@ function errnoName(n: number): string {
 
 type IoctlFn = KoffiFunction;
 
+/** A GPU as the kernel module lists it, without NVML. */
+export interface DriverGpu {
+  /** NVML's form of the PCI bus id, 00000000:06:00.0. */
+  busId: string;
+  minor: number;
+  uuid: string;
+  name: string;
+}
+
+/** What the loaded kernel module tells without NVML. */
+export interface DriverInfo {
+  /** The module's version (/sys/module/nvidia/version), or null when it cannot be read. */
+  moduleVersion: string | null;
+  /** From /proc/driver/nvidia/gpus (hidden under the unit's ProcSubset=pid: then empty). */
+  gpus: DriverGpu[];
+}
+
+function readOrNull(path: string): string | null {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return null;
+  }
+}
+
+/** The real module's answer: sysfs for the version, procfs for the GPUs. */
+function realDriverInfo(): DriverInfo {
+  const moduleVersion = readOrNull("/sys/module/nvidia/version")?.trim() || null;
+  const dir = "/proc/driver/nvidia/gpus";
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    // Not loaded, or hidden from this process.
+  }
+  const gpus = names.flatMap((bdf): DriverGpu[] => {
+    const text = readOrNull(`${dir}/${bdf}/information`);
+    const field = (key: string) => text?.match(new RegExp(`^${key}:\\s*(.+)$`, "m"))?.[1]?.trim();
+    const minor = Number(field("Device Minor"));
+    const [domain, rest] =
+      bdf.includes(":") && bdf.split(":").length === 3
+        ? [bdf.slice(0, bdf.indexOf(":")), bdf.slice(bdf.indexOf(":") + 1)]
+        : ["0", bdf];
+    if (!text || !Number.isInteger(minor)) return [];
+    return [
+      {
+        busId: `${domain.padStart(8, "0")}:${rest}`.toUpperCase(),
+        minor,
+        uuid: field("GPU UUID") ?? "",
+        name: field("Model") ?? "",
+      },
+    ];
+  });
+  return { moduleVersion, gpus };
+}
+
 export class NvidiaKernel {
   readonly #ioctl: IoctlFn;
+  readonly #driverInfo: () => DriverInfo;
   /** Each ioctl's time limit (the NVML call limit: a reload may change it). */
   timeoutMs: number;
 
-  private constructor(ioctl: IoctlFn, timeoutMs: number) {
+  private constructor(ioctl: IoctlFn, driverInfo: () => DriverInfo, timeoutMs: number) {
     this.#ioctl = ioctl;
+    this.#driverInfo = driverInfo;
     this.timeoutMs = timeoutMs;
   }
 
   /** The real driver, through libc's ioctl. */
   static real(timeoutMs: number): NvidiaKernel {
-    return new NvidiaKernel(libcFunction("int ioctl(int fd, unsigned long request, _Inout_ uint8_t *arg)"), timeoutMs);
+    return new NvidiaKernel(
+      libcFunction("int ioctl(int fd, unsigned long request, _Inout_ uint8_t *arg)"),
+      realDriverInfo,
+      timeoutMs,
+    );
   }
 
   /** The simulator's stand-in (exported by the simulated libnvidia-ml at `library`); it sets errno as libc does. */
   static simulated(library: string, timeoutMs: number): NvidiaKernel {
     const lib = koffi.load(library);
+    const info = lib.func("int gpuPersistdSimDriverInfo(_Out_ uint8_t *buf, unsigned int len)");
     return new NvidiaKernel(
       lib.func("int gpuPersistdSimIoctl(int fd, unsigned long request, _Inout_ uint8_t *arg)"),
+      () => {
+        const buf = Buffer.alloc(64 * 1024);
+        const n = info(buf, buf.length) as number;
+        const lines = buf.subarray(0, Math.max(0, n)).toString("utf8").split("\n");
+        return {
+          moduleVersion: lines[0]?.replace(/^module /, "") || null,
+          gpus: lines.slice(1).flatMap((line) => {
+            const m = /^gpu (\S+) (\d+) (\S+) (.*)$/.exec(line);
+            return m
+              ? [{ busId: m[1] as string, minor: Number(m[2]), uuid: m[3] as string, name: m[4] as string }]
+              : [];
+          }),
+        };
+      },
       timeoutMs,
     );
+  }
+
+  /** What the loaded module tells without NVML: its version and its GPUs (synchronous: sysfs and procfs reads). */
+  driverInfo(): DriverInfo {
+    return this.#driverInfo();
   }
 
   /** One ioctl on the pool: resolves when it returned 0; KernelCallError (errno) or KernelTimeoutError otherwise. */

@@ -60,6 +60,7 @@ mkdirSync(join(dest, "usr/bin"), { recursive: true });
 rmSync(join(dest, "usr/bin/gpu-persistd"), { force: true });
 writeFileSync(join(dest, "usr/bin/gpu-persistd"), launcher(), { mode: 0o755 });
 cpSync("systemd/gpu-persistd.service", join(dest, "usr/lib/systemd/system/gpu-persistd.service"));
+cpSync("systemd/gpu-persistd.socket", join(dest, "usr/lib/systemd/system/gpu-persistd.socket"));
 cpSync("systemd/gpu-persistd.sysusers.conf", join(dest, "usr/lib/sysusers.d/gpu-persistd.conf"));
 cpSync("systemd/71-gpu-persistd.rules", join(dest, "usr/lib/udev/rules.d/71-gpu-persistd.rules"));
 cpSync("dist/gpu-persistd.8", join(dest, "usr/share/man/man8/gpu-persistd.8"));

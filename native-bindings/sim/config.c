@@ -66,6 +66,8 @@ static int load_config_file(const char *path, int dgx) {
     S.set_delay_ms = num_or(root, "setDelayMs", 0);
     str_into(root, "statePath", S.state_path, sizeof S.state_path);
     str_into(root, "attachDir", S.attach_dir, sizeof S.attach_dir);
+    str_into(root, "driverVersion", S.driver_version, sizeof S.driver_version);
+    str_into(root, "moduleVersion", S.module_version, sizeof S.module_version);
     char call_log[4096] = "";
     str_into(root, "callLogPath", call_log, sizeof call_log);
     if (call_log[0]) S.call_log_fd = open(call_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -103,6 +105,7 @@ static int load_config_file(const char *path, int dgx) {
 void load_config(void) {
     if (S.loaded) return;
     S.loaded = 1;
+    snprintf(S.driver_version, sizeof S.driver_version, "580.159.04-sim");
     const char *profile = getenv("GPU_PERSISTD_SIM_PROFILE");
     int dgx = profile && strcmp(profile, "dgx-h100") == 0;
     if (profile && profile[0] && !dgx)
@@ -122,5 +125,6 @@ void load_config(void) {
         return;
     }
     for (int i = given; i < S.gpu_count; i++) default_identity(&S.gpus[i], i, dgx);
+    if (!S.module_version[0]) snprintf(S.module_version, sizeof S.module_version, "%s", S.driver_version);
     state_read();
 }

@@ -87,3 +87,18 @@ EXPORT int gpuPersistdSimIoctl(int fd, unsigned long request, void *arg) {
     }
     return fail(call, gpu, ENOTTY);
 }
+
+/* What the kernel module tells without NVML, as /sys/module/nvidia/version and
+ * /proc/driver/nvidia/gpus/<bdf>/information do: the module's version, then one line per GPU
+ * ("<bus id> <minor> <uuid> <name>"). Returns the length written, or -1 when it does not fit. */
+EXPORT int gpuPersistdSimDriverInfo(char *buf, unsigned len) {
+    pthread_mutex_lock(&lock);
+    load_config();
+    int n = snprintf(buf, len, "module %s\n", S.module_version);
+    for (int i = 0; i < S.gpu_count && n >= 0 && (unsigned)n < len; i++) {
+        const struct sim_gpu *g = &S.gpus[i];
+        n += snprintf(buf + n, len - (unsigned)n, "gpu %s %u %s %s\n", g->busId, g->minor, g->uuid, g->name);
+    }
+    pthread_mutex_unlock(&lock);
+    return n >= 0 && (unsigned)n < len ? n : -1;
+}

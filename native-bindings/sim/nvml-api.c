@@ -90,12 +90,19 @@ EXPORT const char *nvmlErrorString(nvmlReturn_t r) {
 EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
     if (!initialized()) return done("nvmlSystemGetDriverVersion", -1, NVML_ERROR_UNINITIALIZED);
     ENTER("nvmlSystemGetDriverVersion", -1);
-    return copy_string("nvmlSystemGetDriverVersion", -1, version, length, "580.159.04-sim");
+    return copy_string("nvmlSystemGetDriverVersion", -1, version, length, S.driver_version);
 }
 
+/* Answers before nvmlInit too (the library knows its own version), as the daemon needs to
+ * name it when nvmlInit fails with a version mismatch. */
 EXPORT nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int length) {
+    pthread_mutex_lock(&lock);
+    load_config();
+    char nvml_version[80];
+    snprintf(nvml_version, sizeof nvml_version, "13.%s", S.driver_version);
+    pthread_mutex_unlock(&lock);
     ENTER("nvmlSystemGetNVMLVersion", -1);
-    return copy_string("nvmlSystemGetNVMLVersion", -1, version, length, "13.580.159.04-sim");
+    return copy_string("nvmlSystemGetNVMLVersion", -1, version, length, nvml_version);
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {

@@ -108,6 +108,8 @@ struct sim_state {
     struct event_set sets[MAX_SETS];
     long long attach_delay_ms, set_delay_ms;
     char attach_dir[4096]; /* where the stand-in nodes are: the session then holds one fd on each GPU's node */
+    char driver_version[64]; /* the user-space driver's (this library's) version */
+    char module_version[64]; /* the loaded kernel module's: differs after an upgrade without a reboot */
     char state_path[4096];
     int call_log_fd;
     int init_refs;

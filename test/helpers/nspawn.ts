@@ -202,6 +202,7 @@ export async function bootWithDaemon(stage: string): Promise<Container> {
   for (const [from, to] of [
     ["usr/bin/gpu-persistd", "/usr/bin/gpu-persistd"],
     ["usr/lib/systemd/system/gpu-persistd.service", "/usr/lib/systemd/system/gpu-persistd.service"],
+    ["usr/lib/systemd/system/gpu-persistd.socket", "/usr/lib/systemd/system/gpu-persistd.socket"],
     ["usr/lib/sysusers.d/gpu-persistd.conf", "/usr/lib/sysusers.d/gpu-persistd.conf"],
     ["usr/share/man/man8/gpu-persistd.8", "/usr/share/man/man8/gpu-persistd.8"],
     ["usr/lib/udev/rules.d/71-gpu-persistd.rules", "/usr/lib/udev/rules.d/71-gpu-persistd.rules"],

@@ -1,12 +1,17 @@
 // Builds the daemon bundle and the simulated libnvidia-ml.
 import { execFileSync } from "node:child_process";
-import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { build } from "esbuild";
 
 mkdirSync("dist", { recursive: true });
 
 const cc = process.env.CC ?? "cc";
+// Every part of the simulator (native-bindings/sim/*.c), so a new part needs no edit here.
+const simSources = readdirSync("native-bindings/sim")
+  .filter((name) => name.endsWith(".c"))
+  .sort()
+  .map((name) => `native-bindings/sim/${name}`);
 execFileSync(
   cc,
   [
@@ -20,8 +25,7 @@ execFileSync(
     "-fvisibility=hidden",
     "-o",
     "dist/libnvidia-ml-sim.so",
-    "native-bindings/sim/nvml-sim.c",
-    "native-bindings/sim/json.c",
+    ...simSources,
     "-lpthread",
   ],
   { stdio: "inherit" },

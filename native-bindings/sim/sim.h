@@ -1,0 +1,152 @@
+/* Simulated libnvidia-ml: NVML's functions that gpu-persistd uses, with NVML's real
+ * signatures, return codes and buffer rules, configurable GPUs, latencies and fault
+ * injection. Loaded through the same koffi binding as the real library, so tests
+ * exercise the real FFI path. The configuration format is documented in
+ * docs/development.md ("The GPU simulator").
+ *
+ * This header is private to the simulator's parts (the .c files here): the NVML types they
+ * implement, the state they share and their common helpers. It is not NVML's nvml.h. */
+#ifndef SIM_H
+#define SIM_H
+
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <time.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+typedef int nvmlReturn_t;
+enum {
+    NVML_SUCCESS = 0,
+    NVML_ERROR_UNINITIALIZED = 1,
+    NVML_ERROR_INVALID_ARGUMENT = 2,
+    NVML_ERROR_NOT_SUPPORTED = 3,
+    NVML_ERROR_NOT_FOUND = 6,
+    NVML_ERROR_INSUFFICIENT_SIZE = 7,
+    NVML_ERROR_TIMEOUT = 10,
+    NVML_ERROR_UNKNOWN = 999,
+};
+
+#define MAX_GPUS 256
+#define MAX_FAULTS 64
+#define MAX_EVENTS 256
+#define MAX_SETS 64
+
+struct sim_gpu {
+    int index;
+    char uuid[96];
+    char name[96];
+    char busId[32];
+    unsigned domain, bus, device, pciDeviceId, pciSubSystemId, minor;
+    int persistence;
+    int attached; /* first handle look-up done in this process */
+    /* NV_ESC_NUMA_INFO's answer: coherent memory (GH200) has nid >= 0 and a status other than 0. */
+    int numa_nid, numa_status, numa_auto_online;
+    unsigned long long numa_mem_size;
+};
+typedef struct sim_gpu *nvmlDevice_t;
+
+typedef struct {
+    char busIdLegacy[16];
+    unsigned int domain, bus, device, pciDeviceId, pciSubSystemId;
+    char busId[32];
+} nvmlPciInfo_t;
+
+typedef struct {
+    nvmlDevice_t device;
+    unsigned long long eventType;
+    unsigned long long eventData;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+} nvmlEventData_t;
+
+struct fault {
+    char call[64];
+    int gpu; /* -1: any GPU, and calls that name no GPU */
+    int has_return;
+    int ret;
+    long long afterCalls, afterMs, times, hangMs;
+    int gate; /* block until gpuPersistdSimOpenGate(): tests order events without sleeping */
+    int has_nv_status; /* ioctls: the NV_STATUS the driver answers (rmStatus), the ioctl itself succeeding */
+    unsigned nv_status;
+    long long seen, fired;
+};
+
+struct event {
+    int gpu;
+    unsigned long long type, data;
+    long long afterMs;
+    int delivered;
+};
+
+struct event_set {
+    int used;
+    unsigned long long registered[MAX_GPUS];
+};
+typedef struct event_set *nvmlEventSet_t;
+
+extern pthread_mutex_t lock;
+extern pthread_cond_t gate_changed;
+extern unsigned long gate_generation; /* outlives resets: a reset frees every gated call */
+/* Event waits sleep on this (CLOCK_MONOTONIC); only a reset signals it. */
+extern pthread_cond_t wait_changed;
+
+struct sim_state {
+    int loaded;
+    char load_error[512];
+    int gpu_count;
+    struct sim_gpu gpus[MAX_GPUS];
+    struct fault faults[MAX_FAULTS];
+    int fault_count;
+    struct event events[MAX_EVENTS];
+    int event_count;
+    struct event_set sets[MAX_SETS];
+    long long attach_delay_ms, set_delay_ms;
+    char state_path[4096];
+    int call_log_fd;
+    int init_refs;
+    struct timespec first_init;
+    int init_seen;
+    int gate_open;
+    int gated; /* calls blocked at the gate now */
+};
+extern struct sim_state S;
+
+/* shared.c */
+long long ms_since_first_init(void);
+void sleep_ms(long long ms);
+
+/* identities.c */
+void default_identity(struct sim_gpu *g, int index, int dgx);
+int parse_bus_id(const char *s, unsigned *domain, unsigned *bus, unsigned *device);
+
+/* state-file.c */
+void state_read(void);
+void state_write(void);
+
+/* config.c */
+void load_config(void);
+
+/* calls.c */
+nvmlReturn_t done(const char *call, int gpu, nvmlReturn_t ret);
+/* Returns 1 with *ret set when a fault decides the call's result; *nv_status (if given) gets
+ * the fault's NV_STATUS, or stays as it was. */
+int inject_nv(const char *call, int gpu, nvmlReturn_t *ret, unsigned *nv_status);
+int inject(const char *call, int gpu, nvmlReturn_t *ret);
+int initialized(void);
+int gpu_of(nvmlDevice_t d);
+
+#define ENTER(call, gpu)                                                                                   \
+    do {                                                                                                   \
+        nvmlReturn_t injected_;                                                                            \
+        if (inject(call, gpu, &injected_)) return done(call, gpu, injected_);                             \
+    } while (0)
+
+/* Common prologue of every per-device call. */
+#define DEVICE_CALL(call, dev)                                                                              \
+    int gpu_ = gpu_of(dev);                                                                                \
+    if (!initialized()) return done(call, gpu_, NVML_ERROR_UNINITIALIZED);                                \
+    if (gpu_ < 0) return done(call, gpu_, NVML_ERROR_INVALID_ARGUMENT);                                   \
+    ENTER(call, gpu_)
+
+#endif

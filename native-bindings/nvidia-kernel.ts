@@ -53,6 +53,16 @@ export interface NumaInfo {
   memSizeBytes: bigint;
 }
 
+/** NV_ESC_NUMA_INFO's status: the memory is online, and onlining it failed (auto_online_blocks not online_movable). */
+export const NUMA_ONLINE = 3;
+export const NUMA_ONLINE_FAILED = 4;
+
+/** A NUMA status's name, as status and the log say it. */
+export function numaStatusName(status: number): string {
+  return NUMA_STATUS_NAMES[status] ?? `status ${status}`;
+}
+
+/** Indexed by NV_ESC_NUMA_INFO's status. */
 export const NUMA_STATUS_NAMES = [
   "disabled",
   "offline",

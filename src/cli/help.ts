@@ -1,9 +1,5 @@
+import { VERSION } from "../version.js";
 import { OPTIONS, type OptionSpec } from "./options.js";
-
-declare const GPU_PERSISTD_VERSION: string | undefined;
-
-/** Replaced by the bundler with package.json's version. */
-export const VERSION = typeof GPU_PERSISTD_VERSION === "string" ? GPU_PERSISTD_VERSION : "0.0.0-dev";
 
 export function versionText(): string {
   return [

@@ -1,5 +1,5 @@
 import { connect } from "node:net";
-import { VERSION } from "../cli/help.js";
+import { VERSION } from "../version.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { controlSocketPath } from "../runtime-dir.js";

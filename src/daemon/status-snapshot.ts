@@ -1,6 +1,6 @@
 // What the daemon reports about itself: the status reply, the STATUS= line and the
 // Prometheus text, all from one snapshot of the registry.
-import { VERSION } from "../cli/help.js";
+import { VERSION } from "../version.js";
 import { type DaemonStatus, gpuStatus, STATUS_FORMAT } from "../status/daemon-status.js";
 import { statusLine } from "../status/status-line.js";
 import type { DaemonContext } from "./context.js";

@@ -3,7 +3,7 @@
 
 import { statSync } from "node:fs";
 import { join } from "node:path";
-import { VERSION } from "../cli/help.js";
+import { VERSION } from "../version.js";
 import type { Config } from "../config/schema.js";
 import { CONTROL_SOCKET_NAME, PID_FILE_NAME, RPC_SOCKET_NAME } from "../runtime-dir.js";
 import type { DaemonStatus } from "../status/daemon-status.js";

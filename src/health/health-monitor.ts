@@ -12,7 +12,8 @@ import { NvmlError, NvmlTimeoutError } from "../../native-bindings/nvml-errors.j
 import { NVML_ERROR_GPU_IS_LOST } from "../../native-bindings/nvml-return-codes.js";
 import { describeError } from "../gpu/describe-error.js";
 import type { Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
-import { gpuFields, type Log } from "../log.js";
+import { gpuFields } from "../gpu/gpu-log-fields.js";
+import type { Log } from "../log.js";
 
 export interface HealthOptions {
   nvml: Nvml;

@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSyn
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterEach } from "vitest";
-import { VERSION } from "../../src/cli/help.js";
+import { VERSION } from "../../src/version.js";
 import { type DaemonStatus, parseDaemonStatus } from "../../src/status/daemon-status.js";
 
 export const ROOT = resolve(import.meta.dirname, "../..");

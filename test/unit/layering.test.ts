@@ -1,0 +1,24 @@
+// Which modules may import which, read from the sources' import statements.
+import { readFileSync } from "node:fs";
+import { dirname, join, relative, resolve } from "node:path";
+import { describe, expect, it } from "vitest";
+
+const ROOT = resolve(import.meta.dirname, "../..");
+
+/** The repository-relative files `file` imports (relative imports only; packages are left out). */
+function imports(file: string): string[] {
+  const text = readFileSync(join(ROOT, file), "utf8");
+  return [...text.matchAll(/^\s*(?:import|export)\b[^;]*?\bfrom\s+"(\.[^"]+)"/gms)].map((m) =>
+    relative(ROOT, resolve(ROOT, dirname(file), m[1] as string)).replace(/\.js$/, ".ts"),
+  );
+}
+
+describe("layering", () => {
+  it("reads imports as written (the check itself works)", () => {
+    expect(imports("src/gpu/gpu-log-fields.ts")).toEqual(["src/gpu/pci-address.ts"]);
+  });
+
+  it("src/log.ts knows nothing about GPUs", () => {
+    expect(imports("src/log.ts").filter((f) => f.startsWith("src/gpu/") || /gpu/i.test(f))).toEqual([]);
+  });
+});

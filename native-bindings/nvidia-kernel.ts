@@ -1,7 +1,8 @@
 // The NVIDIA kernel driver's ioctls the daemon uses, with their structs packed by hand
-// (numbers and layouts: ../shared/reference/kernel-interfaces.md, from open-gpu-kernel-modules
-// 580/595). One `ioctl` function backs them: libc's for the real driver, or the simulated
-// libnvidia-ml's stand-in, which answers with the same layouts for the simulator's GPUs.
+// (numbers and layouts from open-gpu-kernel-modules 580/595: nv-ioctl-numa.h,
+// nv-ioctl-numbers.h, nvidia-uvm/uvm_ioctl.h). One `ioctl` function backs them: libc's for
+// the real driver, or the simulated libnvidia-ml's stand-in, which answers with the same
+// layouts for the simulator's GPUs.
 import { closeSync, constants, openSync } from "node:fs";
 import koffi from "koffi";
 import { lastErrno, libcFunction } from "./libc.js";

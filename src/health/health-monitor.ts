@@ -11,8 +11,8 @@ import type { Nvml } from "../../native-bindings/nvml.js";
 import { NvmlError, NvmlTimeoutError } from "../../native-bindings/nvml-errors.js";
 import { NVML_ERROR_GPU_IS_LOST } from "../../native-bindings/nvml-return-codes.js";
 import { describeError } from "../gpu/describe-error.js";
-import type { Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
 import { gpuFields } from "../gpu/gpu-log-fields.js";
+import type { Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
 import type { Log } from "../log.js";
 
 export interface HealthOptions {

@@ -5,8 +5,8 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSyn
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterEach } from "vitest";
-import { VERSION } from "../../src/version.js";
 import { type DaemonStatus, parseDaemonStatus } from "../../src/status/daemon-status.js";
+import { VERSION } from "../../src/version.js";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
 export const BUNDLE = join(ROOT, "dist/gpu-persistd.mjs");

@@ -3,12 +3,18 @@
 import convict from "convict";
 import { parseGpuSelector } from "../gpu/gpu-selector.js";
 import { parseLoopbackAddress } from "../metrics/listen-address.js";
+import nodeFlags from "../node-flags.json" with { type: "json" };
 
 export const DEFAULT_CONFIG_PATH = "/etc/gpu-persistd/config.json";
 export const SIMULATION_PROFILES = ["dgx-h100"] as const;
 export const MAX_SIMULATED_GPUS = 256;
-/** Most GPUs brought up at once: below the libuv pool (128) so health checks and file I/O keep threads. */
-export const MAX_BRING_UP_CONCURRENCY = 96;
+/**
+ * Most GPUs brought up at once: the libuv pool's largest size (one thread per GPU, at most this
+ * many: src/node-flags.json). More at once could not run in parallel: their calls would only
+ * queue, as calls do when the health round or the Xid wait holds a thread during a reload (a
+ * queued call's time limit does not run yet: native-bindings/libuv-pool.ts).
+ */
+export const MAX_BRING_UP_CONCURRENCY = nodeFlags.threadpool.max;
 /** The longest delay a Node timer takes. */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 

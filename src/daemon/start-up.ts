@@ -5,6 +5,7 @@
 import { NvidiaKernel } from "../../native-bindings/nvidia-kernel.js";
 import { NvmlError } from "../../native-bindings/nvml-errors.js";
 import { NVML_ERROR_NO_PERMISSION } from "../../native-bindings/nvml-return-codes.js";
+import { type ListenAddress, parseLoopbackAddress } from "../config/listen-address.js";
 import { startControlServer } from "../control/control-server.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
@@ -17,7 +18,6 @@ import { parseGpuSelector, selectorKindName } from "../gpu/gpu-selector.js";
 import { NvmlSession } from "../gpu/nvml-session.js";
 import { HealthMonitor } from "../health/health-monitor.js";
 import { XidWaiter } from "../health/xid-events.js";
-import { type ListenAddress, parseLoopbackAddress } from "../metrics/listen-address.js";
 import { startMetricsListener } from "../metrics/metrics-listener.js";
 import { MetricsTextfile } from "../metrics/metrics-textfile.js";
 import { dropPrivileges, resolveIdentity } from "../privileges.js";

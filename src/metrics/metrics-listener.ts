@@ -1,9 +1,9 @@
 // Serves the metrics over HTTP on a loopback address: GET /metrics, nothing else.
 import { createServer, type Server } from "node:http";
 import type { Socket } from "node:net";
+import type { ListenAddress } from "../config/listen-address.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
-import type { ListenAddress } from "./listen-address.js";
 import { installDropIn } from "./metrics-fixes.js";
 import { CONTENT_TYPE } from "./prometheus-text.js";
 

@@ -1,7 +1,8 @@
 // The NVIDIA kernel driver's ioctls the daemon uses, with their structs packed by hand
-// (numbers and layouts: ../shared/reference/kernel-interfaces.md, from open-gpu-kernel-modules
-// 580/595). One `ioctl` function backs them: libc's for the real driver, or the simulated
-// libnvidia-ml's stand-in, which answers with the same layouts for the simulator's GPUs.
+// (numbers and layouts from open-gpu-kernel-modules 580/595: nv-ioctl-numa.h,
+// nv-ioctl-numbers.h, nvidia-uvm/uvm_ioctl.h). One `ioctl` function backs them: libc's for
+// the real driver, or the simulated libnvidia-ml's stand-in, which answers with the same
+// layouts for the simulator's GPUs.
 // Every call runs on the libuv pool (the driver may take its locks for long, and a lost GPU
 // may not answer at all) with a time limit; koffi carries the pool thread's errno back.
 import { close, constants, open, readdirSync, readFileSync } from "node:fs";
@@ -59,6 +60,16 @@ export interface NumaInfo {
   memSizeBytes: bigint;
 }
 
+/** NV_ESC_NUMA_INFO's status: the memory is online, and onlining it failed (auto_online_blocks not online_movable). */
+export const NUMA_ONLINE = 3;
+export const NUMA_ONLINE_FAILED = 4;
+
+/** A NUMA status's name, as status and the log say it. */
+export function numaStatusName(status: number): string {
+  return NUMA_STATUS_NAMES[status] ?? `status ${status}`;
+}
+
+/** Indexed by NV_ESC_NUMA_INFO's status. */
 export const NUMA_STATUS_NAMES = [
   "disabled",
   "offline",

@@ -5,6 +5,7 @@ import koffi, { type LibraryHandle } from "koffi";
 
 type KoffiFunction = ReturnType<LibraryHandle["func"]>;
 
+import { libuvPool } from "./libuv-pool.js";
 import { NvmlError, NvmlLoadError, NvmlTimeoutError } from "./nvml-errors.js";
 import { NVML_ERROR_TIMEOUT, NVML_SUCCESS } from "./nvml-return-codes.js";
 
@@ -63,7 +64,6 @@ const DECLARATIONS = {
   nvmlSystemGetDriverVersion: "int nvmlSystemGetDriverVersion(_Out_ uint8_t *buf, unsigned int len)",
   nvmlDeviceGetCount_v2: "int nvmlDeviceGetCount_v2(_Out_ unsigned int *count)",
   nvmlDeviceGetHandleByIndex_v2: "int nvmlDeviceGetHandleByIndex_v2(unsigned int index, _Out_ nvmlDevice_t *out)",
-  nvmlDeviceGetHandleByUUID: "int nvmlDeviceGetHandleByUUID(const char *uuid, _Out_ nvmlDevice_t *out)",
   nvmlDeviceGetHandleByPciBusId_v2: "int nvmlDeviceGetHandleByPciBusId_v2(const char *busId, _Out_ nvmlDevice_t *out)",
   nvmlDeviceGetUUID: "int nvmlDeviceGetUUID(nvmlDevice_t dev, _Out_ uint8_t *buf, unsigned int len)",
   nvmlDeviceGetName: "int nvmlDeviceGetName(nvmlDevice_t dev, _Out_ uint8_t *buf, unsigned int len)",
@@ -98,8 +98,10 @@ export class Nvml {
   readonly #fns: Record<NvmlFunctionName, AnyFn>;
   /** Time limit of each call; a reload may change it (calls in flight keep theirs). */
   timeoutMs: number;
-  /** Calls started and not yet returned from the library, timed out ones included. */
+  /** Calls queued or inside the library, timed out ones included. */
   #inFlight = 0;
+  /** idle() waiters, resolved when #inFlight reaches 0. */
+  readonly #onIdle = new Set<() => void>();
 
   private constructor(path: string, fns: Record<NvmlFunctionName, AnyFn>, timeoutMs: number) {
     this.path = path;
@@ -148,18 +150,24 @@ export class Nvml {
     return this.#callWithin(this.timeoutMs, name, ...args);
   }
 
+  /** The time limit runs from when the call is presumed running on a pool thread (libuv-pool.ts), not from its queueing. */
   #callWithin(timeoutMs: number, name: NvmlFunctionName, ...args: unknown[]): Promise<void> {
     const fn = this.#fns[name];
     return new Promise<void>((resolve, reject) => {
       let settled = false;
       let returned: () => void = () => {};
-      const timer = setTimeout(() => {
-        settled = true;
-        reject(new NvmlTimeoutError(name, timeoutMs, new Promise<void>((r) => (returned = r))));
-      }, timeoutMs);
+      let timer: NodeJS.Timeout | undefined;
       this.#inFlight++;
+      const call = libuvPool.queued(() => {
+        timer = setTimeout(() => {
+          settled = true;
+          reject(new NvmlTimeoutError(name, timeoutMs, new Promise<void>((r) => (returned = r))));
+        }, timeoutMs);
+      });
       fn.async(...args, (err: Error | null, code: number) => {
+        call.returned();
         this.#inFlight--;
+        if (this.#inFlight === 0) for (const idle of this.#onIdle) idle();
         if (settled) {
           returned();
           return;
@@ -174,17 +182,22 @@ export class Nvml {
   }
 
   /**
-   * Resolves true once no call is inside the library, false if some still are after
+   * Resolves true once no call is queued or inside the library, false if some still are after
    * `timeoutMs`. nvmlShutdown must not run beside another call: real NVML crashes when a
    * blocked nvmlEventSetWait_v2 outlives the session (seen on the H100).
    */
-  async idle(timeoutMs: number): Promise<boolean> {
-    const deadline = performance.now() + timeoutMs;
-    while (this.#inFlight > 0) {
-      if (performance.now() >= deadline) return false;
-      await new Promise((resolve) => setTimeout(resolve, 5));
-    }
-    return true;
+  idle(timeoutMs: number): Promise<boolean> {
+    if (this.#inFlight === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (idle: boolean): void => {
+        clearTimeout(timer);
+        this.#onIdle.delete(onIdle);
+        resolve(idle);
+      };
+      const onIdle = (): void => done(true);
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.#onIdle.add(onIdle);
+    });
   }
 
   async init(): Promise<void> {
@@ -210,12 +223,6 @@ export class Nvml {
   async handleByIndex(index: number): Promise<DeviceHandle> {
     const out: [DeviceHandle | null] = [null];
     await this.#call("nvmlDeviceGetHandleByIndex_v2", index, out);
-    return out[0] as DeviceHandle;
-  }
-
-  async handleByUuid(uuid: string): Promise<DeviceHandle> {
-    const out: [DeviceHandle | null] = [null];
-    await this.#call("nvmlDeviceGetHandleByUUID", uuid, out);
     return out[0] as DeviceHandle;
   }
 

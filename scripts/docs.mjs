@@ -1,4 +1,5 @@
 // npm run docs: regenerates the configuration reference in docs/operations.md from the schema.
+import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { build } from "esbuild";
 
@@ -16,4 +17,6 @@ await build({
 const { withSettingsReference } = await import(`../${out}`);
 const path = "docs/operations.md";
 writeFileSync(path, withSettingsReference(readFileSync(path, "utf8")));
+// Biome formats Markdown too: pad the generated table as `biome check` expects it.
+execFileSync("node_modules/.bin/biome", ["format", "--write", path], { stdio: "ignore" });
 console.log(`docs: ${path} has the current configuration reference`);

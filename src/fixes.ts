@@ -17,6 +17,9 @@ export const fixes = {
   installNvml:
     "install the NVIDIA driver's NVML (Debian: apt-get install libnvidia-ml1; the .run installer ships it), " +
     "or point --nvml-library (config nvmlLibrary, GPU_PERSISTD_NVML_LIBRARY) at the driver's libnvidia-ml.so.1",
+  /** UVM_INITIALIZE or UVM_REGISTER_GPU failed, or /dev/nvidia-uvm is missing. */
+  uvmRegistration:
+    "modprobe nvidia-uvm and check that /dev/nvidia-uvm exists; dmesg | grep -i nvidia-uvm says why the driver refused",
   /** --devices names no GPU that exists. */
   checkDevices: "check --devices (config devices) against 'nvidia-smi -L'",
 } as const;

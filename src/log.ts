@@ -3,17 +3,9 @@
 // or journal lines ("<N>" priority prefix) when stdout is the journal.
 import pino, { type Logger } from "pino";
 import type { Config } from "./config/schema.js";
-import { formatPciAddress, type PciAddress } from "./gpu/pci-address.js";
 import { type JournalSender, journalFieldName } from "./systemd/journal.js";
 
 export type Log = Logger;
-
-/** Fields carried by every line about one GPU. */
-export interface GpuLogFields {
-  gpuIndex: number;
-  gpuUuid: string;
-  gpuPciBusId: string;
-}
 
 const LEVEL_NAMES: Record<number, string> = {
   10: "TRACE",
@@ -119,9 +111,4 @@ export function createLog(
   };
   const stream = format === "json" ? out : { write };
   return pino({ level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.epochTime }, stream);
-}
-
-/** The fields every line about `gpu` carries. */
-export function gpuFields(gpu: { index: number; uuid: string; pci: PciAddress | null }): GpuLogFields {
-  return { gpuIndex: gpu.index, gpuUuid: gpu.uuid, gpuPciBusId: gpu.pci ? formatPciAddress(gpu.pci) : "" };
 }

@@ -1,9 +1,5 @@
+import { VERSION } from "../version.js";
 import { OPTIONS, type OptionSpec } from "./options.js";
-
-declare const GPU_PERSISTD_VERSION: string | undefined;
-
-/** Replaced by the bundler with package.json's version. */
-export const VERSION = typeof GPU_PERSISTD_VERSION === "string" ? GPU_PERSISTD_VERSION : "0.0.0-dev";
 
 export function versionText(): string {
   return [
@@ -21,22 +17,22 @@ function optionForms(o: OptionSpec): string {
   return o.short ? `-${o.short}${o.value ? ` ${o.value}` : ""}, ${long}` : long;
 }
 
+/** The usage lines of --help, also shown in docs/operations.md ("Usage", checked by the docs test). */
+export const USAGE = [
+  "gpu-persistd [options]            run the daemon (in the foreground)",
+  "gpu-persistd status [--json]      show what the running daemon holds",
+  "gpu-persistd release GPU...       let GPUs go completely (index, UUID or PCI bus id)",
+  "gpu-persistd hold GPU...          hold them again",
+  "gpu-persistd release GPU... -- COMMAND [ARGS]",
+  "                                  release, run COMMAND, hold again when it ends",
+  "gpu-persistd wait [--timeout=S]   wait until the daemon is ready (0 all held, 1 some not, 69 none)",
+  "gpu-persistd doctor [--json]      check driver, devices, units, user and GPUs; say each fix",
+  "gpu-persistd health-check [--slurm]",
+  "                                  one line: every GPU held? (0 yes, 1 no, 69 no daemon); --slurm drains/resumes",
+] as const;
+
 export function helpText(): string {
-  const lines = [
-    versionText(),
-    "Usage: gpu-persistd [options]            run the daemon (in the foreground)",
-    "       gpu-persistd status [--json]      show what the running daemon holds",
-    "       gpu-persistd release GPU...       let GPUs go completely (index, UUID or PCI bus id)",
-    "       gpu-persistd hold GPU...          hold them again",
-    "       gpu-persistd release GPU... -- COMMAND [ARGS]",
-    "                                         release, run COMMAND, hold again when it ends",
-    "       gpu-persistd wait [--timeout=S]   wait until the daemon is ready (0 all held, 1 some not, 69 none)",
-    "       gpu-persistd doctor [--json]      check driver, devices, units, user and GPUs; say each fix",
-    "       gpu-persistd health-check [--slurm]",
-    "                                         one line: every GPU held? (0 yes, 1 no, 69 no daemon); --slurm drains/resumes",
-    "",
-    "Options:",
-  ];
+  const lines = [versionText(), ...USAGE.map((line, i) => `${i === 0 ? "Usage: " : "       "}${line}`), "", "Options:"];
   for (const o of OPTIONS) {
     lines.push(`  ${optionForms(o)}`, `      ${o.help}`, "");
   }

@@ -1,6 +1,6 @@
 // gpu-persistd(8), in roff, from the same option table as --help.
 import { configSchema } from "../config/schema.js";
-import { VERSION } from "./help.js";
+import { VERSION } from "../version.js";
 import { OPTIONS, type OptionSpec } from "./options.js";
 
 function roff(text: string): string {

@@ -2,7 +2,7 @@ import { closeSync, readSync } from "node:fs";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { openRegularFile } from "../safe-files.js";
-import { type Config, type ConfigKey, configSchema, DEFAULT_CONFIG_PATH, newConfig } from "./schema.js";
+import { type Config, type ConfigKey, configSchema, DEFAULT_CONFIG_PATH, jsonTypeOf, newConfig } from "./schema.js";
 
 /** Config files are a few hundred bytes; anything this large is a mistake, not a config. */
 const MAX_CONFIG_BYTES = 64 * 1024;
@@ -16,17 +16,6 @@ export interface ConfigSource {
   overrides: Partial<Config>;
   /** The command-line option each override came from (`--log-format`), for a usage error. */
   overrideOptions?: Partial<Record<ConfigKey, string>>;
-}
-
-/** The JSON type a config file must give each setting (no "yes" for true, no "0,1" for a list). */
-function jsonTypeOf(key: ConfigKey): "boolean" | "number" | "array" | "string" {
-  const format = configSchema[key].format;
-  if (format === "flag") return "boolean";
-  if (format === "gpu-list") return "array";
-  if (format === "milliseconds" || format === "milliseconds-or-zero" || format === "bring-up-concurrency") {
-    return "number";
-  }
-  return "string";
 }
 
 /** The file's values, type-checked; GPU indexes may be numbers there (`"devices": [0, 1]`). */

@@ -2,13 +2,19 @@
 // and validation. The command line (src/cli/options.ts) maps its flags onto these keys.
 import convict from "convict";
 import { parseGpuSelector } from "../gpu/gpu-selector.js";
-import { parseLoopbackAddress } from "../metrics/listen-address.js";
+import nodeFlags from "../node-flags.json" with { type: "json" };
+import { parseLoopbackAddress } from "./listen-address.js";
 
 export const DEFAULT_CONFIG_PATH = "/etc/gpu-persistd/config.json";
 export const SIMULATION_PROFILES = ["dgx-h100"] as const;
 export const MAX_SIMULATED_GPUS = 256;
-/** Most GPUs brought up at once: below the libuv pool (128) so health checks and file I/O keep threads. */
-export const MAX_BRING_UP_CONCURRENCY = 96;
+/**
+ * Most GPUs brought up at once: the libuv pool's largest size (one thread per GPU, at most this
+ * many: src/node-flags.json). More at once could not run in parallel: their calls would only
+ * queue, as calls do when the health round or the Xid wait holds a thread during a reload (a
+ * queued call's time limit does not run yet: native-bindings/libuv-pool.ts).
+ */
+export const MAX_BRING_UP_CONCURRENCY = nodeFlags.threadpool.max;
 /** The longest delay a Node timer takes. */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -23,39 +29,42 @@ const BOOLEAN_WORDS: Record<string, boolean> = {
   no: false,
 };
 
-convict.addFormats({
+/** What a config file must give a setting of each format (no "yes" for true, no "0,1" for a list). */
+export type JsonType = "boolean" | "number" | "array" | "string";
+
+interface Format {
+  json: JsonType;
+  validate(value: unknown): void;
+  coerce?(value: string): unknown;
+}
+
+/** A whole number from `min` to `max`, given in `unit` (named in the error). */
+function integer(min: number, max: number, unit = ""): Format {
+  return {
+    json: "number",
+    validate(value: unknown) {
+      if (!Number.isInteger(value) || (value as number) < min || (value as number) > max) {
+        throw new Error(`must be an integer from ${min} to ${max}${unit ? ` (${unit})` : ""}`);
+      }
+    },
+    coerce: (value: string) => (/^\d+$/.test(value) ? Number(value) : value),
+  };
+}
+
+const FORMATS = {
   flag: {
+    json: "boolean",
     validate(value: unknown) {
       if (typeof value !== "boolean") throw new Error("must be true or false");
     },
     coerce: (value: string) => BOOLEAN_WORDS[value.toLowerCase()] ?? value,
   },
   // Node's timers hold at most 2^31-1 ms (24.8 days); a larger delay fires after 1 ms.
-  milliseconds: {
-    validate(value: unknown) {
-      if (!Number.isInteger(value) || (value as number) < 1 || (value as number) > MAX_TIMER_MS) {
-        throw new Error(`must be an integer from 1 to ${MAX_TIMER_MS} (milliseconds)`);
-      }
-    },
-    coerce: (value: string) => (/^\d+$/.test(value) ? Number(value) : value),
-  },
-  "bring-up-concurrency": {
-    validate(value: unknown) {
-      if (!Number.isInteger(value) || (value as number) < 1 || (value as number) > MAX_BRING_UP_CONCURRENCY) {
-        throw new Error(`must be an integer from 1 to ${MAX_BRING_UP_CONCURRENCY}`);
-      }
-    },
-    coerce: (value: string) => (/^\d+$/.test(value) ? Number(value) : value),
-  },
-  "milliseconds-or-zero": {
-    validate(value: unknown) {
-      if (!Number.isInteger(value) || (value as number) < 0 || (value as number) > MAX_TIMER_MS) {
-        throw new Error(`must be an integer from 0 to ${MAX_TIMER_MS} (milliseconds)`);
-      }
-    },
-    coerce: (value: string) => (/^\d+$/.test(value) ? Number(value) : value),
-  },
+  milliseconds: integer(1, MAX_TIMER_MS, "milliseconds"),
+  "milliseconds-or-zero": integer(0, MAX_TIMER_MS, "milliseconds"),
+  "bring-up-concurrency": integer(1, MAX_BRING_UP_CONCURRENCY),
   "gpu-list": {
+    json: "array",
     validate(value: unknown) {
       if (!Array.isArray(value)) throw new Error("must be a list of GPU indexes, UUIDs or PCI bus ids");
       const bad = value.find((v) => typeof v !== "string" || parseGpuSelector(v) === null);
@@ -68,11 +77,13 @@ convict.addFormats({
     coerce: (value: string) => (value.trim() === "" ? [] : value.split(",").map((v) => v.trim())),
   },
   text: {
+    json: "string",
     validate(value: unknown) {
       if (typeof value !== "string") throw new Error("must be a string");
     },
   },
   "loopback-address": {
+    json: "string",
     validate(value: unknown) {
       if (typeof value !== "string") throw new Error("must be a string");
       if (value === "") return;
@@ -81,6 +92,7 @@ convict.addFormats({
     },
   },
   "textfile-path": {
+    json: "string",
     validate(value: unknown) {
       if (typeof value !== "string") throw new Error("must be a string");
       if (value === "") return;
@@ -92,6 +104,7 @@ convict.addFormats({
     },
   },
   simulation: {
+    json: "string",
     validate(value: unknown) {
       if (typeof value !== "string") throw new Error("must be a string");
       if (value === "" || value === "on" || (SIMULATION_PROFILES as readonly string[]).includes(value)) return;
@@ -101,7 +114,17 @@ convict.addFormats({
       );
     },
   },
-});
+} satisfies Record<string, Format>;
+convict.addFormats(FORMATS);
+
+interface Setting {
+  doc: string;
+  /** One of FORMATS, or the words allowed. */
+  format: keyof typeof FORMATS | readonly string[];
+  default: unknown;
+  env: string;
+  reload: "live" | "restart";
+}
 
 /**
  * Every setting. `reload` says what a SIGHUP does with a change: "live" settings are applied
@@ -139,14 +162,14 @@ export const configSchema = {
   },
   logLevel: {
     doc: "Lowest level logged.",
-    format: ["debug", "info", "warn", "error"],
+    format: ["debug", "info", "warn", "error"] as const,
     default: "info",
     env: "GPU_PERSISTD_LOG_LEVEL",
     reload: "live" as const,
   },
   logFormat: {
     doc: "auto (journal under systemd, text on a terminal), text, json or journal.",
-    format: ["auto", "text", "json", "journal"],
+    format: ["auto", "text", "json", "journal"] as const,
     default: "auto",
     env: "GPU_PERSISTD_LOG_FORMAT",
     reload: "restart" as const,
@@ -250,7 +273,7 @@ export const configSchema = {
     // Each health-check run reads it; the daemon itself never does.
     reload: "live" as const,
   },
-};
+} satisfies Record<string, Setting>;
 
 export type ConfigKey = keyof typeof configSchema;
 
@@ -261,27 +284,20 @@ export function reloadPolicy(key: ConfigKey): "live" | "restart" {
   return configSchema[key].reload;
 }
 
-export interface Config {
-  persistenceMode: boolean;
-  uvmPersistenceMode: boolean;
-  user: string;
-  group: string;
-  logLevel: "debug" | "info" | "warn" | "error";
-  logFormat: "auto" | "text" | "json" | "journal";
-  nvidiaCfgPath: string;
-  runtimeDir: string;
-  nvmlLibrary: string;
-  devices: string[];
-  dryRun: boolean;
-  simulate: string;
-  nvmlTimeoutMs: number;
-  bringUpConcurrency: number;
-  driverWaitMs: number;
-  healthIntervalMs: number;
-  stopTimeoutMs: number;
-  metricsListen: string;
-  metricsTextfile: string;
-  healthCheckDrainReleased: boolean;
+/** A setting's value: one of its format's words, else its default's type. */
+type SettingValue<S> = S extends { format: readonly (infer Word)[] }
+  ? Word
+  : S extends { default: infer D }
+    ? D
+    : never;
+
+/** The configuration, as the schema defines it. */
+export type Config = { -readonly [K in ConfigKey]: SettingValue<(typeof configSchema)[K]> };
+
+/** The JSON type a config file must give `key`. */
+export function jsonTypeOf(key: ConfigKey): JsonType {
+  const { format } = configSchema[key];
+  return typeof format === "string" ? FORMATS[format].json : "string";
 }
 
 export function newConfig(): convict.Config<Config> {

@@ -22,7 +22,8 @@ export class RejectionLog {
     this.#windowMs = windowMs;
   }
 
-  report(peer: PeerCredentials, reason: string): void {
+  /** `peer` null: a client whose credentials could not be read. */
+  report(peer: PeerCredentials | null, reason: string): void {
     const now = performance.now();
     if (now - this.#windowStart >= this.#windowMs) {
       if (this.#suppressed > 0) {
@@ -37,6 +38,10 @@ export class RejectionLog {
       return;
     }
     this.#logged++;
+    if (!peer) {
+      this.#log.warn(`${this.#what}: rejected a client: ${reason}`);
+      return;
+    }
     this.#log.warn(
       { peerPid: peer.pid, peerUid: peer.uid },
       `${this.#what}: rejected a request from pid ${peer.pid} (uid ${peer.uid}): ${reason}`,

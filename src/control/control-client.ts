@@ -1,9 +1,9 @@
 import { connect } from "node:net";
-import { VERSION } from "../cli/help.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { controlSocketPath } from "../runtime-dir.js";
 import { type DaemonStatus, parseDaemonStatus } from "../status/daemon-status.js";
+import { VERSION } from "../version.js";
 import type { ControlRequest } from "./control-server.js";
 
 const REPLY_LIMIT_BYTES = 4 * 1024 * 1024;

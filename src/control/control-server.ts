@@ -1,19 +1,21 @@
 // The daemon's own control socket (separate from NVML's RPC socket): one JSON request line
 // in, one JSON reply line out, then the connection closes. Bounded as the RPC socket is:
-// request size, one deadline for the whole request, connection slots per uid with a reserve
+// request size, a deadline for the request line, connection slots per uid with a reserve
 // for root and the daemon's own user, and rejected requests logged quoted and rate-limited.
 import { createServer, type Server } from "node:net";
-import { type PeerCredentials, peerCredentials } from "../../native-bindings/peer-credentials.js";
+import type { PeerCredentials } from "../../native-bindings/peer-credentials.js";
+import { ConnectionAdmission } from "../connections/admission.js";
 import { clientText } from "../connections/client-text.js";
-import { ConnectionSlots, type SlotLimits } from "../connections/connection-slots.js";
-import { RejectionLog } from "../connections/rejection-log.js";
-import { socketFd } from "../connections/socket-fd.js";
+import type { SlotLimits } from "../connections/connection-slots.js";
 import { listenUnix } from "../connections/socket-file.js";
 import type { Log } from "../log.js";
 
 export const MAX_REQUEST_BYTES = 4096;
-/** Time for a whole request line, from the connection's start. */
-const REQUEST_DEADLINE_MS = 5000;
+/**
+ * Time for the request line, from the connection's start, and for the client to close once
+ * answered. Not the handler's: a release waits for the GPU, a lease lasts a whole command.
+ */
+export const REQUEST_DEADLINE_MS = 5000;
 export const CONTROL_SLOTS: SlotLimits = { total: 64, perUid: 8, reserve: 8 };
 
 export interface ControlRequest {
@@ -54,28 +56,19 @@ export async function startControlServer(
   path: string,
   handler: ControlHandler,
   log: Log,
+  requestDeadlineMs = REQUEST_DEADLINE_MS,
   handedFd?: number,
 ): Promise<Server> {
-  const rejections = new RejectionLog(log, "control socket");
-  const slots = new ConnectionSlots(CONTROL_SLOTS);
+  const admission = new ConnectionAdmission("control socket", CONTROL_SLOTS, log);
+  const { rejections } = admission;
   const server = createServer({ allowHalfOpen: true }, (socket) => {
-    let peer: ReturnType<typeof peerCredentials>;
-    try {
-      peer = peerCredentials(socketFd(socket));
-    } catch {
-      socket.destroy();
-      return;
-    }
-    const slot = slots.take(peer.uid);
-    if (typeof slot === "string") {
-      rejections.report(peer, `${slot}; closing this one`);
-      socket.destroy();
-      return;
-    }
-    const deadline = setTimeout(() => socket.destroy(), REQUEST_DEADLINE_MS);
+    const admitted = admission.admit(socket);
+    if (!admitted) return;
+    const { peer } = admitted;
+    let deadline = setTimeout(() => socket.destroy(), requestDeadlineMs);
     socket.on("close", () => {
       clearTimeout(deadline);
-      slot();
+      admitted.release();
     });
     socket.on("error", () => socket.destroy());
     let buffered = "";
@@ -87,6 +80,8 @@ export async function startControlServer(
       socket.end(`${JSON.stringify(body)}\n`);
       // Read (and drop) the rest, so the client's close is seen and the slot given back.
       socket.resume();
+      clearTimeout(deadline);
+      deadline = setTimeout(() => socket.destroy(), requestDeadlineMs);
     };
     const refuse = (message: string): void => {
       rejections.report(peer, message);
@@ -95,7 +90,6 @@ export async function startControlServer(
     const hold = (lease: Lease): void => {
       answered = true;
       socket.removeAllListeners("data");
-      clearTimeout(deadline);
       socket.write(`${JSON.stringify(lease.reply)}\n`);
       let ended = false;
       const finish = async (): Promise<void> => {
@@ -123,6 +117,8 @@ export async function startControlServer(
       }
       socket.removeAllListeners("data");
       socket.pause();
+      // The line is in: from here the handler's time is not the client's.
+      clearTimeout(deadline);
       const answer = (value: unknown): void => (value instanceof Lease ? hold(value) : reply(value));
       const bad = (err: unknown): void => {
         if (err instanceof BadRequest) {

@@ -1,8 +1,9 @@
 // What the daemon reports about itself: the status reply, the STATUS= line and the
 // Prometheus text, all from one snapshot of the registry.
-import { VERSION } from "../cli/help.js";
+
 import { type DaemonStatus, gpuStatus, STATUS_FORMAT } from "../status/daemon-status.js";
 import { statusLine } from "../status/status-line.js";
+import { VERSION } from "../version.js";
 import type { DaemonContext } from "./context.js";
 
 export function daemonStatus(ctx: DaemonContext): DaemonStatus {

@@ -161,12 +161,7 @@ async function gpuCheck(nvml: Nvml, daemon: DaemonStatus | null, index: number):
       );
     }
     if (held.uvm === "failed") {
-      return fail(
-        id,
-        title,
-        `${detail}, held; UVM registration failed: ${held.uvmError}`,
-        "modprobe nvidia-uvm and check that /dev/nvidia-uvm exists; dmesg | grep -i nvidia-uvm says why the driver refused",
-      );
+      return fail(id, title, `${detail}, held; UVM registration failed: ${held.uvmError}`, fixes.uvmRegistration);
     }
     const extras = [
       held.uvm === "registered" ? "UVM registration held" : "",

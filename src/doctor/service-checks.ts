@@ -3,11 +3,11 @@
 
 import { statSync } from "node:fs";
 import { join } from "node:path";
-import { VERSION } from "../cli/help.js";
 import type { Config } from "../config/schema.js";
 import { CONTROL_SOCKET_NAME, PID_FILE_NAME, RPC_SOCKET_NAME } from "../runtime-dir.js";
 import type { DaemonStatus } from "../status/daemon-status.js";
 import { UNIT_NAME } from "../systemd/unit-name.js";
+import { VERSION } from "../version.js";
 import { type Check, fail, pass } from "./check.js";
 import type { Account, HostRoot } from "./host-root.js";
 

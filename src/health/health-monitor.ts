@@ -11,9 +11,10 @@ import type { Nvml } from "../../native-bindings/nvml.js";
 import { NvmlError, NvmlTimeoutError } from "../../native-bindings/nvml-errors.js";
 import { NVML_ERROR_GPU_IS_LOST } from "../../native-bindings/nvml-return-codes.js";
 import { describeError } from "../gpu/describe-error.js";
+import { gpuFields } from "../gpu/gpu-log-fields.js";
 import { type Gpu, GpuLostError, type GpuRegistry } from "../gpu/gpu-registry.js";
 import type { SessionCoordinator } from "../gpu/session-coordinator.js";
-import { gpuFields, type Log } from "../log.js";
+import type { Log } from "../log.js";
 import type { XidEvents } from "./xid-events.js";
 
 export interface HealthOptions {

@@ -8,8 +8,9 @@
 import type { DeviceHandle, EventSetHandle, Nvml } from "../../native-bindings/nvml.js";
 import { EVENT_XID_CRITICAL_ERROR } from "../../native-bindings/nvml.js";
 import { describeError } from "../gpu/describe-error.js";
+import { gpuFields } from "../gpu/gpu-log-fields.js";
 import { type Gpu, GpuLostError, type GpuRegistry } from "../gpu/gpu-registry.js";
-import { gpuFields, type Log } from "../log.js";
+import type { Log } from "../log.js";
 
 /** The Xids admins meet most, from NVIDIA's Xid catalogue; `error` ones need action. */
 export const XID_MEANINGS: Readonly<Record<number, { text: string; error: boolean }>> = {

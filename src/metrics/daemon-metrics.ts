@@ -1,6 +1,7 @@
 // What gpu-persistd exports to Prometheus: per-GPU state, Xid counts, health-check latency,
 // bring-up duration and RPC requests. The daemon records into one instance; the exporters
 // (metrics-listener.ts, metrics-textfile.ts) render it on demand.
+import { NUMA_ONLINE, numaStatusName } from "../../native-bindings/nvidia-kernel.js";
 import type { GpuStatus } from "../status/daemon-status.js";
 import { family, Histogram, type Labels } from "./prometheus-text.js";
 
@@ -86,7 +87,7 @@ export class DaemonMetrics {
         "gpu_persistd_gpu_numa_online",
         "gauge",
         "GPUs with coherent memory (GH200, GB200): 1 while the driver reports their NUMA memory online (absent for others).",
-        perGpu((d) => (d.numa ? flag(d.numa.status === "online") : null)),
+        perGpu((d) => (d.numa ? flag(d.numa.status === numaStatusName(NUMA_ONLINE)) : null)),
       ),
       family(
         "gpu_persistd_gpu_lost",

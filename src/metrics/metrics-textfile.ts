@@ -22,6 +22,8 @@ export class MetricsTextfile {
   readonly #user: string;
   #timer: NodeJS.Timeout | null = null;
   #failing = false;
+  /** The text of the file in place, so an unchanged one is not rewritten. */
+  #written: string | null = null;
 
   constructor(path: string, render: () => string, log: Log, user: string) {
     this.#path = path;
@@ -32,8 +34,8 @@ export class MetricsTextfile {
     this.#user = user;
   }
 
-  /** Writes once (throwing a FatalError that says the fix if it cannot), then every intervalMs. */
-  start(intervalMs: number): void {
+  /** Writes once, throwing a FatalError that says the fix if it cannot. */
+  open(): void {
     try {
       this.#write();
     } catch (err) {
@@ -48,14 +50,18 @@ export class MetricsTextfile {
               : e.message;
       throw new FatalError(ExitCode.CONFIG, `cannot write metrics to ${this.#path}: ${why}`);
     }
-    this.#timer = setInterval(() => this.#writeLogged(), intervalMs);
-    this.#timer.unref();
+  }
+
+  /** open(), then writeNow() every intervalMs. */
+  start(intervalMs: number): void {
+    this.open();
+    this.reschedule(intervalMs);
   }
 
   /** A reload changed the interval. */
   reschedule(intervalMs: number): void {
     if (this.#timer) clearInterval(this.#timer);
-    this.#timer = setInterval(() => this.#writeLogged(), intervalMs);
+    this.#timer = setInterval(() => this.writeNow(), intervalMs);
     this.#timer.unref();
   }
 
@@ -63,28 +69,38 @@ export class MetricsTextfile {
   stop(): void {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
-    this.#writeLogged();
+    this.writeNow();
   }
 
   #write(): void {
+    const text = this.#render();
+    // Unchanged metrics need no new file: no disk write, no directory entry churn.
+    if (text === this.#written) return;
     // A new file each time, never one someone placed there: the directory may be shared.
     const temporary = `${this.#temporary}.${randomBytes(6).toString("hex")}`;
     const fd = createExclusive(temporary, 0o644);
     try {
-      writeSync(fd, this.#render());
-      // node_exporter runs as its own user; the unit's UMask=0077 would hide the file from it.
-      fchmodSync(fd, 0o644);
-      closeSync(fd);
+      try {
+        writeSync(fd, text);
+        // node_exporter runs as its own user; the unit's UMask=0077 would hide the file from it.
+        fchmodSync(fd, 0o644);
+      } finally {
+        // Exactly once: a second close could hit an fd another thread has just been given.
+        closeSync(fd);
+      }
       renameSync(temporary, this.#path);
     } catch (err) {
-      closeSync(fd);
       rmSync(temporary, { force: true });
       throw err;
     }
+    this.#written = text;
   }
 
-  /** Later failures are logged once until a write succeeds again; the daemon keeps its GPUs. */
-  #writeLogged(): void {
+  /**
+   * Writes the metrics if they changed. Failures are logged once until a write succeeds
+   * again; the daemon keeps its GPUs.
+   */
+  writeNow(): void {
     try {
       this.#write();
       if (this.#failing) this.#log.info(`metrics: writing ${this.#path} works again`);

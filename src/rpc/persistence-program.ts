@@ -1,5 +1,6 @@
 // Program 35006, versions 1 and 2: what NVML (nvidia-smi, pynvml, DCGM) asks the persistence
-// daemon. Types and procedures as in ../shared/reference/rpc-protocol.md.
+// daemon. Types and procedures as in NVIDIA's nvidia-persistenced source (its pre-generated
+// rpcgen files, nvpd_rpc*), checked against driver 580's NVML client.
 import type { PeerCredentials } from "../../native-bindings/peer-credentials.js";
 import { formatPciAddress, type PciAddress } from "../gpu/pci-address.js";
 import { AcceptStat, acceptedReply, progMismatchReply, type RpcCall } from "./rpc-message.js";

@@ -5,10 +5,8 @@
 // connection slots per uid with a reserve for root, and every call before a half-close
 // answered.
 import { createServer, type Server, type Socket } from "node:net";
-import { type PeerCredentials, peerCredentials } from "../../native-bindings/peer-credentials.js";
-import { ConnectionSlots, type SlotLimits } from "../connections/connection-slots.js";
-import { RejectionLog } from "../connections/rejection-log.js";
-import { socketFd } from "../connections/socket-fd.js";
+import { ConnectionAdmission } from "../connections/admission.js";
+import type { SlotLimits } from "../connections/connection-slots.js";
 import { listenUnix } from "../connections/socket-file.js";
 import type { Log } from "../log.js";
 import { handlePersistenceCall, type PersistenceBackend } from "./persistence-program.js";
@@ -73,13 +71,12 @@ export class RpcServer {
     limits: RpcLimits = DEFAULT_RPC_LIMITS,
     handedFd?: number,
   ): Promise<RpcServer> {
-    const rejections = new RejectionLog(log, "RPC");
-    const slots = new ConnectionSlots(limits.slots);
+    const admission = new ConnectionAdmission("RPC", limits.slots, log);
     let rpc: RpcServer | null = null;
     // Half-open: a client may send its calls, shut its side, and still read every reply.
     const server = createServer({ allowHalfOpen: true }, (socket) => {
       if (!rpc) return socket.destroy();
-      rpc.#serve(socket, { backend, log, rejections, limits, slots });
+      rpc.#serve(socket, { backend, log, admission, limits });
     });
     rpc = new RpcServer(server);
     // Every NVML client on the host asks here (nvidia-smi as any user); setters are
@@ -90,29 +87,19 @@ export class RpcServer {
 
   #serve(
     socket: Socket,
-    o: { backend: PersistenceBackend; log: Log; rejections: RejectionLog; limits: RpcLimits; slots: ConnectionSlots },
+    o: { backend: PersistenceBackend; log: Log; admission: ConnectionAdmission; limits: RpcLimits },
   ): void {
-    const { limits, rejections, log } = o;
-    let peer: PeerCredentials;
-    try {
-      peer = peerCredentials(socketFd(socket));
-    } catch (err) {
-      log.warn(`RPC: cannot read a client's credentials (${(err as Error).message}); closing its connection`);
-      socket.destroy();
-      return;
-    }
-    const slot = o.slots.take(peer.uid);
-    if (typeof slot === "string") {
-      rejections.report(peer, `${slot}; closing this one`);
-      socket.destroy();
-      return;
-    }
+    const { limits, log } = o;
+    const admitted = o.admission.admit(socket);
+    if (!admitted) return;
+    const { peer } = admitted;
+    const { rejections } = o.admission;
     this.#sockets.add(socket);
     let deadline: NodeJS.Timeout | undefined;
     socket.on("close", () => {
       this.#sockets.delete(socket);
       clearTimeout(deadline);
-      slot();
+      admitted.release();
     });
     socket.on("error", () => socket.destroy());
     // The client has recordDeadlineMs for what it must do next (send a whole record, or read

@@ -2,7 +2,7 @@
 // `doctor`, the metrics and the tests read. Clients validate it at run time, so a daemon of
 // another version is named as such instead of being misread.
 
-import { NUMA_STATUS_NAMES } from "../../native-bindings/nvidia-kernel.js";
+import { numaStatusName } from "../../native-bindings/nvidia-kernel.js";
 import { NvmlError } from "../../native-bindings/nvml-errors.js";
 import { describeError } from "../gpu/describe-error.js";
 import {
@@ -85,7 +85,7 @@ export function gpuStatus(gpu: Gpu): GpuStatus {
       gpu.numa && hasCoherentMemory(gpu)
         ? {
             nid: gpu.numa.nid,
-            status: NUMA_STATUS_NAMES[gpu.numa.status] ?? `status ${gpu.numa.status}`,
+            status: numaStatusName(gpu.numa.status),
             autoOnline: gpu.numa.useAutoOnline,
             memSizeBytes: Number(gpu.numa.memSizeBytes),
           }

@@ -1,6 +1,8 @@
 // sd_notify(3), in-process: datagrams from the main PID itself (a child such as the
 // systemd-notify binary is rejected under NotifyAccess=main, also after a privilege drop).
 import { DatagramError, UnixDatagramSender, unixAddress } from "../../native-bindings/unix-datagram.js";
+import { ExitCode } from "../exit-codes.js";
+import { FatalError } from "../fatal-error.js";
 
 export class SystemdNotifier {
   readonly #sender: UnixDatagramSender | null;
@@ -97,13 +99,33 @@ export function monotonicUsec(): string {
   return (process.hrtime.bigint() / 1000n).toString();
 }
 
+const DECIMAL = /^[0-9]+$/;
+
 /**
- * The watchdog interval systemd asks for, in microseconds, or null when none applies to
- * this process (WATCHDOG_USEC unset or invalid, or WATCHDOG_PID naming another process).
+ * The watchdog interval systemd asks for, in microseconds, or null when none applies to this
+ * process: WATCHDOG_USEC unset or empty, or WATCHDOG_PID naming another process (as go-systemd's
+ * SdWatchdogEnabled). A malformed value throws a FatalError naming it: read as "no watchdog",
+ * it would silently leave a hung daemon unsupervised.
  */
 export function watchdogUsec(env: NodeJS.ProcessEnv, pid: number = process.pid): number | null {
-  const usec = Number(env.WATCHDOG_USEC);
-  if (!env.WATCHDOG_USEC || !Number.isSafeInteger(usec) || usec <= 0) return null;
-  if (env.WATCHDOG_PID && Number(env.WATCHDOG_PID) !== pid) return null;
-  return usec;
+  const text = env.WATCHDOG_USEC;
+  if (!text) return null;
+  const usec = Number(text);
+  if (!DECIMAL.test(text) || !Number.isSafeInteger(usec) || usec <= 0) {
+    throw new FatalError(
+      ExitCode.CONFIG,
+      `WATCHDOG_USEC='${text}' is not a positive whole number of microseconds: systemd sets it from the ` +
+        "unit's WatchdogSec= (check it with systemctl cat gpu-persistd); when starting the daemon by hand, unset it",
+    );
+  }
+  const owner = env.WATCHDOG_PID;
+  if (!owner) return usec;
+  if (!DECIMAL.test(owner) || !Number.isSafeInteger(Number(owner))) {
+    throw new FatalError(
+      ExitCode.CONFIG,
+      `WATCHDOG_PID='${owner}' is not a process id: systemd sets it to the main PID beside WATCHDOG_USEC; ` +
+        "when starting the daemon by hand, unset both",
+    );
+  }
+  return Number(owner) === pid ? usec : null;
 }

@@ -1,6 +1,6 @@
 // The bundle's own command line, run as an admin runs it.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, realpathSync } from "node:fs";
+import { mkdtempSync, readFileSync, realpathSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -48,6 +48,7 @@ describe("the GPU-machine suites", () => {
       });
       expect(result.status, suite).toBe(2);
       expect(result.stderr, suite).toContain("ABORT: no nvidia-smi here: this suite needs a GPU machine");
+      rmSync(out, { recursive: true, force: true });
     }
   });
 });
@@ -61,5 +62,6 @@ describe("scripts/stage.mjs (the npm route's install)", () => {
     spawnSync(process.execPath, [join(ROOT, "scripts/stage.mjs"), dest, "--node=/opt/node22/bin/node"], { cwd: ROOT });
     expect(launcher()).toContain("exec /opt/node22/bin/node ");
     expect(readFileSync(join(dest, "usr/share/doc/gpu-persistd/operations.md"), "utf8")).toContain("operations guide");
+    rmSync(dest, { recursive: true, force: true });
   });
 });

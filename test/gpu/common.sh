@@ -1,7 +1,7 @@
 # Shared by the GPU-machine suites (sourced from the repository root): the abort without a GPU,
 # the carried Node, the bundle, and the read-only guard on the persistence mode.
 command -v nvidia-smi >/dev/null || {
-  echo "ABORT: no nvidia-smi here: this suite needs a GPU machine with the NVIDIA driver (see ../shared/reference/gpu-machine.md)" >&2
+  echo "ABORT: no nvidia-smi here: this suite needs a GPU machine with the NVIDIA driver (see docs/architecture.md, "Benchmarks and the GPU suite")" >&2
   exit 2
 }
 NODE=$(command -v node || true)

@@ -4,17 +4,20 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { afterEach } from "vitest";
-import { VERSION } from "../../src/cli/help.js";
+import { afterAll, afterEach } from "vitest";
 import { type DaemonStatus, parseDaemonStatus } from "../../src/status/daemon-status.js";
+import { VERSION } from "../../src/version.js";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
 export const BUNDLE = join(ROOT, "dist/gpu-persistd.mjs");
 export const SIM_LIBRARY = join(ROOT, "dist/libnvidia-ml-sim.so");
 
 /** Keeps the machine's /etc/gpu-persistd/config.json out of the tests. */
-const EMPTY_CONFIG = join(mkdtempSync(join(tmpdir(), "gpu-persistd-config-")), "config.json");
+const EMPTY_CONFIG_DIR = mkdtempSync(join(tmpdir(), "gpu-persistd-config-"));
+const EMPTY_CONFIG = join(EMPTY_CONFIG_DIR, "config.json");
 writeFileSync(EMPTY_CONFIG, "{}");
+// Per test file (each imports this module afresh): vitest's workers end without running exit handlers.
+afterAll(() => rmSync(EMPTY_CONFIG_DIR, { recursive: true, force: true }));
 // Short event waits: a release waits for the one in flight (10 s by default) before it ends the NVML session.
 const BASE_ENV = { PATH: process.env.PATH, GPU_PERSISTD_CONFIG: EMPTY_CONFIG };
 

@@ -1,6 +1,6 @@
 // Real systemd 252 in systemd-nspawn (about a second a boot): a Debian bookworm rootfs built
 // once with mmdebstrap and cached, booted with a throw-away overlay, commands run inside
-// with nsenter. See ../shared/reference/systemd-testing.md for the measured facts.
+// with nsenter. docs/development.md (test/systemd/) says what the suite checks and needs.
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import {
   existsSync,

@@ -1,13 +1,19 @@
 // Builds and runs test/rpc/tirpc-client.c, a client on libtirpc: an independent ONC RPC
 // implementation, as NVML's own client is.
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { afterAll } from "vitest";
 import build from "../rpc/tirpc-client.build.json" with { type: "json" };
 import { ROOT } from "./daemon.js";
 
 let built: string | undefined;
+let builtDir: string | undefined;
+// Per test file (each imports this module afresh): vitest's workers end without running exit handlers.
+afterAll(() => {
+  if (builtDir) rmSync(builtDir, { recursive: true, force: true });
+});
 
 /** The client binary; throws with the apt-get line when libtirpc-dev is missing. */
 export function tirpcClient(): string {
@@ -15,7 +21,8 @@ export function tirpcClient(): string {
   if (!existsSync("/usr/include/tirpc/rpc/rpc.h")) {
     throw new Error("libtirpc-dev is missing: apt-get install -y --no-install-recommends libtirpc-dev");
   }
-  const out = join(mkdtempSync(join(tmpdir(), "gpu-persistd-tirpc-")), "tirpc-client");
+  builtDir = mkdtempSync(join(tmpdir(), "gpu-persistd-tirpc-"));
+  const out = join(builtDir, "tirpc-client");
   execFileSync("cc", [...build.cc, "-o", out, join(ROOT, "test/rpc/tirpc-client.c"), "-ltirpc"]);
   built = out;
   return out;

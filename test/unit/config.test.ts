@@ -1,13 +1,14 @@
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/config/load-config.js";
 import { configSchema } from "../../src/config/schema.js";
 import { FatalError } from "../../src/fatal-error.js";
 
 const dir = mkdtempSync(join(tmpdir(), "gpu-persistd-config-test-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 let fileCount = 0;
 
 function file(contents: string): string {
@@ -138,9 +139,8 @@ describe("the libuv pool size", () => {
 });
 
 describe("config file types", () => {
-  const dir = mkdtempSync(join(tmpdir(), "gpu-persistd-types-"));
   const load = (values: object) => {
-    const path = join(dir, "config.json");
+    const path = join(dir, "types.json");
     writeFileSync(path, JSON.stringify(values));
     return loadConfig({ path, overrides: {} }, {});
   };
@@ -180,8 +180,7 @@ describe("config file types", () => {
 describe("settings the command line overrides", () => {
   it("are named, so a user in the config file under the unit's --user is not lost silently", async () => {
     const { loadConfigWithNotes } = await import("../../src/config/load-config.js");
-    const dir = mkdtempSync(join(tmpdir(), "gpu-persistd-notes-"));
-    const path = join(dir, "config.json");
+    const path = join(dir, "notes.json");
     writeFileSync(path, JSON.stringify({ user: "gpu-admin", logLevel: "warn" }));
     const { config, notes } = loadConfigWithNotes(
       { path, overrides: { user: "nvidia-persistenced", logLevel: "warn" }, overrideOptions: { user: "--user" } },

@@ -4,6 +4,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseCommandLine } from "../../src/cli/command-line.js";
+import { USAGE } from "../../src/cli/help.js";
 import { BEGIN, END, settingsReference } from "../../src/cli/settings-reference.js";
 import { readmeCommands } from "../helpers/readme.js";
 
@@ -28,6 +29,12 @@ describe("docs", () => {
     const shown = text.slice(text.indexOf(BEGIN), text.indexOf(END));
     expect(shown, "the settings markers are missing").not.toBe("");
     expect(cells(shown), "out of date: run npm run docs").toEqual(cells(settingsReference()));
+  });
+
+  it("docs/operations.md shows the usage lines --help prints", () => {
+    const text = readFileSync(join(ROOT, "docs/operations.md"), "utf8");
+    const block = /^## Usage\n\n```\n([\s\S]*?)\n```/m.exec(text)?.[1];
+    expect(block?.split("\n")).toEqual([...USAGE]);
   });
 
   it("every gpu-persistd command in the README parses as the command line would take it", () => {

@@ -259,6 +259,8 @@ describe("health and loss", () => {
     ).toHaveLength(1);
     openGate();
     expect(await nvml.idle(5000)).toBe(true);
+    // The stuck call's own continuation runs after idle()'s: one turn of the loop.
+    await new Promise((r) => setImmediate(r));
     expect(await health.round()).toBe(true);
     expect(d.messages()).toContain("GPU 1: health check answers again");
   });

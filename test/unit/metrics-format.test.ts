@@ -1,7 +1,7 @@
 // The Prometheus text format and the loopback-only address rule, without a daemon.
 import { describe, expect, it } from "vitest";
+import { parseLoopbackAddress } from "../../src/config/listen-address.js";
 import { loadConfig } from "../../src/config/load-config.js";
-import { parseLoopbackAddress } from "../../src/metrics/listen-address.js";
 import { family, Histogram } from "../../src/metrics/prometheus-text.js";
 
 describe("Prometheus text", () => {

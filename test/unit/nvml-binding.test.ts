@@ -4,17 +4,36 @@ import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import koffi from "koffi";
-import { afterAll, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { libuvPool } from "../../native-bindings/libuv-pool.js";
 import { NvidiaKernel } from "../../native-bindings/nvidia-kernel.js";
 import { Nvml } from "../../native-bindings/nvml.js";
 import { NvmlError, NvmlLoadError, NvmlTimeoutError } from "../../native-bindings/nvml-errors.js";
-import { nvmlReturnName } from "../../native-bindings/nvml-return-codes.js";
+import * as returnCodes from "../../native-bindings/nvml-return-codes.js";
+import { NVML_RETURN_NAMES, nvmlReturnName } from "../../native-bindings/nvml-return-codes.js";
 import { Scratch, SIM_LIBRARY, type SimConfig } from "../helpers/daemon.js";
 
 const scratch = new Scratch();
-const reset = koffi.load(SIM_LIBRARY).func("void gpuPersistdSimReset()");
-const simFallOffTheBus = koffi.load(SIM_LIBRARY).func("void gpuPersistdSimFallOffTheBus(int gpu)");
+const sim = koffi.load(SIM_LIBRARY);
+const reset = sim.func("void gpuPersistdSimReset()");
+const openGate = sim.func("void gpuPersistdSimOpenGate()");
+const awaitGated = sim.func("int gpuPersistdSimAwaitGated(int count, int timeoutMs)");
+const simFallOffTheBus = sim.func("void gpuPersistdSimFallOffTheBus(int gpu)");
 const nvml = Nvml.load(SIM_LIBRARY, 2000);
+
+/** Resolves once `count` calls wait at the simulator's gate (the wait itself takes a pool thread until then). */
+function gated(count: number): Promise<void> {
+  return new Promise((resolve, reject) =>
+    awaitGated.async(count, 10_000, (err: Error | null, n: number) =>
+      err || n < count ? reject(err ?? new Error(`only ${n} of ${count} calls reached the gate`)) : resolve(),
+    ),
+  );
+}
+
+afterEach(() => {
+  vi.useRealTimers();
+  nvml.timeoutMs = 2000;
+});
 
 function simulate(config: SimConfig): void {
   reset();
@@ -70,7 +89,6 @@ describe("calls", () => {
       pciSubSystemId: 0x16c110de,
       busId: "00000000:1B:00.0",
     });
-    expect(await nvml.handleByUuid("GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee")).toBe(dev);
     for (const form of ["00000000:1b:00.0", "0:1b:0", "1b:00.0"]) {
       expect(await nvml.handleByPciBusId(form)).toBe(dev);
     }
@@ -119,25 +137,80 @@ describe("calls", () => {
   });
 
   it("honours afterMs, counted from the first nvmlInit", async () => {
-    simulate({ gpus: 1, faults: [{ call: "*", return: 999, afterMs: 150 }] });
+    simulate({
+      gpus: 1,
+      faults: [
+        { call: "nvmlDeviceGetMinorNumber", return: 999, afterMs: 3_600_000 },
+        { call: "nvmlDeviceGetName", return: 999, afterMs: 0 },
+      ],
+    });
     await nvml.init();
     const dev = await nvml.handleByIndex(0);
     expect(await nvml.minorNumber(dev)).toBe(0);
-    await new Promise((r) => setTimeout(r, 200));
-    expect(await rejection(nvml.minorNumber(dev))).toMatchObject({ codeName: "NVML_ERROR_UNKNOWN" });
+    expect(await rejection(nvml.name(dev))).toMatchObject({ codeName: "NVML_ERROR_UNKNOWN" });
+    await nvml.shutdown();
   });
 
-  it("times a hung call out with NvmlTimeoutError, without blocking the event loop", async () => {
-    simulate({ gpus: 1, faults: [{ call: "nvmlDeviceGetName", hangMs: 3000 }] });
+  it("times a hung call out with NvmlTimeoutError, without blocking the event loop, and frees its thread once it returns", async () => {
+    simulate({ gpus: 1, faults: [{ call: "nvmlDeviceGetName", gate: true }] });
     await nvml.init();
     const dev = await nvml.handleByIndex(0);
-    let ticks = 0;
-    const ticker = setInterval(() => ticks++, 10);
-    const err = await rejection(nvml.name(dev));
-    clearInterval(ticker);
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    const hung = rejection(nvml.name(dev));
+    // This test goes on while the call is blocked in the library: the loop is free.
+    await gated(1);
+    vi.advanceTimersByTime(2000);
+    const err = await hung;
     expect(err).toBeInstanceOf(NvmlTimeoutError);
     expect((err as Error).message).toBe("nvmlDeviceGetName did not return within 2000 ms (driver hung?)");
-    expect(ticks).toBeGreaterThan(10);
+    openGate();
+    await (err as NvmlTimeoutError).returned;
+    expect(await nvml.idle(0)).toBe(true);
+    await nvml.shutdown();
+  });
+
+  it("starts a call's time limit when it runs on a pool thread, not while it waits in the pool's queue", async () => {
+    // Every pool thread blocked at the gate, the last call queued behind them.
+    const threads = libuvPool.size;
+    simulate({ gpus: 1, faults: [{ call: "nvmlDeviceGetPersistenceMode", gate: true }] });
+    await nvml.init();
+    const dev = await nvml.handleByIndex(0);
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    nvml.timeoutMs = 1000;
+    const blocked = Array.from({ length: threads - 1 }, () => rejection(nvml.persistenceMode(dev)));
+    await gated(threads - 1);
+    blocked.push(rejection(nvml.persistenceMode(dev)));
+    const queued = nvml.name(dev);
+    let queuedSettled = false;
+    queued.finally(() => {
+      queuedSettled = true;
+    });
+    vi.advanceTimersByTime(5000);
+    // The blocked calls ran past their limit; the queued one has not started.
+    for (const err of await Promise.all(blocked)) expect(err).toBeInstanceOf(NvmlTimeoutError);
+    expect(queuedSettled).toBe(false);
+    openGate();
+    expect(await queued).toBe("NVIDIA H100 80GB HBM3");
+    for (const err of await Promise.all(blocked)) await (err as NvmlTimeoutError).returned;
+    await nvml.shutdown();
+  });
+
+  it("idle() resolves when the last call returns, with no polling, or false at its limit", async () => {
+    simulate({ gpus: 1, faults: [{ call: "nvmlDeviceGetName", gate: true }] });
+    await nvml.init();
+    const dev = await nvml.handleByIndex(0);
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    const name = nvml.name(dev);
+    await gated(1);
+    const late = nvml.idle(100);
+    vi.advanceTimersByTime(100);
+    expect(await late).toBe(false);
+    // No fake time passes from here: only the call's return can resolve it.
+    const idle = nvml.idle(60_000);
+    openGate();
+    expect(await name).toBe("NVIDIA H100 80GB HBM3");
+    expect(await idle).toBe(true);
+    await nvml.shutdown();
   });
 
   it("answers UNINITIALIZED before nvmlInit", async () => {
@@ -195,8 +268,21 @@ describe("calls", () => {
     ]);
   });
 
-  it("names every return code", () => {
-    expect(nvmlReturnName(15)).toBe("NVML_ERROR_GPU_IS_LOST");
+  it("names every return code, and NVML has a message for each", () => {
+    const names = Object.entries(NVML_RETURN_NAMES);
+    expect(names).toHaveLength(32);
+    expect(new Set(names.map(([, name]) => name)).size).toBe(names.length);
+    for (const [code, name] of names) {
+      expect(name).toMatch(/^NVML_(SUCCESS|ERROR_[A-Z_]+)$/);
+      expect(nvmlReturnName(Number(code))).toBe(name);
+      const message = nvml.errorString(Number(code));
+      expect(message).not.toBe("");
+      if (name !== "NVML_ERROR_UNKNOWN") expect(message).not.toBe("Unknown Error");
+    }
+    // Each named constant is the code its name says.
+    for (const [constant, value] of Object.entries(returnCodes)) {
+      if (typeof value === "number") expect(nvmlReturnName(value)).toBe(constant);
+    }
     expect(nvmlReturnName(12345)).toBe("NVML_RETURN_12345");
     expect(nvml.errorString(9)).toBe("Driver Not Loaded");
   });

@@ -9,6 +9,7 @@ import { close, constants, open, readdirSync, readFileSync } from "node:fs";
 import { promisify } from "node:util";
 import koffi from "koffi";
 import { type KoffiFunction, libcFunction } from "./libc.js";
+import { libuvPool } from "./libuv-pool.js";
 
 const openAsync = promisify(open);
 const closeAsync = promisify(close);
@@ -210,12 +211,17 @@ export class NvidiaKernel {
     return new Promise<void>((resolve, reject) => {
       let settled = false;
       let returned: () => void = () => {};
-      const timer = setTimeout(() => {
-        settled = true;
-        reject(new KernelTimeoutError(name, this.timeoutMs, new Promise<void>((r) => (returned = r))));
-      }, this.timeoutMs);
+      let timer: NodeJS.Timeout | undefined;
+      // The limit runs from when the call is presumed running on a pool thread, as NVML's do.
+      const call = libuvPool.queued(() => {
+        timer = setTimeout(() => {
+          settled = true;
+          reject(new KernelTimeoutError(name, this.timeoutMs, new Promise<void>((r) => (returned = r))));
+        }, this.timeoutMs);
+      });
       this.#ioctl.async(fd, request, arg, (err: Error | null, rc: number) => {
         const errno = koffi.errno();
+        call.returned();
         if (settled) {
           returned();
           return;

@@ -58,7 +58,6 @@ const APPLY: { [K in LiveKey]: (ctx: DaemonContext) => void | Promise<void> } = 
   },
   healthIntervalMs: (ctx) => {
     ctx.health?.reschedule(healthIntervalMs(ctx));
-    ctx.metricsTextfile?.reschedule(ctx.config.healthIntervalMs);
   },
   // These three decide which GPUs are held: applied together by holdWhatIsWanted.
   persistenceMode: () => {},

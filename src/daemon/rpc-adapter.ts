@@ -3,12 +3,11 @@
 // Semantics as the original's: version 1's Set moves persistence and NUMA together (and
 // rolls persistence back when NUMA fails); version 2 moves each alone. Every answer waits
 // for the NVML session to settle: a GPU reported released is pinned by nothing of ours.
+import { NUMA_ONLINE_FAILED } from "../../native-bindings/nvidia-kernel.js";
 import type { Claim, Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
 import { hasCoherentMemory } from "../gpu/gpu-registry.js";
 import { NvPdStatus, type PersistenceBackend } from "../rpc/persistence-program.js";
 import type { DaemonContext } from "./context.js";
-
-const NUMA_ONLINE_FAILED = 4;
 
 /** The registry, the coordinator and the leases an answer needs; null before bring-up ended. */
 function parts(ctx: DaemonContext) {

@@ -282,7 +282,11 @@ function startHealth(
       coordinator,
       nvmlOpen: () => session.open,
       xid: () => ctx.xid,
-      onRound: (seconds, healthy, checked) => ctx.metrics.observeHealthRound(seconds, healthy, checked),
+      onRound: (seconds, healthy, checked) => {
+        ctx.metrics.observeHealthRound(seconds, healthy, checked);
+        // The textfile follows the health timer: no timer, and no wake-up, of its own.
+        ctx.metricsTextfile?.writeNow();
+      },
       ...(watchdog ? { afterTick: () => watchdog.tick() } : {}),
       log: ctx.log,
     },
@@ -308,6 +312,8 @@ export async function startUp(ctx: DaemonContext): Promise<void> {
   }
   // Before any GPU is touched: an unknown user must not leave GPUs half set up.
   const identity = resolveIdentity(config.user, config.group);
+  // A malformed WATCHDOG_USEC is refused before any GPU is touched.
+  watchdogUsec(ctx.deps.env);
   const started = performance.now();
 
   const progress: Progress = { settled: 0, total: 0 };
@@ -353,8 +359,8 @@ export async function startUp(ctx: DaemonContext): Promise<void> {
       log,
       config.user || "root",
     );
-    ctx.metricsTextfile.start(config.healthIntervalMs);
-    log.info(`writing metrics to ${config.metricsTextfile} every ${config.healthIntervalMs} ms`);
+    ctx.metricsTextfile.open();
+    log.info(`writing metrics to ${config.metricsTextfile} after every health round (${ctx.health?.intervalMs} ms)`);
   }
   const selected = registry.list().filter((g) => g.selected).length;
   const held = registry.list().filter((g) => g.state === "held").length;

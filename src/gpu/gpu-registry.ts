@@ -7,8 +7,9 @@
 import { EventEmitter } from "node:events";
 import {
   KernelCallError,
-  NUMA_STATUS_NAMES,
+  NUMA_ONLINE_FAILED,
   NV_ERR_NVLINK_FABRIC_NOT_READY,
+  numaStatusName,
 } from "../../native-bindings/nvidia-kernel.js";
 import type { DeviceHandle, Nvml } from "../../native-bindings/nvml.js";
 import { PERSISTENCE_ENABLED } from "../../native-bindings/nvml.js";
@@ -31,8 +32,6 @@ import { formatPciAddress, type PciAddress, samePciDevice } from "./pci-address.
 
 export type { Claim, Gpu, GpuState, Origin, PersistenceReading, Transition, UvmState } from "./gpu-model.js";
 export { GpuLostError, hasCoherentMemory } from "./gpu-model.js";
-
-const NUMA_ONLINE_FAILED = 4;
 
 interface Entry extends Gpu {
   uuid: string;
@@ -278,7 +277,7 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
         this.#note(
           gpu,
           failed ? "warn" : "info",
-          `coherent memory: NUMA node ${n.nid}, ${NUMA_STATUS_NAMES[n.status] ?? `status ${n.status}`}, ` +
+          `coherent memory: NUMA node ${n.nid}, ${numaStatusName(n.status)}, ` +
             `${Number(n.memSizeBytes / 2n ** 20n)} MiB${n.useAutoOnline ? ", onlined by the driver" : ""}` +
             (failed ? " (check that /sys/devices/system/memory/auto_online_blocks is online_movable)" : ""),
         );

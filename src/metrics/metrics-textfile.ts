@@ -20,7 +20,6 @@ export class MetricsTextfile {
   readonly #log: Log;
   /** The daemon's user after the drop, for the fix when it may not write the directory. */
   readonly #user: string;
-  #timer: NodeJS.Timeout | null = null;
   #failing = false;
   /** The text of the file in place, so an unchanged one is not rewritten. */
   #written: string | null = null;
@@ -52,23 +51,8 @@ export class MetricsTextfile {
     }
   }
 
-  /** open(), then writeNow() every intervalMs. */
-  start(intervalMs: number): void {
-    this.open();
-    this.reschedule(intervalMs);
-  }
-
-  /** A reload changed the interval. */
-  reschedule(intervalMs: number): void {
-    if (this.#timer) clearInterval(this.#timer);
-    this.#timer = setInterval(() => this.writeNow(), intervalMs);
-    this.#timer.unref();
-  }
-
   /** A last write (the state at stop: nothing held), then no more. */
   stop(): void {
-    if (this.#timer) clearInterval(this.#timer);
-    this.#timer = null;
     this.writeNow();
   }
 

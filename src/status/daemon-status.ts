@@ -31,7 +31,11 @@ export interface GpuStatus {
   /** The daemon keeps the GPU's node open. */
   held: boolean;
   lost: boolean;
-  /** The persistence mode as NVML last read or set it ("unknown" until then). */
+  /**
+   * The persistence mode as NVML's clients read it: "enabled" while the daemon holds the GPU
+   * for persistence (it answers so over the RPC socket, which NVML asks), else the driver's
+   * own flag as NVML last read or set it ("unknown" until then).
+   */
   persistence: PersistenceReading;
   xids: Record<string, number>;
   /** Why the GPU is not as wanted, as one line (NVML's error name first where NVML said so). */
@@ -75,7 +79,7 @@ export function gpuStatus(gpu: Gpu): GpuStatus {
     selected: gpu.selected,
     held: gpu.state === "held",
     lost: gpu.state === "lost",
-    persistence: gpu.persistence,
+    persistence: gpu.state === "held" && gpu.claims.has("persistence") ? "enabled" : gpu.persistence,
     xids: Object.fromEntries([...gpu.xids].map(([xid, n]) => [String(xid), n])),
     error: fault ? describeError(fault) : null,
     errorCode: fault instanceof NvmlError ? fault.codeName : null,

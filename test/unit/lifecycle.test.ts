@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { NvmlError } from "../../native-bindings/nvml-errors.js";
 import { rpcBackend } from "../../src/daemon/rpc-adapter.js";
-import { daemonStatus } from "../../src/daemon/status-snapshot.js";
+import { daemonStatus, metricsText } from "../../src/daemon/status-snapshot.js";
 import { NvPdStatus } from "../../src/rpc/persistence-program.js";
 import { fdsOn, gated, InProcessFixture, openGate } from "../helpers/in-process.js";
 
@@ -270,6 +270,19 @@ describe("health and loss", () => {
     await d.daemon.run();
     await d.context.health?.round();
     expect(d.messages().join("\n")).not.toContain("now reads disabled");
-    expect(daemonStatus(d.context).devices.map((g) => g.persistence)).toEqual(["disabled", "enabled"]);
+    expect(d.registry.list().map((g) => g.persistence)).toEqual(["disabled", "enabled"]);
+    // What NVML's clients read: the daemon holds both, and answers "enabled" over its socket.
+    expect(daemonStatus(d.context).devices.map((g) => g.persistence)).toEqual(["enabled", "enabled"]);
+  });
+
+  it("a GPU a reload adds ends up as one held at start: held, persistence enabled in status and metrics", async () => {
+    const d = fixture.daemon({ gpus: [{ persistence: 0 }, { persistence: 0 }] }, { devices: ["0"] });
+    await d.daemon.run();
+    d.nextConfig = { devices: [] };
+    d.daemon.reload();
+    await d.daemon.reloadsSettled();
+    const [a, b] = daemonStatus(d.context).devices;
+    expect(b).toMatchObject({ state: a?.state, held: true, persistence: "enabled" });
+    expect(metricsText(d.context)).toMatch(/gpu_persistd_gpu_held\{gpu="1"[^}]*\} 1/);
   });
 });

@@ -7,10 +7,17 @@ import { describe, expect, it } from "vitest";
 import { NvmlError } from "../../native-bindings/nvml-errors.js";
 import { rpcBackend } from "../../src/daemon/rpc-adapter.js";
 import { daemonStatus, metricsText } from "../../src/daemon/status-snapshot.js";
+import type { HealthMonitor } from "../../src/health/health-monitor.js";
 import { NvPdStatus } from "../../src/rpc/persistence-program.js";
 import { fdsOn, gated, InProcessFixture, openGate } from "../helpers/in-process.js";
 
 const fixture = new InProcessFixture();
+
+/** The daemon's health loop; a test must never pass because there is none. */
+function healthOf(d: { context: { health: HealthMonitor | null } }): HealthMonitor {
+  if (!d.context.health) throw new Error("no health loop: the daemon did not finish starting");
+  return d.context.health;
+}
 const gate = (call: string, extra: Record<string, unknown> = {}) => ({ call, gate: true, ...extra });
 const pci = (bus: number) => ({ domain: 0, bus, device: 0, function: 0 });
 
@@ -176,7 +183,7 @@ describe("the NVML session around a release", () => {
       { stopTimeoutMs: 50 },
     );
     await d.daemon.run();
-    const round = d.context.health?.round();
+    const round = healthOf(d).round();
     await gated(1);
     expect(await rpcBackend(d.context).setMode(pci(0x06), false, false)).toBe(NvPdStatus.DRIVER);
     expect(d.context.session?.open).toBe(true);
@@ -268,7 +275,7 @@ describe("health and loss", () => {
   it("warns about persistence only when it turns from enabled to disabled, not for a GPU that read disabled", async () => {
     const d = fixture.daemon({ gpus: [{ persistence: 0 }, { persistence: 1 }] }, { dryRun: true });
     await d.daemon.run();
-    await d.context.health?.round();
+    await healthOf(d).round();
     expect(d.messages().join("\n")).not.toContain("now reads disabled");
     expect(d.registry.list().map((g) => g.persistence)).toEqual(["disabled", "enabled"]);
     // What NVML's clients read: the daemon holds both, and answers "enabled" over its socket.

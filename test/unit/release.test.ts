@@ -10,10 +10,17 @@ import { BadRequest, Lease } from "../../src/control/control-server.js";
 import { controlHandler } from "../../src/daemon/control-adapter.js";
 import { rpcBackend } from "../../src/daemon/rpc-adapter.js";
 import { daemonStatus, metricsText } from "../../src/daemon/status-snapshot.js";
+import type { HealthMonitor } from "../../src/health/health-monitor.js";
 import { NvPdStatus } from "../../src/rpc/persistence-program.js";
 import { fallOffTheBus, fdsOn, type InProcessDaemon, InProcessFixture } from "../helpers/in-process.js";
 
 const fixture = new InProcessFixture();
+
+/** The daemon's health loop; a test must never pass because there is none. */
+function healthOf(d: { context: { health: HealthMonitor | null } }): HealthMonitor {
+  if (!d.context.health) throw new Error("no health loop: the daemon did not finish starting");
+  return d.context.health;
+}
 const pci = (bus: number) => ({ domain: 0, bus, device: 0, function: 0 });
 const ROOT = { pid: 4242, uid: 0, gid: 0 };
 
@@ -61,7 +68,7 @@ describe("the NVML session follows the registry's state", () => {
     expect(d.context.session?.open).toBe(true);
     expect(d.context.xid).not.toBeNull();
     const before = d.scratch.callCount("nvmlDeviceGetPersistenceMode");
-    expect(await d.context.health?.round()).toBe(true);
+    expect(await healthOf(d).round()).toBe(true);
     expect(d.scratch.callCount("nvmlDeviceGetPersistenceMode") - before).toBe(2);
   });
 });
@@ -72,7 +79,7 @@ describe("watched while a GPU is released", () => {
     await rpcBackend(d.context).setMode(pci(0x06), false, false);
     fallOffTheBus(1);
     const before = d.scratch.calls().length;
-    expect(await d.context.health?.round()).toBe(true);
+    expect(await healthOf(d).round()).toBe(true);
     expect(d.registry.list().map((g) => g.state)).toEqual(["released", "lost", "held"]);
     expect(daemonStatus(d.context).devices[1]?.error).toContain("the driver no longer answers on the GPU's node");
     // Nothing asked NVML (which would attach GPU 0 again): only the nodes were asked.
@@ -87,7 +94,7 @@ describe("watched while a GPU is released", () => {
   it("with nothing released, the loss is seen through NVML and its Xid 79, named once", async () => {
     const d = await started(2);
     fallOffTheBus(1);
-    expect(await d.context.health?.round()).toBe(true);
+    expect(await healthOf(d).round()).toBe(true);
     expect(d.registry.list().map((g) => g.state)).toEqual(["held", "lost"]);
     expect(d.messages().filter((m) => m.includes("GPU is lost"))).toHaveLength(1);
     expect(d.registry.list()[1]?.xids.get(79)).toBe(1);
@@ -147,7 +154,7 @@ describe("release GPU -- COMMAND: leases", () => {
   it("a release that fails half-way (a lost GPU among them) is taken back before the error", async () => {
     const d = await started(3);
     fallOffTheBus(2);
-    await d.context.health?.round();
+    await healthOf(d).round();
     await expect(release(d, ["0", "2"])).rejects.toThrow(
       "cannot release: GPU 2 is lost: there is nothing to release; nothing was released",
     );

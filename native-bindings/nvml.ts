@@ -1,6 +1,7 @@
 // Thin koffi binding to libnvidia-ml: one declaration per function the daemon uses,
 // each call run on the libuv pool (fn.async) with a time limit, each failure an NvmlError
 // carrying NVML's own message.
+import { readFileSync } from "node:fs";
 import koffi, { type LibraryHandle } from "koffi";
 
 type KoffiFunction = ReturnType<LibraryHandle["func"]>;
@@ -62,6 +63,7 @@ const DECLARATIONS = {
   nvmlShutdown: "int nvmlShutdown()",
   nvmlErrorString: "const char *nvmlErrorString(int)",
   nvmlSystemGetDriverVersion: "int nvmlSystemGetDriverVersion(_Out_ uint8_t *buf, unsigned int len)",
+  nvmlSystemGetNVMLVersion: "int nvmlSystemGetNVMLVersion(_Out_ uint8_t *buf, unsigned int len)",
   nvmlDeviceGetCount_v2: "int nvmlDeviceGetCount_v2(_Out_ unsigned int *count)",
   nvmlDeviceGetHandleByIndex_v2: "int nvmlDeviceGetHandleByIndex_v2(unsigned int index, _Out_ nvmlDevice_t *out)",
   nvmlDeviceGetHandleByPciBusId_v2: "int nvmlDeviceGetHandleByPciBusId_v2(const char *busId, _Out_ nvmlDevice_t *out)",
@@ -206,6 +208,29 @@ export class Nvml {
 
   async shutdown(): Promise<void> {
     await this.#call("nvmlShutdown");
+  }
+
+  /**
+   * The user-space driver version this library belongs to, also when nvmlInit fails: from
+   * nvmlSystemGetNVMLVersion ("13.580.95.05": NVML's major, then the driver's version), or
+   * else from the name of the library file mapped into this process (libnvidia-ml.so.580.95.05).
+   * Null when neither tells.
+   */
+  async libraryVersion(): Promise<string | null> {
+    const buf = Buffer.alloc(VERSION_BUFFER);
+    try {
+      await this.#call("nvmlSystemGetNVMLVersion", buf, buf.length);
+      const version = cString(buf).replace(/^\d+\./, "");
+      if (version) return version;
+    } catch {
+      // Not before nvmlInit in this library: read it from the file name instead.
+    }
+    try {
+      const maps = readFileSync("/proc/self/maps", "utf8");
+      return /libnvidia-ml\.so\.(\d+\.\d+(?:\.\d+)?)\s*$/m.exec(maps)?.[1] ?? null;
+    } catch {
+      return null;
+    }
   }
 
   async driverVersion(): Promise<string> {

@@ -20,6 +20,10 @@ export const fixes = {
   /** UVM_INITIALIZE or UVM_REGISTER_GPU failed, or /dev/nvidia-uvm is missing. */
   uvmRegistration:
     "modprobe nvidia-uvm and check that /dev/nvidia-uvm exists; dmesg | grep -i nvidia-uvm says why the driver refused",
+  /** NVML's libraries and the loaded kernel module differ (an upgrade without a reboot). */
+  versionMismatch:
+    "reboot; or stop gpu-persistd for good (systemctl stop gpu-persistd.socket gpu-persistd) and every other GPU user, " +
+    "then reload the nvidia modules (modprobe -r nvidia_uvm nvidia_drm nvidia_modeset nvidia && modprobe nvidia) and start it again",
   /** --devices names no GPU that exists. */
   checkDevices: "check --devices (config devices) against 'nvidia-smi -L'",
 } as const;

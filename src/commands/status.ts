@@ -14,6 +14,7 @@ function table(status: DaemonStatus): string {
   const flags = [status.simulated ? "simulated GPUs" : "", status.dryRun ? "dry run" : ""].filter(Boolean);
   const rows = [
     `gpu-persistd ${status.version}, PID ${status.pid}: ${held}/${selected.length} GPUs held${flags.length ? ` (${flags.join(", ")})` : ""}`,
+    ...(status.nvmlDegraded ? [`degraded: ${status.nvmlDegraded.message}`] : []),
     "",
     ["IDX", "PCI BUS ID".padEnd(16), "MINOR", "PERSISTENCE", "HELD    ", "NAME / UUID"].join("  "),
   ];

@@ -1,6 +1,6 @@
 // `gpu-persistd wait [--timeout=SECONDS]`: blocks until the daemon is READY (every selected
 // GPU settled). Exit 0 when every selected GPU is held, 1 when the daemon is ready but some
-// are not (named), 69 when no daemon answered ready within the timeout. Any user may run it,
+// are not (named) or it is degraded (NVML and the kernel module differ), 69 when no daemon answered ready within the timeout. Any user may run it,
 // also in a container that shares the runtime directory.
 import { requestStatus } from "../control/control-client.js";
 import { ExitCode } from "../exit-codes.js";
@@ -15,6 +15,9 @@ export async function waitCommand(runtimeDir: string, timeoutSeconds: number): P
     try {
       const status = await requestStatus(runtimeDir, Math.max(100, deadline - performance.now()));
       if (status.ready) {
+        if (status.nvmlDegraded) {
+          throw new FatalError(ExitCode.FAILURE, `gpu-persistd is ready but degraded: ${status.nvmlDegraded.message}`);
+        }
         const notHeld = status.devices.filter((d) => d.selected && !d.held);
         if (notHeld.length === 0) {
           process.stdout.write(`gpu-persistd is ready: ${status.devices.filter((d) => d.held).length} GPUs held\n`);

@@ -10,16 +10,17 @@ import { startControlServer } from "../control/control-server.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { fixes } from "../fixes.js";
-import { adoptHanded } from "../gpu/adoption.js";
+import { adoptHanded, keptState } from "../gpu/adoption.js";
 import { describeError } from "../gpu/describe-error.js";
 import { REAL_DEVICE_DIR } from "../gpu/device-node.js";
 import { gpuFields } from "../gpu/gpu-log-fields.js";
-import { type Gpu, GpuRegistry, identifyGpus } from "../gpu/gpu-registry.js";
+import { type Gpu, GpuRegistry, type Identity, identifyGpus } from "../gpu/gpu-registry.js";
 import { parseGpuSelector, selectorKindName } from "../gpu/gpu-selector.js";
 import { DeviceEffects } from "../gpu/hold-effects.js";
 import { NvmlSession } from "../gpu/nvml-session.js";
-import { formatPciAddress } from "../gpu/pci-address.js";
+import { formatPciAddress, parsePciAddress, samePciDevice } from "../gpu/pci-address.js";
 import { SessionCoordinator } from "../gpu/session-coordinator.js";
+import { isVersionMismatch, mismatchText, type VersionMismatch } from "../gpu/version-mismatch.js";
 import { HealthMonitor } from "../health/health-monitor.js";
 import { XidEvents } from "../health/xid-events.js";
 import { startMetricsListener } from "../metrics/metrics-listener.js";
@@ -27,6 +28,7 @@ import { MetricsTextfile } from "../metrics/metrics-textfile.js";
 import { dropPrivileges, resolveIdentity } from "../privileges.js";
 import { RpcServer } from "../rpc/rpc-server.js";
 import { createStandInNodes, nvmlLibraryFor } from "../simulation.js";
+import type { KeptState } from "../systemd/fd-store.js";
 import { watchdogUsec } from "../systemd/notify.js";
 import { Watchdog } from "../systemd/watchdog.js";
 import { VERSION } from "../version.js";
@@ -87,7 +89,8 @@ function extendWhileSlow(ctx: DaemonContext, progress: () => string): () => void
   return () => clearInterval(timer);
 }
 
-async function startNvml(ctx: DaemonContext): Promise<NvmlSession> {
+/** Loads NVML and starts it; resolves the session, open, or closed with the version mismatch that keeps it so. */
+async function startNvml(ctx: DaemonContext): Promise<{ session: NvmlSession; mismatch: VersionMismatch | null }> {
   const { config, log } = ctx;
   const path = nvmlLibraryFor(config, ctx.deps.env);
   if (config.simulate !== "") {
@@ -95,9 +98,48 @@ async function startNvml(ctx: DaemonContext): Promise<NvmlSession> {
   }
   const session = NvmlSession.load(path, config.nvmlTimeoutMs, log, config.stopTimeoutMs);
   ctx.session = session;
-  await session.start(config.driverWaitMs, ctx.deps.notifier);
+  ctx.kernel =
+    config.simulate !== ""
+      ? NvidiaKernel.simulated(path, config.nvmlTimeoutMs)
+      : NvidiaKernel.real(config.nvmlTimeoutMs);
+  try {
+    await session.start(config.driverWaitMs, ctx.deps.notifier);
+  } catch (err) {
+    if (!isVersionMismatch(err)) throw err;
+    const mismatch = await describeMismatch(ctx, session);
+    // No restart can mend it: degrade, keep what is held, and say so on every channel.
+    log.error(`cannot initialise NVML: ${mismatchText(mismatch)}`);
+    return { session, mismatch };
+  }
   log.info({ driver: await session.nvml.driverVersion().catch(describeError) }, "NVML initialised");
-  return session;
+  return { session, mismatch: null };
+}
+
+function describeMismatch(ctx: DaemonContext, session: NvmlSession): Promise<VersionMismatch> {
+  return session.nvml
+    .libraryVersion()
+    .then((libraryVersion) => ({ libraryVersion, moduleVersion: ctx.kernel?.driverInfo().moduleVersion ?? null }));
+}
+
+/** Who the GPUs are: NVML's answer, or without NVML what the last run recorded or the module lists. */
+async function identities(
+  ctx: DaemonContext,
+  session: NvmlSession,
+  kept: KeptState | null,
+  mismatch: VersionMismatch | null,
+): Promise<(Identity | Error)[]> {
+  if (mismatch) {
+    const known = kept?.gpus.length ? kept.gpus : (ctx.kernel?.driverInfo().gpus ?? []);
+    return known.flatMap((g) => {
+      const pci = parsePciAddress(g.busId);
+      return pci ? [{ handle: null, uuid: g.uuid, name: g.name, minor: g.minor, pci }] : [];
+    });
+  }
+  const count = await session.nvml.deviceCount().catch((err: unknown) => {
+    throw new FatalError(ExitCode.UNAVAILABLE, `cannot count GPUs: ${describeError(err)}`);
+  });
+  if (count === 0) throw new FatalError(ExitCode.UNAVAILABLE, `NVML reports no GPUs: ${fixes.noGpus}.`);
+  return identifyGpus(session.nvml, count, ctx.config.bringUpConcurrency);
 }
 
 /** How far bring-up is, for systemd's STATUS while it runs. */
@@ -106,20 +148,19 @@ interface Progress {
   total: number;
 }
 
-async function bringUp(ctx: DaemonContext, session: NvmlSession, progress: Progress): Promise<GpuRegistry> {
+async function bringUp(
+  ctx: DaemonContext,
+  session: NvmlSession,
+  mismatch: VersionMismatch | null,
+  progress: Progress,
+): Promise<GpuRegistry> {
   const { config, log } = ctx;
   const { runtime } = ctx.deps;
-  const count = await session.nvml.deviceCount().catch((err: unknown) => {
-    throw new FatalError(ExitCode.UNAVAILABLE, `cannot count GPUs: ${describeError(err)}`);
-  });
-  if (count === 0) throw new FatalError(ExitCode.UNAVAILABLE, `NVML reports no GPUs: ${fixes.noGpus}.`);
-  progress.total = count;
   const simulated = config.simulate !== "";
-  const kernel = simulated
-    ? NvidiaKernel.simulated(session.nvml.path, config.nvmlTimeoutMs)
-    : NvidiaKernel.real(config.nvmlTimeoutMs);
-  ctx.kernel = kernel;
-  const identities = await identifyGpus(session.nvml, count, config.bringUpConcurrency);
+  const kernel = ctx.kernel as NvidiaKernel;
+  const kept = keptState(ctx.passedFds, ctx.fdStore, log);
+  const found = await identities(ctx, session, kept, mismatch);
+  progress.total = found.length;
   const deviceDir = simulated ? runtime.simDeviceDir : REAL_DEVICE_DIR;
   if (simulated) {
     // Under systemd the stand-ins outlive the daemon, as /dev/nvidiaN does: what the fd store
@@ -127,10 +168,10 @@ async function bringUp(ctx: DaemonContext, session: NvmlSession, progress: Progr
     if (!ctx.fdStore.enabled) runtime.track(deviceDir);
     createStandInNodes(
       deviceDir,
-      identities.flatMap((id) => (id instanceof Error ? [] : [id.minor])),
+      found.flatMap((id) => (id instanceof Error ? [] : [id.minor])),
     );
   }
-  const handed = adoptHanded(ctx.passedFds, identities, { deviceDir, simulated, store: ctx.fdStore, log });
+  const handed = adoptHanded(ctx.passedFds, found, { deviceDir, simulated, store: ctx.fdStore, log });
   const effects = new DeviceEffects({
     nvml: session.nvml,
     kernel,
@@ -141,7 +182,7 @@ async function bringUp(ctx: DaemonContext, session: NvmlSession, progress: Progr
     store: ctx.fdStore,
     handed,
   });
-  const registry = new GpuRegistry(identities, {
+  const registry = new GpuRegistry(found, {
     effects,
     uvmPersistence: config.uvmPersistenceMode,
     nvmlOpen: () => session.open,
@@ -165,9 +206,10 @@ async function bringUp(ctx: DaemonContext, session: NvmlSession, progress: Progr
   });
   const unmatched = applySelection(ctx, registry);
   // Released at a client's request before the restart: they stay released.
-  for (const index of handed.released) {
-    const gpu = registry.list()[index];
-    if (gpu) await registry.release(gpu);
+  const released = (kept?.released ?? []).flatMap((p) => parsePciAddress(p) ?? []);
+  for (const gpu of registry.list()) {
+    const { pci } = gpu;
+    if (pci && released.some((p) => samePciDevice(p, pci))) await registry.release(gpu);
   }
   keepReleasedState(ctx, registry);
   checkpoint(ctx);
@@ -176,6 +218,10 @@ async function bringUp(ctx: DaemonContext, session: NvmlSession, progress: Progr
     return registry;
   }
   const selected = registry.list().filter((g) => g.selected);
+  if (selected.length === 0 && mismatch) {
+    log.error("no GPU can be held without NVML: none was kept across the restart, and the module lists none here");
+    return registry;
+  }
   if (selected.length === 0) {
     throw new FatalError(
       ExitCode.CONFIG,
@@ -194,7 +240,7 @@ async function bringUp(ctx: DaemonContext, session: NvmlSession, progress: Progr
   }
   await effects.discardUnused((message) => log.info(message));
   checkpoint(ctx);
-  if (selected.some((g) => g.state === "held")) return registry;
+  if (selected.some((g) => g.state === "held") || mismatch) return registry;
   const first = selected.find((g) => g.fault !== null);
   throw new FatalError(
     selected.every((g) => g.fault instanceof NvmlError && g.fault.code === NVML_ERROR_NO_PERMISSION)
@@ -211,6 +257,11 @@ function keepReleasedState(ctx: DaemonContext, registry: GpuRegistry): void {
   const record = (): void =>
     store.keepState({
       released: registry.list().flatMap((g) => (g.state === "released" && g.pci ? [formatPciAddress(g.pci)] : [])),
+      gpus: registry
+        .list()
+        .flatMap((g) =>
+          g.pci ? [{ busId: formatPciAddress(g.pci), minor: g.minor, uuid: g.uuid, name: g.name }] : [],
+        ),
     });
   record();
   registry.on("transition", (t) => {
@@ -319,17 +370,21 @@ export async function startUp(ctx: DaemonContext): Promise<void> {
   const progress: Progress = { settled: 0, total: 0 };
   const stopExtending = extendWhileSlow(ctx, () => `${progress.settled}/${progress.total} settled`);
   let session: NvmlSession;
+  let mismatch: VersionMismatch | null;
   let registry: GpuRegistry;
   try {
-    session = await startNvml(ctx);
+    ({ session, mismatch } = await startNvml(ctx));
     checkpoint(ctx);
-    registry = await bringUp(ctx, session, progress);
+    registry = await bringUp(ctx, session, mismatch, progress);
   } finally {
     stopExtending();
   }
   // From here on clients may release GPUs: the session follows the registry's state.
-  const coordinator = new SessionCoordinator(session, registry, log);
+  const coordinator = new SessionCoordinator(session, registry, log, () => describeMismatch(ctx, session));
+  if (mismatch) coordinator.degraded(mismatch);
   ctx.coordinator = coordinator;
+  // A GPU that stays released from the last run: the session must not pin it.
+  await coordinator.settle();
   await openSockets(ctx);
   checkpoint(ctx);
   if (identity) {

@@ -1,10 +1,16 @@
 // What the daemon reports about itself: the status reply, the STATUS= line and the
 // Prometheus text, all from one snapshot of the registry.
 
+import { mismatchText } from "../gpu/version-mismatch.js";
 import { type DaemonStatus, gpuStatus, STATUS_FORMAT } from "../status/daemon-status.js";
 import { statusLine } from "../status/status-line.js";
 import { VERSION } from "../version.js";
 import type { DaemonContext } from "./context.js";
+
+function degraded(ctx: DaemonContext): DaemonStatus["nvmlDegraded"] {
+  const m = ctx.coordinator?.mismatch;
+  return m ? { ...m, message: mismatchText(m) } : null;
+}
 
 export function daemonStatus(ctx: DaemonContext): DaemonStatus {
   const { rss, heapUsed, external } = process.memoryUsage();
@@ -17,6 +23,7 @@ export function daemonStatus(ctx: DaemonContext): DaemonStatus {
     uid: process.getuid?.() ?? -1,
     ready: ctx.ready,
     nvmlSession: ctx.session?.open ?? false,
+    nvmlDegraded: degraded(ctx),
     rpcRequests: ctx.rpc?.requests ?? 0,
     memory: { rss, heapUsed, external },
     devices: (ctx.registry?.list() ?? []).map(gpuStatus),
@@ -24,7 +31,11 @@ export function daemonStatus(ctx: DaemonContext): DaemonStatus {
 }
 
 export function daemonStatusLine(ctx: DaemonContext): string {
-  return statusLine((ctx.registry?.list() ?? []).map(gpuStatus), ctx.config.persistenceMode);
+  const line = statusLine((ctx.registry?.list() ?? []).map(gpuStatus), ctx.config.persistenceMode);
+  const m = ctx.coordinator?.mismatch;
+  return m
+    ? `degraded: NVML ${m.libraryVersion ?? "?"} vs kernel module ${m.moduleVersion ?? "?"}, reboot to fix; ${line}`
+    : line;
 }
 
 export function metricsText(ctx: DaemonContext): string {
@@ -32,5 +43,6 @@ export function metricsText(ctx: DaemonContext): string {
     version: VERSION,
     devices: (ctx.registry?.list() ?? []).map(gpuStatus),
     rpcRequests: ctx.rpc?.requestCounts ?? new Map(),
+    nvmlDegraded: degraded(ctx),
   });
 }

@@ -20,9 +20,7 @@ export const STUCK_CHECK = "nvml-hung";
 /** How long past their time-out stuck calls get to return. */
 const STUCK_GRACE_MS = 1000;
 
-const MISMATCH_FIX =
-  "the kernel module and libnvidia-ml come from different driver releases (usually an upgrade without a reboot): " +
-  "reboot, or stop every GPU client and reload the modules (rmmod nvidia_uvm nvidia_drm nvidia_modeset nvidia && modprobe nvidia)";
+const MISMATCH_FIX = `the kernel module and libnvidia-ml come from different driver releases (usually an upgrade without a reboot): ${fixes.versionMismatch}`;
 
 export async function nvmlChecks(
   host: HostRoot,
@@ -55,7 +53,13 @@ export async function nvmlChecks(
         : code === NVML_ERROR_DRIVER_NOT_LOADED
           ? fixes.loadDriver
           : "see NVML's error above; dmesg | grep -i nvrm shows the driver's side";
-    checks.push(fail("driver-version", "NVML and kernel driver", `nvmlInit failed: ${describeError(err)}`, fix));
+    const versions =
+      code === NVML_ERROR_LIB_RM_VERSION_MISMATCH
+        ? ` (NVML ${(await nvml.libraryVersion()) ?? "version unknown"}, kernel module ${kernelDriverVersion(host) ?? "version unknown"})`
+        : "";
+    checks.push(
+      fail("driver-version", "NVML and kernel driver", `nvmlInit failed: ${describeError(err)}${versions}`, fix),
+    );
     return finish(nvml, config, checks, false);
   }
   try {

@@ -7,7 +7,7 @@ import { closeSync, fstatSync, type Stats, statSync } from "node:fs";
 import { join } from "node:path";
 import { unixSocketPath } from "../../native-bindings/libc.js";
 import type { Log } from "../log.js";
-import { type FdStore, readKeptState, STATE_FD_NAME } from "../systemd/fd-store.js";
+import { type FdStore, type KeptState, readKeptState, STATE_FD_NAME } from "../systemd/fd-store.js";
 import type { PassedFd } from "../systemd/listen-fds.js";
 import { deviceNodePath } from "./device-node.js";
 import type { Identity } from "./gpu-registry.js";
@@ -25,8 +25,6 @@ export interface Handed {
   /** By GPU index: the fd on its node, and the one carrying its UVM registration. */
   nodes: Map<number, number>;
   uvm: Map<number, number>;
-  /** GPUs the previous run had released at a client's request, by index. */
-  released: Set<number>;
   /** Listening sockets from the socket unit, by the path they are bound to. */
   sockets: Map<string, number>;
 }
@@ -77,11 +75,30 @@ function uvmProblem(st: Stats, o: AdoptOptions): string | null {
 }
 
 /**
+ * The state record the previous run kept, read (and its fd closed) before anything else:
+ * which GPUs were released, and the GPUs themselves. Null when none was handed over; a
+ * record that cannot be read is dropped from the store, with a warning saying why.
+ */
+export function keptState(passed: readonly PassedFd[], store: FdStore, log: Log): KeptState | null {
+  const record = passed.find((p) => p.name === STATE_FD_NAME);
+  if (!record) return null;
+  try {
+    return readKeptState(record.fd);
+  } catch (err) {
+    log.warn(`dropped the state record systemd handed back: ${(err as Error).message}`);
+    store.drop(STATE_FD_NAME);
+    return null;
+  } finally {
+    closeSync(record.fd);
+  }
+}
+
+/**
  * Sorts what systemd handed over by what it is for, against the GPUs NVML identified. Every
  * fd that fits nothing is closed and dropped from the store, with a warning saying why.
  */
 export function adoptHanded(passed: readonly PassedFd[], gpus: readonly (Identity | Error)[], o: AdoptOptions): Handed {
-  const handed: Handed = { nodes: new Map(), uvm: new Map(), released: new Set(), sockets: new Map() };
+  const handed: Handed = { nodes: new Map(), uvm: new Map(), sockets: new Map() };
   const byPci = (pci: string) => {
     const address = parsePciAddress(pci);
     const index = address ? gpus.findIndex((g) => !(g instanceof Error) && samePciDevice(g.pci, address)) : -1;
@@ -106,18 +123,7 @@ export function adoptHanded(passed: readonly PassedFd[], gpus: readonly (Identit
       else reject("it is a socket, but not a listening unix socket");
       continue;
     }
-    if (name === STATE_FD_NAME) {
-      try {
-        for (const pci of readKeptState(fd).released) {
-          const index = byPci(pci);
-          if (index >= 0) handed.released.add(index);
-        }
-        closeSync(fd);
-      } catch (err) {
-        reject((err as Error).message);
-      }
-      continue;
-    }
+    if (name === STATE_FD_NAME) continue; // read first, by keptState()
     const match = /^(gpu|uvm)-([0-9a-fA-F]{1,8})-([0-9a-fA-F]{2})-([0-9a-fA-F]{2})\.0$/.exec(name);
     const index = match ? byPci(`${match[2]}:${match[3]}:${match[4]}.0`) : -1;
     const gpu = gpus[index];

@@ -60,7 +60,8 @@ interface Entry extends Gpu {
 
 /** What NVML told about one GPU when the registry was made. */
 export interface Identity {
-  handle: DeviceHandle;
+  /** Null when the GPU is known without NVML (a version mismatch at start). */
+  handle: DeviceHandle | null;
   uuid: string;
   name: string;
   pci: PciAddress;

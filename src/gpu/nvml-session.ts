@@ -12,6 +12,7 @@ import type { Log } from "../log.js";
 import type { SystemdNotifier } from "../systemd/notify.js";
 import { describeError } from "./describe-error.js";
 import { initWhenDriverLoads } from "./driver-wait.js";
+import { isVersionMismatch } from "./version-mismatch.js";
 
 /** nvmlShutdown was not called: calls were still inside NVML after the limit. */
 export class SessionBusyError extends Error {
@@ -51,14 +52,15 @@ export class NvmlSession {
 
   /**
    * nvmlInit, waiting up to `driverWaitMs` for the driver to load (initWhenDriverLoads
-   * names the missing driver itself). Throws FatalError: 77 when NVML says we lack
-   * permission, 69 otherwise.
+   * names the missing driver itself). Throws NVML's own error for a version mismatch, and
+   * FatalError otherwise: 77 when NVML says we lack permission, 69 for the rest.
    */
   async start(driverWaitMs: number, notifier: SystemdNotifier): Promise<void> {
     try {
       await initWhenDriverLoads(this.nvml, driverWaitMs, this.#log, notifier);
     } catch (err) {
-      if (err instanceof FatalError) throw err;
+      // The daemon degrades instead (version-mismatch.ts): the caller decides.
+      if (err instanceof FatalError || isVersionMismatch(err)) throw err;
       const permission = err instanceof NvmlError && err.code === NVML_ERROR_NO_PERMISSION;
       throw new FatalError(
         permission ? ExitCode.NO_PERMISSION : ExitCode.UNAVAILABLE,

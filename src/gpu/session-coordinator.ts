@@ -7,6 +7,7 @@ import type { Log } from "../log.js";
 import { describeError } from "./describe-error.js";
 import type { GpuRegistry } from "./gpu-registry.js";
 import type { NvmlSession } from "./nvml-session.js";
+import { isVersionMismatch, mismatchText, type VersionMismatch } from "./version-mismatch.js";
 
 export interface SessionWatchers {
   /** Before nvmlShutdown: stop whatever calls NVML on its own. */
@@ -23,6 +24,9 @@ export interface SessionState {
   problem: string | null;
 }
 
+/** Names both versions when nvmlInit reports a version mismatch. */
+export type DescribeMismatch = () => Promise<VersionMismatch>;
+
 export class SessionCoordinator {
   readonly #session: NvmlSession;
   readonly #registry: GpuRegistry;
@@ -31,11 +35,15 @@ export class SessionCoordinator {
   #running: Promise<SessionState> | null = null;
   #again = false;
   #problem: string | null = null;
+  /** NVML cannot start again while the old module stays loaded: no more nvmlInit is tried. */
+  #mismatch: VersionMismatch | null = null;
+  readonly #describeMismatch: DescribeMismatch;
 
-  constructor(session: NvmlSession, registry: GpuRegistry, log: Log) {
+  constructor(session: NvmlSession, registry: GpuRegistry, log: Log, describeMismatch: DescribeMismatch) {
     this.#session = session;
     this.#registry = registry;
     this.#log = log;
+    this.#describeMismatch = describeMismatch;
     // Any GPU entering or leaving "released" may change what the session should be.
     registry.on("transition", (t) => {
       if (t.from === "released" || t.to === "released") void this.settle();
@@ -50,6 +58,17 @@ export class SessionCoordinator {
   /** Whether the session should be open now. */
   get wanted(): boolean {
     return !this.#registry.anyReleasedByRequest();
+  }
+
+  /** The version mismatch that keeps NVML from starting, once one was seen. */
+  get mismatch(): VersionMismatch | null {
+    return this.#mismatch;
+  }
+
+  /** nvmlInit failed at start with a version mismatch: the session stays closed for good. */
+  degraded(mismatch: VersionMismatch): void {
+    this.#mismatch = mismatch;
+    this.#problem = mismatchText(mismatch);
   }
 
   get state(): SessionState {
@@ -76,8 +95,10 @@ export class SessionCoordinator {
   async #drain(): Promise<SessionState> {
     do {
       this.#again = false;
-      if (this.#session.open !== this.wanted) await (this.wanted ? this.#reopen() : this.#close());
-    } while (this.#again || (this.#session.open !== this.wanted && this.#problem === null));
+      if (this.#session.open !== this.wanted && !(this.wanted && this.#mismatch)) {
+        await (this.wanted ? this.#reopen() : this.#close());
+      }
+    } while (this.#again || (this.#session.open !== this.wanted && this.#problem === null && !this.#mismatch));
     return this.state;
   }
 
@@ -104,6 +125,11 @@ export class SessionCoordinator {
     try {
       await this.#session.reopen();
     } catch (err) {
+      if (isVersionMismatch(err)) {
+        this.degraded(await this.#describeMismatch());
+        this.#log.error(`cannot reopen the NVML session: ${this.#problem}`);
+        return;
+      }
       const problem = `cannot reopen the NVML session: ${describeError(err)}`;
       if (problem !== this.#problem) {
         this.#log.error(

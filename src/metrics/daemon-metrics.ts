@@ -10,6 +10,8 @@ export interface MetricsSnapshot {
   devices: GpuStatus[];
   /** Answered RPC calls by procedure and result. */
   rpcRequests: ReadonlyMap<string, ReadonlyMap<string, number>>;
+  /** NVML's library and the loaded kernel module differ; null otherwise. */
+  nvmlDegraded?: { libraryVersion: string | null; moduleVersion: string | null } | null;
 }
 
 /** Health rounds take a few ms on a healthy host; the top buckets catch a driver in trouble. */
@@ -50,6 +52,20 @@ export class DaemonMetrics {
       family("gpu_persistd_build_info", "gauge", "Always 1; the daemon's version as a label.", [
         { labels: { version: snapshot.version }, value: 1 },
       ]),
+      family(
+        "gpu_persistd_nvml_degraded",
+        "gauge",
+        "1 while NVML cannot start because its libraries and the loaded kernel module differ (reboot to fix); both versions as labels.",
+        [
+          {
+            labels: {
+              library_version: snapshot.nvmlDegraded?.libraryVersion ?? "",
+              module_version: snapshot.nvmlDegraded?.moduleVersion ?? "",
+            },
+            value: snapshot.nvmlDegraded ? 1 : 0,
+          },
+        ],
+      ),
       family("gpu_persistd_start_time_seconds", "gauge", "When the daemon started, in seconds since the epoch.", [
         { value: Math.round(this.#startTimeSeconds) },
       ]),

@@ -60,6 +60,11 @@ export interface DaemonStatus {
   ready: boolean;
   /** False while a GPU released at a client's request must not be pinned by an NVML session. */
   nvmlSession: boolean;
+  /**
+   * Set while NVML cannot start because its libraries and the loaded kernel module differ:
+   * the GPUs held stay held, watched through their nodes. Null otherwise.
+   */
+  nvmlDegraded: { libraryVersion: string | null; moduleVersion: string | null; message: string } | null;
   rpcRequests: number;
   /** Bytes, from process.memoryUsage(): external is what koffi and buffers hold outside V8's heap. */
   memory: { rss: number; heapUsed: number; external: number };
@@ -128,6 +133,7 @@ const DAEMON_SHAPE: Record<Exclude<keyof DaemonStatus, "devices">, Shape> = {
   uid: "number",
   ready: "boolean",
   nvmlSession: "boolean",
+  nvmlDegraded: "object|null",
   rpcRequests: "number",
   memory: "object",
 };

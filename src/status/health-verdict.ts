@@ -64,6 +64,12 @@ export function healthVerdict(input: HealthInput): HealthVerdict {
   const { status } = input;
   if (!status) return { healthy: false, reason: `${REASON_PREFIX} ${input.unavailable ?? "no daemon status"}` };
   const problems = [
+    // CUDA fails on a node whose libraries and module differ, as NVML does: no jobs there.
+    ...(status.nvmlDegraded
+      ? [
+          `NVML ${status.nvmlDegraded.libraryVersion ?? "?"} does not match kernel module ${status.nvmlDegraded.moduleVersion ?? "?"}: reboot`,
+        ]
+      : []),
     ...missing(input.devices, status.devices),
     ...status.devices.flatMap((g) => problem(g, input.drainReleased) ?? []),
   ];

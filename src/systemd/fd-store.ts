@@ -11,10 +11,19 @@ export const STATE_FD_NAME = "state";
 /** The longest state record read back: PCI addresses of released GPUs. */
 const STATE_MAX_BYTES = 64 * 1024;
 
+/** A GPU as the previous run identified it, for a start where NVML cannot (a version mismatch). */
+export interface KeptGpu {
+  busId: string;
+  minor: number;
+  uuid: string;
+  name: string;
+}
+
 /** What the previous run recorded. */
 export interface KeptState {
   /** PCI bus ids (NVML's form) of GPUs released at a client's request. */
   released: string[];
+  gpus: KeptGpu[];
 }
 
 export class FdStore {
@@ -64,9 +73,15 @@ export function readKeptState(fd: number): KeptState {
   } catch {
     throw new Error("the state record is not JSON");
   }
-  const released = (value as KeptState | null)?.released;
+  const { released, gpus } = (value ?? {}) as Partial<KeptState>;
   if (!Array.isArray(released) || !released.every((p) => typeof p === "string")) {
     throw new Error('the state record has no "released" list of PCI bus ids');
   }
-  return { released };
+  const gpu = (g: KeptGpu) =>
+    typeof g?.busId === "string" &&
+    Number.isInteger(g.minor) &&
+    typeof g.uuid === "string" &&
+    typeof g.name === "string";
+  if (!Array.isArray(gpus) || !gpus.every(gpu)) throw new Error('the state record has no "gpus" list');
+  return { released, gpus };
 }

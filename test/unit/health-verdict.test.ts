@@ -37,6 +37,7 @@ function status(...devices: GpuStatus[]): DaemonStatus {
     uid: 0,
     ready: true,
     nvmlSession: true,
+    nvmlDegraded: null,
     rpcRequests: 0,
     memory: { rss: 0, heapUsed: 0, external: 0 },
     devices,

@@ -71,6 +71,7 @@ const status = {
   uid: 0,
   ready: true,
   nvmlSession: true,
+  nvmlDegraded: null,
   rpcRequests: 0,
   memory: { rss: 1, heapUsed: 1, external: 1 },
   devices: [gpu],

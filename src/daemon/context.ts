@@ -32,6 +32,8 @@ export interface DaemonDeps {
   env: NodeJS.ProcessEnv;
   /** Ends the process at once (libc _exit in production; tests record the code). */
   exit: (code: number) => never;
+  /** What systemd handed over (default: read from LISTEN_FDS in env); in-process tests hand fds over themselves. */
+  passedFds?: PassedFd[];
   /** UVM registration retries while the NVLink fabric is not ready (default: every 1 s for 30 s, as NVIDIA's daemon). */
   uvmRetry?: { everyMs: number; forMs: number };
 }
@@ -69,7 +71,7 @@ export class DaemonContext {
     this.deps = deps;
     this.setter = new PersistenceSetter(config.dryRun);
     this.fdStore = new FdStore(deps.notifier);
-    this.passedFds = passedFds(deps.env);
+    this.passedFds = deps.passedFds ?? passedFds(deps.env);
   }
 
   get log(): Log {

@@ -62,6 +62,42 @@ export class RecordingNotifier extends SystemdNotifier {
   }
 }
 
+const libc = koffi.load("libc.so.6");
+const dup = libc.func("int dup(int fd)");
+const closeFd = libc.func("int close(int fd)");
+
+/**
+ * A notifier that also plays systemd's fd store: FDSTORE=1 keeps a duplicate of each fd
+ * under its FDNAME (as PID 1 does), FDSTOREREMOVE=1 closes them, and handBack() lists them
+ * as the next start would get them. Share one between two daemons to restart in-process.
+ */
+export class FdStoreNotifier extends RecordingNotifier {
+  readonly stored = new Map<string, number[]>();
+
+  override send(fields: Record<string, string | number>, fds: readonly number[] = []): boolean {
+    super.send(fields);
+    const name = String(fields.FDNAME ?? "stored");
+    if (fields.FDSTORE)
+      this.stored.set(name, [...(this.stored.get(name) ?? []), ...fds.map((fd) => dup(fd) as number)]);
+    if (fields.FDSTOREREMOVE) {
+      for (const fd of this.stored.get(name) ?? []) closeFd(fd);
+      this.stored.delete(name);
+    }
+    return true;
+  }
+
+  /** What the next start is handed (LISTEN_FDS), in the store's order; the store keeps its own copies. */
+  handBack(): { fd: number; name: string }[] {
+    return [...this.stored].flatMap(([name, fds]) => fds.map((fd) => ({ fd: dup(fd) as number, name })));
+  }
+
+  /** The unit is stopped for good: PID 1 closes everything it kept. */
+  flush(): void {
+    for (const fds of this.stored.values()) for (const fd of fds) closeFd(fd);
+    this.stored.clear();
+  }
+}
+
 /** The end of the process: shutdown's `_exit`, which tests catch. */
 export class ProcessExit extends Error {
   constructor(readonly code: number) {
@@ -79,15 +115,23 @@ export interface LogLine {
 /** One in-process daemon on simulated GPUs. */
 export class InProcessDaemon {
   readonly scratch: Scratch;
-  readonly notifier = new RecordingNotifier();
+  readonly notifier: RecordingNotifier;
   readonly lines: LogLine[] = [];
   readonly daemon: Daemon;
   /** What a SIGHUP reads: tests change it to change the "file". */
   nextConfig: Partial<Config> = {};
   exitCode: number | null = null;
 
-  constructor(scratch: Scratch, config: Partial<Config>) {
+  constructor(
+    scratch: Scratch,
+    config: Partial<Config>,
+    {
+      notifier = new RecordingNotifier(),
+      passedFds,
+    }: { notifier?: RecordingNotifier; passedFds?: { fd: number; name: string }[] } = {},
+  ) {
     this.scratch = scratch;
+    this.notifier = notifier;
     const log = pino(
       { level: "debug", base: null, timestamp: false },
       { write: (l: string) => this.lines.push(JSON.parse(l)) },
@@ -109,6 +153,7 @@ export class InProcessDaemon {
         throw new ProcessExit(code);
       },
       uvmRetry: { everyMs: 5, forMs: 50 },
+      ...(passedFds ? { passedFds } : {}),
     });
   }
 
@@ -186,7 +231,15 @@ export class InProcessFixture {
    * A daemon (not started) on simulated GPUs configured by `sim`. With `attach`, the
    * simulated NVML session holds an fd on each GPU's stand-in node, as real NVML does.
    */
-  daemon(sim: SimConfig, config: Partial<Config> = {}, { attach = false } = {}): InProcessDaemon {
+  daemon(
+    sim: SimConfig,
+    config: Partial<Config> = {},
+    {
+      attach = false,
+      notifier,
+      passedFds,
+    }: { attach?: boolean; notifier?: RecordingNotifier; passedFds?: { fd: number; name: string }[] } = {},
+  ): InProcessDaemon {
     simReset();
     this.#scratch = new Scratch();
     writeFileSync(this.#scratch.callLogPath, "");
@@ -195,7 +248,25 @@ export class InProcessFixture {
     process.env.GPU_PERSISTD_SIM_CONFIG = this.#scratch.simConfigPath;
     delete process.env.GPU_PERSISTD_SIM_GPUS;
     delete process.env.GPU_PERSISTD_SIM_PROFILE;
-    const d = new InProcessDaemon(this.#scratch, config);
+    const d = new InProcessDaemon(this.#scratch, config, {
+      ...(notifier ? { notifier } : {}),
+      ...(passedFds ? { passedFds } : {}),
+    });
+    this.#daemons.push(d);
+    return d;
+  }
+
+  /**
+   * The same daemon started again in this test's scratch directory, as systemd restarts it:
+   * what the store kept is handed over. The simulator keeps its state (as the driver does).
+   */
+  restart(previous: InProcessDaemon, config: Partial<Config> = {}, sim?: SimConfig): InProcessDaemon {
+    const scratch = previous.scratch;
+    if (sim) scratch.writeSimConfig(sim);
+    simReset();
+    const notifier = previous.notifier;
+    const passedFds = notifier instanceof FdStoreNotifier ? notifier.handBack() : [];
+    const d = new InProcessDaemon(scratch, config, { notifier, passedFds });
     this.#daemons.push(d);
     return d;
   }

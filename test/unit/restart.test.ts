@@ -1,0 +1,163 @@
+// Restarts in this process, with a notifier that plays systemd's fd store (it keeps a
+// duplicate of every fd handed to it, as PID 1 does): GPUs held across the daemon's own
+// restart with no moment unheld, a release that stays in force, a stop for good, a handed-
+// back fd that is not a GPU node, and a driver version mismatch that degrades instead of
+// dropping the GPUs. The shipped defaults throughout.
+import { openSync } from "node:fs";
+import { describe, expect, it } from "vitest";
+import { rpcBackend } from "../../src/daemon/rpc-adapter.js";
+import { daemonStatus, daemonStatusLine, metricsText } from "../../src/daemon/status-snapshot.js";
+import { NvPdStatus } from "../../src/rpc/persistence-program.js";
+import { FdStoreNotifier, fdsOn, type InProcessDaemon, InProcessFixture } from "../helpers/in-process.js";
+
+const fixture = new InProcessFixture();
+const pci = (bus: number) => ({ domain: 0, bus, device: 0, function: 0 });
+const MISMATCH = { driverVersion: "580.95.05", moduleVersion: "580.159.04" };
+
+async function running(
+  gpus: number,
+  sim: Record<string, unknown> = {},
+): Promise<{ d: InProcessDaemon; store: FdStoreNotifier }> {
+  const store = new FdStoreNotifier();
+  const d = fixture.daemon({ gpus, ...sim }, {}, { notifier: store });
+  await d.daemon.run();
+  return { d, store };
+}
+
+/** Processes' fds (this one's: the daemon's and the store's copies) on each GPU's stand-in node. */
+const holders = (d: InProcessDaemon, gpus: number) =>
+  Array.from({ length: gpus }, (_, i) => fdsOn(d.scratch.runtimeDir, i).length);
+
+describe("held across the daemon's own restart", () => {
+  it("every GPU's node is in the store once held; a restart adopts them and opens none anew", async () => {
+    const { d, store } = await running(4);
+    expect([...store.stored.keys()].filter((k) => k.startsWith("gpu-")).sort()).toEqual([
+      "gpu-00000000-06-00.0",
+      "gpu-00000000-07-00.0",
+      "gpu-00000000-08-00.0",
+      "gpu-00000000-09-00.0",
+    ]);
+    expect(holders(d, 4)).toEqual([2, 2, 2, 2]);
+    await d.stop();
+    // Between the two processes only the store holds them: never nobody.
+    expect(holders(d, 4)).toEqual([1, 1, 1, 1]);
+    const next = fixture.restart(d);
+    await next.daemon.run();
+    expect(next.registry.list().map((g) => g.state)).toEqual(["held", "held", "held", "held"]);
+    expect(next.messages()).toContain(
+      "adopting 4 GPU nodes the previous run kept in systemd's fd store: no GPU was let go",
+    );
+    expect(next.messages().join("\n")).not.toContain("the previous run kept: the GPU is not wanted now");
+    expect(holders(next, 4)).toEqual([2, 2, 2, 2]);
+    await next.stop();
+    store.flush();
+    expect(holders(next, 4)).toEqual([0, 0, 0, 0]);
+  });
+
+  it("a GPU released during a run is held by nobody, the store included, and stays released after a restart", async () => {
+    const { d, store } = await running(2);
+    expect(await rpcBackend(d.context).setMode(pci(0x06), false, false)).toBe(NvPdStatus.SUCCESS);
+    expect(holders(d, 2)).toEqual([0, 2]);
+    await d.stop();
+    const next = fixture.restart(d);
+    await next.daemon.run();
+    expect(next.registry.list().map((g) => g.state)).toEqual(["released", "held"]);
+    expect(holders(next, 2)).toEqual([0, 2]);
+    expect(next.context.session?.open).toBe(false);
+    expect(await rpcBackend(next.context).setMode(pci(0x06), true, false)).toBe(NvPdStatus.SUCCESS);
+    expect(holders(next, 2)).toEqual([2, 2]);
+    expect(next.context.session?.open).toBe(true);
+    await next.stop();
+    store.flush();
+  });
+
+  it("closes and drops an fd handed back that is not a GPU's node, saying why, and holds that GPU anew", async () => {
+    const store = new FdStoreNotifier();
+    const wrong = openSync("/etc/hostname", "r");
+    const d = fixture.daemon(
+      { gpus: 2 },
+      {},
+      {
+        notifier: store,
+        passedFds: [
+          { fd: wrong, name: "gpu-00000000-07-00.0" },
+          { fd: openSync("/etc/hostname", "r"), name: "something-else" },
+        ],
+      },
+    );
+    await d.daemon.run();
+    expect(d.messages()).toContain(
+      `closed the file descriptor systemd handed back as 'gpu-00000000-07-00.0': it is not the simulator's stand-in ${d.scratch.runtimeDir}/sim-dev/nvidia1`,
+    );
+    expect(d.messages().join("\n")).toContain(
+      "closed the file descriptor systemd handed back as 'something-else': the name is not one gpu-persistd stores",
+    );
+    expect(store.with("FDSTOREREMOVE").map((m) => m.FDNAME)).toContain("gpu-00000000-07-00.0");
+    expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
+    expect(holders(d, 2)).toEqual([2, 2]);
+    await d.stop();
+    store.flush();
+  });
+});
+
+describe("a driver version mismatch degrades", () => {
+  it("at a restart: the GPUs the store kept stay held, status names both versions and the fix, and the daemon stays up", async () => {
+    const { d, store } = await running(2, { driverVersion: "580.159.04" });
+    await d.stop();
+    const next = fixture.restart(d, {}, { gpus: 2, ...MISMATCH, faults: [{ call: "nvmlInit_v2", return: 18 }] });
+    await next.daemon.run();
+    expect(next.exitCode).toBeNull();
+    expect(next.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
+    expect(holders(next, 2)).toEqual([2, 2]);
+    const status = daemonStatus(next.context);
+    expect(status.nvmlDegraded).toMatchObject({ libraryVersion: "580.95.05", moduleVersion: "580.159.04" });
+    expect(status.nvmlDegraded?.message).toContain("reboot");
+    expect(next.notifier.with("READY").at(-1)?.STATUS).toBe(
+      "degraded: NVML 580.95.05 vs kernel module 580.159.04, reboot to fix; 2/2 GPUs persistent",
+    );
+    expect(metricsText(next.context)).toContain(
+      'gpu_persistd_nvml_degraded{library_version="580.95.05",module_version="580.159.04"} 1',
+    );
+    // Watched through the nodes; no nvmlInit is tried again.
+    const inits = next.scratch.callCount("nvmlInit_v2");
+    expect(await next.context.health?.round()).toBe(true);
+    expect(next.scratch.callCount("nvmlInit_v2")).toBe(inits);
+    await next.stop();
+    store.flush();
+  });
+
+  it("at a fresh start: the GPUs the module lists are held by their nodes", async () => {
+    const store = new FdStoreNotifier();
+    const d = fixture.daemon(
+      { gpus: 3, ...MISMATCH, faults: [{ call: "nvmlInit_v2", return: 18 }] },
+      {},
+      { notifier: store },
+    );
+    await d.daemon.run();
+    expect(d.registry.list().map((g) => [g.state, g.uuid !== ""])).toEqual([
+      ["held", true],
+      ["held", true],
+      ["held", true],
+    ]);
+    expect(d.messages().join("\n")).toContain(
+      "cannot initialise NVML: NVML 580.95.05 does not match the loaded nvidia kernel module 580.159.04",
+    );
+    await d.stop();
+    store.flush();
+  });
+
+  it("at the reopen after a release: the GPUs stay held, the released one released, and the daemon says degraded", async () => {
+    const { d, store } = await running(2, {
+      ...MISMATCH,
+      faults: [{ call: "nvmlInit_v2", return: 18, afterCalls: 1 }],
+    });
+    const backend = rpcBackend(d.context);
+    await backend.setMode(pci(0x06), false, false);
+    expect(await backend.setMode(pci(0x06), true, false)).toBe(NvPdStatus.SUCCESS);
+    expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
+    expect(daemonStatusLine(d.context)).toMatch(/^degraded: NVML 580\.95\.05 vs kernel module 580\.159\.04/);
+    expect(daemonStatus(d.context).nvmlDegraded).not.toBeNull();
+    await d.stop();
+    store.flush();
+  });
+});

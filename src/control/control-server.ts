@@ -56,8 +56,14 @@ export async function startControlServer(
   path: string,
   handler: ControlHandler,
   log: Log,
-  requestDeadlineMs = REQUEST_DEADLINE_MS,
-  handedFd?: number,
+  {
+    requestDeadlineMs = REQUEST_DEADLINE_MS,
+    handedFd,
+  }: {
+    requestDeadlineMs?: number;
+    /** The listening socket systemd handed over (socket activation), if any. */
+    handedFd?: number | undefined;
+  } = {},
 ): Promise<Server> {
   const admission = new ConnectionAdmission("control socket", CONTROL_SLOTS, log);
   const { rejections } = admission;

@@ -273,12 +273,9 @@ async function openSockets(ctx: DaemonContext): Promise<void> {
   const { config, log } = ctx;
   const { runtime } = ctx.deps;
   const handed = (path: string): number | undefined => ctx.handedSockets.get(path);
-  ctx.control = await startControlServer(
-    runtime.controlSocket,
-    controlHandler(ctx),
-    log,
-    handed(runtime.controlSocket),
-  );
+  ctx.control = await startControlServer(runtime.controlSocket, controlHandler(ctx), log, {
+    handedFd: handed(runtime.controlSocket),
+  });
   // From here on NVML's setter would reach this daemon through the socket: close it first.
   ctx.setter.closeForRpc();
   log.debug("NVML's persistence setter closed: the RPC socket opens now");

@@ -104,11 +104,15 @@ export function adoptHanded(passed: readonly PassedFd[], gpus: readonly (Identit
     const index = address ? gpus.findIndex((g) => !(g instanceof Error) && samePciDevice(g.pci, address)) : -1;
     return index;
   };
+  /** Names under which a wrong fd came back: dropped from the store once sorting is done. */
+  const rejected = new Set<string>();
+  const kept = new Map<string, number>();
   for (const { fd, name } of passed) {
+    if (name === STATE_FD_NAME) continue; // read (and closed) first, by keptState()
     const reject = (why: string): void => {
       o.log.warn(`closed the file descriptor systemd handed back as '${name}': ${why}`);
       closeSync(fd);
-      if (name !== "unknown") o.store.drop(name);
+      if (name !== "unknown") rejected.add(name);
     };
     let st: Stats;
     try {
@@ -123,7 +127,6 @@ export function adoptHanded(passed: readonly PassedFd[], gpus: readonly (Identit
       else reject("it is a socket, but not a listening unix socket");
       continue;
     }
-    if (name === STATE_FD_NAME) continue; // read first, by keptState()
     const match = /^(gpu|uvm)-([0-9a-fA-F]{1,8})-([0-9a-fA-F]{2})-([0-9a-fA-F]{2})\.0$/.exec(name);
     const index = match ? byPci(`${match[2]}:${match[3]}:${match[4]}.0`) : -1;
     const gpu = gpus[index];
@@ -134,13 +137,17 @@ export function adoptHanded(passed: readonly PassedFd[], gpus: readonly (Identit
     const kind = match[1] === "gpu" ? handed.nodes : handed.uvm;
     const problem = match[1] === "gpu" ? nodeProblem(st, gpu.minor, o) : uvmProblem(st, o);
     if (problem) reject(problem);
-    else if (kind.has(index)) {
-      // The store holds both copies: keep one there, and this process's first.
-      o.log.warn(`closed a second file descriptor systemd handed back as '${name}'`);
-      closeSync(fd);
-      o.store.drop(name);
-      o.store.keep(name, kind.get(index) as number);
-    } else kind.set(index, fd);
+    else if (kind.has(index)) reject("another fd came back under the same name");
+    else {
+      kind.set(index, fd);
+      kept.set(name, fd);
+    }
+  }
+  // PID 1 drops every fd of a name at once: the right one, if any, goes back in alone.
+  for (const name of rejected) {
+    o.store.drop(name);
+    const fd = kept.get(name);
+    if (fd !== undefined) o.store.keep(name, fd);
   }
   return handed;
 }

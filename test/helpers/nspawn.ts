@@ -158,6 +158,13 @@ export class Container {
     return { code: result.status ?? -1, stdout: result.stdout ?? "", stderr: result.stderr ?? "" };
   }
 
+  /** Starts a shell command inside the container without waiting for it. */
+  start(command: string): ChildProcess {
+    return spawn("nsenter", ["-t", String(this.pid1), "-a", "sh", "-c", command], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+  }
+
   /** Like run, but throws with the output when the command fails. */
   check(command: string, timeoutMs = 30_000): string {
     const result = this.run(command, timeoutMs);
@@ -193,9 +200,9 @@ export class Container {
  * staged tree bound read-only at /usr/lib/gpu-persistd, the host's node, the unit and
  * sysusers file in place, the user created.
  */
-export async function bootWithDaemon(stage: string): Promise<Container> {
+export async function bootWithDaemon(stage: string, rootfs: string = bookwormRootfs()): Promise<Container> {
   const node = realpathSync(process.execPath);
-  const container = await Container.boot(bookwormRootfs(), [
+  const container = await Container.boot(rootfs, [
     [join(stage, "usr/lib/gpu-persistd"), "/usr/lib/gpu-persistd"],
     [node, "/usr/bin/node"],
   ]);

@@ -66,7 +66,7 @@ describe("control socket deadline", () => {
         });
       },
       recordingLog().log,
-      50,
+      { requestDeadlineMs: 50 },
     );
     try {
       const client = connect(path);
@@ -86,7 +86,7 @@ describe("control socket deadline", () => {
     vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
     const { log } = recordingLog();
     const path = join(dir, "silent.sock");
-    const server = await startControlServer(path, () => ({ never: true }), log, 50);
+    const server = await startControlServer(path, () => ({ never: true }), log, { requestDeadlineMs: 50 });
     try {
       // The server's own connection listener (which arms the deadline) runs before this one.
       const accepted = new Promise((resolve) => server.once("connection", resolve));

@@ -18,6 +18,8 @@ execFileSync(
     "-fPIC",
     "-shared",
     "-fvisibility=hidden",
+    "-include",
+    "native-bindings/sim/glibc-compat.h",
     "-o",
     "dist/libnvidia-ml-sim.so",
     "native-bindings/sim/nvml-sim.c",

@@ -9,7 +9,8 @@
 // in `npm run package` (scripts/package.mjs) and in test/package/standalone.test.ts.
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -29,8 +30,10 @@ const compare = (a, b) => {
  */
 export function checkNodeRuntime() {
   let versions;
+  // An empty cache: npm would otherwise answer from a stale copy when the registry is down.
+  const cache = mkdtempSync(join(tmpdir(), "gpu-persistd-npm-"));
   try {
-    const out = execFileSync("npm", ["view", PIN.package, "versions", "--json"], {
+    const out = execFileSync("npm", ["view", PIN.package, "versions", "--json", "--cache", cache], {
       cwd: ROOT,
       encoding: "utf8",
       stdio: ["ignore", "pipe", "pipe"],
@@ -45,6 +48,8 @@ export function checkNodeRuntime() {
       ok: true,
       message: `node-runtime: the npm registry cannot be reached (${reason}), so it is NOT checked whether Node ${PIN.version} is the newest of its line; check again with: node scripts/node-runtime.mjs check`,
     };
+  } finally {
+    rmSync(cache, { recursive: true, force: true });
   }
   const major = PIN.version.split(".")[0];
   const line = versions.filter((v) => /^\d+\.\d+\.\d+$/.test(v) && v.split(".")[0] === major).sort(compare);

@@ -17,6 +17,8 @@ declare -A NEEDED=(
   [cmd:pgrep]=procps
   [cmd:lintian]=lintian
   [cmd:strip]=binutils
+  [cmd:rpmbuild]=rpm
+  [cmd:rpmlint]=rpmlint
   [file:/usr/include/tirpc/rpc/rpc.h]=libtirpc-dev
 )
 

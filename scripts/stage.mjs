@@ -89,7 +89,7 @@ function launcher() {
   const { env, v8, threadpool } = JSON.parse(readFileSync("src/node-flags.json", "utf8"));
   return [
     "#!/bin/sh",
-    "# gpu-persistd: runs the daemon's bundle with the system's Node (see gpu-persistd(8)).",
+    "# gpu-persistd: runs the daemon's bundle with its Node (see gpu-persistd(8)).",
     ...Object.entries(env).map(([name, value]) => `export ${name}="\${${name}-${value}}"`),
     // biome-ignore lint/suspicious/noTemplateCurlyInString: shell parameter expansion
     'if [ -z "${UV_THREADPOOL_SIZE-}" ]; then',

@@ -18,6 +18,8 @@ declare -A NEEDED=(
   [cmd:lintian]=lintian
   [cmd:strip]=binutils
   [cmd:promtool]=prometheus
+  [cmd:rpmbuild]=rpm
+  [cmd:rpmlint]=rpmlint
   [file:/usr/include/tirpc/rpc/rpc.h]=libtirpc-dev
 )
 

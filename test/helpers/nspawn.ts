@@ -80,6 +80,11 @@ export function fleetRootfs(): string {
   );
 }
 
+/** A bootable Debian 11 (bullseye, systemd 247, nodejs 12 in its archive), for the standalone package. */
+export function bullseyeRootfs(): string {
+  return cachedRootfs("rootfs-bullseye-1", ROOTFS_PACKAGES, "bullseye");
+}
+
 /** Debian 12 minbase: what the debian:bookworm-slim image holds (apt, no systemd). */
 export function bookwormSlimRootfs(): string {
   return cachedRootfs("rootfs-bookworm-slim-1", "");

@@ -20,7 +20,7 @@ die() {
 
 uninstall() {
 	[ -e "$MANIFEST" ] || die "nothing to uninstall: $MANIFEST is missing (was gpu-persistd installed by a package? then remove it with apt-get purge or rpm -e)"
-	systemctl disable --now "$UNIT" >/dev/null 2>&1 || true
+	systemctl disable --now gpu-persistd.socket "$UNIT" >/dev/null 2>&1 || true
 	# Files first, then the directories this script created, deepest first.
 	grep '^f ' "$MANIFEST" | cut -c3- | while IFS= read -r path; do rm -f "$path"; done
 	grep '^d ' "$MANIFEST" | cut -c3- | sort -r | while IFS= read -r path; do rmdir "$path" 2>/dev/null || echo "install.sh: kept $path: it holds files that are not gpu-persistd's" >&2; done
@@ -76,7 +76,8 @@ done
 
 systemd-sysusers gpu-persistd.conf
 systemctl daemon-reload
-systemctl enable "$UNIT" >/dev/null 2>&1
+systemctl enable gpu-persistd.socket "$UNIT" >/dev/null 2>&1
+systemctl start gpu-persistd.socket
 # As the .deb's postinst: without the driver, the daemon would wait for it and hold this up.
 if [ ! -e /proc/driver/nvidia/version ] && ! systemctl show -p ExecStart --value "$UNIT" | grep -q -- --simulate; then
 	echo "gpu-persistd: installed; the NVIDIA driver is not loaded, so the service is enabled but not started; it starts at boot, or now with: systemctl start gpu-persistd" >&2

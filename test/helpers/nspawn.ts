@@ -98,6 +98,14 @@ export function stageInstall(): string {
   return dir;
 }
 
+export interface HolderWatch {
+  samples: number;
+  /** Per node: the samples in which no process held it. */
+  gaps: Record<string, number>;
+  /** Who held what at the last sample (pid -> nodes). */
+  last: Record<string, string[]>;
+}
+
 export interface Run {
   code: number;
   stdout: string;
@@ -168,6 +176,28 @@ export class Container {
     return spawn("nsenter", ["-t", String(this.pid1), "-a", "sh", "-c", command], {
       stdio: ["ignore", "pipe", "pipe"],
     });
+  }
+
+  /**
+   * Starts test/helpers/holder-watcher.mjs inside (with the container's node): it samples
+   * every few ms which of `nodes` some process holds. The returned function stops it and
+   * resolves the samples and, per node, the samples in which nobody held it.
+   */
+  async watchHolders(nodes: readonly string[]): Promise<() => Promise<HolderWatch>> {
+    this.writeFile("/usr/local/lib/holder-watcher.mjs", readFileSync(join(ROOT, "test/helpers/holder-watcher.mjs"), "utf8"));
+    const child = this.start(`exec node /usr/local/lib/holder-watcher.mjs ${nodes.join(",")} /run/watch.json`);
+    await new Promise<void>((resolve, reject) => {
+      child.stdout?.on("data", (d: Buffer) => d.toString().includes("watching") && resolve());
+      child.on("exit", (code) => reject(new Error(`the holder watcher exited (${code})`)));
+    });
+    return async () => {
+      const exited = new Promise((r) => child.once("exit", r));
+      this.check("kill -TERM $(cat /run/watch.json.pid)");
+      await exited;
+      const result = JSON.parse(this.check("cat /run/watch.json")) as HolderWatch;
+      this.check("rm -f /run/watch.json /run/watch.json.pid");
+      return result;
+    };
   }
 
   /** Like run, but throws with the output when the command fails. */

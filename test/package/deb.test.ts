@@ -90,9 +90,14 @@ describe("gpu-persistd .deb", () => {
     // doctor on the installed system: the service side passes; this container has no driver.
     expect(doctorFailures(host.container)).toEqual(["kernel-module", "device-nodes", "driver-version"]);
 
+    // A stop lets go of every GPU; the socket unit still listens (a client would start the
+    // daemon again), until it is stopped too.
+    expect(host.container.unitProperty("gpu-persistd.socket", "UnitFileState")).toBe("enabled");
     host.container.check("systemctl stop gpu-persistd");
     expect(host.container.unitProperty("gpu-persistd", "ActiveState")).toBe("inactive");
-    expect(host.container.run("test -e /run/nvidia-persistenced").code).toBe(1);
+    expect(host.container.run("test -S /run/nvidia-persistenced/socket").code).toBe(0);
+    host.container.check("systemctl stop gpu-persistd.socket");
+    expect(host.container.run("test -e /run/nvidia-persistenced/socket").code).toBe(1);
 
     const purge = host.container.run(
       `${APT} purge gpu-persistd gpu-persistd-simulator && ${APT} autoremove --purge`,
@@ -128,7 +133,7 @@ describe("gpu-persistd .deb", () => {
     host.container.check(`${APT} purge gpu-persistd`, 120_000);
   });
 
-  it("on reinstall (an upgrade's scripts) keeps the admin's config edits and a disable", () => {
+  it("on reinstall (an upgrade's scripts) keeps the admin's config edits and a disable; an upgrade lets no GPU go", async () => {
     simulate(1);
     host.container.check(`${APT} --no-install-recommends install ${host.withSimulator}`, 300_000);
     host.container.check(`sed -i 's/"logLevel": "info"/"logLevel": "debug"/' /etc/gpu-persistd/config.json`);
@@ -138,10 +143,18 @@ describe("gpu-persistd .deb", () => {
     expect(host.container.check('grep -c \'"logLevel": "debug"\' /etc/gpu-persistd/config.json').trim()).toBe("1");
     expect(host.container.unitProperty("gpu-persistd", "UnitFileState")).toBe("disabled");
     expect(host.container.unitProperty("gpu-persistd", "ActiveState")).toBe("inactive");
-    // Enabled again, a reinstall restarts it (postinst configure with the old version).
+    // Enabled again, a reinstall restarts it (postinst configure with the old version),
+    // through systemd's fd store: the GPU is held at every sample, the socket unchanged.
     host.container.check("systemctl enable --now gpu-persistd");
     const pid = host.container.unitProperty("gpu-persistd", "MainPID");
+    const inode = () => host.container.check("stat -c %i /run/nvidia-persistenced/socket").trim();
+    const socketBefore = inode();
+    const stop = await host.container.watchHolders(["/run/nvidia-persistenced/sim-dev/nvidia0"]);
     host.container.check(`${APT} install --reinstall /mnt/dist/${host.deb}`, 120_000);
+    const watched = await stop();
+    expect(watched.samples).toBeGreaterThan(20);
+    expect(watched.gaps, JSON.stringify(watched)).toEqual({ "/run/nvidia-persistenced/sim-dev/nvidia0": 0 });
+    expect(inode()).toBe(socketBefore);
     expect(host.container.unitProperty("gpu-persistd", "ActiveState")).toBe("active");
     expect(host.container.unitProperty("gpu-persistd", "MainPID")).not.toBe(pid);
     host.container.check(`${APT} purge gpu-persistd gpu-persistd-simulator`, 120_000);

@@ -12,6 +12,7 @@ import {
   bookwormRootfs,
   bootWithDaemon,
   type Container,
+  type HolderWatch,
   nspawnUnavailable,
   stageInstall,
   trixieRootfs,
@@ -79,24 +80,9 @@ for (const [release, rootfs] of [
         nvmlDegraded: { libraryVersion: string; moduleVersion: string; message: string } | null;
       };
 
-    /** Samples the nodes' holders until the returned function is called; it resolves the gaps. */
-    async function watch(): Promise<() => Promise<{ samples: number; gaps: Record<string, number>; last: unknown }>> {
-      const child = c.start(`exec /usr/bin/node /usr/local/lib/holder-watcher.mjs ${NODES.join(",")} /run/watch.json`);
-      await new Promise<void>((resolve, reject) => {
-        child.stdout?.on("data", (d: Buffer) => d.toString().includes("watching") && resolve());
-        child.on("exit", (code) => reject(new Error(`watcher exited (${code})`)));
-      });
-      return async () => {
-        const exited = new Promise((r) => child.once("exit", r));
-        c.check("kill -TERM $(cat /run/watch.json.pid)");
-        await exited;
-        const result = JSON.parse(c.check("cat /run/watch.json"));
-        c.check("rm -f /run/watch.json /run/watch.json.pid");
-        return result;
-      };
-    }
+    const watch = () => c.watchHolders(NODES);
 
-    function expectNoGap(result: { samples: number; gaps: Record<string, number>; last?: unknown }): void {
+    function expectNoGap(result: HolderWatch): void {
       expect(result.samples).toBeGreaterThan(20);
       expect(result.gaps, JSON.stringify(result)).toEqual(Object.fromEntries(NODES.map((n) => [n, 0])));
     }

@@ -49,11 +49,17 @@ echo "exit $?" >>"$OUT/parity-release.txt"
 set -e
 (gpd status --json --runtime-dir="$RUNTIME") >"$OUT/parity-status-after.json"
 ls -l "/proc/$gpd_pid/fd" >"$OUT/parity-fds-after.txt"
+# Release and re-hold latency with the shipped defaults: RPC v2 and v1 Set, and the lease.
+read -r pci_domain pci_bus pci_device < <(python3 -c 'import json,sys; b=json.load(open(sys.argv[1]))["devices"][0]["pciBusId"]; d,bu,rest=b.split(":"); print(int(d,16), int(bu,16), int(rest.split(".")[0],16))' "$OUT/parity-status-after.json")
+set +e
+python3 test/gpu/release_timing.py "$RUNTIME" "$pci_domain" "$pci_bus" "$pci_device" "${RELEASE_ROUNDS:-20}" "$OUT/parity-release-timing.json" >"$OUT/parity-release-timing.txt" 2>&1
+echo "exit $?" >>"$OUT/parity-release-timing.txt"
+set -e
 kill -TERM "$gpd_pid"; wait "$gpd_pid" && gpd_exit=0 || gpd_exit=$?
 persistence_enabled after
 
 python3 - "$OUT" "$gpd_exit" <<'PY'
-import json, sys, time
+import json, os, sys, time
 out, gpd_exit = sys.argv[1], int(sys.argv[2])
 log = open(f"{out}/parity-daemon.log").read()
 st = json.load(open(f"{out}/parity-status.json"))
@@ -82,11 +88,16 @@ result = {
         "held_again_after": all(d["held"] for d in after["devices"]) and after["nvmlSession"] is True,
         "uvm_registered_again": all(d["uvm"] == "registered" for d in after["devices"]),
         "doctor_numa_check": next((c for c in doctor["checks"] if c["id"] == "numa"), None),
+        "release_timing_ran": open(f"{out}/parity-release-timing.txt").read().strip().endswith("exit 0"),
+        "release_and_rehold_p99_within_300_ms": all(
+            v["p99"] <= 300 for k, v in (json.load(open(f"{out}/parity-release-timing.json")) if os.path.exists(f"{out}/parity-release-timing.json") else {"missing": {"p99": 1e9}}).items() if isinstance(v, dict)
+        ),
         "clean_stop": gpd_exit == 0,
     },
     "uvm_errors": [d["uvmError"] for d in st["devices"] if d["uvmError"]],
     "uvm_fds": uvm,
     "fds_before": [l.split(" -> ")[1] for l in fds["before"].splitlines() if " -> /dev/" in l],
+    "release_timing": json.load(open(f"{out}/parity-release-timing.json")) if os.path.exists(f"{out}/parity-release-timing.json") else None,
 }
 json.dump(result, open(f"{out}/parity.json", "w"), indent=2)
 result["daemon_log_tail"] = log.splitlines()[-25:]

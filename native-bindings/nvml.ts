@@ -121,12 +121,8 @@ export class Nvml {
     try {
       lib = koffi.load(path);
     } catch (err) {
-      throw new NvmlLoadError(
-        `cannot load the NVML library '${path}': ${(err as Error).message}. ` +
-          "Install the NVIDIA driver's NVML (Debian: libnvidia-ml1 / nvidia-driver; the .run installer ships it), " +
-          "or point --nvml-library (config nvmlLibrary, GPU_PERSISTD_NVML_LIBRARY) at libnvidia-ml.so.1.",
-        path,
-      );
+      // The cause only: the daemon and doctor add the one fix text (src/fixes.ts).
+      throw new NvmlLoadError(`cannot load the NVML library '${path}': ${(err as Error).message}`, path);
     }
     const fns = {} as Record<NvmlFunctionName, AnyFn>;
     for (const [name, declaration] of Object.entries(DECLARATIONS) as [NvmlFunctionName, string][]) {
@@ -134,8 +130,7 @@ export class Nvml {
         fns[name] = lib.func(declaration);
       } catch {
         throw new NvmlLoadError(
-          `'${path}' does not export ${name}: it is not a usable libnvidia-ml (too old, or another library). ` +
-            "Point --nvml-library at the libnvidia-ml.so.1 of the installed NVIDIA driver.",
+          `'${path}' does not export ${name}: it is not a usable libnvidia-ml (too old, or another library)`,
           path,
         );
       }

@@ -133,15 +133,6 @@ EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice
     return hand_out(call, (int)index, device);
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
-    const char *call = "nvmlDeviceGetHandleByUUID";
-    if (!initialized()) return done(call, -1, NVML_ERROR_UNINITIALIZED);
-    if (!uuid || !device) return done(call, -1, NVML_ERROR_INVALID_ARGUMENT);
-    for (int i = 0; i < S.gpu_count; i++)
-        if (strcmp(S.gpus[i].uuid, uuid) == 0) return hand_out(call, i, device);
-    return done(call, -1, NVML_ERROR_NOT_FOUND);
-}
-
 EXPORT nvmlReturn_t nvmlDeviceGetHandleByPciBusId_v2(const char *pciBusId, nvmlDevice_t *device) {
     const char *call = "nvmlDeviceGetHandleByPciBusId_v2";
     unsigned domain, bus, dev;

@@ -35,7 +35,7 @@ export async function nvmlChecks(
   } catch (err) {
     if (!(err instanceof NvmlLoadError)) throw err;
     // The error's cause alone (its own fix is the check's fix, said once); a custom path gets its own fix.
-    const cause = err.message.split(". ")[0] ?? err.message;
+    const cause = err.message;
     const fix =
       config.simulate === "" && config.nvmlLibrary !== "libnvidia-ml.so.1"
         ? `nvmlLibrary is ${config.nvmlLibrary}: point it at the driver's libnvidia-ml.so.1, or remove the setting`

@@ -40,7 +40,8 @@ export class NvmlSession {
     try {
       return new NvmlSession(Nvml.load(path, timeoutMs), log, idleLimitMs);
     } catch (err) {
-      if (err instanceof NvmlLoadError) throw new FatalError(ExitCode.UNAVAILABLE, err.message);
+      if (err instanceof NvmlLoadError)
+        throw new FatalError(ExitCode.UNAVAILABLE, `${err.message}. To fix: ${fixes.installNvml}.`);
       throw err;
     }
   }

@@ -184,7 +184,10 @@ export class Container {
    * resolves the samples and, per node, the samples in which nobody held it.
    */
   async watchHolders(nodes: readonly string[]): Promise<() => Promise<HolderWatch>> {
-    this.writeFile("/usr/local/lib/holder-watcher.mjs", readFileSync(join(ROOT, "test/helpers/holder-watcher.mjs"), "utf8"));
+    this.writeFile(
+      "/usr/local/lib/holder-watcher.mjs",
+      readFileSync(join(ROOT, "test/helpers/holder-watcher.mjs"), "utf8"),
+    );
     const child = this.start(`exec node /usr/local/lib/holder-watcher.mjs ${nodes.join(",")} /run/watch.json`);
     await new Promise<void>((resolve, reject) => {
       child.stdout?.on("data", (d: Buffer) => d.toString().includes("watching") && resolve());

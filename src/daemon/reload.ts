@@ -3,8 +3,10 @@
 // checks that none is missing). A SIGHUP before READY is remembered and applied once after
 // it; a SIGHUP during a reload queues exactly one more.
 import { type Config, type ConfigKey, type LiveKey, reloadPolicy } from "../config/schema.js";
+import { watchdogUsec } from "../systemd/notify.js";
 import type { DaemonContext } from "./context.js";
-import { applySelection, healthIntervalMs, wanted } from "./start-up.js";
+import { healthIntervalMs, wanted } from "./hold-policy.js";
+import { applySelection } from "./start-up.js";
 import { daemonStatusLine } from "./status-snapshot.js";
 
 /** Reloads run one at a time; requests that arrive meanwhile collapse into one more. */
@@ -57,7 +59,7 @@ const APPLY: { [K in LiveKey]: (ctx: DaemonContext) => void | Promise<void> } = 
     if (ctx.session) ctx.session.idleLimitMs = ctx.config.stopTimeoutMs;
   },
   healthIntervalMs: (ctx) => {
-    ctx.health?.reschedule(healthIntervalMs(ctx));
+    ctx.health?.reschedule(healthIntervalMs(ctx.config.healthIntervalMs, watchdogUsec(ctx.deps.env)));
   },
   // These three decide which GPUs are held: applied together by holdWhatIsWanted.
   persistenceMode: () => {},
@@ -71,11 +73,11 @@ async function holdWhatIsWanted(ctx: DaemonContext): Promise<void> {
   const registry = ctx.registry;
   if (!registry) return;
   applySelection(ctx, registry);
-  const keptReleased = registry.list().filter((g) => g.state === "released" && wanted(ctx, g));
+  const keptReleased = registry.list().filter((g) => g.state === "released" && wanted(ctx.config, g));
   for (const gpu of keptReleased) {
     ctx.log.info(`GPU ${gpu.index} stays released, as a client asked; hold it with: gpu-persistd hold ${gpu.index}`);
   }
-  await registry.reconcile((gpu) => wanted(ctx, gpu), ctx.config.bringUpConcurrency);
+  await registry.reconcile((gpu) => wanted(ctx.config, gpu), ctx.config.bringUpConcurrency);
 }
 
 /** One reload: re-read, keep restart-only settings, apply every live change, report. */

@@ -14,8 +14,7 @@ import { adoptHanded, keptState } from "../gpu/adoption.js";
 import { describeError } from "../gpu/describe-error.js";
 import { REAL_DEVICE_DIR } from "../gpu/device-node.js";
 import { gpuFields } from "../gpu/gpu-log-fields.js";
-import { type Gpu, GpuRegistry, type Identity, identifyGpus } from "../gpu/gpu-registry.js";
-import { parseGpuSelector, selectorKindName } from "../gpu/gpu-selector.js";
+import { GpuRegistry, type Identity, identifyGpus } from "../gpu/gpu-registry.js";
 import { DeviceEffects } from "../gpu/hold-effects.js";
 import { NvmlSession } from "../gpu/nvml-session.js";
 import { formatPciAddress, parsePciAddress, samePciDevice } from "../gpu/pci-address.js";
@@ -34,6 +33,7 @@ import { Watchdog } from "../systemd/watchdog.js";
 import { VERSION } from "../version.js";
 import type { DaemonContext } from "./context.js";
 import { controlHandler } from "./control-adapter.js";
+import { healthIntervalMs, selectors, unmatchedMessages, wanted } from "./hold-policy.js";
 import { rpcBackend } from "./rpc-adapter.js";
 import { daemonStatusLine, metricsText } from "./status-snapshot.js";
 
@@ -52,29 +52,11 @@ function checkpoint(ctx: DaemonContext): void {
   if (ctx.stopping) throw new StartAbandoned("a stop was requested during start-up");
 }
 
-/** Whether the configuration wants `gpu` held. */
-export function wanted(ctx: DaemonContext, gpu: Gpu): boolean {
-  return ctx.config.persistenceMode && gpu.selected;
-}
-
-/** The health interval in force: at most half systemd's watchdog interval (a ping follows each round). */
-export function healthIntervalMs(ctx: DaemonContext): number {
-  const usec = watchdogUsec(ctx.deps.env);
-  const ms = usec ? Math.min(ctx.config.healthIntervalMs, usec / 1000 / 2) : ctx.config.healthIntervalMs;
-  return Math.max(10, Math.round(ms));
-}
-
-/** Marks the GPUs --devices names; logs each selector that matches none and returns them. */
+/** Marks the GPUs --devices names; logs each selector that matches none and returns the messages. */
 export function applySelection(ctx: DaemonContext, registry: GpuRegistry): string[] {
-  const selectors = ctx.config.devices.map((d) => parseGpuSelector(d)).filter((s) => s !== null);
-  const unmatched = registry
-    .select(selectors)
-    .map(
-      (s) =>
-        `--devices names '${s.text}', but no GPU has that ${selectorKindName(s)} (${registry.list().length} GPUs found)`,
-    );
-  for (const message of unmatched) ctx.log.error(message);
-  return unmatched;
+  const messages = unmatchedMessages(registry.select(selectors(ctx.config.devices)), registry.list().length);
+  for (const message of messages) ctx.log.error(message);
+  return messages;
 }
 
 /** Keeps systemd's start timeout ahead of a slow bring-up; returns the stopper. */
@@ -234,7 +216,7 @@ async function bringUp(
   };
   registry.on("transition", onTransition);
   try {
-    await registry.reconcile((gpu) => wanted(ctx, gpu), config.bringUpConcurrency);
+    await registry.reconcile((gpu) => wanted(ctx.config, gpu), config.bringUpConcurrency);
   } finally {
     registry.off("transition", onTransition);
   }
@@ -338,7 +320,7 @@ function startHealth(
       ...(watchdog ? { afterTick: () => watchdog.tick() } : {}),
       log: ctx.log,
     },
-    healthIntervalMs(ctx),
+    healthIntervalMs(ctx.config.healthIntervalMs, watchdogUsec(ctx.deps.env)),
   );
   ctx.health = health;
   ctx.watchdog = watchdog;

@@ -52,6 +52,12 @@ describe("start-up", () => {
     expect(d.notifier.with("READY")[0]?.STATUS).toBe("2/3 GPUs persistent; 00000000:07:00.0: NVML_ERROR_NO_PERMISSION");
   });
 
+  it("watches Xid events on the selected GPUs only, and says how many", async () => {
+    const d = fixture.daemon({ gpus: 4 }, { devices: ["0", "2"] });
+    await d.daemon.run();
+    expect(d.messages()).toContain("watching Xid events on 2 GPUs");
+  });
+
   it("exits 78 when --devices matches no GPU (bad configuration: systemd does not restart it)", async () => {
     const d = fixture.daemon({ gpus: 2 }, { devices: ["7"] });
     await expect(d.daemon.run()).rejects.toMatchObject({ code: 78 });

@@ -3,12 +3,12 @@
 import { requestStatus } from "../control/control-client.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
-import { parseGpuSelector, selectorMatches } from "../gpu/gpu-selector.js";
-import { parsePciAddress } from "../gpu/pci-address.js";
 import { NvPdStatus, PERSISTENCE_PROGRAM, PROC_SET_PERSISTENCE } from "../rpc/persistence-program.js";
 import { callOnce } from "../rpc/rpc-client.js";
 import { XdrWriter } from "../rpc/xdr.js";
 import { RPC_SOCKET_NAME } from "../runtime-dir.js";
+import { parseGpuSelector, selectorMatches } from "../selection/gpu-selector.js";
+import { parsePciAddress } from "../selection/pci-address.js";
 
 const STATUS_NAMES = Object.fromEntries(Object.entries(NvPdStatus).map(([k, v]) => [v, k]));
 

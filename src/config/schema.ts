@@ -1,8 +1,8 @@
 // The one schema for every setting: config file keys, GPU_PERSISTD_* variables, defaults
 // and validation. The command line (src/cli/options.ts) maps its flags onto these keys.
 import convict from "convict";
-import { parseGpuSelector } from "../gpu/gpu-selector.js";
 import nodeFlags from "../node-flags.json" with { type: "json" };
+import { parseGpuSelector } from "../selection/gpu-selector.js";
 import { parseLoopbackAddress } from "./listen-address.js";
 
 export const DEFAULT_CONFIG_PATH = "/etc/gpu-persistd/config.json";

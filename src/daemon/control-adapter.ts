@@ -5,7 +5,7 @@ import type { PeerCredentials } from "../../native-bindings/peer-credentials.js"
 import { clientText } from "../connections/client-text.js";
 import { BadRequest, type ControlRequest, Lease } from "../control/control-server.js";
 import type { Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
-import { parseGpuSelector, selectorMatches } from "../gpu/gpu-selector.js";
+import { parseGpuSelector, selectorMatches } from "../selection/gpu-selector.js";
 import { gpuStatus } from "../status/daemon-status.js";
 import type { DaemonContext } from "./context.js";
 import { LeasedElsewhere, type LeaseRecord } from "./release-leases.js";

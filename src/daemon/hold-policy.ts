@@ -2,7 +2,7 @@
 // how often health rounds run, and what --devices names that no GPU has. Start-up and
 // reload both apply them; they read nothing but their arguments.
 import type { Gpu } from "../gpu/gpu-model.js";
-import { type GpuSelector, parseGpuSelector, selectorKindName } from "../gpu/gpu-selector.js";
+import { type GpuSelector, parseGpuSelector, selectorKindName } from "../selection/gpu-selector.js";
 
 /** The shortest health interval, in ms: a misconfigured watchdog must not spin the loop. */
 const MIN_HEALTH_INTERVAL_MS = 10;

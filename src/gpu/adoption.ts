@@ -7,11 +7,11 @@ import { closeSync, fstatSync, type Stats, statSync } from "node:fs";
 import { join } from "node:path";
 import { unixSocketPath } from "../../native-bindings/libc.js";
 import type { Log } from "../log.js";
+import { formatPciAddress, type PciAddress, parsePciAddress, samePciDevice } from "../selection/pci-address.js";
 import { type FdStore, type KeptState, readKeptState, STATE_FD_NAME } from "../systemd/fd-store.js";
 import type { PassedFd } from "../systemd/listen-fds.js";
 import { deviceNodePath } from "./device-node.js";
 import type { Identity } from "./gpu-registry.js";
-import { formatPciAddress, type PciAddress, parsePciAddress, samePciDevice } from "./pci-address.js";
 
 /** The NVIDIA driver's character-device major for /dev/nvidiaN and /dev/nvidiactl. */
 const NVIDIA_MAJOR = 195;

@@ -1,6 +1,6 @@
 // The fields every log line about one GPU carries (src/log.ts prints them first in text lines
 // and journald stores them as GPU_INDEX, GPU_UUID, GPU_PCI_BUS_ID for filtering).
-import { formatPciAddress, type PciAddress } from "./pci-address.js";
+import { formatPciAddress, type PciAddress } from "../selection/pci-address.js";
 
 export interface GpuLogFields {
   gpuIndex: number;

@@ -2,7 +2,7 @@
 // errors that say it is gone. The registry (gpu-registry.ts) is the only writer.
 import type { NumaInfo } from "../../native-bindings/nvidia-kernel.js";
 import type { DeviceHandle } from "../../native-bindings/nvml.js";
-import type { PciAddress } from "./pci-address.js";
+import type { PciAddress } from "../selection/pci-address.js";
 
 /**
  * unidentified: NVML could not tell what the GPU is; identified: known, not held (not

@@ -14,6 +14,8 @@ import {
 import type { DeviceHandle, Nvml } from "../../native-bindings/nvml.js";
 import { PERSISTENCE_ENABLED } from "../../native-bindings/nvml.js";
 import { forEachLimited } from "../concurrency.js";
+import { type GpuSelector, selectorMatches } from "../selection/gpu-selector.js";
+import { formatPciAddress, type PciAddress, samePciDevice } from "../selection/pci-address.js";
 import { describeError as errorText } from "./describe-error.js";
 import {
   type Claim,
@@ -26,9 +28,7 @@ import {
   type Transition,
   type UvmState,
 } from "./gpu-model.js";
-import { type GpuSelector, selectorMatches } from "./gpu-selector.js";
 import type { HoldEffects } from "./hold-effects.js";
-import { formatPciAddress, type PciAddress, samePciDevice } from "./pci-address.js";
 
 export type { Claim, Gpu, GpuState, Origin, PersistenceReading, Transition, UvmState } from "./gpu-model.js";
 export { GpuLostError, hasCoherentMemory } from "./gpu-model.js";

@@ -2,7 +2,7 @@
 // daemon. Types and procedures as in NVIDIA's nvidia-persistenced source (its pre-generated
 // rpcgen files, nvpd_rpc*), checked against driver 580's NVML client.
 import type { PeerCredentials } from "../../native-bindings/peer-credentials.js";
-import { formatPciAddress, type PciAddress } from "../gpu/pci-address.js";
+import { formatPciAddress, type PciAddress } from "../selection/pci-address.js";
 import { AcceptStat, acceptedReply, progMismatchReply, type RpcCall } from "./rpc-message.js";
 import { XdrError, type XdrReader, XdrWriter } from "./xdr.js";
 

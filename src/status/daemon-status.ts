@@ -13,7 +13,7 @@ import {
   type PersistenceReading,
   type UvmState,
 } from "../gpu/gpu-registry.js";
-import { formatPciAddress } from "../gpu/pci-address.js";
+import { formatPciAddress } from "../selection/pci-address.js";
 
 /** Bumped whenever a field changes meaning or disappears. */
 export const STATUS_FORMAT = 2;

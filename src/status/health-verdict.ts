@@ -1,8 +1,8 @@
 // The fleet health check: is this node's GPU set as wanted, judged from the daemon's status
 // alone, and what a scheduler should do about it. Pure functions, so the decision table is
 // tested without a daemon or a Slurm controller.
-import { parseGpuSelector, selectorMatches } from "../gpu/gpu-selector.js";
-import { parsePciAddress } from "../gpu/pci-address.js";
+import { parseGpuSelector, selectorMatches } from "../selection/gpu-selector.js";
+import { parsePciAddress } from "../selection/pci-address.js";
 import type { DaemonStatus, GpuStatus } from "./daemon-status.js";
 
 /** Every drain reason starts with this, and only reasons that do are ever resumed (LBNL NHC's rule). */

@@ -1,8 +1,8 @@
 // Pure helpers every client shares: PCI addresses as integers, and the status validator.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { parseGpuSelector, selectorMatches } from "../../src/gpu/gpu-selector.js";
-import { formatPciAddress, parsePciAddress, samePciDevice } from "../../src/gpu/pci-address.js";
+import { parseGpuSelector, selectorMatches } from "../../src/selection/gpu-selector.js";
+import { formatPciAddress, parsePciAddress, samePciDevice } from "../../src/selection/pci-address.js";
 import { parseDaemonStatus, STATUS_FORMAT } from "../../src/status/daemon-status.js";
 import { statusLine } from "../../src/status/status-line.js";
 

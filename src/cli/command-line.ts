@@ -2,7 +2,7 @@
 // normalising the forms parseArgs lacks: single-dash long options (`-verbose`) and an
 // option whose value may be left out (`--simulate`, `--simulate=8`, `--simulate 8`).
 import { type ParseArgsConfig, parseArgs } from "node:util";
-import type { Config } from "../config/schema.js";
+import type { Config, ConfigValues } from "../config/schema.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { OPTIONS } from "./options.js";
@@ -26,7 +26,7 @@ export interface CommandLine {
   timeoutSeconds: number;
   /** release GPU... -- COMMAND ARGS: the command to run while the GPUs are released. */
   run: string[];
-  overrides: Partial<Config>;
+  overrides: Partial<ConfigValues>;
   /** The option each override came from, for usage errors (`logFormat` -> `--log-format`). */
   overrideOptions: Partial<Record<keyof Config, string>>;
 }
@@ -126,7 +126,7 @@ export function parseCommandLine(fullArgv: readonly string[]): CommandLine {
         : "'--' is for 'release GPU... -- COMMAND' only",
     );
   }
-  const overrides: Partial<Config> = {};
+  const overrides: Partial<ConfigValues> = {};
   const overrideOptions: Partial<Record<keyof Config, string>> = {};
   const values = parsed.values as Record<string, string | boolean | undefined>;
   // Later options win, in table order; nvidia-persistenced applies them the same way.

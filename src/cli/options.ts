@@ -1,5 +1,5 @@
 // The command line's one option table: parsing, --help and the man page all read it.
-import type { Config } from "../config/schema.js";
+import type { Config, ConfigValues } from "../config/schema.js";
 
 export interface OptionSpec {
   long: string;
@@ -10,7 +10,7 @@ export interface OptionSpec {
   optionalValue?: boolean;
   help: string;
   /** Where the option's value lands in the configuration. */
-  apply?: (value: string | boolean) => Partial<Config>;
+  apply?: (value: string | boolean) => Partial<ConfigValues>;
   /** Option kept from nvidia-persistenced. */
   upstream?: boolean;
 }

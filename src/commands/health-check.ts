@@ -3,11 +3,13 @@
 // the GPU and the cause) or Slurm could not be read or updated, 69 no daemon answers. With --slurm (the shipped
 // HealthCheckProgram), it also drains this node when unhealthy and resumes it once healthy,
 // but only a node it drained itself (the reason's prefix says so).
+
 import { spawnSync } from "node:child_process";
 import { hostname } from "node:os";
 import { requestStatus } from "../control/control-client.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
+import type { GpuSelector } from "../selection/gpu-selector.js";
 import type { DaemonStatus } from "../status/daemon-status.js";
 import { healthVerdict, type NodeState, nodeAction } from "../status/health-verdict.js";
 
@@ -17,7 +19,7 @@ const SLURM_TIMEOUT_MS = 20_000;
 
 export interface HealthCheckOptions {
   runtimeDir: string;
-  devices: readonly string[];
+  devices: readonly GpuSelector[];
   drainReleased: boolean;
   slurm: boolean;
 }

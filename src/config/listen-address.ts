@@ -21,3 +21,8 @@ export function parseLoopbackAddress(value: string): ListenAddress | string {
   }
   return { host, port };
 }
+
+/** HOST:PORT again, with an IPv6 host in brackets. */
+export function formatListenAddress(a: ListenAddress): string {
+  return a.host.includes(":") ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
+}

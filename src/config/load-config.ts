@@ -2,7 +2,16 @@ import { closeSync, readSync } from "node:fs";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { openRegularFile } from "../safe-files.js";
-import { type Config, type ConfigKey, configSchema, DEFAULT_CONFIG_PATH, jsonTypeOf, newConfig } from "./schema.js";
+import {
+  type Config,
+  type ConfigKey,
+  type ConfigValues,
+  configSchema,
+  DEFAULT_CONFIG_PATH,
+  jsonTypeOf,
+  newConfig,
+  parsedConfig,
+} from "./schema.js";
 
 /** Config files are a few hundred bytes; anything this large is a mistake, not a config. */
 const MAX_CONFIG_BYTES = 64 * 1024;
@@ -13,7 +22,7 @@ export interface ConfigSource {
   /** Where the config file is when no path is given (a missing default file is no error). */
   defaultPath?: string;
   /** Values from the command line, applied last. */
-  overrides: Partial<Config>;
+  overrides: Partial<ConfigValues>;
   /** The command-line option each override came from (`--log-format`), for a usage error. */
   overrideOptions?: Partial<Record<ConfigKey, string>>;
 }
@@ -143,21 +152,21 @@ export function loadConfigWithNotes(
   } catch (err) {
     throw configError(`bad configuration: ${(err as Error).message}`);
   }
-  const config = conf.getProperties();
+  const values = conf.getProperties();
   const notes = Object.keys(fileValues)
     .filter((key) => source.overrides[key as ConfigKey] !== undefined)
     .filter(
       (key) =>
         JSON.stringify(checkedFileValues({ [key]: fileValues[key] }, origin)[key]) !==
-        JSON.stringify(config[key as ConfigKey]),
+        JSON.stringify(values[key as ConfigKey]),
     )
     .map(
       (key) =>
         `${key} ${JSON.stringify(fileValues[key])} in ${origin} is overridden by the command line ` +
-        `(${source.overrideOptions?.[key as ConfigKey] ?? key} ${JSON.stringify(config[key as ConfigKey])}); ` +
+        `(${source.overrideOptions?.[key as ConfigKey] ?? key} ${JSON.stringify(values[key as ConfigKey])}); ` +
         "under systemd the unit's ExecStart sets it: change it there (systemctl edit gpu-persistd)",
     );
-  return { config, notes };
+  return { config: parsedConfig(values), notes };
 }
 
 function settingNames(conf: ReturnType<typeof newConfig>): string {

@@ -2,8 +2,8 @@
 // and validation. The command line (src/cli/options.ts) maps its flags onto these keys.
 import convict from "convict";
 import nodeFlags from "../node-flags.json" with { type: "json" };
-import { parseGpuSelector } from "../selection/gpu-selector.js";
-import { parseLoopbackAddress } from "./listen-address.js";
+import { type GpuSelector, parseGpuSelector } from "../selection/gpu-selector.js";
+import { type ListenAddress, parseLoopbackAddress } from "./listen-address.js";
 
 export const DEFAULT_CONFIG_PATH = "/etc/gpu-persistd/config.json";
 export const SIMULATION_PROFILES = ["dgx-h100"] as const;
@@ -291,8 +291,29 @@ type SettingValue<S> = S extends { format: readonly (infer Word)[] }
     ? D
     : never;
 
-/** The configuration, as the schema defines it. */
-export type Config = { -readonly [K in ConfigKey]: SettingValue<(typeof configSchema)[K]> };
+/** The configuration as written (file, environment, command line), as the schema defines it. */
+export type ConfigValues = { -readonly [K in ConfigKey]: SettingValue<(typeof configSchema)[K]> };
+
+/**
+ * The configuration as the daemon uses it: what the schema validated by parsing is held
+ * parsed (GPU selectors, a listen address), so no consumer parses it again.
+ */
+export type Config = Omit<ConfigValues, "devices" | "metricsListen"> & {
+  devices: GpuSelector[];
+  /** Null when off. */
+  metricsListen: ListenAddress | null;
+};
+
+/** Parses what the schema has validated (a value that would not parse was refused there). */
+export function parsedConfig(values: ConfigValues): Config {
+  const address = values.metricsListen === "" ? null : parseLoopbackAddress(values.metricsListen);
+  if (typeof address === "string") throw new Error(`metricsListen: ${address}`);
+  return {
+    ...values,
+    devices: values.devices.flatMap((d) => parseGpuSelector(d) ?? []),
+    metricsListen: address,
+  };
+}
 
 /** The JSON type a config file must give `key`. */
 export function jsonTypeOf(key: ConfigKey): JsonType {
@@ -300,7 +321,7 @@ export function jsonTypeOf(key: ConfigKey): JsonType {
   return typeof format === "string" ? FORMATS[format].json : "string";
 }
 
-export function newConfig(): convict.Config<Config> {
+export function newConfig(): convict.Config<ConfigValues> {
   const schema = Object.fromEntries(Object.entries(configSchema).map(([key, { reload: _, ...item }]) => [key, item]));
-  return convict<Config>(schema as unknown as convict.Schema<Config>);
+  return convict<ConfigValues>(schema as unknown as convict.Schema<ConfigValues>);
 }

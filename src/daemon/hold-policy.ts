@@ -2,7 +2,7 @@
 // how often health rounds run, and what --devices names that no GPU has. Start-up and
 // reload both apply them; they read nothing but their arguments.
 import type { Gpu } from "../gpu/gpu-model.js";
-import { type GpuSelector, parseGpuSelector, selectorKindName } from "../selection/gpu-selector.js";
+import { type GpuSelector, selectorKindName } from "../selection/gpu-selector.js";
 
 /** The shortest health interval, in ms: a misconfigured watchdog must not spin the loop. */
 const MIN_HEALTH_INTERVAL_MS = 10;
@@ -19,11 +19,6 @@ export function wanted(config: { persistenceMode: boolean }, gpu: Pick<Gpu, "sel
 export function healthIntervalMs(configuredMs: number, watchdogUsec: number | null): number {
   const ms = watchdogUsec ? Math.min(configuredMs, watchdogUsec / 1000 / 2) : configuredMs;
   return Math.max(MIN_HEALTH_INTERVAL_MS, Math.round(ms));
-}
-
-/** The selectors --devices gives (the configuration has checked each parses). */
-export function selectors(devices: readonly string[]): GpuSelector[] {
-  return devices.map((d) => parseGpuSelector(d)).filter((s) => s !== null);
 }
 
 /** The message for each selector that matched no GPU. */

@@ -5,7 +5,7 @@
 import { NvidiaKernel } from "../../native-bindings/nvidia-kernel.js";
 import { NvmlError } from "../../native-bindings/nvml-errors.js";
 import { NVML_ERROR_NO_PERMISSION } from "../../native-bindings/nvml-return-codes.js";
-import { type ListenAddress, parseLoopbackAddress } from "../config/listen-address.js";
+import { formatListenAddress } from "../config/listen-address.js";
 import { startControlServer } from "../control/control-server.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
@@ -33,7 +33,7 @@ import { Watchdog } from "../systemd/watchdog.js";
 import { VERSION } from "../version.js";
 import type { DaemonContext } from "./context.js";
 import { controlHandler } from "./control-adapter.js";
-import { healthIntervalMs, selectors, unmatchedMessages, wanted } from "./hold-policy.js";
+import { healthIntervalMs, unmatchedMessages, wanted } from "./hold-policy.js";
 import { rpcBackend } from "./rpc-adapter.js";
 import { daemonStatusLine, metricsText } from "./status-snapshot.js";
 
@@ -54,7 +54,7 @@ function checkpoint(ctx: DaemonContext): void {
 
 /** Marks the GPUs --devices names; logs each selector that matches none and returns the messages. */
 export function applySelection(ctx: DaemonContext, registry: GpuRegistry): string[] {
-  const messages = unmatchedMessages(registry.select(selectors(ctx.config.devices)), registry.list().length);
+  const messages = unmatchedMessages(registry.select(ctx.config.devices), registry.list().length);
   for (const message of messages) ctx.log.error(message);
   return messages;
 }
@@ -268,9 +268,8 @@ async function openSockets(ctx: DaemonContext): Promise<void> {
   );
   if (config.metricsListen) {
     // Before the drop: a port below 1024 needs root to bind, not to serve.
-    const address = parseLoopbackAddress(config.metricsListen) as ListenAddress;
-    ctx.metricsListener = await startMetricsListener(address, () => metricsText(ctx));
-    log.info(`serving metrics on http://${config.metricsListen}/metrics`);
+    ctx.metricsListener = await startMetricsListener(config.metricsListen, () => metricsText(ctx));
+    log.info(`serving metrics on http://${formatListenAddress(config.metricsListen)}/metrics`);
   }
 }
 

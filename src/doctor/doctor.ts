@@ -4,7 +4,7 @@
 import { existsSync } from "node:fs";
 import { type CommandLine, parseCommandLine } from "../cli/command-line.js";
 import { type ConfigSource, configFile, loadConfig } from "../config/load-config.js";
-import { type Config, DEFAULT_CONFIG_PATH, newConfig } from "../config/schema.js";
+import { type Config, type ConfigValues, DEFAULT_CONFIG_PATH, newConfig, parsedConfig } from "../config/schema.js";
 import { requestStatus } from "../control/control-client.js";
 import type { DaemonStatus } from "../status/daemon-status.js";
 import { UNIT_NAME } from "../systemd/unit-name.js";
@@ -22,7 +22,7 @@ export interface DoctorReport {
 }
 
 /** The options of the unit's last ExecStart= (file, then drop-ins), or why they cannot be read. */
-function unitOptions(host: HostRoot): { overrides: Partial<Config>; from: string; error?: string } {
+function unitOptions(host: HostRoot): { overrides: Partial<ConfigValues>; from: string; error?: string } {
   const last = host.unitDirective(UNIT_NAME, "ExecStart").at(-1);
   const execStart = last?.value ?? "";
   const from = last?.source ?? "";
@@ -54,7 +54,7 @@ function configuration(
   const { path } = configFile(source, env);
   if (unit.error) {
     return {
-      config: newConfig().getProperties(),
+      config: parsedConfig(newConfig().getProperties()),
       check: fail("config", title, unit.error, `systemctl edit --full ${UNIT_NAME}, and fix ExecStart`),
     };
   }
@@ -65,7 +65,7 @@ function configuration(
     return { config, check: pass("config", title, `${present}${options}`) };
   } catch (err) {
     return {
-      config: newConfig().getProperties(),
+      config: parsedConfig(newConfig().getProperties()),
       check: fail("config", title, (err as Error).message, `correct ${path}, then: systemctl reload gpu-persistd`),
     };
   }

@@ -1,8 +1,10 @@
 // Metrics, when configured: whether gpu-persistd.service lets the daemon serve or write
 // them (the hardened unit has no network and a read-only /var until a drop-in says so),
 // and whether the textfile's directory is there and writable by the daemon's user.
+
 import { statSync } from "node:fs";
 import { dirname } from "node:path";
+import { formatListenAddress, type ListenAddress } from "../config/listen-address.js";
 import type { Config } from "../config/schema.js";
 import { grantWrite, INSTALL_NODE_EXPORTER, installDropIn } from "../metrics/metrics-fixes.js";
 import { UNIT_NAME as UNIT } from "../systemd/unit-name.js";
@@ -11,7 +13,8 @@ import { type Account, accountMay, type HostRoot } from "./host-root.js";
 
 const YES = /^(yes|true|on|1)$/i;
 
-function listenCheck(host: HostRoot, address: string): Check {
+function listenCheck(host: HostRoot, listen: ListenAddress): Check {
+  const address = formatListenAddress(listen);
   const title = "metrics listener";
   const privateNetwork = YES.test(host.unitDirective(UNIT, "PrivateNetwork").at(-1)?.value ?? "");
   const families = host.unitDirective(UNIT, "RestrictAddressFamilies").flatMap((d) => d.value.split(/\s+/));

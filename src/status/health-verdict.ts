@@ -1,7 +1,7 @@
 // The fleet health check: is this node's GPU set as wanted, judged from the daemon's status
 // alone, and what a scheduler should do about it. Pure functions, so the decision table is
 // tested without a daemon or a Slurm controller.
-import { parseGpuSelector, selectorMatches } from "../selection/gpu-selector.js";
+import { type GpuSelector, selectorMatches } from "../selection/gpu-selector.js";
 import { parsePciAddress } from "../selection/pci-address.js";
 import type { DaemonStatus, GpuStatus } from "./daemon-status.js";
 
@@ -23,7 +23,7 @@ export interface HealthInput {
   /** Why there is no status (the control client's message), when status is null. */
   unavailable?: string;
   /** The `devices` setting: each selector must match a GPU the daemon knows, or that GPU is missing. */
-  devices: readonly string[];
+  devices: readonly GpuSelector[];
   /** A GPU an admin released (a reset, a MIG change) counts as unhealthy too. */
   drainReleased: boolean;
 }
@@ -46,11 +46,10 @@ function problem(g: GpuStatus, drainReleased: boolean): string | null {
   }
 }
 
-function missing(devices: readonly string[], gpus: readonly GpuStatus[]): string[] {
+function missing(devices: readonly GpuSelector[], gpus: readonly GpuStatus[]): string[] {
   const out: string[] = [];
-  for (const text of devices) {
-    const selector = parseGpuSelector(text);
-    if (!selector) continue;
+  for (const selector of devices) {
+    const text = selector.text;
     const found = gpus.some((g) =>
       selectorMatches(selector, { index: g.index, uuid: g.uuid, pci: parsePciAddress(g.pciBusId) }),
     );

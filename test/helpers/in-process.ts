@@ -6,8 +6,8 @@ import { join } from "node:path";
 import koffi from "koffi";
 import pino from "pino";
 import { afterEach } from "vitest";
-import type { Config } from "../../src/config/schema.js";
-import { newConfig } from "../../src/config/schema.js";
+import type { ConfigValues } from "../../src/config/schema.js";
+import { newConfig, parsedConfig } from "../../src/config/schema.js";
 import { Daemon } from "../../src/daemon/daemon.js";
 import { RuntimeDir } from "../../src/runtime-dir.js";
 import { SystemdNotifier } from "../../src/systemd/notify.js";
@@ -119,12 +119,12 @@ export class InProcessDaemon {
   readonly lines: LogLine[] = [];
   readonly daemon: Daemon;
   /** What a SIGHUP reads: tests change it to change the "file". */
-  nextConfig: Partial<Config> = {};
+  nextConfig: Partial<ConfigValues> = {};
   exitCode: number | null = null;
 
   constructor(
     scratch: Scratch,
-    config: Partial<Config>,
+    config: Partial<ConfigValues>,
     {
       notifier = new RecordingNotifier(),
       passedFds,
@@ -136,15 +136,15 @@ export class InProcessDaemon {
       { level: "debug", base: null, timestamp: false },
       { write: (l: string) => this.lines.push(JSON.parse(l)) },
     );
-    const base = { ...defaults(), runtimeDir: scratch.runtimeDir, simulate: "on", ...config };
+    const base: ConfigValues = { ...defaults(), runtimeDir: scratch.runtimeDir, simulate: "on", ...config };
     this.nextConfig = base;
     const runtime = RuntimeDir.claim(scratch.runtimeDir, {});
-    this.daemon = new Daemon(base, {
+    this.daemon = new Daemon(parsedConfig(base), {
       log,
       runtime,
       notifier: this.notifier,
       env: { GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath },
-      reloadConfig: () => ({ ...base, ...this.nextConfig }),
+      reloadConfig: () => parsedConfig({ ...base, ...this.nextConfig }),
       setLogLevel: (level) => {
         log.level = level;
       },
@@ -181,7 +181,7 @@ export class InProcessDaemon {
   }
 }
 
-function defaults(): Config {
+function defaults(): ConfigValues {
   const conf = newConfig();
   conf.validate({ allowed: "strict" });
   return conf.getProperties();
@@ -233,7 +233,7 @@ export class InProcessFixture {
    */
   daemon(
     sim: SimConfig,
-    config: Partial<Config> = {},
+    config: Partial<ConfigValues> = {},
     {
       attach = false,
       notifier,
@@ -260,7 +260,7 @@ export class InProcessFixture {
    * The same daemon started again in this test's scratch directory, as systemd restarts it:
    * what the store kept is handed over. The simulator keeps its state (as the driver does).
    */
-  restart(previous: InProcessDaemon, config: Partial<Config> = {}, sim?: SimConfig): InProcessDaemon {
+  restart(previous: InProcessDaemon, config: Partial<ConfigValues> = {}, sim?: SimConfig): InProcessDaemon {
     const scratch = previous.scratch;
     if (sim) scratch.writeSimConfig(sim);
     simReset();

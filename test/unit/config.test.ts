@@ -48,7 +48,11 @@ describe("configuration sources", () => {
     try {
       const config = loadConfig({ path, overrides: { runtimeDir: "/from-cli" } });
       expect(config.runtimeDir).toBe("/from-cli");
-      expect(config.devices).toEqual(["1", "2"]);
+      // Held parsed: GPU selectors, not strings to parse again.
+      expect(config.devices).toEqual([
+        { kind: "index", index: 1, text: "1" },
+        { kind: "index", index: 2, text: "2" },
+      ]);
       expect(config.dryRun).toBe(true);
       expect(config.logLevel).toBe("warn");
     } finally {
@@ -145,8 +149,13 @@ describe("config file types", () => {
     return loadConfig({ path, overrides: {} }, {});
   };
 
+  it("holds the metrics listen address parsed, and null when off", () => {
+    expect(load({ metricsListen: "[::1]:9400" }).metricsListen).toEqual({ host: "::1", port: 9400 });
+    expect(load({}).metricsListen).toBeNull();
+  });
+
   it("takes GPU indexes as numbers", () => {
-    expect(load({ devices: [0, 1, 2] }).devices).toEqual(["0", "1", "2"]);
+    expect(load({ devices: [0, 1, 2] }).devices.map((d) => d.text)).toEqual(["0", "1", "2"]);
   });
 
   it("refuses a string where JSON has a type of its own, naming the key and both types (exit 78)", () => {

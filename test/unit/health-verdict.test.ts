@@ -2,6 +2,7 @@
 // Slurm, an admin's drain reason against the check's own prefix.
 import { describe, expect, it } from "vitest";
 import { parseSinfoNode } from "../../src/commands/health-check.js";
+import { parseGpuSelector } from "../../src/selection/gpu-selector.js";
 import { type DaemonStatus, type GpuStatus, STATUS_FORMAT } from "../../src/status/daemon-status.js";
 import { healthVerdict, type NodeState, nodeAction, REASON_PREFIX } from "../../src/status/health-verdict.js";
 
@@ -109,7 +110,8 @@ describe("health verdict", () => {
       "gpu-persistd: GPU 0 00000000:18:00.0 lost: Xid 79; GPU 1 00000000:19:00.0 lost: Xid 79; 1 more",
     ],
   ] as const)("%s", (_name, s, devices, drainReleased, healthy, reason) => {
-    expect(healthVerdict({ status: s, devices, drainReleased })).toEqual({ healthy, reason });
+    const selectors = devices.flatMap((d) => parseGpuSelector(d) ?? []);
+    expect(healthVerdict({ status: s, devices: selectors, drainReleased })).toEqual({ healthy, reason });
   });
 
   it("a GPU not selected does not count", () => {

@@ -1,6 +1,7 @@
 // The configuration's asks as pure functions, one row per case (go-systemd style).
 import { describe, expect, it } from "vitest";
-import { healthIntervalMs, selectors, unmatchedMessages, wanted } from "../../src/daemon/hold-policy.js";
+import { healthIntervalMs, unmatchedMessages, wanted } from "../../src/daemon/hold-policy.js";
+import { parseGpuSelector } from "../../src/selection/gpu-selector.js";
 
 describe("wanted", () => {
   for (const [persistenceMode, selected, expected] of [
@@ -30,9 +31,9 @@ describe("healthIntervalMs", () => {
   }
 });
 
-describe("selectors and unmatched", () => {
-  it("parses indexes, UUIDs and PCI bus ids, and names each that matches no GPU", () => {
-    const parsed = selectors(["0", "GPU-0f3e", "00000000:18:00.0"]);
+describe("unmatched selectors", () => {
+  it("names each selector that matches no GPU, by its kind", () => {
+    const parsed = ["0", "GPU-0f3e", "00000000:18:00.0"].flatMap((t) => parseGpuSelector(t) ?? []);
     expect(parsed.map((s) => s.text)).toEqual(["0", "GPU-0f3e", "00000000:18:00.0"]);
     expect(unmatchedMessages(parsed.slice(0, 1), 8)).toEqual([
       "--devices names '0', but no GPU has that index (8 GPUs found)",

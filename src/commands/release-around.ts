@@ -53,6 +53,7 @@ export function releaseAroundCommand(runtimeDir: string, gpus: string[], command
     socket.on("close", () => {
       for (const [name, handler] of handlers) process.off(name, handler);
     });
+    let closed = false;
     const runCommand = (): void => {
       child = spawn(command[0] as string, command.slice(1), { stdio: "inherit" });
       child.on("error", (err) => {
@@ -60,7 +61,13 @@ export function releaseAroundCommand(runtimeDir: string, gpus: string[], command
       });
       child.on("close", (code, signal) => {
         exitCode = code ?? (signal ? 128 + constants.signals[signal] : 127);
-        socket.end();
+        if (!closed) {
+          socket.end();
+          return;
+        }
+        // The daemon went away during COMMAND: its code still counts, and the user is told.
+        process.exitCode = exitCode;
+        resolve();
       });
     };
     socket.on("data", (chunk: string) => {
@@ -97,8 +104,15 @@ export function releaseAroundCommand(runtimeDir: string, gpus: string[], command
       }
     });
     socket.on("close", () => {
+      closed = true;
       if (exitCode === null) {
         if (replies === 0) reject(new FatalError(ExitCode.FAILURE, `gpu-persistd closed ${path} without an answer`));
+        else {
+          process.stderr.write(
+            "gpu-persistd: the daemon closed the connection while the command ran (it restarted or stopped): " +
+              "the release ended early; gpu-persistd status shows what is held now\n",
+          );
+        }
         return;
       }
       process.exitCode = exitCode;

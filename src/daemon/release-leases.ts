@@ -12,6 +12,8 @@ export interface LeaseRecord {
   readonly gpus: readonly Gpu[];
   /** What each GPU had just before the lease released it (set as each release runs): its state and claims. */
   readonly before: Map<Gpu, { state: GpuState; claims: Claim[] }>;
+  /** The lease's release, once it began: what a request during the lease waits for. */
+  releasing?: Promise<void>;
 }
 
 /** A GPU named by the request is in another client's lease. */
@@ -19,6 +21,8 @@ export class LeasedElsewhere extends Error {}
 
 export class ReleaseLeases {
   readonly #byGpu = new Map<Gpu, LeaseRecord>();
+  /** Called when what a lease will take back changes (the fd store's record follows it). */
+  onChange: () => void = () => {};
 
   /** The lease `gpu` is in, if any. */
   of(gpu: Gpu): LeaseRecord | undefined {
@@ -49,7 +53,12 @@ export class ReleaseLeases {
   }
 
   /** Releases the lease's GPUs, recording what each had. */
-  async release(record: LeaseRecord, registry: GpuRegistry): Promise<void> {
+  release(record: LeaseRecord, registry: GpuRegistry): Promise<void> {
+    record.releasing = this.#release(record, registry);
+    return record.releasing;
+  }
+
+  async #release(record: LeaseRecord, registry: GpuRegistry): Promise<void> {
     await Promise.all(
       record.gpus.map(async (gpu) => {
         const before = await registry.release(gpu);
@@ -68,10 +77,12 @@ export class ReleaseLeases {
     if (!before) {
       // Its release is still queued: record that nothing is to be taken back.
       record.before.set(gpu, { state: "released", claims: [] });
+      this.onChange();
       return;
     }
     before.claims = before.claims.filter((c) => c !== claim);
     if (before.claims.length === 0 && before.state === "held") before.state = "released";
+    this.onChange();
   }
 
   /** Ends the lease: takes back what each GPU had (a GPU that was released stays so). */

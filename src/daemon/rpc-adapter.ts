@@ -31,14 +31,17 @@ export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
   async function letGo(registry: GpuRegistry, gpu: Gpu, claims: Claim[]): Promise<NvPdStatus> {
     const p = parts(ctx);
     if (!p) return NvPdStatus.UNKNOWN;
-    if (ctx.leases.of(gpu)) {
-      // Already released by the lease; its end must not take these back.
+    const lease = ctx.leases.of(gpu);
+    if (lease) {
+      // Released by the lease (answered once that release is done); its end must not take these back.
       for (const claim of claims) ctx.leases.forget(gpu, claim);
+      await lease.releasing;
+      await p.coordinator.settle();
       return NvPdStatus.SUCCESS;
     }
-    const had = [...gpu.claims];
+    let had = [...gpu.claims];
     // Nothing left to hold it: released outright, so that no NVML session pins it either.
-    if (had.every((c) => claims.includes(c))) await registry.release(gpu);
+    if (had.every((c) => claims.includes(c))) had = (await registry.release(gpu)).claims;
     else for (const claim of claims) await registry.relinquish(gpu, claim, "request");
     const session = await p.coordinator.settle();
     if (gpu.state === "released" && session.open) {

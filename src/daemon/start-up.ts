@@ -14,7 +14,7 @@ import { adoptHanded, keptState } from "../gpu/adoption.js";
 import { describeError } from "../gpu/describe-error.js";
 import { REAL_DEVICE_DIR } from "../gpu/device-node.js";
 import { gpuFields } from "../gpu/gpu-log-fields.js";
-import { GpuRegistry, type Identity, identifyGpus } from "../gpu/gpu-registry.js";
+import { type Gpu, GpuRegistry, type Identity, identifyGpus } from "../gpu/gpu-registry.js";
 import { DeviceEffects } from "../gpu/hold-effects.js";
 import { NvmlSession } from "../gpu/nvml-session.js";
 import { SessionCoordinator } from "../gpu/session-coordinator.js";
@@ -195,13 +195,17 @@ async function bringUp(
   }
   keepReleasedState(ctx, registry);
   checkpoint(ctx);
+  // What the previous run kept for a GPU that is not held now is let go.
+  const discard = () => effects.discardUnused(registry.list(), (message) => log.info(message));
   if (!config.persistenceMode) {
     log.info("starting with every GPU released (--no-persistence-mode)");
+    await discard();
     return registry;
   }
   const selected = registry.list().filter((g) => g.selected);
   if (selected.length === 0 && mismatch) {
     log.error("no GPU can be held without NVML: none was kept across the restart, and the module lists none here");
+    await discard();
     return registry;
   }
   if (selected.length === 0) {
@@ -220,7 +224,7 @@ async function bringUp(
   } finally {
     registry.off("transition", onTransition);
   }
-  await effects.discardUnused((message) => log.info(message));
+  await discard();
   checkpoint(ctx);
   if (selected.some((g) => g.state === "held") || mismatch) return registry;
   const first = selected.find((g) => g.fault !== null);
@@ -232,20 +236,34 @@ async function bringUp(
   );
 }
 
-/** Under systemd, the GPUs a client released are recorded in the fd store: a restart keeps them released. */
+/**
+ * Under systemd, the GPUs a client released are recorded in the fd store: a restart keeps them
+ * released. A GPU released only by a lease is not: the lease ends with the connection, so the
+ * next run holds it again. A record that cannot be written is logged; nothing else depends on it.
+ */
 function keepReleasedState(ctx: DaemonContext, registry: GpuRegistry): void {
   const store = ctx.fdStore;
   if (!store.enabled) return;
-  const record = (): void =>
-    store.keepState({
-      released: registry.list().flatMap((g) => (g.state === "released" && g.pci ? [formatPciAddress(g.pci)] : [])),
-      gpus: registry
-        .list()
-        .flatMap((g) =>
-          g.pci ? [{ busId: formatPciAddress(g.pci), minor: g.minor, uuid: g.uuid, name: g.name }] : [],
-        ),
-    });
+  const releasedForGood = (g: Gpu): boolean => {
+    const lease = ctx.leases.of(g);
+    return g.state === "released" && (!lease || lease.before.get(g)?.state === "released");
+  };
+  const record = (): void => {
+    try {
+      store.keepState({
+        released: registry.list().flatMap((g) => (releasedForGood(g) && g.pci ? [formatPciAddress(g.pci)] : [])),
+        gpus: registry
+          .list()
+          .flatMap((g) =>
+            g.pci ? [{ busId: formatPciAddress(g.pci), minor: g.minor, uuid: g.uuid, name: g.name }] : [],
+          ),
+      });
+    } catch (err) {
+      ctx.log.warn(`cannot record the released GPUs in systemd's fd store: ${describeError(err)}`);
+    }
+  };
   record();
+  ctx.leases.onChange = record;
   registry.on("transition", (t) => {
     if ((t.from === "released" || t.to === "released") && !ctx.stopping) record();
   });
@@ -275,7 +293,6 @@ async function openSockets(ctx: DaemonContext): Promise<void> {
 
 /** Registers the selected GPUs for Xid events; the health rounds drain the set. */
 async function startXidEvents(ctx: DaemonContext, session: NvmlSession, registry: GpuRegistry): Promise<void> {
-  if (!session.open) return;
   const xid = new XidEvents(session.nvml, registry, ctx.log);
   try {
     const watched = await xid.start(registry.list().filter((g) => g.selected && g.handle !== null));
@@ -361,6 +378,15 @@ export async function startUp(ctx: DaemonContext): Promise<void> {
   const coordinator = new SessionCoordinator(session, registry, log, () => describeMismatch(ctx, session));
   if (mismatch) coordinator.degraded(mismatch);
   ctx.coordinator = coordinator;
+  // Before any client can release a GPU: the Xid set, and what the coordinator stops before a close.
+  if (!mismatch) await startXidEvents(ctx, session, registry);
+  coordinator.setWatchers({
+    beforeClose: () => stopXidEvents(ctx),
+    afterOpen: async () => {
+      await registry.refreshHandles(session.nvml);
+      await startXidEvents(ctx, session, registry);
+    },
+  });
   // A GPU that stays released from the last run: the session must not pin it.
   await coordinator.settle();
   await openSockets(ctx);
@@ -372,14 +398,6 @@ export async function startUp(ctx: DaemonContext): Promise<void> {
     runtime.privilegesDropped();
     log.info(`now running as ${identity.description}`);
   }
-  await startXidEvents(ctx, session, registry);
-  coordinator.setWatchers({
-    beforeClose: () => stopXidEvents(ctx),
-    afterOpen: async () => {
-      await registry.refreshHandles(session.nvml);
-      await startXidEvents(ctx, session, registry);
-    },
-  });
   startHealth(ctx, session, registry, coordinator);
   checkpoint(ctx);
   const bringUpMs = performance.now() - started;

@@ -7,6 +7,7 @@
 import { EventEmitter } from "node:events";
 import {
   KernelCallError,
+  KernelTimeoutError,
   NUMA_ONLINE_FAILED,
   NV_ERR_NVLINK_FABRIC_NOT_READY,
   numaStatusName,
@@ -167,11 +168,6 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     return this.#gpus.some((g) => g.state === "released");
   }
 
-  /** Resolves once every transition queued so far, of every GPU, has ended. */
-  async settled(): Promise<void> {
-    await Promise.all(this.#gpus.map((g) => g.queue));
-  }
-
   #entry(gpu: Gpu): Entry {
     const entry = this.#gpus[gpu.index];
     if (entry !== gpu) throw new Error(`GPU ${gpu.index} is not one of this registry's`);
@@ -208,6 +204,8 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
   acquire(gpu: Gpu, claim: Claim, origin: Origin): Promise<GpuState> {
     return this.#serial(gpu, async (entry) => {
       if (this.#closed || entry.state === "lost" || entry.state === "unidentified") return entry.state;
+      // The configuration never undoes a client's release (it may be queued behind this).
+      if (origin === "config" && entry.state === "released") return entry.state;
       const before = entry.state;
       entry.claims.add(claim);
       if (entry.fd === null) await this.#open(entry, origin);
@@ -432,9 +430,12 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     entry.probing = probing;
     try {
       entry.numa = await probing;
-    } finally {
-      if (entry.probing === probing) entry.probing = null;
+    } catch (err) {
+      // A timed-out ioctl still runs on the pool: the fd is closed only once it returned.
+      if (err instanceof KernelTimeoutError && entry.probing === probing) entry.probing = err.returned;
+      throw err;
     }
+    if (entry.probing === probing) entry.probing = null;
     return "answered";
   }
 
@@ -467,6 +468,8 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
         try {
           gpu.handle = await nvml.handleByPciBusId(formatPciAddress(gpu.pci));
         } catch (err) {
+          // The old session's handle means nothing now: NVML is not asked about this GPU.
+          gpu.handle = null;
           this.#note(gpu, "warn", `cannot look the GPU up again after the NVML session restarted: ${errorText(err)}`);
         }
       }),

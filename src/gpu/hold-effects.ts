@@ -96,18 +96,20 @@ export class DeviceEffects implements HoldEffects {
     return fd;
   }
 
-  /** Closes and drops from the store what the previous run kept that nothing took. */
-  async discardUnused(log: (message: string) => void): Promise<void> {
+  /** Closes, and drops from the store, what the previous run kept that nothing took. */
+  async discardUnused(gpus: readonly Gpu[], log: (message: string) => void): Promise<void> {
     for (const [kind, handed] of [
       ["gpu", this.#o.handed.nodes],
       ["uvm", this.#o.handed.uvm],
     ] as const) {
       for (const [index, fd] of handed) {
         handed.delete(index);
+        const pci = gpus[index]?.pci;
         log(
           `GPU ${index}: let go of the ${kind === "gpu" ? "node" : "UVM registration"} the previous run kept: the GPU is not wanted now`,
         );
-        await this.#closeStored(fd, true);
+        if (pci) this.#o.store.drop(fdName(kind, pci));
+        await closeAsync(fd);
       }
     }
   }

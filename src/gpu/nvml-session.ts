@@ -86,11 +86,19 @@ export class NvmlSession {
     await this.nvml.shutdown();
   }
 
-  /** nvmlInit again; NVML's error when it fails (the session stays closed). */
-  async reopen(): Promise<void> {
+  /**
+   * nvmlInit again, then `prepare` (new handles, the Xid set) before the session reads open:
+   * nothing else asks NVML with the old session's handles. NVML's error when nvmlInit fails
+   * (the session stays closed).
+   */
+  async reopen(prepare: () => Promise<void> = async () => {}): Promise<void> {
     if (this.#open) return;
     await this.nvml.init();
-    this.#open = true;
+    try {
+      await prepare();
+    } finally {
+      this.#open = true;
+    }
   }
 
   /**

@@ -123,7 +123,7 @@ export class SessionCoordinator {
 
   async #reopen(): Promise<void> {
     try {
-      await this.#session.reopen();
+      await this.#session.reopen(() => this.#watchers?.afterOpen() ?? Promise.resolve());
     } catch (err) {
       if (isVersionMismatch(err)) {
         this.degraded(await this.#describeMismatch());
@@ -141,6 +141,5 @@ export class SessionCoordinator {
     }
     this.#problem = null;
     this.#log.info("no GPU is released any more: NVML session reopened");
-    await this.#watchers?.afterOpen();
   }
 }

@@ -55,8 +55,6 @@ export class XidEvents {
   #set: EventSetHandle | null = null;
   #draining: Promise<void> | null = null;
   readonly #windows = new Map<string, StormWindow>();
-  /** The GPUs registered for Xid events. */
-  watched = 0;
 
   constructor(nvml: Nvml, registry: GpuRegistry, log: Log) {
     this.#nvml = nvml;
@@ -84,7 +82,6 @@ export class XidEvents {
       }
     }
     this.#set = set;
-    this.watched = registered;
     return registered;
   }
 

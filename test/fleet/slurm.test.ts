@@ -106,8 +106,9 @@ describe("Slurm health check", () => {
     expect(check.code).toBe(0);
   });
 
-  it("drains the node when the daemon stops, saying so", async () => {
-    run("systemctl stop gpu-persistd");
+  it("drains the node when the daemon is stopped for good, saying so", async () => {
+    // The socket unit too: while it listens, the check's own connection would start the daemon again.
+    run("systemctl stop gpu-persistd.socket gpu-persistd");
     await until("drained for no daemon", (n) => drained(n), CHECK_INTERVAL_S * 1000 + SLACK_MS);
     expect(nodeState().reason).toBe(
       "gpu-persistd: daemon is not running (no daemon listening on /run/nvidia-persistenced/gpu-persistd.sock)",
@@ -120,7 +121,7 @@ describe("Slurm health check", () => {
     const XID_AFTER_MS = 12_000;
     simulate({ gpu: 2, afterMs: XID_AFTER_MS });
     const started = Date.now();
-    run("systemctl start gpu-persistd");
+    run("systemctl start gpu-persistd.socket gpu-persistd");
     await until("resumed by the check", (n) => /^idle/.test(n.state) && n.reason === "none", XID_AFTER_MS - 1000);
     const xidAt = started + XID_AFTER_MS;
     const pci = JSON.parse(run("gpu-persistd status --json")).devices[2].pciBusId as string;

@@ -5,6 +5,8 @@
 // dropping the GPUs. The shipped defaults throughout.
 import { openSync } from "node:fs";
 import { describe, expect, it } from "vitest";
+import { Lease } from "../../src/control/control-server.js";
+import { controlHandler } from "../../src/daemon/control-adapter.js";
 import { rpcBackend } from "../../src/daemon/rpc-adapter.js";
 import { daemonStatus, daemonStatusLine, metricsText } from "../../src/daemon/status-snapshot.js";
 import { NvPdStatus } from "../../src/rpc/persistence-program.js";
@@ -67,6 +69,31 @@ describe("held across the daemon's own restart", () => {
     expect(await rpcBackend(next.context).setMode(pci(0x06), true, false)).toBe(NvPdStatus.SUCCESS);
     expect(holders(next, 2)).toEqual([2, 2]);
     expect(next.context.session?.open).toBe(true);
+    await next.stop();
+    store.flush();
+  });
+
+  it("a restart during a release -- COMMAND lease holds the GPU again: the lease ended with its connection", async () => {
+    const { d, store } = await running(2);
+    const lease = await controlHandler(d.context)({ command: "release", gpus: ["0"] }, { pid: 7, uid: 0, gid: 0 });
+    expect(lease).toBeInstanceOf(Lease);
+    expect(holders(d, 2)).toEqual([0, 2]);
+    await d.stop();
+    const next = fixture.restart(d);
+    await next.daemon.run();
+    expect(next.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
+    expect(holders(next, 2)).toEqual([2, 2]);
+    await next.stop();
+    store.flush();
+  });
+
+  it("a restart with persistence mode off lets go of what the store kept", async () => {
+    const { d, store } = await running(2);
+    await d.stop();
+    const next = fixture.restart(d, { persistenceMode: false });
+    await next.daemon.run();
+    expect(holders(next, 2)).toEqual([0, 0]);
+    expect([...store.stored.keys()].filter((k) => k.startsWith("gpu-"))).toEqual([]);
     await next.stop();
     store.flush();
   });

@@ -109,6 +109,7 @@ async function identities(
   session: NvmlSession,
   kept: KeptState | null,
   mismatch: VersionMismatch | null,
+  progress: Progress,
 ): Promise<(Identity | Error)[]> {
   if (mismatch) {
     const known = kept?.gpus.length ? kept.gpus : (ctx.kernel?.driverInfo().gpus ?? []);
@@ -121,6 +122,8 @@ async function identities(
     throw new FatalError(ExitCode.UNAVAILABLE, `cannot count GPUs: ${describeError(err)}`);
   });
   if (count === 0) throw new FatalError(ExitCode.UNAVAILABLE, `NVML reports no GPUs: ${fixes.noGpus}.`);
+  // systemd's STATUS counts them while they are identified.
+  progress.total = count;
   return identifyGpus(session.nvml, count, ctx.config.bringUpConcurrency);
 }
 
@@ -141,7 +144,7 @@ async function bringUp(
   const simulated = config.simulate !== "";
   const kernel = ctx.kernel as NvidiaKernel;
   const kept = keptState(ctx.passedFds, ctx.fdStore, log);
-  const found = await identities(ctx, session, kept, mismatch);
+  const found = await identities(ctx, session, kept, mismatch, progress);
   progress.total = found.length;
   const deviceDir = simulated ? runtime.simDeviceDir : REAL_DEVICE_DIR;
   if (simulated) {

@@ -84,7 +84,10 @@ describe("bring-up", () => {
     expect(fixture.scratch.callCount("nvmlDeviceGetPersistenceMode")).toBe(4);
     expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(0);
     const devices = statusJson(fixture.scratch.runtimeDir).devices;
-    expect(devices.every((g) => g.held && g.persistence === "disabled")).toBe(true);
+    // Held for persistence, so NVML's clients read it enabled (the daemon answers so over its
+    // socket); the driver's own flag was read disabled and left alone.
+    expect(devices.every((g) => g.held && g.persistence === "enabled")).toBe(true);
+    expect(d.output).toContain("dry run: persistence mode reads disabled; not calling the setter");
   });
 
   it("keeps the other GPUs when one GPU's setter returns NO_PERMISSION", async () => {

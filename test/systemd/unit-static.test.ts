@@ -29,7 +29,11 @@ describe("gpu-persistd.service, statically", () => {
       "DeviceAllow=char-nvidia-frontend rw",
       "RestrictAddressFamilies=AF_UNIX",
       "RuntimeDirectory=nvidia-persistenced",
-      "RuntimeDirectoryPreserve=no",
+      // The socket unit's sockets live in it: it stays while they listen.
+      "RuntimeDirectoryPreserve=yes",
+      // Every fd that holds a GPU goes to the fd store: restarts let no GPU go.
+      "FileDescriptorStoreMax=1024",
+      "Wants=gpu-persistd.socket",
       "Conflicts=nvidia-persistenced.service",
     ]) {
       expect(unit).toContain(`\n${line}\n`);

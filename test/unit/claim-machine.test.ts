@@ -92,7 +92,7 @@ const rows: {
     effects: held,
   },
   {
-    name: "a hold while the NVML session is closed skips the setter",
+    name: "a hold while the NVML session is closed does not call the setter",
     setup: [],
     step: ["acquire", "persistence", "config"],
     state: "held",

@@ -64,7 +64,7 @@ npx vitest run --reporter=default --reporter=json --outputFile.json="$report" ||
 # One plain closing line that any CI reads, whatever the runner.
 node -e '
   const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
-  console.log(`Tests: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests} skipped`);
+  console.log(`Tests: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests} not run`);
 ' "$report" || true
 rm -f "$report"
 if [[ -d .ci-cache ]]; then

@@ -19,7 +19,7 @@ import { ROOT } from "./daemon.js";
 const ROOTFS_PACKAGES = "systemd,systemd-sysv,dbus,procps,man-db";
 const REQUIRED_TOOLS = ["systemd-nspawn", "mmdebstrap", "nsenter", "pgrep", "systemd-analyze"];
 
-/** Why this machine cannot run the suite, or null when it can. Never a silent skip: tests fail with it. */
+/** Why this machine cannot run the suite, or null when it can. Never passed over in silence: tests fail with it. */
 export function nspawnUnavailable(): string | null {
   if (process.getuid?.() !== 0) return "the real-systemd tests need root (systemd-nspawn, nsenter)";
   const missing = REQUIRED_TOOLS.filter((tool) => spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0);

@@ -69,3 +69,61 @@ export class PoolOccupancy {
 
 /** The process's one pool: every binding that queues calls on it shares this. */
 export const libuvPool = new PoolOccupancy(poolSize(process.env));
+
+/** A call on the pool that did not return within its time limit; its thread stays blocked until it does. */
+export class PoolCallTimeoutError extends Error {
+  readonly call: string;
+  readonly timeoutMs: number;
+  /** Resolves when the call finally returns and frees its pool thread (maybe never). */
+  readonly returned: Promise<void>;
+  constructor(call: string, timeoutMs: number, returned: Promise<void>) {
+    super(`${call} did not return within ${timeoutMs} ms (driver hung?)`);
+    this.call = call;
+    this.timeoutMs = timeoutMs;
+    this.returned = returned;
+  }
+}
+
+/**
+ * One koffi async call (`start` queues it and hands koffi `done` as its callback), with a time
+ * limit counted from when it is presumed running. Resolves what `settle` makes of the call's
+ * result (it may throw, say for an error code), or rejects with `timedOut(returned)` when the
+ * limit passes first; `afterReturn` runs whenever the call returns, in time or not.
+ */
+export function timedPoolCall<R, T>(
+  timeoutMs: number,
+  start: (done: (err: Error | null, result: R) => void) => void,
+  settle: (result: R) => T,
+  timedOut: (returned: Promise<void>) => PoolCallTimeoutError,
+  afterReturn: () => void = () => {},
+): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let settled = false;
+    let returned: () => void = () => {};
+    let timer: NodeJS.Timeout | undefined;
+    const call = libuvPool.queued(() => {
+      timer = setTimeout(() => {
+        settled = true;
+        reject(timedOut(new Promise<void>((r) => (returned = r))));
+      }, timeoutMs);
+    });
+    start((err, result) => {
+      call.returned();
+      afterReturn();
+      if (settled) {
+        returned();
+        return;
+      }
+      settled = true;
+      clearTimeout(timer);
+      if (err) reject(err);
+      else {
+        try {
+          resolve(settle(result));
+        } catch (e) {
+          reject(e);
+        }
+      }
+    });
+  });
+}

@@ -9,7 +9,7 @@ import { close, constants, open, readdirSync, readFileSync } from "node:fs";
 import { promisify } from "node:util";
 import koffi from "koffi";
 import { type KoffiFunction, libcFunction } from "./libc.js";
-import { libuvPool } from "./libuv-pool.js";
+import { PoolCallTimeoutError, timedPoolCall } from "./libuv-pool.js";
 
 const openAsync = promisify(open);
 const closeAsync = promisify(close);
@@ -82,15 +82,10 @@ export const NUMA_STATUS_NAMES = [
 ] as const;
 
 /** An ioctl that did not return within its time limit; its pool thread stays blocked until it does. */
-export class KernelTimeoutError extends Error {
-  readonly call: string;
-  /** Resolves when the call finally returns and frees its pool thread (maybe never). */
-  readonly returned: Promise<void>;
+export class KernelTimeoutError extends PoolCallTimeoutError {
   constructor(call: string, timeoutMs: number, returned: Promise<void>) {
-    super(`${call} did not return within ${timeoutMs} ms (driver hung?)`);
+    super(call, timeoutMs, returned);
     this.name = "KernelTimeoutError";
-    this.call = call;
-    this.returned = returned;
   }
 }
 
@@ -208,31 +203,16 @@ export class NvidiaKernel {
 
   /** One ioctl on the pool: resolves when it returned 0; KernelCallError (errno) or KernelTimeoutError otherwise. */
   #call(name: string, fd: number, request: number, arg: Buffer): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      let settled = false;
-      let returned: () => void = () => {};
-      let timer: NodeJS.Timeout | undefined;
-      // The limit runs from when the call is presumed running on a pool thread, as NVML's do.
-      const call = libuvPool.queued(() => {
-        timer = setTimeout(() => {
-          settled = true;
-          reject(new KernelTimeoutError(name, this.timeoutMs, new Promise<void>((r) => (returned = r))));
-        }, this.timeoutMs);
-      });
-      this.#ioctl.async(fd, request, arg, (err: Error | null, rc: number) => {
-        const errno = koffi.errno();
-        call.returned();
-        if (settled) {
-          returned();
-          return;
-        }
-        settled = true;
-        clearTimeout(timer);
-        if (err) reject(err);
-        else if (rc !== 0) reject(new KernelCallError(name, errnoName(errno), null));
-        else resolve();
-      });
-    });
+    // The pool thread's errno, read as koffi hands the result back.
+    return timedPoolCall<{ rc: number; errno: number }, void>(
+      this.timeoutMs,
+      (done) =>
+        this.#ioctl.async(fd, request, arg, (err: Error | null, rc: number) => done(err, { rc, errno: koffi.errno() })),
+      ({ rc, errno }) => {
+        if (rc !== 0) throw new KernelCallError(name, errnoName(errno), null);
+      },
+      (returned) => new KernelTimeoutError(name, this.timeoutMs, returned),
+    );
   }
 
   /**

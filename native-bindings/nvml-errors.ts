@@ -1,3 +1,4 @@
+import { PoolCallTimeoutError } from "./libuv-pool.js";
 import { nvmlReturnName } from "./nvml-return-codes.js";
 
 /** An NVML call returned something other than NVML_SUCCESS. */
@@ -20,17 +21,10 @@ export class NvmlError extends Error {
 }
 
 /** An NVML call did not return within its time limit; its thread may still be blocked. */
-export class NvmlTimeoutError extends Error {
-  readonly call: string;
-  readonly timeoutMs: number;
-  /** Resolves when the call finally returns and frees its pool thread (maybe never). */
-  readonly returned: Promise<void>;
+export class NvmlTimeoutError extends PoolCallTimeoutError {
   constructor(call: string, timeoutMs: number, returned: Promise<void>) {
-    super(`${call} did not return within ${timeoutMs} ms (driver hung?)`);
+    super(call, timeoutMs, returned);
     this.name = "NvmlTimeoutError";
-    this.call = call;
-    this.timeoutMs = timeoutMs;
-    this.returned = returned;
   }
 }
 

@@ -6,7 +6,7 @@ import koffi, { type LibraryHandle } from "koffi";
 
 type KoffiFunction = ReturnType<LibraryHandle["func"]>;
 
-import { libuvPool } from "./libuv-pool.js";
+import { timedPoolCall } from "./libuv-pool.js";
 import { NvmlError, NvmlLoadError, NvmlTimeoutError } from "./nvml-errors.js";
 import { NVML_ERROR_TIMEOUT, NVML_SUCCESS } from "./nvml-return-codes.js";
 
@@ -149,33 +149,19 @@ export class Nvml {
 
   /** The time limit runs from when the call is presumed running on a pool thread (libuv-pool.ts), not from its queueing. */
   #callWithin(timeoutMs: number, name: NvmlFunctionName, ...args: unknown[]): Promise<void> {
-    const fn = this.#fns[name];
-    return new Promise<void>((resolve, reject) => {
-      let settled = false;
-      let returned: () => void = () => {};
-      let timer: NodeJS.Timeout | undefined;
-      this.#inFlight++;
-      const call = libuvPool.queued(() => {
-        timer = setTimeout(() => {
-          settled = true;
-          reject(new NvmlTimeoutError(name, timeoutMs, new Promise<void>((r) => (returned = r))));
-        }, timeoutMs);
-      });
-      fn.async(...args, (err: Error | null, code: number) => {
-        call.returned();
+    this.#inFlight++;
+    return timedPoolCall<number, void>(
+      timeoutMs,
+      (done) => this.#fns[name].async(...args, done),
+      (code) => {
+        if (code !== NVML_SUCCESS) throw new NvmlError(name, code, this.errorString(code));
+      },
+      (returned) => new NvmlTimeoutError(name, timeoutMs, returned),
+      () => {
         this.#inFlight--;
         if (this.#inFlight === 0) for (const idle of this.#onIdle) idle();
-        if (settled) {
-          returned();
-          return;
-        }
-        settled = true;
-        clearTimeout(timer);
-        if (err) reject(err);
-        else if (code !== NVML_SUCCESS) reject(new NvmlError(name, code, this.errorString(code)));
-        else resolve();
-      });
-    });
+      },
+    );
   }
 
   /**

@@ -6,9 +6,10 @@
 // about each held GPU through the GPU's own node instead. All checks of a round run at once
 // on the thread pool, each with its time limit. What a round finds (persistence, loss) goes to
 // the registry; a round also retries an NVML session that could not be closed or reopened.
-import { KernelCallError, KernelTimeoutError } from "../../native-bindings/nvidia-kernel.js";
+import { PoolCallTimeoutError } from "../../native-bindings/libuv-pool.js";
+import { KernelCallError } from "../../native-bindings/nvidia-kernel.js";
 import type { Nvml } from "../../native-bindings/nvml.js";
-import { NvmlError, NvmlTimeoutError } from "../../native-bindings/nvml-errors.js";
+import { NvmlError } from "../../native-bindings/nvml-errors.js";
 import { NVML_ERROR_GPU_IS_LOST } from "../../native-bindings/nvml-return-codes.js";
 import { describeError } from "../gpu/describe-error.js";
 import { gpuFields } from "../gpu/gpu-log-fields.js";
@@ -159,7 +160,7 @@ export class HealthMonitor {
       if (this.#reported.delete(key)) this.#o.log.info(gpu ? gpuFields(gpu) : {}, "health check answers again");
       return "answered";
     } catch (err) {
-      if (err instanceof NvmlTimeoutError || err instanceof KernelTimeoutError) {
+      if (err instanceof PoolCallTimeoutError) {
         this.#stuck.add(key);
         void err.returned.then(() => this.#stuck.delete(key));
         this.#report(key, `health check: ${err.message}; withholding watchdog pings until it answers`, gpu, "error");

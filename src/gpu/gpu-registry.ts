@@ -224,7 +224,6 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
 
   async #open(gpu: Entry, origin: Origin): Promise<void> {
     const { effects } = this.#o;
-    const wasReleased = gpu.state === "released";
     this.#move(gpu, "holding", "debug", "holding the GPU");
     try {
       if (origin === "config" && this.#o.nvmlOpen()) {
@@ -250,11 +249,7 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
         gpu,
         "held",
         "info",
-        origin === "request"
-          ? "holding the GPU at a client's request"
-          : wasReleased
-            ? "holding the GPU again"
-            : "holding the GPU",
+        origin === "request" ? "holding the GPU at a client's request" : "holding the GPU",
       );
     } catch (err) {
       gpu.fault = err as Error;

@@ -114,7 +114,7 @@ export class DeviceEffects implements HoldEffects {
     }
   }
 
-  async #closeStored(fd: number, forGood: boolean): Promise<void> {
+  async close(fd: number, forGood: boolean): Promise<void> {
     const name = this.#stored.get(fd);
     this.#stored.delete(fd);
     if (forGood && name !== undefined) this.#o.store.drop(name);
@@ -164,10 +164,6 @@ export class DeviceEffects implements HoldEffects {
         await new Promise((r) => setTimeout(r, uvmRetryEveryMs));
       }
     }
-  }
-
-  close(fd: number, forGood: boolean): Promise<void> {
-    return this.#closeStored(fd, forGood);
   }
 
   closeNow(fd: number): void {

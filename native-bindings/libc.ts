@@ -154,3 +154,30 @@ export function memoryFile(name: string): number {
   if (fd < 0) throw new Error(`memfd_create: ${lastErrno().code}`);
   return fd;
 }
+
+let pollfdDeclared = false;
+
+/**
+ * Accepts and closes at once every connection waiting in a listening socket's backlog, without
+ * blocking (accept4 only after a poll that does not wait); returns how many. Never throws.
+ */
+export function closeWaitingConnections(listeningFd: number): number {
+  if (!pollfdDeclared) {
+    koffi.struct("pollfd", { fd: "int", events: "short", revents: "short" });
+    pollfdDeclared = true;
+  }
+  const poll = libcFunction("int poll(_Inout_ pollfd *fds, unsigned long nfds, int timeout)");
+  const accept4 = libcFunction("int accept4(int fd, void *addr, void *len, int flags)");
+  const close = libcFunction("int close(int fd)");
+  const POLLIN = 1;
+  const SOCK_NONBLOCK_CLOEXEC = 0o4000 | 0o2000000;
+  let closed = 0;
+  for (;;) {
+    const pollfd = { fd: listeningFd, events: POLLIN, revents: 0 };
+    if ((poll(pollfd, 1, 0) as number) <= 0 || (pollfd.revents & POLLIN) === 0) return closed;
+    const fd = accept4(listeningFd, null, null, SOCK_NONBLOCK_CLOEXEC) as number;
+    if (fd < 0) return closed;
+    close(fd);
+    closed++;
+  }
+}

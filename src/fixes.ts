@@ -24,6 +24,13 @@ export const fixes = {
   versionMismatch:
     "reboot; or stop gpu-persistd for good (systemctl stop gpu-persistd.socket gpu-persistd) and every other GPU user, " +
     "then reload the nvidia modules (modprobe -r nvidia_uvm nvidia_drm nvidia_modeset nvidia && modprobe nvidia) and start it again",
+  /**
+   * The driver's legacy persistence flag is on (set before gpu-persistd started; it never sets
+   * it). While the daemon's socket exists NVML routes `nvidia-smi -pm 0` to the daemon, so the
+   * flag can only be cleared with the daemon and its socket stopped (every GPU let go meanwhile).
+   */
+  legacyFlag: (index: number) =>
+    `systemctl stop gpu-persistd.socket gpu-persistd && nvidia-smi -i ${index} -pm 0 && systemctl start gpu-persistd.socket gpu-persistd`,
   /** --devices names no GPU that exists. */
   checkDevices: "check --devices (config devices) against 'nvidia-smi -L'",
 } as const;

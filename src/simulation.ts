@@ -6,6 +6,7 @@ import { fileURLToPath } from "node:url";
 import { ExitCode } from "./exit-codes.js";
 import { FatalError } from "./fatal-error.js";
 import { deviceNodePath } from "./gpu/device-node.js";
+import { RPC_SOCKET_NAME, SIM_DEVICE_DIR_NAME } from "./runtime-dir.js";
 import { claimDirectory, openOwnedFile } from "./safe-files.js";
 
 const SIM_LIBRARY = "libnvidia-ml-sim.so";
@@ -24,19 +25,28 @@ function simulatorLibraryPath(): string {
   return found;
 }
 
-/** "on" keeps the count of GPU_PERSISTD_SIM_CONFIG's file; a number or a profile overrides it. */
-function configureSimulator(simulate: string, env: NodeJS.ProcessEnv = process.env): void {
+/**
+ * "on" keeps the count of GPU_PERSISTD_SIM_CONFIG's file; a number or a profile overrides it.
+ * As real NVML routes persistence calls to /var/run/nvidia-persistenced/socket, the simulator
+ * routes them to the runtime directory's socket, and keeps its stand-ins' state beside them.
+ */
+function configureSimulator(simulate: string, runtimeDir: string, env: NodeJS.ProcessEnv): void {
   if (/^\d+$/.test(simulate)) env.GPU_PERSISTD_SIM_GPUS = simulate;
   else if (simulate !== "on") env.GPU_PERSISTD_SIM_PROFILE = simulate;
+  env.GPU_PERSISTD_SIM_PERSISTENCE_SOCKET = join(runtimeDir, RPC_SOCKET_NAME);
+  env.GPU_PERSISTD_SIM_DEVICE_DIR = join(runtimeDir, SIM_DEVICE_DIR_NAME);
 }
 
 /**
  * The NVML library the configuration names: the simulator under --simulate (told its GPU
  * count through `env`), else nvmlLibrary. The daemon and doctor load the same one.
  */
-export function nvmlLibraryFor(config: { simulate: string; nvmlLibrary: string }, env: NodeJS.ProcessEnv): string {
+export function nvmlLibraryFor(
+  config: { simulate: string; nvmlLibrary: string; runtimeDir: string },
+  env: NodeJS.ProcessEnv,
+): string {
   if (config.simulate === "") return config.nvmlLibrary;
-  configureSimulator(config.simulate, env);
+  configureSimulator(config.simulate, config.runtimeDir, env);
   return simulatorLibraryPath();
 }
 

@@ -66,6 +66,8 @@ static int load_config_file(const char *path, int dgx) {
     S.set_delay_ms = num_or(root, "setDelayMs", 0);
     str_into(root, "statePath", S.state_path, sizeof S.state_path);
     str_into(root, "attachDir", S.attach_dir, sizeof S.attach_dir);
+    str_into(root, "deviceDir", S.device_dir, sizeof S.device_dir);
+    str_into(root, "persistenceSocket", S.persistence_socket, sizeof S.persistence_socket);
     str_into(root, "driverVersion", S.driver_version, sizeof S.driver_version);
     str_into(root, "moduleVersion", S.module_version, sizeof S.module_version);
     char call_log[4096] = "";
@@ -111,6 +113,12 @@ void load_config(void) {
     if (profile && profile[0] && !dgx)
         snprintf(S.load_error, sizeof S.load_error, "unknown profile '%s' (known: dgx-h100)", profile);
     S.gpu_count = dgx ? 8 : 2;
+    /* Real NVML's path; --simulate points it at the daemon's runtime directory. */
+    const char *socket_path = getenv("GPU_PERSISTD_SIM_PERSISTENCE_SOCKET");
+    snprintf(S.persistence_socket, sizeof S.persistence_socket, "%s",
+             socket_path ? socket_path : "/var/run/nvidia-persistenced/socket");
+    const char *device_dir = getenv("GPU_PERSISTD_SIM_DEVICE_DIR");
+    if (device_dir) snprintf(S.device_dir, sizeof S.device_dir, "%s", device_dir);
     const char *path = getenv("GPU_PERSISTD_SIM_CONFIG");
     if (path && path[0] && !load_config_file(path, dgx)) return;
     int given = 0;
@@ -125,6 +133,10 @@ void load_config(void) {
         return;
     }
     for (int i = given; i < S.gpu_count; i++) default_identity(&S.gpus[i], i, dgx);
+    if (!S.device_dir[0]) snprintf(S.device_dir, sizeof S.device_dir, "%s", S.attach_dir);
+    /* The legacy flags outlive a process, as the kernel keeps them: beside the stand-ins. */
+    if (!S.state_path[0] && S.device_dir[0] && strlen(S.device_dir) < sizeof S.state_path - 32)
+        snprintf(S.state_path, sizeof S.state_path, "%.4000s/legacy-persistence", S.device_dir);
     if (!S.module_version[0]) snprintf(S.module_version, sizeof S.module_version, "%s", S.driver_version);
     state_read();
 }

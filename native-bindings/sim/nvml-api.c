@@ -178,19 +178,30 @@ EXPORT nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t device, unsigned int *
     return done("nvmlDeviceGetMinorNumber", gpu_, NVML_SUCCESS);
 }
 
+/* The legacy flag combined with the daemon's answer, as real NVML reports it. */
 EXPORT nvmlReturn_t nvmlDeviceGetPersistenceMode(nvmlDevice_t device, int *mode) {
     DEVICE_CALL("nvmlDeviceGetPersistenceMode", device);
     if (!mode) return done("nvmlDeviceGetPersistenceMode", gpu_, NVML_ERROR_INVALID_ARGUMENT);
+    int status = 0, answer = 0;
+    int answered = route_persistence(device, 2, 0, &status, &answer) == ROUTE_ANSWERED && status == 0;
     pthread_mutex_lock(&lock);
     state_read();
-    *mode = device->persistence;
+    *mode = device->persistence || (answered && answer == 1);
     pthread_mutex_unlock(&lock);
     return done("nvmlDeviceGetPersistenceMode", gpu_, NVML_SUCCESS);
 }
 
+/* With a daemon's socket there, the daemon decides (NvPdStatus PERMISSIONS 7 -> NO_PERMISSION);
+ * without one, or when it closes unanswered (assumed as Get's fallback: no setter may be tried
+ * on the GPU machine), the kernel's legacy flag is set. */
 EXPORT nvmlReturn_t nvmlDeviceSetPersistenceMode(nvmlDevice_t device, int mode) {
     DEVICE_CALL("nvmlDeviceSetPersistenceMode", device);
     if (mode != 0 && mode != 1) return done("nvmlDeviceSetPersistenceMode", gpu_, NVML_ERROR_INVALID_ARGUMENT);
+    int status = 0, answer = 0;
+    if (route_persistence(device, 1, mode, &status, &answer) == ROUTE_ANSWERED) {
+        nvmlReturn_t ret = status == 0 ? NVML_SUCCESS : status == 7 ? NVML_ERROR_NO_PERMISSION : NVML_ERROR_UNKNOWN;
+        return done("nvmlDeviceSetPersistenceMode", gpu_, ret);
+    }
     if (S.set_delay_ms > 0) sleep_ms(S.set_delay_ms);
     pthread_mutex_lock(&lock);
     state_read();

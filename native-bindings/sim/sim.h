@@ -21,6 +21,7 @@ enum {
     NVML_ERROR_UNINITIALIZED = 1,
     NVML_ERROR_INVALID_ARGUMENT = 2,
     NVML_ERROR_NOT_SUPPORTED = 3,
+    NVML_ERROR_NO_PERMISSION = 4,
     NVML_ERROR_NOT_FOUND = 6,
     NVML_ERROR_INSUFFICIENT_SIZE = 7,
     NVML_ERROR_TIMEOUT = 10,
@@ -108,6 +109,8 @@ struct sim_state {
     struct event_set sets[MAX_SETS];
     long long attach_delay_ms, set_delay_ms;
     char attach_dir[4096]; /* where the stand-in nodes are: the session then holds one fd on each GPU's node */
+    char device_dir[4096]; /* where the stand-in nodes are, for gpuPersistdSimGpuState (attachDir when unset) */
+    char persistence_socket[108]; /* where persistence calls are routed when a socket is there ("" never) */
     char driver_version[64]; /* the user-space driver's (this library's) version */
     char module_version[64]; /* the loaded kernel module's: differs after an upgrade without a reboot */
     char state_path[4096];
@@ -131,6 +134,14 @@ int parse_bus_id(const char *s, unsigned *domain, unsigned *bus, unsigned *devic
 /* state-file.c */
 void state_read(void);
 void state_write(void);
+
+/* routing.c: a persistence call through the daemon's socket, as real NVML makes it. */
+enum route {
+    ROUTE_NONE,     /* no socket there, or the connection refused: NVML asks the kernel */
+    ROUTE_CLOSED,   /* connected, then closed with no answer: NVML falls back to the kernel */
+    ROUTE_ANSWERED, /* *status is the NvPdStatus; for Get (proc 2) *answer is the mode */
+};
+enum route route_persistence(const struct sim_gpu *g, int proc, int mode, int *status, int *answer);
 
 /* config.c */
 void load_config(void);

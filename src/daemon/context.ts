@@ -6,7 +6,6 @@ import type { NvidiaKernel } from "../../native-bindings/nvidia-kernel.js";
 import type { Config } from "../config/schema.js";
 import type { GpuRegistry } from "../gpu/gpu-registry.js";
 import type { NvmlSession } from "../gpu/nvml-session.js";
-import { PersistenceSetter } from "../gpu/persistence-setter.js";
 import type { SessionCoordinator } from "../gpu/session-coordinator.js";
 import type { HealthMonitor } from "../health/health-monitor.js";
 import type { XidEvents } from "../health/xid-events.js";
@@ -41,7 +40,6 @@ export interface DaemonDeps {
 export class DaemonContext {
   config: Config;
   readonly deps: DaemonDeps;
-  readonly setter: PersistenceSetter;
   readonly metrics = new DaemonMetrics();
   session: NvmlSession | null = null;
   registry: GpuRegistry | null = null;
@@ -62,6 +60,12 @@ export class DaemonContext {
   readonly passedFds: PassedFd[];
   /** The socket unit's listening sockets, by path. */
   handedSockets: ReadonlyMap<string, number> = new Map();
+  /**
+   * Resolved once bring-up's holds settled and the session coordinator runs. The sockets are
+   * served before (NVML routes persistence calls there): a change a client asks for meanwhile
+   * waits for it, a query is answered at once.
+   */
+  readonly broughtUp: { promise: Promise<void>; resolve: () => void };
   /** READY=1 was sent: every selected GPU has settled. */
   ready = false;
   stopping = false;
@@ -69,9 +73,13 @@ export class DaemonContext {
   constructor(config: Config, deps: DaemonDeps) {
     this.config = config;
     this.deps = deps;
-    this.setter = new PersistenceSetter(config.dryRun);
     this.fdStore = new FdStore(deps.notifier);
     this.passedFds = deps.passedFds ?? passedFds(deps.env);
+    let resolve = (): void => {};
+    const promise = new Promise<void>((r) => {
+      resolve = r;
+    });
+    this.broughtUp = { promise, resolve };
   }
 
   get log(): Log {

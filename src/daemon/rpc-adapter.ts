@@ -7,6 +7,7 @@ import { NUMA_ONLINE_FAILED } from "../../native-bindings/nvidia-kernel.js";
 import type { Claim, Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
 import { hasCoherentMemory } from "../gpu/gpu-registry.js";
 import { NvPdStatus, type PersistenceBackend } from "../rpc/persistence-program.js";
+import { rpcPersistence } from "../status/daemon-status.js";
 import type { DaemonContext } from "./context.js";
 
 /** The registry, the coordinator and the leases an answer needs; null before bring-up ended. */
@@ -76,9 +77,10 @@ export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
   return {
     mode: (address) => {
       const gpu = ctx.registry?.byPci(address);
-      return gpu ? gpu.state === "held" && gpu.claims.has("persistence") : null;
+      return gpu ? rpcPersistence(gpu) : null;
     },
     setMode: async (address, enabled, withNuma) => {
+      await ctx.broughtUp.promise;
       const p = parts(ctx);
       const gpu = p?.registry.byPci(address);
       if (!p || !gpu) return NvPdStatus.DEVICE_NOT_FOUND;
@@ -98,6 +100,7 @@ export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
       return numa;
     },
     setNuma: async (address, online) => {
+      await ctx.broughtUp.promise;
       const gpu = ctx.registry?.byPci(address);
       return gpu && ctx.registry ? setNuma(ctx.registry, gpu, online) : null;
     },

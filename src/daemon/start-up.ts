@@ -1,6 +1,10 @@
-// Start-up, in order: NVML, the GPUs (identified, selected, held in parallel), the sockets,
-// the privilege drop, health and Xid watching, metrics, then READY=1, once, with every
-// selected GPU settled. A stop requested meanwhile ends the sequence at the next step.
+// Start-up, in order: NVML, the GPUs identified and selected, the sockets served, the
+// selected GPUs held in parallel, the privilege drop, health and Xid watching, metrics, then
+// READY=1, once, with every selected GPU settled. A stop requested meanwhile ends the sequence
+// at the next step. The sockets come before the holds because real NVML sends every
+// persistence call to the RPC socket whenever one is there (a socket unit's, before we run)
+// and waits for the answer without a limit: nothing of ours may ask NVML about persistence
+// before that socket is served (docs/architecture.md, "Start-up order").
 
 import { NvidiaKernel } from "../../native-bindings/nvidia-kernel.js";
 import { NvmlError } from "../../native-bindings/nvml-errors.js";
@@ -133,12 +137,20 @@ interface Progress {
   total: number;
 }
 
-async function bringUp(
+/** The GPUs identified and selected, and what holds them; nothing held yet. */
+interface Identified {
+  registry: GpuRegistry;
+  effects: DeviceEffects;
+  unmatched: string[];
+}
+
+/** Identifies and selects the GPUs: no NVML call here reaches the persistence socket. */
+async function identify(
   ctx: DaemonContext,
   session: NvmlSession,
   mismatch: VersionMismatch | null,
   progress: Progress,
-): Promise<GpuRegistry> {
+): Promise<Identified> {
   const { config, log } = ctx;
   const { runtime } = ctx.deps;
   const simulated = config.simulate !== "";
@@ -160,7 +172,6 @@ async function bringUp(
   const effects = new DeviceEffects({
     nvml: session.nvml,
     kernel,
-    setter: ctx.setter,
     deviceDir,
     uvmRetryEveryMs: ctx.deps.uvmRetry?.everyMs ?? UVM_RETRY_EVERY_MS,
     uvmRetryForMs: ctx.deps.uvmRetry?.forMs ?? UVM_RETRY_FOR_MS,
@@ -171,7 +182,6 @@ async function bringUp(
     effects,
     uvmPersistence: config.uvmPersistenceMode,
     nvmlOpen: () => session.open,
-    dryRun: config.dryRun,
   });
   ctx.registry = registry;
   ctx.handedSockets = handed.sockets;
@@ -197,19 +207,29 @@ async function bringUp(
     if (pci && released.some((p) => samePciDevice(p, pci))) await registry.release(gpu);
   }
   keepReleasedState(ctx, registry);
-  checkpoint(ctx);
+  return { registry, effects, unmatched };
+}
+
+/** Holds the selected GPUs (their nodes first); throws FatalError when none can be held. */
+async function holdSelected(
+  ctx: DaemonContext,
+  { registry, effects, unmatched }: Identified,
+  mismatch: VersionMismatch | null,
+  progress: Progress,
+): Promise<void> {
+  const { config, log } = ctx;
   // What the previous run kept for a GPU that is not held now is let go.
   const discard = () => effects.discardUnused(registry.list(), (message) => log.info(message));
   if (!config.persistenceMode) {
     log.info("starting with every GPU released (--no-persistence-mode)");
     await discard();
-    return registry;
+    return;
   }
   const selected = registry.list().filter((g) => g.selected);
   if (selected.length === 0 && mismatch) {
     log.error("no GPU can be held without NVML: none was kept across the restart, and the module lists none here");
     await discard();
-    return registry;
+    return;
   }
   if (selected.length === 0) {
     throw new FatalError(
@@ -229,7 +249,7 @@ async function bringUp(
   }
   await discard();
   checkpoint(ctx);
-  if (selected.some((g) => g.state === "held") || mismatch) return registry;
+  if (selected.some((g) => g.state === "held") || mismatch) return;
   const first = selected.find((g) => g.fault !== null);
   throw new FatalError(
     selected.every((g) => g.fault instanceof NvmlError && g.fault.code === NVML_ERROR_NO_PERMISSION)
@@ -279,9 +299,6 @@ async function openSockets(ctx: DaemonContext): Promise<void> {
   ctx.control = await startControlServer(runtime.controlSocket, controlHandler(ctx), log, {
     handedFd: handed(runtime.controlSocket),
   });
-  // From here on NVML's setter would reach this daemon through the socket: close it first.
-  ctx.setter.closeForRpc();
-  log.debug("NVML's persistence setter closed: the RPC socket opens now");
   const rpcFd = handed(runtime.rpcSocket);
   ctx.rpc = await RpcServer.listen(runtime.rpcSocket, rpcBackend(ctx), log, undefined, rpcFd);
   log.info(
@@ -373,7 +390,13 @@ export async function startUp(ctx: DaemonContext): Promise<void> {
   try {
     ({ session, mismatch } = await startNvml(ctx));
     checkpoint(ctx);
-    registry = await bringUp(ctx, session, mismatch, progress);
+    const identified = await identify(ctx, session, mismatch, progress);
+    registry = identified.registry;
+    checkpoint(ctx);
+    // Served before any persistence call of ours: NVML would send it to this socket.
+    await openSockets(ctx);
+    checkpoint(ctx);
+    await holdSelected(ctx, identified, mismatch, progress);
   } finally {
     stopExtending();
   }
@@ -392,7 +415,7 @@ export async function startUp(ctx: DaemonContext): Promise<void> {
   });
   // A GPU that stays released from the last run: the session must not pin it.
   await coordinator.settle();
-  await openSockets(ctx);
+  ctx.broughtUp.resolve();
   checkpoint(ctx);
   if (identity) {
     // The runtime directory stays root's: the dropped user could otherwise plant links there

@@ -23,7 +23,11 @@ export type Claim = "persistence" | "numa";
 /** The UVM registration kept with a held GPU under --uvm-persistence-mode. */
 export type UvmState = "off" | "registering" | "registered" | "failed";
 
-/** The persistence mode as NVML last read (or set) it; "unknown" until NVML answered. */
+/**
+ * The driver's legacy persistence flag, as NVML reads it in the daemon's own process: our
+ * RPC server closes our own connections unanswered, so NVML reports the kernel's flag alone
+ * (docs/architecture.md, "How NVML reaches the daemon"). "unknown" until read.
+ */
 export type PersistenceReading = "enabled" | "disabled" | "unknown";
 
 /** One GPU, as everything outside the registry sees it: read-only. */
@@ -37,7 +41,8 @@ export interface Gpu {
   readonly state: GpuState;
   readonly claims: ReadonlySet<Claim>;
   readonly selected: boolean;
-  readonly persistence: PersistenceReading;
+  /** Set by someone before the daemon (it never sets it): it keeps the GPU initialised whatever the daemon does. */
+  readonly legacyFlag: PersistenceReading;
   /** Xid events seen since start, by Xid number. */
   readonly xids: ReadonlyMap<number, number>;
   /** Why the GPU is not as wanted: NvmlError, NvmlTimeoutError, DeviceNodeError, KernelCallError or GpuLostError. */
@@ -78,7 +83,7 @@ export interface RegistryEvents {
 }
 
 /**
- * Who asks: "config" (start-up and reload, may use NVML's setter), "request" (a client), or
+ * Who asks: "config" (start-up and reload, reads the legacy flag), "request" (a client), or
  * "undo" (a client's request that failed half-way, taken back: the GPU returns to not held).
  */
 export type Origin = "config" | "request" | "undo";

@@ -13,8 +13,8 @@ import {
   numaStatusName,
 } from "../../native-bindings/nvidia-kernel.js";
 import type { DeviceHandle, Nvml } from "../../native-bindings/nvml.js";
-import { PERSISTENCE_ENABLED } from "../../native-bindings/nvml.js";
 import { forEachLimited } from "../concurrency.js";
+import { fixes } from "../fixes.js";
 import { type GpuSelector, selectorMatches } from "../selection/gpu-selector.js";
 import { formatPciAddress, type PciAddress, samePciDevice } from "../selection/pci-address.js";
 import { describeError as errorText } from "./describe-error.js";
@@ -43,7 +43,7 @@ interface Entry extends Gpu {
   state: GpuState;
   claims: Set<Claim>;
   selected: boolean;
-  persistence: PersistenceReading;
+  legacyFlag: PersistenceReading;
   xids: Map<number, number>;
   fault: Error | null;
   numa: Gpu["numa"];
@@ -75,7 +75,6 @@ export interface RegistryOptions {
   uvmPersistence: boolean;
   /** Whether NVML may be asked now (the session is open): a GPU held meanwhile is held by its node alone. */
   nvmlOpen: () => boolean;
-  dryRun: boolean;
 }
 
 /**
@@ -111,6 +110,10 @@ export async function identifyGpus(nvml: Nvml, count: number, concurrency: numbe
   return found;
 }
 
+/** Why a GPU stays initialised whatever the daemon does; status, release and doctor say it too. */
+export const LEGACY_FLAG_NOTE =
+  "the driver's legacy persistence flag is on (set before gpu-persistd started): it keeps the GPU initialised even when the daemon lets go of it";
+
 export class GpuRegistry extends EventEmitter<RegistryEvents> {
   readonly #gpus: Entry[];
   readonly #o: RegistryOptions;
@@ -130,7 +133,7 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       state: id instanceof Error ? "unidentified" : "identified",
       claims: new Set(),
       selected: false,
-      persistence: "unknown",
+      legacyFlag: "unknown",
       xids: new Map(),
       fault: id instanceof Error ? id : null,
       numa: null,
@@ -196,10 +199,9 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
   }
 
   /**
-   * Adds `claim` and holds the GPU if it is not held yet. From "config", with the NVML
-   * session open, reads the persistence mode first and enables it through NVML's setter when
-   * it reads off (the setter decides whether it may be called); from "request", never calls
-   * the setter. Resolves with the state after.
+   * Adds `claim` and holds the GPU if it is not held yet: its node first, then (from
+   * "config", with the NVML session open) the legacy flag, best effort. Resolves with the
+   * state after.
    */
   acquire(gpu: Gpu, claim: Claim, origin: Origin): Promise<GpuState> {
     return this.#serial(gpu, async (entry) => {
@@ -226,15 +228,7 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     const { effects } = this.#o;
     this.#move(gpu, "holding", "debug", "holding the GPU");
     try {
-      if (origin === "config" && this.#o.nvmlOpen()) {
-        gpu.persistence = await effects.readPersistence(gpu);
-        if (gpu.persistence === "enabled") this.#note(gpu, "info", "already in requested persistence mode");
-        else {
-          const { reading, note } = await effects.enablePersistence(gpu);
-          gpu.persistence = reading;
-          this.#note(gpu, "info", note);
-        }
-      }
+      // The node holds the GPU; nothing NVML says is needed for that.
       const fd = await effects.openNode(gpu);
       if (this.#closed) {
         // The daemon is stopping: it must leave nothing open.
@@ -243,6 +237,7 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       }
       gpu.fd = fd;
       gpu.fault = null;
+      if (origin === "config" && this.#o.nvmlOpen()) await this.#readLegacyFlag(gpu);
       await this.#readNuma(gpu, fd);
       if (this.#o.uvmPersistence) await this.#registerUvm(gpu);
       this.#move(
@@ -254,6 +249,23 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     } catch (err) {
       gpu.fault = err as Error;
       this.#move(gpu, "failed", "error", `cannot hold the GPU: ${errorText(err)}`);
+    }
+  }
+
+  /** A read that fails is a warning on this GPU: it stays held by its node. */
+  async #readLegacyFlag(gpu: Entry): Promise<void> {
+    try {
+      gpu.legacyFlag = await this.#o.effects.readLegacyFlag(gpu);
+    } catch (err) {
+      this.#note(
+        gpu,
+        "warn",
+        `cannot read the legacy persistence flag: ${errorText(err)}; the GPU is held by its node`,
+      );
+      return;
+    }
+    if (gpu.legacyFlag === "enabled") {
+      this.#note(gpu, "warn", `${LEGACY_FLAG_NOTE}; to clear it: ${fixes.legacyFlag(gpu.index)}`);
     }
   }
 
@@ -432,22 +444,6 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     }
     if (entry.probing === probing) entry.probing = null;
     return "answered";
-  }
-
-  /** Records what NVML read; warns once when a held GPU's mode turns from enabled to disabled. */
-  recordPersistence(gpu: Gpu, mode: number): void {
-    const entry = this.#entry(gpu);
-    const reading: PersistenceReading = mode === PERSISTENCE_ENABLED ? "enabled" : "disabled";
-    const before = entry.persistence;
-    entry.persistence = reading;
-    if (before === "enabled" && reading === "disabled" && entry.state === "held" && !this.#o.dryRun) {
-      this.#note(
-        entry,
-        "warn",
-        "persistence mode now reads disabled although the daemon holds this GPU (nvidia-smi -pm 0 through another route?). " +
-          "The daemon's open fd keeps the GPU initialised.",
-      );
-    }
   }
 
   recordXid(gpu: Gpu, xid: number): void {

@@ -1,5 +1,4 @@
-// What holding a GPU does outside the daemon: NVML's persistence reading and setter, the
-// device node, the NUMA query and the UVM registration. Every one runs off the event loop:
+// What holding a GPU does outside the daemon: the legacy flag's reading, the device node, the NUMA query and the UVM registration. Every one runs off the event loop:
 // opening a cold GPU's node initialises it, closing its last reference tears it down, both
 // seconds on a large GPU, and the ioctls take the driver's locks. The registry's claim
 // machine drives these; its tests drive a fake of them.
@@ -16,21 +15,15 @@ import type { FdStore } from "../systemd/fd-store.js";
 import { fdName, type Handed } from "./adoption.js";
 import { deviceNodePath, openDeviceNode } from "./device-node.js";
 import type { Gpu, PersistenceReading } from "./gpu-model.js";
-import type { PersistenceSetter } from "./persistence-setter.js";
 
 const closeAsync = promisify(close);
 
-/** What enabling persistence came to: the mode it reads after, and what to log. */
-export interface PersistenceOutcome {
-  reading: PersistenceReading;
-  note: string;
-}
-
 export interface HoldEffects {
-  /** The persistence mode as NVML reads it. */
-  readPersistence(gpu: Gpu): Promise<PersistenceReading>;
-  /** Enables persistence through NVML's setter, if the setter may be called (it read disabled). */
-  enablePersistence(gpu: Gpu): Promise<PersistenceOutcome>;
+  /**
+   * The driver's legacy flag: NVML's persistence reading in this process, which our RPC
+   * server never answers (so NVML falls back to the kernel's flag). The daemon never sets it.
+   */
+  readLegacyFlag(gpu: Gpu): Promise<PersistenceReading>;
   /** Opens the GPU's node: the fd that holds it. DeviceNodeError when it cannot. */
   openNode(gpu: Gpu): Promise<number>;
   /** NV_ESC_NUMA_INFO on a held node; also proves the driver answers for the GPU. */
@@ -56,7 +49,6 @@ export interface HoldEffects {
 export interface DeviceEffectsOptions {
   nvml: Nvml;
   kernel: NvidiaKernel;
-  setter: PersistenceSetter;
   /** Where the GPUs' nodes are: /dev, or the simulator's stand-ins. */
   deviceDir: string;
   /** UVM registration: retried this often while the NVLink fabric is not ready, for at most uvmRetryForMs. */
@@ -121,23 +113,9 @@ export class DeviceEffects implements HoldEffects {
     await closeAsync(fd);
   }
 
-  async readPersistence(gpu: Gpu): Promise<PersistenceReading> {
+  async readLegacyFlag(gpu: Gpu): Promise<PersistenceReading> {
     if (gpu.handle === null) throw gpu.fault ?? new Error("the GPU was not identified");
     return (await this.#o.nvml.persistenceMode(gpu.handle)) === PERSISTENCE_ENABLED ? "enabled" : "disabled";
-  }
-
-  async enablePersistence(gpu: Gpu): Promise<PersistenceOutcome> {
-    const { nvml, setter } = this.#o;
-    if (gpu.handle === null) throw gpu.fault ?? new Error("the GPU was not identified");
-    const outcome = await setter.enable(nvml, gpu.handle);
-    if (outcome === "enabled") return { reading: "enabled", note: "persistence mode enabled" };
-    return {
-      reading: "disabled",
-      note:
-        outcome === "closed"
-          ? "persistence mode reads disabled; holding the GPU by its node alone (RPC socket up)"
-          : "dry run: persistence mode reads disabled; not calling the setter",
-    };
   }
 
   openNode(gpu: Gpu): Promise<number> {

@@ -1,10 +1,11 @@
 // The health loop: one timer that, each interval, checks every held GPU, then lets the
 // systemd watchdog ping if every check answered within the watchdog interval (a hung driver
 // stops the pings, so systemd restarts the daemon). With the NVML session open a round
-// drains the Xid events queued since the last one and reads each held GPU's persistence mode;
+// drains the Xid events queued since the last one and asks NVML about each held GPU (never its
+// persistence mode: NVML would route that to our own socket and ask this daemon, not the driver);
 // while a GPU is released (the session closed, so nothing pins that GPU) it asks the driver
 // about each held GPU through the GPU's own node instead. All checks of a round run at once
-// on the thread pool, each with its time limit. What a round finds (persistence, loss) goes to
+// on the thread pool, each with its time limit. What a round finds (loss) goes to
 // the registry; a round also retries an NVML session that could not be closed or reopened.
 import { PoolCallTimeoutError } from "../../native-bindings/libuv-pool.js";
 import { KernelCallError } from "../../native-bindings/nvidia-kernel.js";
@@ -123,7 +124,9 @@ export class HealthMonitor {
     if (handle === null) return this.#checkByNode(gpu);
     return this.#check(
       `gpu:${gpu.index}`,
-      async () => this.#o.registry.recordPersistence(gpu, await this.#o.nvml.persistenceMode(handle)),
+      async () => {
+        await this.#o.nvml.minorNumber(handle);
+      },
       gpu,
     );
   }

@@ -93,6 +93,13 @@ export class RpcServer {
     const admitted = o.admission.admit(socket);
     if (!admitted) return;
     const { peer } = admitted;
+    if (peer.pid === process.pid) {
+      // NVML in this very process (reading the legacy flag): unanswered, NVML asks the kernel
+      // at once (measured). An answer would be the daemon asking itself.
+      admitted.release();
+      socket.destroy();
+      return;
+    }
     const { rejections } = o.admission;
     this.#sockets.add(socket);
     let deadline: NodeJS.Timeout | undefined;

@@ -32,11 +32,12 @@ export interface GpuStatus {
   held: boolean;
   lost: boolean;
   /**
-   * The persistence mode as NVML's clients read it: "enabled" while the daemon holds the GPU
-   * for persistence (it answers so over the RPC socket, which NVML asks), else the driver's
-   * own flag as NVML last read or set it ("unknown" until then).
+   * The persistence mode as NVML's clients read it: the driver's legacy flag combined with the
+   * daemon's RPC answer (enabled while it holds the GPU for persistence).
    */
   persistence: PersistenceReading;
+  /** The driver's legacy flag, set by someone before the daemon: it keeps the GPU initialised anyway. */
+  legacyFlag: PersistenceReading;
   xids: Record<string, number>;
   /** Why the GPU is not as wanted, as one line (NVML's error name first where NVML said so). */
   error: string | null;
@@ -71,6 +72,17 @@ export interface DaemonStatus {
   devices: GpuStatus[];
 }
 
+/** What RPC Get answers for the GPU: the daemon holds it for persistence. */
+export function rpcPersistence(gpu: Gpu): boolean {
+  return gpu.state === "held" && gpu.claims.has("persistence");
+}
+
+/** NVML's answer to its clients: the legacy flag, or the daemon's RPC answer. */
+function persistenceAsNvmlReports(gpu: Gpu): PersistenceReading {
+  if (rpcPersistence(gpu) || gpu.legacyFlag === "enabled") return "enabled";
+  return gpu.legacyFlag;
+}
+
 export function gpuStatus(gpu: Gpu): GpuStatus {
   const fault = gpu.fault;
   return {
@@ -84,7 +96,8 @@ export function gpuStatus(gpu: Gpu): GpuStatus {
     selected: gpu.selected,
     held: gpu.state === "held",
     lost: gpu.state === "lost",
-    persistence: gpu.state === "held" && gpu.claims.has("persistence") ? "enabled" : gpu.persistence,
+    persistence: persistenceAsNvmlReports(gpu),
+    legacyFlag: gpu.legacyFlag,
     xids: Object.fromEntries([...gpu.xids].map(([xid, n]) => [String(xid), n])),
     error: fault ? describeError(fault) : null,
     errorCode: fault instanceof NvmlError ? fault.codeName : null,
@@ -116,6 +129,7 @@ const GPU_SHAPE: Record<keyof GpuStatus, Shape> = {
   held: "boolean",
   lost: "boolean",
   persistence: "string",
+  legacyFlag: "string",
   xids: "object",
   error: "string|null",
   errorCode: "string|null",

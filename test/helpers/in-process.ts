@@ -244,8 +244,11 @@ export class InProcessFixture {
     this.#scratch = new Scratch();
     writeFileSync(this.#scratch.callLogPath, "");
     this.#scratch.writeSimConfig(attach ? { attachDir: join(this.#scratch.runtimeDir, "sim-dev"), ...sim } : sim);
-    // The simulator reads its configuration from the environment at nvmlInit.
+    // The simulator reads its configuration from the environment at nvmlInit; --simulate
+    // points its persistence routing and stand-ins at the runtime directory, as here.
     process.env.GPU_PERSISTD_SIM_CONFIG = this.#scratch.simConfigPath;
+    process.env.GPU_PERSISTD_SIM_PERSISTENCE_SOCKET = join(this.#scratch.runtimeDir, "socket");
+    process.env.GPU_PERSISTD_SIM_DEVICE_DIR = join(this.#scratch.runtimeDir, "sim-dev");
     delete process.env.GPU_PERSISTD_SIM_GPUS;
     delete process.env.GPU_PERSISTD_SIM_PROFILE;
     const d = new InProcessDaemon(this.#scratch, config, {

@@ -50,6 +50,7 @@ describe("the daemon's metrics", () => {
       held: true,
       lost: false,
       persistence: "enabled",
+      legacyFlag: "disabled",
       xids: { "13": 2, "79": 1 },
       error: null,
       errorCode: null,

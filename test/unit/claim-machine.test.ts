@@ -6,19 +6,16 @@ import type { NumaInfo } from "../../native-bindings/nvidia-kernel.js";
 import type { DeviceHandle } from "../../native-bindings/nvml.js";
 import type { Claim, Gpu, GpuState, Origin, PersistenceReading } from "../../src/gpu/gpu-model.js";
 import { GpuRegistry } from "../../src/gpu/gpu-registry.js";
-import type { HoldEffects, PersistenceOutcome } from "../../src/gpu/hold-effects.js";
+import type { HoldEffects } from "../../src/gpu/hold-effects.js";
 
 class FakeEffects implements HoldEffects {
   readonly log: string[] = [];
   failOpen = false;
   coherent = false;
   #fd = 100;
-  async readPersistence(): Promise<PersistenceReading> {
-    this.log.push("persistence");
-    return "enabled";
-  }
-  async enablePersistence(): Promise<PersistenceOutcome> {
-    throw new Error("not called: it reads enabled");
+  async readLegacyFlag(): Promise<PersistenceReading> {
+    this.log.push("legacy flag");
+    return "disabled";
   }
   closeNow(fd: number): void {
     this.log.push(`close now ${fd >= 900 ? "uvm" : "node"}`);
@@ -52,7 +49,7 @@ function registry(effects: FakeEffects, nvmlOpen = true): GpuRegistry {
         pci: { domain: 0, bus: 6, device: 0, function: 0 },
       },
     ],
-    { effects, uvmPersistence: true, nvmlOpen: () => nvmlOpen, dryRun: false },
+    { effects, uvmPersistence: true, nvmlOpen: () => nvmlOpen },
   );
 }
 
@@ -71,7 +68,7 @@ async function run(r: GpuRegistry, gpu: Gpu, step: Step): Promise<void> {
   else await r.markLost(gpu, new Error("Xid 79"));
 }
 
-const held = ["persistence", "open", "numa", "uvm"];
+const held = ["open", "legacy flag", "numa", "uvm"];
 const rows: {
   name: string;
   setup: Step[];
@@ -122,7 +119,7 @@ const rows: {
     step: ["acquire", "persistence", "config"],
     state: "failed",
     claims: ["persistence"],
-    effects: ["persistence", "open"],
+    effects: ["open"],
     failOpen: true,
   },
   {

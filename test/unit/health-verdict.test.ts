@@ -19,6 +19,7 @@ function gpu(index: number, state: GpuStatus["state"], error: string | null = nu
     held: state === "held",
     lost: state === "lost",
     persistence: "enabled",
+    legacyFlag: "disabled",
     xids: {},
     error,
     errorCode: null,

@@ -27,29 +27,27 @@ describe("start-up", () => {
     await d.daemon.run();
     expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
     expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(1);
-    expect(d.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(1);
+    // The daemon never sets the legacy flag: it could not clear it while its socket is there.
+    expect(d.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(0);
     const readies = d.notifier.with("READY");
     expect(readies).toHaveLength(1);
     expect(readies[0]?.STATUS).toBe("2/2 GPUs persistent");
     expect(daemonStatus(d.context).devices.map((g) => g.persistence)).toEqual(["enabled", "enabled"]);
   });
 
-  it("keeps one GPU's failure on that GPU, with NVML's error as a typed value", async () => {
+  it("holds a GPU whose legacy-flag read fails: the node holds it, NVML's error is a warning on that GPU", async () => {
     const d = fixture.daemon({
       gpus: 3,
       faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, return: 4 }],
     });
     await d.daemon.run();
-    const [a, b, c] = d.registry.list();
-    expect([a?.state, b?.state, c?.state]).toEqual(["held", "failed", "held"]);
-    expect(b?.fault).toBeInstanceOf(NvmlError);
-    expect(b?.fault).toMatchObject({ codeName: "NVML_ERROR_NO_PERMISSION" });
-    expect(daemonStatus(d.context).devices[1]).toMatchObject({
-      errorCode: "NVML_ERROR_NO_PERMISSION",
-      held: false,
-      state: "failed",
-    });
-    expect(d.notifier.with("READY")[0]?.STATUS).toBe("2/3 GPUs persistent; 00000000:07:00.0: NVML_ERROR_NO_PERMISSION");
+    expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held", "held"]);
+    expect(fdsOn(d.scratch.runtimeDir, 1)).toHaveLength(1);
+    expect(daemonStatus(d.context).devices[1]).toMatchObject({ held: true, legacyFlag: "unknown", error: null });
+    expect(d.messages()).toContain(
+      "GPU 1: cannot read the legacy persistence flag: NVML_ERROR_NO_PERMISSION: Insufficient Permissions (nvmlDeviceGetPersistenceMode); the GPU is held by its node",
+    );
+    expect(d.notifier.with("READY")[0]?.STATUS).toBe("3/3 GPUs persistent");
   });
 
   it("watches Xid events on the selected GPUs only, and says how many", async () => {
@@ -66,7 +64,7 @@ describe("start-up", () => {
 });
 
 describe("signals during start-up", () => {
-  it("SIGHUP during bring-up: each node opened once, the setter called once per GPU, an RPC release leaves no fd", async () => {
+  it("SIGHUP during bring-up: each node opened once, the setter never called, an RPC release leaves no fd", async () => {
     const d = fixture.daemon({
       gpus: [{ persistence: 0 }, { persistence: 0 }],
       faults: [gate("nvmlDeviceGetPersistenceMode")],
@@ -77,7 +75,7 @@ describe("signals during start-up", () => {
     openGate();
     await run;
     await d.daemon.reloadsSettled();
-    expect(d.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(2);
+    expect(d.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(0);
     expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(1);
     expect(fdsOn(d.scratch.runtimeDir, 1)).toHaveLength(1);
     const backend = rpcBackend(d.context);
@@ -185,7 +183,7 @@ describe("requests from clients", () => {
 describe("the NVML session around a release", () => {
   it("refuses a release it cannot complete (a call inside NVML does not return in time) and holds the GPU again", async () => {
     const d = fixture.daemon(
-      { gpus: 2, faults: [gate("nvmlDeviceGetPersistenceMode", { afterCalls: 2 })] },
+      { gpus: 2, faults: [gate("nvmlDeviceGetMinorNumber", { afterCalls: 2 })] },
       { stopTimeoutMs: 50 },
     );
     await d.daemon.run();
@@ -237,7 +235,7 @@ describe("health and loss", () => {
   it("a health round marks a GPU lost on NVML_ERROR_GPU_IS_LOST and keeps the others", async () => {
     const d = fixture.daemon({
       gpus: 2,
-      faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, return: 15, afterCalls: 1 }],
+      faults: [{ call: "nvmlDeviceGetMinorNumber", gpu: 1, return: 15, afterCalls: 1 }],
     });
     await d.daemon.run();
     const health = d.context.health;
@@ -250,7 +248,7 @@ describe("health and loss", () => {
 
   it("every round checks every held GPU and drains the Xid events without waiting; a stuck call keeps rounds unhealthy until it returns", async () => {
     const d = fixture.daemon(
-      { gpus: 3, faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, afterCalls: 1, gate: true }] },
+      { gpus: 3, faults: [{ call: "nvmlDeviceGetMinorNumber", gpu: 1, afterCalls: 1, gate: true }] },
       { nvmlTimeoutMs: 50 },
     );
     await d.daemon.run();
@@ -260,7 +258,7 @@ describe("health and loss", () => {
     const before = d.scratch.calls().length;
     expect(await health.round()).toBe(false);
     const round = d.scratch.calls().slice(before);
-    expect(round.filter((c) => c.call === "nvmlDeviceGetPersistenceMode").map((c) => c.gpu)).toEqual(
+    expect(round.filter((c) => c.call === "nvmlDeviceGetMinorNumber").map((c) => c.gpu)).toEqual(
       expect.arrayContaining([0, 2]),
     );
     expect(round.filter((c) => c.call === "nvmlEventSetWait_v2")).toHaveLength(1);
@@ -268,7 +266,7 @@ describe("health and loss", () => {
     expect(
       d
         .messages()
-        .filter((m) => m.includes("GPU 1: health check: nvmlDeviceGetPersistenceMode did not return within 50 ms")),
+        .filter((m) => m.includes("GPU 1: health check: nvmlDeviceGetMinorNumber did not return within 50 ms")),
     ).toHaveLength(1);
     openGate();
     expect(await nvml.idle(5000)).toBe(true);
@@ -278,14 +276,20 @@ describe("health and loss", () => {
     expect(d.messages()).toContain("GPU 1: health check answers again");
   });
 
-  it("warns about persistence only when it turns from enabled to disabled, not for a GPU that read disabled", async () => {
-    const d = fixture.daemon({ gpus: [{ persistence: 0 }, { persistence: 1 }] }, { dryRun: true });
+  it("reads the legacy flag once at start, through its own socket unanswered, and names an admin's flag with the fix", async () => {
+    const d = fixture.daemon({ gpus: [{ persistence: 0 }, { persistence: 1 }] });
     await d.daemon.run();
-    await healthOf(d).round();
-    expect(d.messages().join("\n")).not.toContain("now reads disabled");
-    expect(d.registry.list().map((g) => g.persistence)).toEqual(["disabled", "enabled"]);
+    expect(d.registry.list().map((g) => g.legacyFlag)).toEqual(["disabled", "enabled"]);
     // What NVML's clients read: the daemon holds both, and answers "enabled" over its socket.
     expect(daemonStatus(d.context).devices.map((g) => g.persistence)).toEqual(["enabled", "enabled"]);
+    expect(d.messages().join("\n")).toContain(
+      "GPU 1: the driver's legacy persistence flag is on (set before gpu-persistd started)",
+    );
+    expect(d.messages().join("\n")).toContain("nvidia-smi -i 1 -pm 0");
+    // A health round asks NVML nothing that it would route to the daemon's own socket.
+    const before = d.scratch.callCount("nvmlDeviceGetPersistenceMode");
+    await healthOf(d).round();
+    expect(d.scratch.callCount("nvmlDeviceGetPersistenceMode")).toBe(before);
   });
 
   it("a GPU a reload adds ends up as one held at start: held, persistence enabled in status and metrics", async () => {

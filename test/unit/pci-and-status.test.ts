@@ -55,6 +55,7 @@ const gpu = {
   held: true,
   lost: false,
   persistence: "enabled",
+  legacyFlag: "disabled",
   xids: {},
   error: null,
   errorCode: null,

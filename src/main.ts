@@ -13,6 +13,7 @@ import { statusCommand } from "./commands/status.js";
 import { waitCommand } from "./commands/wait.js";
 import { type ConfigSource, loadConfig, loadConfigWithNotes } from "./config/load-config.js";
 import type { Config } from "./config/schema.js";
+import { letWaitingClientsGo } from "./connections/waiting-clients.js";
 import { Daemon } from "./daemon/daemon.js";
 import { ExitCode } from "./exit-codes.js";
 import { FatalError } from "./fatal-error.js";
@@ -20,6 +21,7 @@ import { ensureLibuvEnvironment } from "./libuv-environment.js";
 import { createLog, type Log, resolveLogFormat, stdoutIsJournal } from "./log.js";
 import { RuntimeDir } from "./runtime-dir.js";
 import { JournalSender } from "./systemd/journal.js";
+import { passedFds } from "./systemd/listen-fds.js";
 import { SystemdNotifier } from "./systemd/notify.js";
 
 function fail(err: unknown): never {
@@ -79,7 +81,15 @@ async function main(argv: readonly string[]): Promise<void> {
     overrides: commandLine.overrides,
     overrideOptions: commandLine.overrideOptions,
   };
-  const { config, notes } = loadConfigWithNotes(source);
+  let loaded: ReturnType<typeof loadConfigWithNotes>;
+  try {
+    loaded = loadConfigWithNotes(source);
+  } catch (err) {
+    // A socket unit's clients would wait for a daemon that is not coming (bad configuration).
+    if (commandLine.command === "run") letWaitingClientsGo(passedFds(process.env));
+    throw err;
+  }
+  const { config, notes } = loaded;
   switch (commandLine.command) {
     case "run":
       return runDaemon(config, source, notes);

@@ -6,6 +6,7 @@
 //   *-adapter.ts  RPC and control requests translated into registry calls
 // GPU state itself is owned by src/gpu/gpu-registry.ts.
 import type { Config } from "../config/schema.js";
+import { letWaitingClientsGo } from "../connections/waiting-clients.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { UnsafePathError } from "../safe-files.js";
@@ -39,6 +40,11 @@ export class Daemon {
             ? new FatalError(ExitCode.CONFIG, err.message)
             : new FatalError(ExitCode.FAILURE, (err as Error).stack ?? String(err));
       this.context.log.fatal(`start-up failed: ${fatal.message}`);
+      const waiting = letWaitingClientsGo(this.context.passedFds);
+      if (waiting > 0)
+        this.context.log.info(
+          `closed ${waiting} connections that waited for this start: NVML reads the driver instead`,
+        );
       await this.stop(fatal.exitCode, "start-up failed");
       return;
     }

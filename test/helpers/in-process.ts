@@ -1,7 +1,7 @@
 // The fast layer's harness: the daemon's own modules in this process, over the simulated
 // libnvidia-ml loaded through the real koffi binding. Ordering comes from the simulator's
 // gates (a call blocks until the test opens the gate), never from sleeping.
-import { readdirSync, readlinkSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import koffi from "koffi";
 import pino from "pino";
@@ -18,6 +18,14 @@ const simReset = sim.func("void gpuPersistdSimReset()");
 const simOpenGate = sim.func("void gpuPersistdSimOpenGate()");
 const simAwaitGated = sim.func("int gpuPersistdSimAwaitGated(int count, int timeoutMs)");
 const simFallOffTheBus = sim.func("void gpuPersistdSimFallOffTheBus(int gpu)");
+const simGpuState = sim.func("int gpuPersistdSimGpuState(int gpu)");
+
+/** As the simulated driver sees GPU `index`: held by an open node, kept initialised by the legacy flag, or torn down. */
+export function gpuState(index: number): "held" | "initialised" | "torn down" {
+  const state = simGpuState(index) as number;
+  if (state < 0) throw new Error(`the simulator has no GPU ${index}`);
+  return state === 2 ? "held" : state === 1 ? "initialised" : "torn down";
+}
 
 /** GPU `index` falls off the bus now: NVML answers GPU_IS_LOST for it, its Xid 79 is queued, its node's ioctls fail. */
 export function fallOffTheBus(index: number): void {
@@ -65,6 +73,24 @@ export class RecordingNotifier extends SystemdNotifier {
 const libc = koffi.load("libc.so.6");
 const dup = libc.func("int dup(int fd)");
 const closeFd = libc.func("int close(int fd)");
+const socketFn = libc.func("int socket(int domain, int type, int protocol)");
+const bindFn = libc.func("int bind(int fd, const uint8_t *addr, uint32_t len)");
+const listenFn = libc.func("int listen(int fd, int backlog)");
+
+/**
+ * A listening unix stream socket bound at `path`, as a socket unit binds it before the daemon
+ * runs: connections wait in its backlog until someone accepts. Returns the fd (the caller's).
+ */
+export function socketUnitSocket(path: string): number {
+  const fd = socketFn(1 /* AF_UNIX */, 1 /* SOCK_STREAM */ | 0o2000000 /* SOCK_CLOEXEC */, 0) as number;
+  const address = Buffer.alloc(110);
+  address.writeUInt16LE(1, 0);
+  address.write(path, 2);
+  if (fd < 0 || bindFn(fd, address, 2 + Buffer.byteLength(path) + 1) !== 0 || listenFn(fd, 128) !== 0) {
+    throw new Error(`cannot listen on ${path}: errno ${koffi.errno()}`);
+  }
+  return fd;
+}
 
 /**
  * A notifier that also plays systemd's fd store: FDSTORE=1 keeps a duplicate of each fd
@@ -229,7 +255,9 @@ export class InProcessFixture {
 
   /**
    * A daemon (not started) on simulated GPUs configured by `sim`. With `attach`, the
-   * simulated NVML session holds an fd on each GPU's stand-in node, as real NVML does.
+   * simulated NVML session holds an fd on each GPU's stand-in node, as real NVML does. With
+   * `socketUnit`, both sockets are bound in the runtime directory and handed over, as
+   * gpu-persistd.socket does before the daemon runs.
    */
   daemon(
     sim: SimConfig,
@@ -238,10 +266,23 @@ export class InProcessFixture {
       attach = false,
       notifier,
       passedFds,
-    }: { attach?: boolean; notifier?: RecordingNotifier; passedFds?: { fd: number; name: string }[] } = {},
+      socketUnit = false,
+    }: {
+      attach?: boolean;
+      notifier?: RecordingNotifier;
+      passedFds?: { fd: number; name: string }[];
+      socketUnit?: boolean;
+    } = {},
   ): InProcessDaemon {
     simReset();
     this.#scratch = new Scratch();
+    if (socketUnit) {
+      mkdirSync(this.#scratch.runtimeDir, { mode: 0o755 });
+      passedFds = ["socket", "gpu-persistd.sock"].map((name) => ({
+        fd: socketUnitSocket(join(this.#scratch?.runtimeDir ?? "", name)),
+        name: "gpu-persistd.socket",
+      }));
+    }
     writeFileSync(this.#scratch.callLogPath, "");
     this.#scratch.writeSimConfig(attach ? { attachDir: join(this.#scratch.runtimeDir, "sim-dev"), ...sim } : sim);
     // The simulator reads its configuration from the environment at nvmlInit; --simulate

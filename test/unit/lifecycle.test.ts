@@ -4,7 +4,6 @@
 import { closeSync, fstatSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { NvmlError } from "../../native-bindings/nvml-errors.js";
 import { rpcBackend } from "../../src/daemon/rpc-adapter.js";
 import { daemonStatus, metricsText } from "../../src/daemon/status-snapshot.js";
 import type { HealthMonitor } from "../../src/health/health-monitor.js";

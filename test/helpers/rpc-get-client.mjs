@@ -6,7 +6,7 @@ import { connect } from "node:net";
 const call = Buffer.alloc(4 + 56);
 call.writeUInt32BE((0x80000000 | 56) >>> 0, 0);
 // xid, CALL, rpcvers 2, program 35006, version 1, proc 2, AUTH_NONE x2, then domain, bus, slot, function
-[1, 0, 2, 35006, 1, 2, 0, 0, 0, 0, 0, 6, 0, 0].forEach((v, i) => call.writeUInt32BE(v, 4 + 4 * i));
+for (const [i, v] of [1, 0, 2, 35006, 1, 2, 0, 0, 0, 0, 0, 6, 0, 0].entries()) call.writeUInt32BE(v, 4 + 4 * i);
 const s = connect(process.argv[2]);
 const chunks = [];
 let done = false;

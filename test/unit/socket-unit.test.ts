@@ -27,7 +27,11 @@ async function getWaiting(runtimeDir: string): Promise<{ outcome: Promise<string
       const check = (): void => {
         const lines = out.split("\n");
         if (lines.length > n) resolve(lines[n - 1] ?? "");
-        else child.stdout.once("data", (chunk: Buffer) => ((out += chunk), check()));
+        else
+          child.stdout.once("data", (chunk: Buffer) => {
+            out += chunk;
+            check();
+          });
       };
       check();
     });

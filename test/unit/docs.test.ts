@@ -1,12 +1,26 @@
-// The docs check: the configuration reference in docs/operations.md is the schema's, and
-// every gpu-persistd command the README shows is one the command line accepts.
+// The docs check: the generated parts of docs/operations.md (configuration reference, metrics,
+// alerts, the `status --json` example) match the code, and every gpu-persistd command the
+// README shows is one the command line accepts. `npm run docs` rewrites what drifted.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import {
+  ALERTS,
+  alertsReference,
+  keyPaths,
+  METRICS,
+  metricsReference,
+  STATUS_JSON,
+  section,
+} from "../../scripts/docs-reference.js";
 import { parseCommandLine } from "../../src/cli/command-line.js";
 import { USAGE } from "../../src/cli/help.js";
 import { BEGIN, END, settingsReference } from "../../src/cli/settings-reference.js";
+import { daemonStatus } from "../../src/daemon/status-snapshot.js";
+import { InProcessFixture } from "../helpers/in-process.js";
 import { readmeCommands } from "../helpers/readme.js";
+
+const fixture = new InProcessFixture();
 
 const ROOT = join(import.meta.dirname, "../..");
 
@@ -29,6 +43,28 @@ describe("docs", () => {
     const shown = text.slice(text.indexOf(BEGIN), text.indexOf(END));
     expect(shown, "the settings markers are missing").not.toBe("");
     expect(cells(shown), "out of date: run npm run docs").toEqual(cells(settingsReference()));
+  });
+
+  it("docs/operations.md lists every metric family the daemon exports, with its type, labels and help", () => {
+    const shown = section(readFileSync(join(ROOT, "docs/operations.md"), "utf8"), METRICS);
+    expect(shown, "the metrics markers are missing").not.toBe("");
+    expect(cells(shown), "out of date: run npm run docs").toEqual(cells(metricsReference()));
+  });
+
+  it("docs/operations.md lists every shipped alert as the rules file has it", () => {
+    const shown = section(readFileSync(join(ROOT, "docs/operations.md"), "utf8"), ALERTS);
+    expect(shown, "the alerts markers are missing").not.toBe("");
+    expect(cells(shown), "out of date: run npm run docs").toEqual(cells(alertsReference()));
+  });
+
+  it("docs/operations.md's status --json example has every field a running daemon answers", async () => {
+    const shown = section(readFileSync(join(ROOT, "docs/operations.md"), "utf8"), STATUS_JSON);
+    const json = /```json\n([\s\S]*?)\n```/.exec(shown)?.[1];
+    expect(json, "the status-json markers or the example are missing").toBeDefined();
+    const d = fixture.daemon({ gpus: 2, faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, return: 4 }] });
+    await d.daemon.run();
+    const real = daemonStatus(d.context);
+    expect(keyPaths(JSON.parse(json ?? "{}")).sort(), "out of date: run npm run docs").toEqual(keyPaths(real).sort());
   });
 
   it("docs/operations.md shows the usage lines --help prints", () => {

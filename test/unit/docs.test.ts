@@ -73,6 +73,10 @@ describe("docs", () => {
     expect(block?.split("\n")).toEqual([...USAGE]);
   });
 
+  it("the README stays a front page: at most 200 lines", () => {
+    expect(readFileSync(join(ROOT, "README.md"), "utf8").split("\n").length).toBeLessThanOrEqual(200);
+  });
+
   it("every gpu-persistd command in the README parses as the command line would take it", () => {
     const commands = readmeCommands();
     expect(commands.length).toBeGreaterThan(5);

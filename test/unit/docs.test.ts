@@ -1,7 +1,7 @@
 // The docs check: the generated parts of docs/operations.md (configuration reference, metrics,
 // alerts, the `status --json` example) match the code, and every gpu-persistd command the
 // README shows is one the command line accepts. `npm run docs` rewrites what drifted.
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import {
@@ -71,6 +71,31 @@ describe("docs", () => {
     const text = readFileSync(join(ROOT, "docs/operations.md"), "utf8");
     const block = /^## Usage\n\n```\n([\s\S]*?)\n```/m.exec(text)?.[1];
     expect(block?.split("\n")).toEqual([...USAGE]);
+  });
+
+  it("every test the fault matrix cites exists (test/<dir>/<file> › name)", () => {
+    const text = readFileSync(join(ROOT, "docs/operations.md"), "utf8");
+    const matrix = text.slice(text.indexOf("## Fault matrix"), text.indexOf("## Differences"));
+    const rows = cells(matrix).slice(1);
+    expect(rows.length).toBeGreaterThan(20);
+    const missing: string[] = [];
+    for (const cite of rows.flatMap((r) => (r.at(-1) ?? "").split("; "))) {
+      const [, dir, file, names] = /^(\w+)\/([\w-]+) › (.+)$/.exec(cite) ?? [];
+      const path = join(ROOT, `test/${dir}/${file}.test.ts`);
+      if (!names || !existsSync(path)) {
+        missing.push(cite);
+        continue;
+      }
+      const source = readFileSync(path, "utf8");
+      // Titles of it.each / describe.each carry printf placeholders ("bring-up of %i ...").
+      const templates = [...source.matchAll(/"([^"]*%[isd][^"]*)"/g)].map(
+        (m) => new RegExp((m[1] ?? "").replace(/[.*+?^${}()|[\]\\]/g, "\\$&").replace(/%[isd]/g, ".+")),
+      );
+      for (const name of names.split(" / ")) {
+        if (!source.includes(name) && !templates.some((t) => t.test(name))) missing.push(cite);
+      }
+    }
+    expect(missing, "cited in the fault matrix, but no such test").toEqual([]);
   });
 
   it("the README stays a front page: at most 200 lines", () => {

@@ -28,14 +28,13 @@ declare -A NEEDED=(
 PROMTOOL_DIR=.ci-cache/prometheus
 PROMTOOL=$PROMTOOL_DIR/usr/bin/promtool
 
-# Byte order throughout, so that sort, join and comm agree.
-export LC_ALL=C
-# Installed packages only ("ii", "hi", ...), not those dpkg merely knows of.
-packages() { dpkg-query -W -f='${db:Status-Abbrev} ${Package}:${Architecture} ${Version}\n' | awk '$1 ~ /^.i/ {print $2, $3}' | sort; }
+# Installed packages only ("ii", "hi", ...), not those dpkg merely knows of; byte order
+# throughout (LC_ALL=C), as join and comm below expect.
+packages() { dpkg-query -W -f='${db:Status-Abbrev} ${Package}:${Architecture} ${Version}\n' | awk '$1 ~ /^.i/ {print $2, $3}' | LC_ALL=C sort; }
 # Without systemctl before the install (no systemd yet), what is enabled cannot be compared.
 HAS_SYSTEMCTL=$(command -v systemctl || true)
 enabled_units() {
-  [[ -z $HAS_SYSTEMCTL ]] || systemctl --root=/ list-unit-files --state=enabled --no-legend --no-pager | awk '{print $1}' | sort
+  [[ -z $HAS_SYSTEMCTL ]] || systemctl --root=/ list-unit-files --state=enabled --no-legend --no-pager | awk '{print $1}' | LC_ALL=C sort
 }
 
 POLICY=/usr/sbin/policy-rc.d
@@ -86,7 +85,7 @@ install_without_upgrades() {
   trap - EXIT
   # What the packages enabled (systemd-container: machines.target) is disabled again.
   local unit
-  for unit in $(comm -13 <(echo "$before") <(enabled_units)); do
+  for unit in $(LC_ALL=C comm -13 <(echo "$before") <(enabled_units)); do
     echo "test: disabling $unit, which the install enabled"
     systemctl --root=/ disable --quiet "$unit"
   done
@@ -148,9 +147,9 @@ node -e '
 rm -f "$report"
 
 # A good guest: every package the host had keeps its version, and no unit is newly enabled.
-changed=$(join -j1 <(echo "$packages_before") <(packages) | awk '$2 != $3 {print "  " $1 " " $2 " -> " $3}')
-gone=$(comm -23 <(echo "$packages_before" | cut -d' ' -f1) <(packages | cut -d' ' -f1) | sed 's/^/  /')
-enabled=$(comm -13 <(echo "$units_before") <(enabled_units) | sed 's/^/  /')
+changed=$(LC_ALL=C join -j1 <(echo "$packages_before") <(packages) | awk '$2 != $3 {print "  " $1 " " $2 " -> " $3}')
+gone=$(LC_ALL=C comm -23 <(echo "$packages_before" | cut -d' ' -f1) <(packages | cut -d' ' -f1) | sed 's/^/  /')
+enabled=$(LC_ALL=C comm -13 <(echo "$units_before") <(enabled_units) | sed 's/^/  /')
 if [[ -n $changed$gone$enabled ]]; then
   echo "test: FAILED: the run changed the host:" >&2
   [[ -z $changed ]] || printf 'packages upgraded or downgraded:\n%s\n' "$changed" >&2

@@ -98,6 +98,15 @@ describe("docs", () => {
     expect(missing, "cited in the fault matrix, but no such test").toEqual([]);
   });
 
+  it("the README names every package npm test installs", () => {
+    const script = readFileSync(join(ROOT, "test/run-all.sh"), "utf8");
+    const needed = new Set([...script.matchAll(/^ {2}\[(?:cmd|file):[^\]]+\]=(\S+)$/gm)].map((m) => m[1]));
+    expect(needed.size).toBeGreaterThan(5);
+    const readme = readFileSync(join(ROOT, "README.md"), "utf8").replaceAll("\n", " ");
+    const listed = /what the suites use and the host lacks: `([^`]+)`/.exec(readme)?.[1]?.split(/\s+/) ?? [];
+    expect(listed.sort()).toEqual([...needed].sort());
+  });
+
   it("the README stays a front page: at most 200 lines", () => {
     expect(readFileSync(join(ROOT, "README.md"), "utf8").split("\n").length).toBeLessThanOrEqual(200);
   });

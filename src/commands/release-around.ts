@@ -61,7 +61,7 @@ export function releaseAroundCommand(runtimeDir: string, gpus: string[], command
       let notRun: number | null = null;
       child = spawn(name, command.slice(1), { stdio: "inherit" });
       child.on("error", (err: NodeJS.ErrnoException) => {
-        const { exitCode: code, reason } = cannotRun(name, err.code);
+        const { exitCode: code, reason } = cannotRun(name, err);
         notRun = code;
         process.stderr.write(`gpu-persistd: ${name}: ${reason}\n`);
       });

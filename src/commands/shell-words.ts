@@ -13,8 +13,11 @@ export function shellCommandLine(words: readonly string[]): string {
   return words.map(shellQuote).join(" ");
 }
 
-/** The exit code and message a shell gives when `name` cannot be run (spawn's error code). */
-export function cannotRun(name: string, code: string | undefined): { exitCode: number; reason: string } {
+/** The exit code and message a shell gives when `name` cannot be run (spawn's error). */
+export function cannotRun(
+  name: string,
+  { code, message }: { code?: string | undefined; message: string },
+): { exitCode: number; reason: string } {
   // A name without a slash is looked up in PATH, as the shell does.
   if (code === "ENOENT") {
     return { exitCode: 127, reason: name.includes("/") ? "No such file or directory" : "command not found" };
@@ -22,5 +25,5 @@ export function cannotRun(name: string, code: string | undefined): { exitCode: n
   if (code === "EACCES") return { exitCode: 126, reason: "Permission denied" };
   if (code === "ENOEXEC") return { exitCode: 126, reason: "Exec format error" };
   if (code === "EISDIR") return { exitCode: 126, reason: "Is a directory" };
-  return { exitCode: 126, reason: code ?? "cannot execute" };
+  return { exitCode: 126, reason: message };
 }

@@ -26,9 +26,14 @@ describe("shell quoting", () => {
 
 describe("a COMMAND that cannot be run", () => {
   it("exits as a shell would: 127 when it is not found, 126 when it cannot be executed", () => {
-    expect(cannotRun("/nonexistent/cmd", "ENOENT")).toEqual({ exitCode: 127, reason: "No such file or directory" });
-    expect(cannotRun("nvidia-smi", "ENOENT")).toEqual({ exitCode: 127, reason: "command not found" });
-    expect(cannotRun("/etc/passwd", "EACCES")).toEqual({ exitCode: 126, reason: "Permission denied" });
-    expect(cannotRun("/bin/x", "ENOEXEC")).toEqual({ exitCode: 126, reason: "Exec format error" });
+    const err = (code: string) => ({ code, message: `spawn x ${code}` });
+    expect(cannotRun("/nonexistent/cmd", err("ENOENT"))).toEqual({
+      exitCode: 127,
+      reason: "No such file or directory",
+    });
+    expect(cannotRun("nvidia-smi", err("ENOENT"))).toEqual({ exitCode: 127, reason: "command not found" });
+    expect(cannotRun("/etc/passwd", err("EACCES"))).toEqual({ exitCode: 126, reason: "Permission denied" });
+    expect(cannotRun("/bin/x", err("ENOEXEC"))).toEqual({ exitCode: 126, reason: "Exec format error" });
+    expect(cannotRun("/bin/x", err("E2BIG"))).toEqual({ exitCode: 126, reason: "spawn x E2BIG" });
   });
 });

@@ -54,6 +54,13 @@ install_without_upgrades() {
     echo "$plan" | grep -E '^(E:| )' >&2 || true
     return 1
   }
+  # "Remv NAME [...]": the install would remove a package the host has.
+  if grep -q '^Remv ' <<<"$plan"; then
+    echo "test: installing ${install[*]} would remove packages this host has; npm test removes nothing:" >&2
+    grep '^Remv ' <<<"$plan" | sed 's/^Remv /    /' >&2
+    echo "  install the suites' packages yourself if that is what you want: apt-get install -y --no-install-recommends ${install[*]}" >&2
+    return 1
+  fi
   # "Inst NAME [INSTALLED] (NEW ...)": an upgrade of a package the host has.
   upgrades=$(echo "$plan" | sed -nE 's/^Inst ([^ ]+) \[([^]]+)\] \(([^ ]+) .*/\1 \2 \3/p')
   if [[ -n $upgrades ]]; then

@@ -53,7 +53,7 @@ export async function healthCheckCommand(options: HealthCheckOptions): Promise<v
     if (!(err instanceof FatalError)) throw err;
     // The client's message says cause and fix in sentences; a reason is its first one
     // ("daemon is not running (no daemon listening on ...)"), after the reason's own prefix.
-    unavailable = err.message.split(". ")[0]?.replace(/^gpu-persistd /, "daemon ");
+    unavailable = err.message.split(". ")[0]?.replace(/^the daemon /, "daemon ");
     noDaemon = err.exitCode === ExitCode.UNAVAILABLE;
   }
   const verdict = healthVerdict({

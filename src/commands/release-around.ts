@@ -10,6 +10,7 @@ import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { controlSocketPath } from "../runtime-dir.js";
 import type { GpuStatus } from "../status/daemon-status.js";
+import { cannotRun, shellCommandLine } from "./shell-words.js";
 
 const FORWARDED = ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"] as const;
 
@@ -29,8 +30,8 @@ export function releaseAroundCommand(runtimeDir: string, gpus: string[], command
     socket.on("error", (err: NodeJS.ErrnoException) => {
       const why =
         err.code === "ENOENT" || err.code === "ECONNREFUSED"
-          ? `gpu-persistd is not running (no daemon listening on ${path})`
-          : `cannot reach gpu-persistd on ${path}: ${err.message}`;
+          ? `the daemon is not running (no daemon listening on ${path})`
+          : `cannot reach the daemon on ${path}: ${err.message}`;
       reject(new FatalError(ExitCode.UNAVAILABLE, why));
     });
     // From the start, signals go to the command (or, before it runs, end the release): this
@@ -55,12 +56,17 @@ export function releaseAroundCommand(runtimeDir: string, gpus: string[], command
     });
     let closed = false;
     const runCommand = (): void => {
-      child = spawn(command[0] as string, command.slice(1), { stdio: "inherit" });
-      child.on("error", (err) => {
-        process.stderr.write(`gpu-persistd: cannot run ${command[0]}: ${err.message}\n`);
+      const name = command[0] as string;
+      // Set when COMMAND cannot be started: the code a shell gives for it, not spawn's errno.
+      let notRun: number | null = null;
+      child = spawn(name, command.slice(1), { stdio: "inherit" });
+      child.on("error", (err: NodeJS.ErrnoException) => {
+        const { exitCode: code, reason } = cannotRun(name, err);
+        notRun = code;
+        process.stderr.write(`gpu-persistd: ${name}: ${reason}\n`);
       });
       child.on("close", (code, signal) => {
-        exitCode = code ?? (signal ? 128 + constants.signals[signal] : 127);
+        exitCode = notRun ?? code ?? (signal ? 128 + constants.signals[signal] : 127);
         if (!closed) {
           socket.end();
           return;
@@ -85,13 +91,15 @@ export function releaseAroundCommand(runtimeDir: string, gpus: string[], command
           reject(
             new FatalError(
               /only root/.test(line.error) ? ExitCode.NO_PERMISSION : ExitCode.FAILURE,
-              `gpu-persistd refused: ${line.error}`,
+              `the daemon refused: ${line.error}`,
             ),
           );
           return;
         }
         if (line.released && exitCode === null) {
-          process.stderr.write(`gpu-persistd: released ${describe(line.released)}; running ${command.join(" ")}\n`);
+          process.stderr.write(
+            `gpu-persistd: released ${describe(line.released)}; running ${shellCommandLine(command)}\n`,
+          );
           runCommand();
         } else if (line.held) {
           const notHeld = line.held.filter((d) => !d.held);
@@ -106,7 +114,7 @@ export function releaseAroundCommand(runtimeDir: string, gpus: string[], command
     socket.on("close", () => {
       closed = true;
       if (exitCode === null) {
-        if (replies === 0) reject(new FatalError(ExitCode.FAILURE, `gpu-persistd closed ${path} without an answer`));
+        if (replies === 0) reject(new FatalError(ExitCode.FAILURE, `the daemon closed ${path} without an answer`));
         else {
           process.stderr.write(
             "gpu-persistd: the daemon closed the connection while the command ran (it restarted or stopped): " +

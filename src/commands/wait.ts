@@ -16,7 +16,7 @@ export async function waitCommand(runtimeDir: string, timeoutSeconds: number): P
       const status = await requestStatus(runtimeDir, Math.max(100, deadline - performance.now()));
       if (status.ready) {
         if (status.nvmlDegraded) {
-          throw new FatalError(ExitCode.FAILURE, `gpu-persistd is ready but degraded: ${status.nvmlDegraded.message}`);
+          throw new FatalError(ExitCode.FAILURE, `the daemon is ready but degraded: ${status.nvmlDegraded.message}`);
         }
         const notHeld = status.devices.filter((d) => d.selected && !d.held);
         if (notHeld.length === 0) {
@@ -24,7 +24,7 @@ export async function waitCommand(runtimeDir: string, timeoutSeconds: number): P
           return;
         }
         const names = notHeld.map((d) => `GPU ${d.index} ${d.pciBusId} (${d.state}${d.error ? `: ${d.error}` : ""})`);
-        throw new FatalError(ExitCode.FAILURE, `gpu-persistd is ready, but not every GPU is held: ${names.join("; ")}`);
+        throw new FatalError(ExitCode.FAILURE, `the daemon is ready, but not every GPU is held: ${names.join("; ")}`);
       }
       last = "the daemon is still starting";
     } catch (err) {
@@ -32,7 +32,7 @@ export async function waitCommand(runtimeDir: string, timeoutSeconds: number): P
       last = err.message;
     }
     if (performance.now() + POLL_MS > deadline) {
-      throw new FatalError(ExitCode.UNAVAILABLE, `no ready gpu-persistd within ${timeoutSeconds} s: ${last}`);
+      throw new FatalError(ExitCode.UNAVAILABLE, `no daemon ready within ${timeoutSeconds} s: ${last}`);
     }
     await new Promise((r) => setTimeout(r, POLL_MS));
   }

@@ -17,7 +17,7 @@ export function requestControl(runtimeDir: string, request: ControlRequest, time
     socket.setEncoding("utf8");
     socket.setTimeout(timeoutMs, () => {
       socket.destroy();
-      reject(new FatalError(ExitCode.FAILURE, `gpu-persistd did not answer on ${path} within ${timeoutMs} ms`));
+      reject(new FatalError(ExitCode.FAILURE, `the daemon did not answer on ${path} within ${timeoutMs} ms`));
     });
     socket.on("connect", () => socket.write(`${JSON.stringify(request)}\n`));
     socket.on("data", (chunk: string) => {
@@ -28,17 +28,17 @@ export function requestControl(runtimeDir: string, request: ControlRequest, time
       try {
         resolve(JSON.parse(reply));
       } catch {
-        reject(new FatalError(ExitCode.FAILURE, `gpu-persistd sent an unreadable reply on ${path}`));
+        reject(new FatalError(ExitCode.FAILURE, `the daemon sent an unreadable reply on ${path}`));
       }
     });
     socket.on("error", (err: NodeJS.ErrnoException) => {
       const why =
         err.code === "ENOENT" || err.code === "ECONNREFUSED"
-          ? `gpu-persistd is not running (no daemon listening on ${path}). Start it: systemctl start gpu-persistd. ` +
+          ? `the daemon is not running (no daemon listening on ${path}). Start it: systemctl start gpu-persistd. ` +
             "If it runs with another runtime directory, name it: --runtime-dir=DIR or GPU_PERSISTD_RUNTIME_DIR=DIR"
           : err.code === "EACCES"
             ? `no permission to connect to ${path}`
-            : `cannot reach gpu-persistd on ${path}: ${err.message}`;
+            : `cannot reach the daemon on ${path}: ${err.message}`;
       reject(new FatalError(ExitCode.UNAVAILABLE, why));
     });
   });
@@ -50,7 +50,7 @@ export async function requestStatus(runtimeDir: string, timeoutMs?: number): Pro
   if (typeof reply === "object" && reply !== null && typeof (reply as { error?: unknown }).error === "string") {
     throw new FatalError(
       ExitCode.FAILURE,
-      `gpu-persistd refused the status request: ${(reply as { error: string }).error}`,
+      `the daemon refused the status request: ${(reply as { error: string }).error}`,
     );
   }
   try {

@@ -321,6 +321,25 @@ describe("gpu-persistd doctor", () => {
     expect(c.detail).toBe("NVML is driver 580.159.04-sim; /proc/driver/nvidia/version is missing or unreadable");
   });
 
+  it("with --simulate on a host without the NVIDIA driver or the unit (the README's demo), fails only the host checks the README names", async () => {
+    rmSync(root, { recursive: true });
+    mkdirSync(join(root, "run"), { recursive: true });
+    await startDaemon();
+    const { code, checks } = doctor(["--simulate=2"]);
+    expect(code).toBe(1);
+    const failed = checks.filter((c) => !c.ok).map((c) => c.title);
+    expect(failed).toEqual([
+      "NVIDIA kernel module",
+      "GPU device nodes",
+      "gpu-persistd.service",
+      "NVML and kernel driver",
+    ]);
+    const readme = readFileSync(join(ROOT, "README.md"), "utf8").replaceAll("\n", " ");
+    const named = /only these fail: ([^(]*)\(/.exec(readme)?.[1];
+    expect(named, "the README names the checks that fail on a host without the driver").toBeDefined();
+    expect([...(named ?? "").matchAll(/`([^`]+)`/g)].map((m) => m[1])).toEqual(failed);
+  });
+
   it("fails when NVML sees no GPU", () => {
     healthyHost({ gpus: 0 });
     put(

@@ -108,7 +108,8 @@ describe("status client", () => {
   it("says the daemon is not running, and how to start it, when nothing listens", () => {
     const result = runBundle(["status", `--runtime-dir=${fixture.prepare().runtimeDir}`]);
     expect(result.code).toBe(69);
-    expect(result.stderr).toContain("gpu-persistd is not running");
+    // The prefix names the program once: no "gpu-persistd: gpu-persistd ...".
+    expect(result.stderr).toMatch(/^gpu-persistd: the daemon is not running \(no daemon listening on /);
     expect(result.stderr).toContain("systemctl start gpu-persistd");
   });
 

@@ -37,7 +37,7 @@ describe("gpu-persistd wait", () => {
     fixture.prepare();
     const result = bundle(["wait", "--timeout=1"]);
     expect(result.code).toBe(69);
-    expect(result.stderr).toContain("no ready gpu-persistd within 1 s: gpu-persistd is not running");
+    expect(result.stderr).toContain("gpu-persistd: no daemon ready within 1 s: the daemon is not running");
   });
 
   it("blocks until every selected GPU has settled, then exits 0; any user may ask", async () => {
@@ -79,8 +79,27 @@ describe("gpu-persistd release GPU... -- COMMAND", () => {
     expect(during.devices.map((g) => g.state)).toEqual(["released", "held"]);
     expect(during.nvmlSession).toBe(false);
     expect(statusJson(fixture.scratch.runtimeDir).devices.map((g) => g.state)).toEqual(["held", "held"]);
-    expect(result.stderr).toContain("released GPU 0 00000000:06:00.0; running sh -c");
+    // COMMAND as a shell would quote it, so that it can be pasted back.
+    expect(result.stderr).toContain(
+      `released GPU 0 00000000:06:00.0; running sh -c '"${process.execPath}" "${BUNDLE}"`,
+    );
     expect(result.stderr).toContain("holding GPU 0 00000000:06:00.0 again");
+  });
+
+  it.each([
+    ["a COMMAND that does not exist", "/nonexistent/cmd", 127, "/nonexistent/cmd: No such file or directory"],
+    ["a COMMAND not on PATH", "no-such-command-here", 127, "no-such-command-here: command not found"],
+    ["a COMMAND that is not executable", "SCRATCH/notes.txt", 126, "SCRATCH/notes.txt: Permission denied"],
+  ])("%s (%s): exits %i with the shell's reason, and holds again", async (_case, command, code, reason) => {
+    const d = fixture.start(["--simulate=1"]);
+    await d.waitReady();
+    const scratch = (text: string) => text.replace("SCRATCH", fixture.scratch.dir);
+    writeFileSync(scratch("SCRATCH/notes.txt"), "not a program\n", { mode: 0o644 });
+    const result = bundle(["release", "0", "--", scratch(command)]);
+    expect(result.code, result.output).toBe(code);
+    expect(result.stderr).toContain(`gpu-persistd: ${scratch(reason)}\n`);
+    expect(result.stderr).toContain("holding GPU 0 00000000:06:00.0 again");
+    expect(statusJson(fixture.scratch.runtimeDir).devices[0]?.state).toBe("held");
   });
 
   it("forwards SIGTERM to the command, holds again, and exits 128+15", async () => {

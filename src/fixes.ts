@@ -1,5 +1,6 @@
 // Every fix text that the daemon and doctor both give, in one place, so the two never
 // disagree on how to repair the same cause.
+
 export const fixes = {
   /** The nvidia kernel module is not loaded (NVML_ERROR_DRIVER_NOT_LOADED, no /dev/nvidiactl). */
   loadDriver:
@@ -29,8 +30,13 @@ export const fixes = {
    * it). While the daemon's socket exists NVML routes `nvidia-smi -pm 0` to the daemon, so the
    * flag can only be cleared with the daemon and its socket stopped (every GPU let go meanwhile).
    */
-  legacyFlag: (index: number) =>
+  legacyFlag: (index: number): string =>
     `systemctl stop gpu-persistd.socket gpu-persistd && nvidia-smi -i ${index} -pm 0 && systemctl start gpu-persistd.socket gpu-persistd`,
   /** --devices names no GPU that exists. */
   checkDevices: "check --devices (config devices) against 'nvidia-smi -L'",
 } as const;
+
+/** Why a GPU stays initialised whatever the daemon does; the daemon, status, release and doctor say it. */
+export const legacyFlagNote = (index: number): string =>
+  "the driver's legacy persistence flag is on (set before gpu-persistd started): it keeps the GPU initialised " +
+  `even when the daemon lets go of it; to clear it: ${fixes.legacyFlag(index)}`;

@@ -8,6 +8,7 @@ import { connect } from "node:net";
 import { constants } from "node:os";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
+import { legacyFlagNote } from "../fixes.js";
 import { controlSocketPath } from "../runtime-dir.js";
 import type { GpuStatus } from "../status/daemon-status.js";
 import { cannotRun, shellCommandLine } from "./shell-words.js";
@@ -100,6 +101,9 @@ export function releaseAroundCommand(runtimeDir: string, gpus: string[], command
           process.stderr.write(
             `gpu-persistd: released ${describe(line.released)}; running ${shellCommandLine(command)}\n`,
           );
+          for (const d of line.released.filter((g) => g.legacyFlag === "enabled")) {
+            process.stderr.write(`gpu-persistd: GPU ${d.index}: but ${legacyFlagNote(d.index)}\n`);
+          }
           runCommand();
         } else if (line.held) {
           const notHeld = line.held.filter((d) => !d.held);

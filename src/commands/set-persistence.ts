@@ -3,6 +3,7 @@
 import { requestStatus } from "../control/control-client.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
+import { legacyFlagNote } from "../fixes.js";
 import { NvPdStatus, PERSISTENCE_PROGRAM, PROC_SET_PERSISTENCE } from "../rpc/persistence-program.js";
 import { callOnce } from "../rpc/rpc-client.js";
 import { XdrWriter } from "../rpc/xdr.js";
@@ -62,4 +63,6 @@ async function setOne(runtimeDir: string, target: string, hold: boolean): Promis
   process.stdout.write(
     gpu.held === hold ? `${name}: already ${verb}\n` : `${name}: ${verb} (was ${gpu.held ? "held" : "released"})\n`,
   );
+  // Released, yet still initialised: say so, as nvidia-smi will go on printing "Enabled".
+  if (!hold && gpu.legacyFlag === "enabled") process.stdout.write(`${name}: but ${legacyFlagNote(gpu.index)}\n`);
 }

@@ -1,4 +1,5 @@
 import { requestStatus } from "../control/control-client.js";
+import { legacyFlagNote } from "../fixes.js";
 import type { DaemonStatus, GpuStatus } from "../status/daemon-status.js";
 
 /** What the HELD column says: the state in a word an admin reads at a glance. */
@@ -33,6 +34,7 @@ function table(status: DaemonStatus): string {
     const why = d.state === "lost" ? `lost: ${d.error}` : d.error ? `${d.state}: ${d.error}` : "";
     if (why) rows.push(`     ${why}`);
     if (d.uvm === "failed") rows.push(`     UVM registration failed: ${d.uvmError}`);
+    if (d.legacyFlag === "enabled") rows.push(`     ${legacyFlagNote(d.index)}`);
   }
   return `${rows.join("\n")}\n`;
 }

@@ -7,7 +7,7 @@ import {
   NVML_ERROR_LIB_RM_VERSION_MISMATCH,
 } from "../../native-bindings/nvml-return-codes.js";
 import type { Config } from "../config/schema.js";
-import { fixes } from "../fixes.js";
+import { fixes, legacyFlagNote } from "../fixes.js";
 import { describeError } from "../gpu/describe-error.js";
 import { nvmlLibraryFor } from "../simulation.js";
 import type { DaemonStatus } from "../status/daemon-status.js";
@@ -135,7 +135,9 @@ async function gpuCheck(nvml: Nvml, daemon: DaemonStatus | null, index: number):
         : (await nvml.persistenceMode(handle)) === 1
           ? "enabled"
           : "disabled";
-    const detail = `persistence ${persistence}`;
+    // An admin's legacy flag keeps the GPU up whatever the daemon does: said on every outcome.
+    const flag = held?.legacyFlag === "enabled" ? ` (${legacyFlagNote(index)})` : "";
+    const detail = `persistence ${persistence}${flag}`;
     if (!daemon) {
       return fail(
         id,
@@ -157,12 +159,7 @@ async function gpuCheck(nvml: Nvml, daemon: DaemonStatus | null, index: number):
       );
     }
     if (persistence !== "enabled") {
-      return fail(
-        id,
-        title,
-        `${detail}, though held`,
-        "systemctl restart gpu-persistd.service (it enables persistence at start unless dryRun is set)",
-      );
+      return fail(id, title, `${detail}, though held`, `gpu-persistd hold ${busId}`);
     }
     if (held.uvm === "failed") {
       return fail(id, title, `${detail}, held; UVM registration failed: ${held.uvmError}`, fixes.uvmRegistration);

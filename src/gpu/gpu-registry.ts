@@ -14,7 +14,7 @@ import {
 } from "../../native-bindings/nvidia-kernel.js";
 import type { DeviceHandle, Nvml } from "../../native-bindings/nvml.js";
 import { forEachLimited } from "../concurrency.js";
-import { fixes } from "../fixes.js";
+import { legacyFlagNote } from "../fixes.js";
 import { type GpuSelector, selectorMatches } from "../selection/gpu-selector.js";
 import { formatPciAddress, type PciAddress, samePciDevice } from "../selection/pci-address.js";
 import { describeError as errorText } from "./describe-error.js";
@@ -109,10 +109,6 @@ export async function identifyGpus(nvml: Nvml, count: number, concurrency: numbe
   );
   return found;
 }
-
-/** Why a GPU stays initialised whatever the daemon does; status, release and doctor say it too. */
-export const LEGACY_FLAG_NOTE =
-  "the driver's legacy persistence flag is on (set before gpu-persistd started): it keeps the GPU initialised even when the daemon lets go of it";
 
 export class GpuRegistry extends EventEmitter<RegistryEvents> {
   readonly #gpus: Entry[];
@@ -265,7 +261,7 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       return;
     }
     if (gpu.legacyFlag === "enabled") {
-      this.#note(gpu, "warn", `${LEGACY_FLAG_NOTE}; to clear it: ${fixes.legacyFlag(gpu.index)}`);
+      this.#note(gpu, "warn", legacyFlagNote(gpu.index));
     }
   }
 

@@ -24,6 +24,9 @@ export const fixes = {
   versionMismatch:
     "reboot; or stop gpu-persistd for good (systemctl stop gpu-persistd.socket gpu-persistd) and every other GPU user, " +
     "then reload the nvidia modules (modprobe -r nvidia_uvm nvidia_drm nvidia_modeset nvidia && modprobe nvidia) and start it again",
+  /** A GPU fell off the bus (Xid 79, NVML_ERROR_GPU_IS_LOST): no hold can bring it back. */
+  lostGpu:
+    "reset the GPU once nothing uses it (nvidia-smi -r -i INDEX) or reboot the node; dmesg | grep -i xid says why it was lost",
   /** --devices names no GPU that exists. */
   checkDevices: "check --devices (config devices) against 'nvidia-smi -L'",
 } as const;

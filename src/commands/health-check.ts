@@ -9,7 +9,6 @@ import { hostname } from "node:os";
 import { requestStatus } from "../control/control-client.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
-import type { GpuSelector } from "../selection/gpu-selector.js";
 import type { DaemonStatus } from "../status/daemon-status.js";
 import { healthVerdict, type NodeState, nodeAction } from "../status/health-verdict.js";
 
@@ -19,7 +18,6 @@ const SLURM_TIMEOUT_MS = 20_000;
 
 export interface HealthCheckOptions {
   runtimeDir: string;
-  devices: readonly GpuSelector[];
   drainReleased: boolean;
   slurm: boolean;
 }
@@ -59,7 +57,6 @@ export async function healthCheckCommand(options: HealthCheckOptions): Promise<v
   const verdict = healthVerdict({
     status,
     ...(unavailable !== undefined ? { unavailable } : {}),
-    devices: options.devices,
     drainReleased: options.drainReleased,
   });
   let out = verdict.reason;

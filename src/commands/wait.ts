@@ -18,12 +18,19 @@ export async function waitCommand(runtimeDir: string, timeoutSeconds: number): P
         if (status.nvmlDegraded) {
           throw new FatalError(ExitCode.FAILURE, `gpu-persistd is ready but degraded: ${status.nvmlDegraded.message}`);
         }
-        const notHeld = status.devices.filter((d) => d.selected && !d.held);
-        if (notHeld.length === 0) {
-          process.stdout.write(`gpu-persistd is ready: ${status.devices.filter((d) => d.held).length} GPUs held\n`);
+        // Judged from the daemon's record alone: what it wants held, and the selectors it could not match.
+        const notHeld = status.devices.filter((d) => d.wanted && !d.held);
+        if (notHeld.length === 0 && status.unmatchedSelectors.length === 0) {
+          const deliberate = status.persistenceMode ? "" : " (persistence mode off, as configured)";
+          process.stdout.write(
+            `gpu-persistd is ready: ${status.devices.filter((d) => d.held).length} GPUs held${deliberate}\n`,
+          );
           return;
         }
-        const names = notHeld.map((d) => `GPU ${d.index} ${d.pciBusId} (${d.state}${d.error ? `: ${d.error}` : ""})`);
+        const names = [
+          ...status.unmatchedSelectors.map((text) => `GPU ${text} (missing: NVML reports no such GPU)`),
+          ...notHeld.map((d) => `GPU ${d.index} ${d.pciBusId} (${d.state}${d.error ? `: ${d.error}` : ""})`),
+        ];
         throw new FatalError(ExitCode.FAILURE, `gpu-persistd is ready, but not every GPU is held: ${names.join("; ")}`);
       }
       last = "the daemon is still starting";

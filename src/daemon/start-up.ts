@@ -78,7 +78,7 @@ async function startNvml(ctx: DaemonContext): Promise<{ session: NvmlSession; mi
   if (config.simulate !== "") {
     log.info({ library: path }, `simulating GPUs (${config.simulate === "on" ? "as configured" : config.simulate})`);
   }
-  const session = NvmlSession.load(path, config.nvmlTimeoutMs, log, config.stopTimeoutMs);
+  const session = NvmlSession.load(path, config.nvmlTimeoutMs, log, config.releaseTimeoutMs);
   ctx.session = session;
   ctx.kernel =
     config.simulate !== ""
@@ -183,6 +183,7 @@ async function bringUp(
       log.error(gpuFields(gpu), `cannot identify GPU ${gpu.index}: ${describeError(gpu.fault)}`);
     else log.debug({ ...gpuFields(gpu), name: gpu.name }, "found GPU");
   }
+  ctx.since.follow(registry);
   registry.on("transition", (t) => ctx.log[t.level](gpuFields(t.gpu), t.message));
   registry.on("note", (t) => ctx.log[t.level](gpuFields(t.gpu), t.message));
   // After READY, systemd's STATUS follows every change; before it, the progress line does.

@@ -56,6 +56,9 @@ describe("the daemon's metrics", () => {
       uvm: "registered",
       uvmError: null,
       numa: { nid: 1, status: "online", autoOnline: true, memSizeBytes: 1 << 30 },
+      wanted: true,
+      since: null,
+      releasedBy: null,
     };
     const metrics = new DaemonMetrics();
     metrics.recordBringUp(0.25);

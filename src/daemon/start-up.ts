@@ -156,7 +156,13 @@ async function bringUp(
       found.flatMap((id) => (id instanceof Error ? [] : [id.minor])),
     );
   }
-  const handed = adoptHanded(ctx.passedFds, found, { deviceDir, simulated, store: ctx.fdStore, log });
+  const handed = adoptHanded(ctx.passedFds, found, {
+    deviceDir,
+    simulated,
+    store: ctx.fdStore,
+    log,
+    socketPaths: [runtime.controlSocket, runtime.rpcSocket],
+  });
   const effects = new DeviceEffects({
     nvml: session.nvml,
     kernel,

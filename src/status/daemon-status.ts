@@ -90,6 +90,12 @@ export interface DaemonStatus {
   devices: GpuStatus[];
 }
 
+/** As the RPC Get answers it: enabled while held for persistence, disabled once released, else the driver's flag. */
+function persistenceAsClientsRead(gpu: Gpu): PersistenceReading {
+  if (gpu.state === "held" && gpu.claims.has("persistence")) return "enabled";
+  return gpu.state === "released" ? "disabled" : gpu.persistence;
+}
+
 export function gpuStatus(gpu: Gpu, facts: GpuFacts): GpuStatus {
   const fault = gpu.fault;
   return {
@@ -104,7 +110,7 @@ export function gpuStatus(gpu: Gpu, facts: GpuFacts): GpuStatus {
     selected: gpu.selected,
     held: gpu.state === "held",
     lost: gpu.state === "lost",
-    persistence: gpu.state === "held" && gpu.claims.has("persistence") ? "enabled" : gpu.persistence,
+    persistence: persistenceAsClientsRead(gpu),
     xids: Object.fromEntries([...gpu.xids].map(([xid, n]) => [String(xid), n])),
     error: fault ? describeError(fault) : null,
     errorCode: fault instanceof NvmlError ? fault.codeName : null,

@@ -127,6 +127,9 @@ describe("the status record is the one truth readers judge from", () => {
     const [leased, plain] = daemonStatus(d.context).devices;
     expect(leased?.releasedBy).toEqual({ kind: "lease", uid: 0, pid: 4242 });
     expect(plain?.releasedBy).toEqual({ kind: "request", uid: 0, pid: null });
+    // status and the RPC Get agree: a released GPU is not persistent.
+    expect(plain?.persistence).toBe("disabled");
+    expect(rpcBackend(d.context).mode(pci(0x07))).toBe(false);
     expect(Date.parse(plain?.since ?? "")).not.toBeNaN();
     await lease.end();
     expect(daemonStatus(d.context).devices[0]?.releasedBy).toBeNull();

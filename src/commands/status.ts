@@ -51,6 +51,7 @@ function table(status: DaemonStatus): string {
           ? `${d.state}: ${d.error}`
           : releasedText(d);
     if (why) rows.push(`     ${why}`);
+    if (d.fix && (d.error || d.state === "lost")) rows.push(`     to fix: ${d.fix}`);
     if (d.uvm === "failed") rows.push(`     UVM registration failed: ${d.uvmError}`);
   }
   return `${rows.join("\n")}\n`;

@@ -29,6 +29,8 @@ export interface GpuFacts {
   since: string | null;
   /** Who released it, while released: a lease's client (`release -- COMMAND`, by PID) or a plain release (RPC Set, `release`, by uid). */
   releasedBy: { kind: "lease" | "request"; uid: number; pid: number | null } | null;
+  /** What an admin does about a GPU lost, failed or released (null: nothing to do). */
+  fix: string | null;
 }
 
 export interface GpuStatus extends GpuFacts {
@@ -151,6 +153,7 @@ const GPU_SHAPE: Record<keyof GpuStatus, Shape> = {
   wanted: "boolean",
   since: "string|null",
   releasedBy: "object|null",
+  fix: "string|null",
 };
 
 const DAEMON_SHAPE: Record<Exclude<keyof DaemonStatus, "devices">, Shape> = {

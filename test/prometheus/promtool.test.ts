@@ -59,6 +59,7 @@ describe("the daemon's metrics", () => {
       wanted: true,
       since: null,
       releasedBy: null,
+      fix: null,
     };
     const metrics = new DaemonMetrics();
     metrics.recordBringUp(0.25);

@@ -27,6 +27,7 @@ function gpu(index: number, state: GpuStatus["state"], error: string | null = nu
     wanted: true,
     since: null,
     releasedBy: null,
+    fix: null,
   };
 }
 

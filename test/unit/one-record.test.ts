@@ -129,6 +129,8 @@ describe("the status record is the one truth readers judge from", () => {
     expect(plain?.releasedBy).toEqual({ kind: "request", uid: 0, pid: null });
     // status and the RPC Get agree: a released GPU is not persistent.
     expect(plain?.persistence).toBe("disabled");
+    expect(plain?.fix).toBe("hold it again with: gpu-persistd hold 1");
+    expect(leased?.fix).toBe("it is held again when PID 4242 ends");
     expect(rpcBackend(d.context).mode(pci(0x07))).toBe(false);
     expect(Date.parse(plain?.since ?? "")).not.toBeNaN();
     await lease.end();
@@ -143,10 +145,21 @@ describe("the status record is the one truth readers judge from", () => {
     const status = daemonStatus(d.context).devices[1];
     expect(status?.state).toBe("lost");
     expect(Date.parse(status?.since ?? "")).not.toBeNaN();
+    expect(status?.fix).toContain("reset the GPU once nothing uses it");
     expect(await rpcBackend(d.context).setMode(pci(0x07), true, false)).toBe(NvPdStatus.DRIVER);
     expect(d.messages().join("\n")).toContain(
       "GPU 1: RPC: cannot hold the GPU: it is lost (Xid 79: GPU has fallen off the bus); to recover it: reset the GPU",
     );
+  });
+
+  it("a GPU that failed says its error and its fix", async () => {
+    const d = fixture.daemon({ gpus: 2, faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, return: 4 }] });
+    await d.daemon.run();
+    expect(daemonStatus(d.context).devices[1]).toMatchObject({
+      state: "failed",
+      errorCode: "NVML_ERROR_NO_PERMISSION",
+      fix: "run as root (as the systemd unit does)",
+    });
   });
 });
 

@@ -64,6 +64,7 @@ const gpu = {
   wanted: true,
   since: "2026-12-06T02:00:00.000Z",
   releasedBy: null,
+  fix: null,
 };
 const status = {
   format: STATUS_FORMAT,

@@ -54,8 +54,8 @@ describe("a reload is all or nothing (shipped defaults)", () => {
   });
 });
 
-describe("health-check --slurm judges from the daemon's record alone", () => {
-  it("persistence mode off (a deliberate setting): healthy, the node is not drained", async () => {
+describe("health-check --slurm and wait judge from the daemon's record alone", () => {
+  it("persistence mode off (a deliberate setting): healthy, the node is not drained, wait answers 0", async () => {
     fixture.prepare();
     const calls = fakeSlurm();
     const daemon = fixture.spawn(["--simulate=2", "--no-persistence-mode"]);
@@ -66,9 +66,12 @@ describe("health-check --slurm judges from the daemon's record alone", () => {
       "gpu-persistd: 0/0 GPUs held (persistence mode off, as configured) (node1: the node is up)\n",
     );
     expect(existsSync(calls)).toBe(false);
+    const wait = client(["wait", "--timeout=5"]);
+    expect(wait.code, wait.output).toBe(0);
+    expect(wait.stdout).toBe("gpu-persistd is ready: 0 GPUs held (persistence mode off, as configured)\n");
   });
 
-  it("--devices=0,9 with no GPU 9: the check drains the node, though its own configuration names no devices", async () => {
+  it("--devices=0,9 with no GPU 9: the check drains the node, though its own configuration names no devices; wait answers 1", async () => {
     fixture.prepare();
     const calls = fakeSlurm();
     const daemon = fixture.spawn(["--simulate=2", "--devices=0,9"]);
@@ -79,5 +82,8 @@ describe("health-check --slurm judges from the daemon's record alone", () => {
     expect(readFileSync(calls, "utf8")).toBe(
       "update nodename=node1 state=drain reason=gpu-persistd: GPU 9 missing: NVML reports no such GPU\n",
     );
+    const wait = client(["wait", "--timeout=5"]);
+    expect(wait.code, wait.output).toBe(1);
+    expect(wait.stderr).toContain("not every GPU is held: GPU 9 (missing: NVML reports no such GPU)");
   });
 });

@@ -87,3 +87,23 @@ describe("health-check --slurm and wait judge from the daemon's record alone", (
     expect(wait.stderr).toContain("not every GPU is held: GPU 9 (missing: NVML reports no such GPU)");
   });
 });
+
+describe("a hold refused for a lost GPU", () => {
+  it("hold after Xid 79: the CLI says the GPU is lost and how to recover it, and so does the journal", async () => {
+    // Rounds every 100 ms: the Xid is drained by the first one, not 15 s later.
+    const daemon = fixture.start(
+      ["--simulate=2"],
+      // After bring-up: the simulator's GPU falls off the bus when its Xid 79 is due.
+      { events: [{ gpu: 1, type: 8, data: 79, afterMs: 300 }] },
+      { GPU_PERSISTD_HEALTH_INTERVAL_MS: "100" },
+    );
+    await daemon.waitReady();
+    await daemon.waitFor("Xid 79: GPU has fallen off the bus");
+    const hold = client(["hold", "1"]);
+    expect(hold.code, hold.output).toBe(1);
+    expect(hold.stderr).toContain(
+      "GPU 1 00000000:07:00.0: the daemon answered DRIVER: it is lost (Xid 79: GPU has fallen off the bus); to recover it: reset the GPU",
+    );
+    await daemon.waitFor("RPC: cannot hold the GPU: it is lost (Xid 79: GPU has fallen off the bus)");
+  });
+});

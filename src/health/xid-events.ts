@@ -58,6 +58,8 @@ export class XidEvents {
   #draining: Promise<void> | null = null;
   /** While set: a wait that outlived its time limit is still inside NVML (resolves when it returns). */
   #late: Promise<void> | null = null;
+  /** A reload's registrations in flight: the set is not freed under them. */
+  #registering: Promise<number> | null = null;
   /** The GPUs registered (or found unable to report Xids) with this set. */
   readonly #watched = new Set<Gpu>();
   readonly #windows = new Map<string, StormWindow>();
@@ -78,7 +80,14 @@ export class XidEvents {
   /** Watches the GPUs of `gpus` not watched yet (a reload selected them); returns how many were registered. */
   async watch(gpus: readonly Gpu[]): Promise<number> {
     const set = this.#set;
-    return set === null ? 0 : this.#register(set, gpus);
+    if (set === null) return 0;
+    const registering = this.#register(set, gpus);
+    this.#registering = registering;
+    try {
+      return await registering;
+    } finally {
+      if (this.#registering === registering) this.#registering = null;
+    }
   }
 
   async #register(set: EventSetHandle, gpus: readonly Gpu[]): Promise<number> {
@@ -189,7 +198,7 @@ export class XidEvents {
     const set = this.#set;
     // From here on no drain starts.
     this.#set = null;
-    await this.#draining?.catch(() => {});
+    await Promise.all([this.#draining?.catch(() => {}), this.#registering]);
     if (set === null) return;
     if (this.#late === null) {
       await this.#drain(set).catch((err: unknown) => {

@@ -1,6 +1,6 @@
 // `gpu-persistd wait [--timeout=SECONDS]`: blocks until the daemon is READY (every selected
-// GPU settled). Exit 0 when every selected GPU is held, 1 when the daemon is ready but some
-// are not (named) or it is degraded (NVML and the kernel module differ), 69 when no daemon answered ready within the timeout. Any user may run it,
+// GPU settled). Exit 0 when every GPU the daemon wants held is held (its record says which),
+// 1 when the daemon is ready but some are not or a selector matched no GPU (named) or it is degraded (NVML and the kernel module differ), 69 when no daemon answered ready within the timeout. Any user may run it,
 // also in a container that shares the runtime directory.
 import { requestStatus } from "../control/control-client.js";
 import { ExitCode } from "../exit-codes.js";

@@ -1,11 +1,10 @@
 // Xid events: a set registered for every GPU that reports them, drained without waiting
 // (nvmlEventSetWait_v2 with a 0 ms timeout: events queue in the set between rounds) at the
-// start of each health round. No call ever stays inside NVML for long, so a release can end
-// the NVML session at once; an Xid is seen at most one health interval late, and the set is
-// drained one last time before it is freed. Each Xid is
-// logged with the GPU and its meaning, at most a few lines per GPU and Xid a minute during a
-// storm (the rest summed up at the end of that minute); Xid 79 (the GPU fell off the bus)
-// marks the GPU lost.
+// start of each health round, and one last time before the set is freed. No call ever stays
+// inside NVML for long, so a release can end the NVML session at once; an Xid is seen at most
+// one health interval late. Each Xid is logged with the GPU and its meaning, at most a few
+// lines per GPU and Xid a minute during a storm (the rest summed up at the end of that
+// minute); Xid 79 (the GPU fell off the bus) marks the GPU lost.
 import { PoolCallTimeoutError } from "../../native-bindings/libuv-pool.js";
 import type { DeviceHandle, EventData, EventSetHandle, Nvml } from "../../native-bindings/nvml.js";
 import { EVENT_XID_CRITICAL_ERROR } from "../../native-bindings/nvml.js";

@@ -58,6 +58,10 @@ const GPU: GpuStatus = {
   uvm: "registered",
   uvmError: null,
   numa: { nid: 1, status: "online", autoOnline: true, memSizeBytes: 1 << 30 },
+  wanted: true,
+  since: null,
+  releasedBy: null,
+  fix: null,
 };
 
 /** The daemon's metrics text with every family holding samples (the docs, and promtool's check). */

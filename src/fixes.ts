@@ -32,6 +32,9 @@ export const fixes = {
    */
   legacyFlag: (index: number): string =>
     `systemctl stop gpu-persistd.socket gpu-persistd && nvidia-smi -i ${index} -pm 0 && systemctl start gpu-persistd.socket gpu-persistd`,
+  /** A GPU fell off the bus (Xid 79, NVML_ERROR_GPU_IS_LOST): no hold can bring it back. */
+  lostGpu:
+    "reset the GPU once nothing uses it (nvidia-smi -r -i INDEX) or reboot the node; dmesg | grep -i xid says why it was lost",
   /** --devices names no GPU that exists. */
   checkDevices: "check --devices (config devices) against 'nvidia-smi -L'",
 } as const;

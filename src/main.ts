@@ -100,7 +100,6 @@ async function main(argv: readonly string[]): Promise<void> {
     case "health-check":
       return healthCheckCommand({
         runtimeDir: config.runtimeDir,
-        devices: config.devices,
         drainReleased: config.healthCheckDrainReleased,
         slurm: commandLine.slurm,
       });

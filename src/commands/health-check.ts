@@ -1,5 +1,5 @@
-// `gpu-persistd health-check [--slurm]`: one line saying whether every selected GPU is held,
-// from the daemon's status over its control socket. Exit 0 healthy, 1 not (the line names
+// `gpu-persistd health-check [--slurm]`: one line saying whether every GPU the daemon wants
+// held is held, from the daemon's status over its control socket alone (never a config file). Exit 0 healthy, 1 not (the line names
 // the GPU and the cause) or Slurm could not be read or updated, 69 no daemon answers. With --slurm (the shipped
 // HealthCheckProgram), it also drains this node when unhealthy and resumes it once healthy,
 // but only a node it drained itself (the reason's prefix says so).
@@ -9,7 +9,6 @@ import { hostname } from "node:os";
 import { requestStatus } from "../control/control-client.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
-import type { GpuSelector } from "../selection/gpu-selector.js";
 import type { DaemonStatus } from "../status/daemon-status.js";
 import { healthVerdict, type NodeState, nodeAction } from "../status/health-verdict.js";
 
@@ -19,7 +18,6 @@ const SLURM_TIMEOUT_MS = 20_000;
 
 export interface HealthCheckOptions {
   runtimeDir: string;
-  devices: readonly GpuSelector[];
   drainReleased: boolean;
   slurm: boolean;
 }
@@ -59,7 +57,6 @@ export async function healthCheckCommand(options: HealthCheckOptions): Promise<v
   const verdict = healthVerdict({
     status,
     ...(unavailable !== undefined ? { unavailable } : {}),
-    devices: options.devices,
     drainReleased: options.drainReleased,
   });
   let out = verdict.reason;

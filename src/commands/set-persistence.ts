@@ -3,7 +3,7 @@
 import { requestStatus } from "../control/control-client.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
-import { legacyFlagNote } from "../fixes.js";
+import { fixes, legacyFlagNote } from "../fixes.js";
 import { NvPdStatus, PERSISTENCE_PROGRAM, PROC_SET_PERSISTENCE } from "../rpc/persistence-program.js";
 import { callOnce } from "../rpc/rpc-client.js";
 import { XdrWriter } from "../rpc/xdr.js";
@@ -54,9 +54,14 @@ async function setOne(runtimeDir: string, target: string, hold: boolean): Promis
     );
   }
   if (result !== NvPdStatus.SUCCESS) {
+    // The protocol answers one number: the daemon's record says what the GPU is now, and why.
+    const now = (await requestStatus(runtimeDir).catch(() => status)).devices.find((d) => d.index === gpu.index);
+    const why =
+      now && !now.held && now.state !== "released" ? `: it is ${now.state}${now.error ? ` (${now.error})` : ""}` : "";
+    const fix = now?.state === "lost" ? `; to recover it: ${fixes.lostGpu}` : "; see journalctl -u gpu-persistd";
     throw new FatalError(
       ExitCode.FAILURE,
-      `${name}: the daemon answered ${STATUS_NAMES[result] ?? result}; see journalctl -u gpu-persistd`,
+      `${name}: the daemon answered ${STATUS_NAMES[result] ?? result}${why}${fix}`,
     );
   }
   const verb = hold ? "held" : "released";

@@ -6,7 +6,16 @@ import type { DaemonStatus, GpuStatus } from "../status/daemon-status.js";
 function heldText(d: GpuStatus): string {
   if (d.held) return "yes";
   if (!d.selected) return "-";
+  if (!d.wanted && d.state !== "released") return "off";
   return d.state === "released" ? "released" : d.state === "lost" ? "LOST" : "NO";
+}
+
+/** Who released a GPU and since when, as a line; "" when it is not released. */
+function releasedText(d: GpuStatus): string {
+  const by = d.releasedBy;
+  if (!by) return "";
+  const who = by.kind === "lease" ? `'gpu-persistd release -- COMMAND' (PID ${by.pid})` : `uid ${by.uid}`;
+  return `released by ${who}${d.since ? ` since ${d.since}` : ""}`;
 }
 
 function table(status: DaemonStatus): string {
@@ -16,6 +25,11 @@ function table(status: DaemonStatus): string {
   const rows = [
     `gpu-persistd ${status.version}, PID ${status.pid}: ${held}/${selected.length} GPUs held${flags.length ? ` (${flags.join(", ")})` : ""}`,
     ...(status.nvmlDegraded ? [`degraded: ${status.nvmlDegraded.message}`] : []),
+    ...(status.persistenceMode ? [] : ["persistence mode off (as configured): no GPU is held"]),
+    ...status.unmatchedSelectors.map((text) => `missing: --devices names '${text}', but no GPU here has it`),
+    ...(status.lastReload?.refused
+      ? [`last reload refused (${status.lastReload.at}), running configuration kept: ${status.lastReload.refused}`]
+      : []),
     "",
     ["IDX", "PCI BUS ID".padEnd(16), "MINOR", "PERSISTENCE", "HELD    ", "NAME / UUID"].join("  "),
   ];
@@ -31,8 +45,14 @@ function table(status: DaemonStatus): string {
       ].join("  "),
     );
     // Why, on a line of its own: a lost GPU says lost first, then what NVML said.
-    const why = d.state === "lost" ? `lost: ${d.error}` : d.error ? `${d.state}: ${d.error}` : "";
+    const why =
+      d.state === "lost"
+        ? `lost${d.since ? ` at ${d.since}` : ""}: ${d.error}`
+        : d.error
+          ? `${d.state}: ${d.error}`
+          : releasedText(d);
     if (why) rows.push(`     ${why}`);
+    if (d.fix && (d.error || d.state === "lost")) rows.push(`     to fix: ${d.fix}`);
     if (d.uvm === "failed") rows.push(`     UVM registration failed: ${d.uvmError}`);
     if (d.legacyFlag === "enabled") rows.push(`     ${legacyFlagNote(d.index)}`);
   }

@@ -1,6 +1,6 @@
 // `gpu-persistd wait [--timeout=SECONDS]`: blocks until the daemon is READY (every selected
-// GPU settled). Exit 0 when every selected GPU is held, 1 when the daemon is ready but some
-// are not (named) or it is degraded (NVML and the kernel module differ), 69 when no daemon answered ready within the timeout. Any user may run it,
+// GPU settled). Exit 0 when every GPU the daemon wants held is held (its record says which),
+// 1 when the daemon is ready but some are not or a selector matched no GPU (named) or it is degraded (NVML and the kernel module differ), 69 when no daemon answered ready within the timeout. Any user may run it,
 // also in a container that shares the runtime directory.
 import { requestStatus } from "../control/control-client.js";
 import { ExitCode } from "../exit-codes.js";
@@ -18,13 +18,20 @@ export async function waitCommand(runtimeDir: string, timeoutSeconds: number): P
         if (status.nvmlDegraded) {
           throw new FatalError(ExitCode.FAILURE, `the daemon is ready but degraded: ${status.nvmlDegraded.message}`);
         }
-        const notHeld = status.devices.filter((d) => d.selected && !d.held);
-        if (notHeld.length === 0) {
-          process.stdout.write(`gpu-persistd is ready: ${status.devices.filter((d) => d.held).length} GPUs held\n`);
+        // Judged from the daemon's record alone: what it wants held, and the selectors it could not match.
+        const notHeld = status.devices.filter((d) => d.wanted && !d.held);
+        if (notHeld.length === 0 && status.unmatchedSelectors.length === 0) {
+          const deliberate = status.persistenceMode ? "" : " (persistence mode off, as configured)";
+          process.stdout.write(
+            `gpu-persistd is ready: ${status.devices.filter((d) => d.held).length} GPUs held${deliberate}\n`,
+          );
           return;
         }
-        const names = notHeld.map((d) => `GPU ${d.index} ${d.pciBusId} (${d.state}${d.error ? `: ${d.error}` : ""})`);
-        throw new FatalError(ExitCode.FAILURE, `the daemon is ready, but not every GPU is held: ${names.join("; ")}`);
+        const names = [
+          ...status.unmatchedSelectors.map((text) => `GPU ${text} (missing: NVML reports no such GPU)`),
+          ...notHeld.map((d) => `GPU ${d.index} ${d.pciBusId} (${d.state}${d.error ? `: ${d.error}` : ""})`),
+        ];
+        throw new FatalError(ExitCode.FAILURE, `gpu-persistd is ready, but not every GPU is held: ${names.join("; ")}`);
       }
       last = "the daemon is still starting";
     } catch (err) {

@@ -251,6 +251,13 @@ export const configSchema = {
     env: "GPU_PERSISTD_STOP_TIMEOUT_MS",
     reload: "live" as const,
   },
+  releaseTimeoutMs: {
+    doc: "Time a release (RPC Set DISABLED, gpu-persistd release) waits for NVML calls in flight before it is refused and the GPU held again, in milliseconds.",
+    format: "milliseconds",
+    default: 1000,
+    env: "GPU_PERSISTD_RELEASE_TIMEOUT_MS",
+    reload: "live" as const,
+  },
   metricsListen: {
     doc: 'Serve Prometheus metrics at http://ADDRESS/metrics, on loopback only ("127.0.0.1:9400"; empty: off).',
     format: "loopback-address",

@@ -18,6 +18,7 @@ import { FdStore } from "../systemd/fd-store.js";
 import { type PassedFd, passedFds } from "../systemd/listen-fds.js";
 import type { SystemdNotifier } from "../systemd/notify.js";
 import type { Watchdog } from "../systemd/watchdog.js";
+import { StateSince } from "./gpu-facts.js";
 import { ReleaseLeases } from "./release-leases.js";
 
 export interface DaemonDeps {
@@ -47,6 +48,8 @@ export class DaemonContext {
   /** The driver's ioctls (or the simulator's stand-in), for the registry's holds and probes. */
   kernel: NvidiaKernel | null = null;
   readonly leases = new ReleaseLeases();
+  /** When each GPU entered its present state, for the status record. */
+  readonly since = new StateSince();
   control: Server | null = null;
   rpc: RpcServer | null = null;
   health: HealthMonitor | null = null;
@@ -68,6 +71,8 @@ export class DaemonContext {
   readonly broughtUp: { promise: Promise<void>; resolve: () => void };
   /** READY=1 was sent: every selected GPU has settled. */
   ready = false;
+  /** The last SIGHUP's outcome: when, and why it was refused (null: applied); null before any. */
+  lastReload: { at: Date; refused: string | null } | null = null;
   stopping = false;
 
   constructor(config: Config, deps: DaemonDeps) {

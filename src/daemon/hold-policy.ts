@@ -2,7 +2,7 @@
 // how often health rounds run, and what --devices names that no GPU has. Start-up and
 // reload both apply them; they read nothing but their arguments.
 import type { Gpu } from "../gpu/gpu-model.js";
-import { type GpuSelector, selectorKindName } from "../selection/gpu-selector.js";
+import { type GpuIdentity, type GpuSelector, selectorKindName, selectorMatches } from "../selection/gpu-selector.js";
 
 /** The shortest health interval, in ms: a misconfigured watchdog must not spin the loop. */
 const MIN_HEALTH_INTERVAL_MS = 10;
@@ -26,4 +26,9 @@ export function unmatchedMessages(unmatched: readonly GpuSelector[], gpuCount: n
   return unmatched.map(
     (s) => `--devices names '${s.text}', but no GPU has that ${selectorKindName(s)} (${gpuCount} GPUs found)`,
   );
+}
+
+/** The selectors that match none of `gpus` (a reload naming one is refused whole). */
+export function unmatchedSelectors(selectors: readonly GpuSelector[], gpus: readonly GpuIdentity[]): GpuSelector[] {
+  return selectors.filter((s) => !gpus.some((g) => selectorMatches(s, g)));
 }

@@ -3,9 +3,10 @@
 // checks that none is missing). A SIGHUP before READY is remembered and applied once after
 // it; a SIGHUP during a reload queues exactly one more.
 import { type Config, type ConfigKey, type LiveKey, reloadPolicy } from "../config/schema.js";
+import { fixes } from "../fixes.js";
 import { watchdogUsec } from "../systemd/notify.js";
 import type { DaemonContext } from "./context.js";
-import { healthIntervalMs, wanted } from "./hold-policy.js";
+import { healthIntervalMs, unmatchedMessages, unmatchedSelectors, wanted } from "./hold-policy.js";
 import { applySelection } from "./start-up.js";
 import { daemonStatusLine } from "./status-snapshot.js";
 
@@ -55,9 +56,11 @@ const APPLY: { [K in LiveKey]: (ctx: DaemonContext) => void | Promise<void> } = 
     if (ctx.session) ctx.session.nvml.timeoutMs = ctx.config.nvmlTimeoutMs;
     if (ctx.kernel) ctx.kernel.timeoutMs = ctx.config.nvmlTimeoutMs;
   },
-  stopTimeoutMs: (ctx) => {
-    if (ctx.session) ctx.session.idleLimitMs = ctx.config.stopTimeoutMs;
+  releaseTimeoutMs: (ctx) => {
+    if (ctx.session) ctx.session.idleLimitMs = ctx.config.releaseTimeoutMs;
   },
+  // Read by the stop itself.
+  stopTimeoutMs: () => {},
   healthIntervalMs: (ctx) => {
     ctx.health?.reschedule(healthIntervalMs(ctx.config.healthIntervalMs, watchdogUsec(ctx.deps.env)));
   },
@@ -78,9 +81,27 @@ async function holdWhatIsWanted(ctx: DaemonContext): Promise<void> {
     ctx.log.info(`GPU ${gpu.index} stays released, as a client asked; hold it with: gpu-persistd hold ${gpu.index}`);
   }
   await registry.reconcile((gpu) => wanted(ctx.config, gpu), ctx.config.bringUpConcurrency);
+  // A GPU this reload selected reports its Xids from now on, not from the next reopen.
+  const added = await ctx.xid?.watch(registry.list().filter((g) => g.selected));
+  if (added) ctx.log.info(`watching Xid events on ${added} more GPUs`);
 }
 
-/** One reload: re-read, keep restart-only settings, apply every live change, report. */
+/** Keeps the running configuration: the journal and `status` (lastReload) say why, with the fix. */
+function refuse(ctx: DaemonContext, why: string, verb: "failed" | "refused"): void {
+  ctx.lastReload = { at: new Date(), refused: why };
+  ctx.log.error(`reload ${verb}, keeping the running configuration: ${why}`);
+  ctx.deps.notifier.ready(daemonStatusLine(ctx));
+}
+
+/** Why `next` cannot be applied whole, or null: every selector must name a GPU here, as at start-up. */
+function refusal(ctx: DaemonContext, next: Config): string | null {
+  const gpus = ctx.registry?.list() ?? [];
+  const unmatched = unmatchedSelectors(next.devices, gpus);
+  if (unmatched.length === 0) return null;
+  return `${unmatchedMessages(unmatched, gpus.length).join("; ")}. To fix: ${fixes.checkDevices}, then reload again (systemctl reload gpu-persistd)`;
+}
+
+/** One reload, all or nothing: re-read, keep restart-only settings, apply every live change, report. */
 export async function reload(ctx: DaemonContext): Promise<void> {
   if (ctx.stopping) return;
   const { notifier } = ctx.deps;
@@ -90,8 +111,12 @@ export async function reload(ctx: DaemonContext): Promise<void> {
   try {
     next = ctx.deps.reloadConfig();
   } catch (err) {
-    ctx.log.error(`reload failed, keeping the running configuration: ${(err as Error).message}`);
-    notifier.ready(daemonStatusLine(ctx));
+    refuse(ctx, (err as Error).message, "failed");
+    return;
+  }
+  const refused = refusal(ctx, next);
+  if (refused !== null) {
+    refuse(ctx, refused, "refused");
     return;
   }
   const previous = ctx.config;
@@ -110,6 +135,7 @@ export async function reload(ctx: DaemonContext): Promise<void> {
   if (live.length > 0) ctx.log.info(`applied: ${live.join(", ")}`);
   // Always: a GPU that failed before may be held now, even with an unchanged file.
   await holdWhatIsWanted(ctx);
+  ctx.lastReload = { at: new Date(), refused: null };
   ctx.log.info(`reload done: ${daemonStatusLine(ctx)}`);
   if (!ctx.stopping) notifier.ready(daemonStatusLine(ctx));
 }

@@ -4,6 +4,8 @@
 // rolls persistence back when NUMA fails); version 2 moves each alone. Every answer waits
 // for the NVML session to settle: a GPU reported released is pinned by nothing of ours.
 import { NUMA_ONLINE_FAILED } from "../../native-bindings/nvidia-kernel.js";
+import { fixes } from "../fixes.js";
+import { describeError } from "../gpu/describe-error.js";
 import type { Claim, Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
 import { hasCoherentMemory } from "../gpu/gpu-registry.js";
 import { NvPdStatus, type PersistenceBackend } from "../rpc/persistence-program.js";
@@ -26,6 +28,13 @@ export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
       `RPC: refused to ${what}: the GPU is released by 'gpu-persistd release' (pid ${lease.pid}) until that ends`,
     );
     return true;
+  };
+
+  /** The journal says why a client's hold failed: the protocol's answer is one number. */
+  const refusedHold = (gpu: Gpu): void => {
+    const why = gpu.fault ? describeError(gpu.fault) : gpu.state;
+    const fix = gpu.state === "lost" ? `; to recover it: ${fixes.lostGpu}` : "";
+    ctx.log.warn({ gpuIndex: gpu.index }, `RPC: cannot hold the GPU: it is ${gpu.state} (${why})${fix}`);
   };
 
   /** Drops claims at a client's request; a release the session cannot follow is taken back. */
@@ -90,7 +99,10 @@ export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
       const held = gpu.claims.has("persistence") && gpu.state === "held";
       const state = await registry.acquire(gpu, "persistence", "request");
       await coordinator.settle();
-      if (state !== "held") return state === "lost" ? NvPdStatus.DRIVER : NvPdStatus.IO;
+      if (state !== "held") {
+        refusedHold(gpu);
+        return state === "lost" ? NvPdStatus.DRIVER : NvPdStatus.IO;
+      }
       if (!withNuma) return NvPdStatus.SUCCESS;
       const numa = await setNuma(registry, gpu, true);
       if (numa !== NvPdStatus.SUCCESS && !held) {

@@ -82,7 +82,7 @@ async function startNvml(ctx: DaemonContext): Promise<{ session: NvmlSession; mi
   if (config.simulate !== "") {
     log.info({ library: path }, `simulating GPUs (${config.simulate === "on" ? "as configured" : config.simulate})`);
   }
-  const session = NvmlSession.load(path, config.nvmlTimeoutMs, log, config.stopTimeoutMs);
+  const session = NvmlSession.load(path, config.nvmlTimeoutMs, log, config.releaseTimeoutMs);
   ctx.session = session;
   ctx.kernel =
     config.simulate !== ""
@@ -168,7 +168,13 @@ async function identify(
       found.flatMap((id) => (id instanceof Error ? [] : [id.minor])),
     );
   }
-  const handed = adoptHanded(ctx.passedFds, found, { deviceDir, simulated, store: ctx.fdStore, log });
+  const handed = adoptHanded(ctx.passedFds, found, {
+    deviceDir,
+    simulated,
+    store: ctx.fdStore,
+    log,
+    socketPaths: [runtime.controlSocket, runtime.rpcSocket],
+  });
   const effects = new DeviceEffects({
     nvml: session.nvml,
     kernel,
@@ -193,6 +199,7 @@ async function identify(
       log.error(gpuFields(gpu), `cannot identify GPU ${gpu.index}: ${describeError(gpu.fault)}`);
     else log.debug({ ...gpuFields(gpu), name: gpu.name }, "found GPU");
   }
+  ctx.since.follow(registry);
   registry.on("transition", (t) => ctx.log[t.level](gpuFields(t.gpu), t.message));
   registry.on("note", (t) => ctx.log[t.level](gpuFields(t.gpu), t.message));
   // After READY, systemd's STATUS follows every change; before it, the progress line does.

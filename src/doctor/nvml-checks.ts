@@ -147,6 +147,8 @@ async function gpuCheck(nvml: Nvml, daemon: DaemonStatus | null, index: number):
       );
     }
     if (held && !held.selected) return pass(id, title, `${detail}; not selected (devices setting), so not held`);
+    if (held && !held.wanted)
+      return pass(id, title, `${detail}; persistence mode off (persistenceMode false), so not held`);
     if (!held?.held) {
       const lost = held?.lost ? " (lost: NVML reported the GPU fell off the bus)" : "";
       return fail(

@@ -4,6 +4,7 @@
 import { statSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../config/schema.js";
+import { fixes } from "../fixes.js";
 import { CONTROL_SOCKET_NAME, PID_FILE_NAME, RPC_SOCKET_NAME } from "../runtime-dir.js";
 import type { DaemonStatus } from "../status/daemon-status.js";
 import { UNIT_NAME } from "../systemd/unit-name.js";
@@ -175,6 +176,9 @@ export function runtimeChecks(
     const held = selected.filter((d) => d.held).length;
     const flags = [daemon.simulated ? "simulated GPUs" : "", daemon.dryRun ? "dry run" : ""].filter(Boolean);
     const detail = `PID ${daemon.pid}, version ${daemon.version}, ${held}/${selected.length} GPUs held${flags.length ? ` (${flags.join(", ")})` : ""}`;
+    // The daemon's own record: a selector that matches nothing, or a reload it refused, fails the next start too.
+    const unmatched = daemon.unmatchedSelectors.map((t) => `'${t}'`).join(", ");
+    const refused = daemon.lastReload?.refused;
     checks.push(
       pid !== daemon.pid
         ? fail(
@@ -183,7 +187,21 @@ export function runtimeChecks(
             `${detail}, but the PID file says ${pidText?.trim()}`,
             `systemctl restart ${OURS}`,
           )
-        : pass("daemon", "gpu-persistd daemon", detail),
+        : unmatched
+          ? fail(
+              "daemon",
+              "gpu-persistd daemon",
+              `${detail}; --devices names ${unmatched}, which no GPU here has`,
+              fixes.checkDevices,
+            )
+          : refused
+            ? fail(
+                "daemon",
+                "gpu-persistd daemon",
+                `${detail}; the last reload was refused: ${refused}`,
+                fixes.checkDevices,
+              )
+            : pass("daemon", "gpu-persistd daemon", detail),
     );
   }
   return checks;

@@ -35,6 +35,8 @@ export interface AdoptOptions {
   simulated: boolean;
   store: FdStore;
   log: Log;
+  /** The unix socket paths this daemon serves: a handed socket bound elsewhere is closed. */
+  socketPaths: readonly string[];
 }
 
 const major = (rdev: number) => Number((BigInt(rdev) >> 8n) & 0xfffn) | Number((BigInt(rdev) >> 32n) & ~0xfffn);
@@ -77,10 +79,12 @@ function uvmProblem(st: Stats, o: AdoptOptions): string | null {
 /**
  * The state record the previous run kept, read (and its fd closed) before anything else:
  * which GPUs were released, and the GPUs themselves. Null when none was handed over; a
- * record that cannot be read is dropped from the store, with a warning saying why.
+ * record that cannot be read is dropped from the store, with a warning saying why. Should
+ * more than one come back, the newest (the last) is read and every one is closed.
  */
 export function keptState(passed: readonly PassedFd[], store: FdStore, log: Log): KeptState | null {
-  const record = passed.find((p) => p.name === STATE_FD_NAME);
+  const records = passed.filter((p) => p.name === STATE_FD_NAME);
+  const record = records.at(-1);
   if (!record) return null;
   try {
     return readKeptState(record.fd);
@@ -89,7 +93,8 @@ export function keptState(passed: readonly PassedFd[], store: FdStore, log: Log)
     store.drop(STATE_FD_NAME);
     return null;
   } finally {
-    closeSync(record.fd);
+    for (const { fd } of records) closeSync(fd);
+    if (records.length > 1) log.warn(`systemd handed back ${records.length} state records: read the last, closed all`);
   }
 }
 
@@ -123,8 +128,10 @@ export function adoptHanded(passed: readonly PassedFd[], gpus: readonly (Identit
     }
     if (st.isSocket()) {
       const path = unixSocketPath(fd);
-      if (path) handed.sockets.set(path, fd);
-      else reject("it is a socket, but not a listening unix socket");
+      if (!path) reject("it is a socket, but not a listening unix socket");
+      else if (!o.socketPaths.includes(path)) reject(`it is bound to ${path}, which this daemon does not serve`);
+      else if (handed.sockets.has(path)) reject(`another socket bound to ${path} came back first`);
+      else handed.sockets.set(path, fd);
       continue;
     }
     const match = /^(gpu|uvm)-([0-9a-fA-F]{1,8})-([0-9a-fA-F]{2})-([0-9a-fA-F]{2})\.0$/.exec(name);

@@ -95,8 +95,11 @@ export class SessionCoordinator {
   async #drain(): Promise<SessionState> {
     do {
       this.#again = false;
-      if (this.#session.open !== this.wanted && !(this.wanted && this.#mismatch)) {
-        await (this.wanted ? this.#reopen() : this.#close());
+      const wanted = this.wanted;
+      if (this.#session.open !== wanted && !(wanted && this.#mismatch)) {
+        await (wanted ? this.#reopen() : this.#close());
+        // A step that failed is tried once: a settle asked for meanwhile wanting the same waits for the next one.
+        if (this.#problem !== null && this.wanted === wanted) break;
       }
     } while (this.#again || (this.#session.open !== this.wanted && this.#problem === null && !this.#mismatch));
     return this.state;

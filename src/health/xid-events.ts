@@ -1,11 +1,12 @@
 // Xid events: a set registered for every GPU that reports them, drained without waiting
 // (nvmlEventSetWait_v2 with a 0 ms timeout: events queue in the set between rounds) at the
-// start of each health round. No call ever stays inside NVML for long, so a release can end
-// the NVML session at once; an Xid is seen at most one health interval late. Each Xid is
-// logged with the GPU and its meaning, at most a few lines per GPU and Xid a minute during a
-// storm (the rest summed up at the end of that minute); Xid 79 (the GPU fell off the bus)
-// marks the GPU lost.
-import type { DeviceHandle, EventSetHandle, Nvml } from "../../native-bindings/nvml.js";
+// start of each health round, and one last time before the set is freed. No call ever stays
+// inside NVML for long, so a release can end the NVML session at once; an Xid is seen at most
+// one health interval late. Each Xid is logged with the GPU and its meaning, at most a few
+// lines per GPU and Xid a minute during a storm (the rest summed up at the end of that
+// minute); Xid 79 (the GPU fell off the bus) marks the GPU lost.
+import { PoolCallTimeoutError } from "../../native-bindings/libuv-pool.js";
+import type { DeviceHandle, EventData, EventSetHandle, Nvml } from "../../native-bindings/nvml.js";
 import { EVENT_XID_CRITICAL_ERROR } from "../../native-bindings/nvml.js";
 import { describeError } from "../gpu/describe-error.js";
 import { gpuFields } from "../gpu/gpu-log-fields.js";
@@ -54,6 +55,12 @@ export class XidEvents {
   readonly #log: Log;
   #set: EventSetHandle | null = null;
   #draining: Promise<void> | null = null;
+  /** While set: a wait that outlived its time limit is still inside NVML (resolves when it returns). */
+  #late: Promise<void> | null = null;
+  /** A reload's registrations in flight: the set is not freed under them. */
+  #registering: Promise<number> | null = null;
+  /** The GPUs registered (or found unable to report Xids) with this set. */
+  readonly #watched = new Set<Gpu>();
   readonly #windows = new Map<string, StormWindow>();
 
   constructor(nvml: Nvml, registry: GpuRegistry, log: Log) {
@@ -65,9 +72,28 @@ export class XidEvents {
   /** Registers every GPU in `gpus` that supports Xid events; returns how many were registered. */
   async start(gpus: readonly Gpu[]): Promise<number> {
     const set = await this.#nvml.eventSetCreate();
+    this.#set = set;
+    return this.#register(set, gpus);
+  }
+
+  /** Watches the GPUs of `gpus` not watched yet (a reload selected them); returns how many were registered. */
+  async watch(gpus: readonly Gpu[]): Promise<number> {
+    const set = this.#set;
+    if (set === null) return 0;
+    const registering = this.#register(set, gpus);
+    this.#registering = registering;
+    try {
+      return await registering;
+    } finally {
+      if (this.#registering === registering) this.#registering = null;
+    }
+  }
+
+  async #register(set: EventSetHandle, gpus: readonly Gpu[]): Promise<number> {
     let registered = 0;
     for (const gpu of gpus) {
-      if (gpu.handle === null) continue;
+      if (gpu.handle === null || this.#watched.has(gpu)) continue;
+      this.#watched.add(gpu);
       const fields = gpuFields(gpu);
       try {
         const supported = await this.#nvml.supportedEventTypes(gpu.handle);
@@ -81,7 +107,6 @@ export class XidEvents {
         this.#log.warn(fields, `cannot watch Xid events: ${describeError(err)}`);
       }
     }
-    this.#set = set;
     return registered;
   }
 
@@ -90,20 +115,35 @@ export class XidEvents {
    * NvmlTimeoutError) when the wait fails: the health round counts it as NVML not answering.
    */
   drain(): Promise<void> {
-    this.#draining ??= this.#drain().finally(() => {
+    const set = this.#set;
+    if (set === null) return Promise.resolve();
+    this.#draining ??= this.#drain(set).finally(() => {
       this.#draining = null;
     });
     return this.#draining;
   }
 
-  async #drain(): Promise<void> {
+  async #drain(set: EventSetHandle): Promise<void> {
     this.#summarise(performance.now());
     for (let n = 0; n < DRAIN_AT_MOST; n++) {
-      const set = this.#set;
-      if (set === null) return;
-      const event = await this.#nvml.eventSetWait(set, 0);
+      const event = await this.#wait(set);
       if (!event) return;
-      if (this.#set !== null) this.#handle(event.device, Number(event.eventData));
+      this.#handle(event.device, Number(event.eventData));
+    }
+  }
+
+  /** One wait without waiting; one that outlives its time limit is remembered until it returns. */
+  async #wait(set: EventSetHandle): Promise<EventData | null> {
+    try {
+      return await this.#nvml.eventSetWait(set, 0);
+    } catch (err) {
+      if (err instanceof PoolCallTimeoutError) {
+        const late: Promise<void> = err.returned.then(() => {
+          if (this.#late === late) this.#late = null;
+        });
+        this.#late = late;
+      }
+      throw err;
     }
   }
 
@@ -148,11 +188,28 @@ export class XidEvents {
     }
   }
 
-  /** Frees the set, once a drain in flight returned (no call outlives the NVML session). */
+  /**
+   * Reads the events queued since the last round one last time, then frees the set: never
+   * while a wait may still be inside NVML (real NVML crashes when the set goes under it).
+   * A wait that outlived its time limit keeps the set: it is left to NVML, not freed.
+   */
   async stop(): Promise<void> {
     const set = this.#set;
+    // From here on no drain starts.
     this.#set = null;
-    await this.#draining?.catch(() => {});
-    if (set !== null) await this.#nvml.eventSetFree(set).catch(() => {});
+    await Promise.all([this.#draining?.catch(() => {}), this.#registering]);
+    if (set === null) return;
+    if (this.#late === null) {
+      await this.#drain(set).catch((err: unknown) => {
+        this.#log.warn(`cannot read the last Xid events before the set is freed: ${describeError(err)}`);
+      });
+    }
+    if (this.#late !== null) {
+      this.#log.warn(
+        "an Xid event wait is still inside NVML after its time limit: its event set is left to NVML, not freed under it",
+      );
+      return;
+    }
+    await this.#nvml.eventSetFree(set).catch(() => {});
   }
 }

@@ -18,7 +18,22 @@ import { formatPciAddress } from "../selection/pci-address.js";
 /** Bumped whenever a field changes meaning or disappears. */
 export const STATUS_FORMAT = 2;
 
-export interface GpuStatus {
+/** What the daemon knows of a GPU beyond its registry entry (src/daemon/gpu-facts.ts). */
+export interface GpuFacts {
+  /**
+   * The configuration wants the GPU held: selected, and persistence mode on. A GPU selected
+   * but not wanted is deliberately not persistent (persistenceMode false), never a fault.
+   */
+  wanted: boolean;
+  /** When the GPU entered its present state (ISO 8601): released since, lost at, failed at. */
+  since: string | null;
+  /** Who released it, while released: a lease's client (`release -- COMMAND`, by PID) or a plain release (RPC Set, `release`, by uid). */
+  releasedBy: { kind: "lease" | "request"; uid: number; pid: number | null } | null;
+  /** What an admin does about a GPU lost, failed or released (null: nothing to do). */
+  fix: string | null;
+}
+
+export interface GpuStatus extends GpuFacts {
   index: number;
   uuid: string;
   name: string;
@@ -67,6 +82,12 @@ export interface DaemonStatus {
    */
   nvmlDegraded: { libraryVersion: string | null; moduleVersion: string | null; message: string } | null;
   rpcRequests: number;
+  /** The running configuration's persistenceMode: false holds no GPU, deliberately. */
+  persistenceMode: boolean;
+  /** The running configuration's --devices selectors that match no GPU here: each is a missing GPU. */
+  unmatchedSelectors: string[];
+  /** The last reload (SIGHUP): when, and why it was refused (null: applied). Null before any. */
+  lastReload: { at: string; refused: string | null } | null;
   /** Bytes, from process.memoryUsage(): external is what koffi and buffers hold outside V8's heap. */
   memory: { rss: number; heapUsed: number; external: number };
   devices: GpuStatus[];
@@ -83,9 +104,10 @@ function persistenceAsNvmlReports(gpu: Gpu): PersistenceReading {
   return gpu.legacyFlag;
 }
 
-export function gpuStatus(gpu: Gpu): GpuStatus {
+export function gpuStatus(gpu: Gpu, facts: GpuFacts): GpuStatus {
   const fault = gpu.fault;
   return {
+    ...facts,
     index: gpu.index,
     uuid: gpu.uuid,
     name: gpu.name,
@@ -136,6 +158,10 @@ const GPU_SHAPE: Record<keyof GpuStatus, Shape> = {
   uvm: "string",
   uvmError: "string|null",
   numa: "object|null",
+  wanted: "boolean",
+  since: "string|null",
+  releasedBy: "object|null",
+  fix: "string|null",
 };
 
 const DAEMON_SHAPE: Record<Exclude<keyof DaemonStatus, "devices">, Shape> = {
@@ -149,6 +175,9 @@ const DAEMON_SHAPE: Record<Exclude<keyof DaemonStatus, "devices">, Shape> = {
   nvmlSession: "boolean",
   nvmlDegraded: "object|null",
   rpcRequests: "number",
+  persistenceMode: "boolean",
+  unmatchedSelectors: "object",
+  lastReload: "object|null",
   memory: "object",
 };
 

@@ -1,8 +1,6 @@
 // The fleet health check: is this node's GPU set as wanted, judged from the daemon's status
 // alone, and what a scheduler should do about it. Pure functions, so the decision table is
 // tested without a daemon or a Slurm controller.
-import { type GpuSelector, selectorMatches } from "../selection/gpu-selector.js";
-import { parsePciAddress } from "../selection/pci-address.js";
 import type { DaemonStatus, GpuStatus } from "./daemon-status.js";
 
 /** Every drain reason starts with this, and only reasons that do are ever resumed (LBNL NHC's rule). */
@@ -22,8 +20,6 @@ export interface HealthInput {
   status: DaemonStatus | null;
   /** Why there is no status (the control client's message), when status is null. */
   unavailable?: string;
-  /** The `devices` setting: each selector must match a GPU the daemon knows, or that GPU is missing. */
-  devices: readonly GpuSelector[];
   /** A GPU an admin released (a reset, a MIG change) counts as unhealthy too. */
   drainReleased: boolean;
 }
@@ -31,7 +27,8 @@ export interface HealthInput {
 const gpuName = (g: GpuStatus): string => `GPU ${g.index}${g.pciBusId ? ` ${g.pciBusId}` : ""}`;
 
 function problem(g: GpuStatus, drainReleased: boolean): string | null {
-  if (!g.selected || g.held) return null;
+  // Not selected, or deliberately not persistent (persistenceMode false): nothing is wrong.
+  if (!g.wanted || g.held) return null;
   switch (g.state) {
     case "released":
       return drainReleased ? `${gpuName(g)} released` : null;
@@ -46,16 +43,9 @@ function problem(g: GpuStatus, drainReleased: boolean): string | null {
   }
 }
 
-function missing(devices: readonly GpuSelector[], gpus: readonly GpuStatus[]): string[] {
-  const out: string[] = [];
-  for (const selector of devices) {
-    const text = selector.text;
-    const found = gpus.some((g) =>
-      selectorMatches(selector, { index: g.index, uuid: g.uuid, pci: parsePciAddress(g.pciBusId) }),
-    );
-    if (!found) out.push(`GPU ${text} missing: NVML reports no such GPU`);
-  }
-  return out;
+/** The daemon's selectors that match no GPU: each names a GPU the node is missing. */
+function missing(status: DaemonStatus): string[] {
+  return status.unmatchedSelectors.map((text) => `GPU ${text} missing: NVML reports no such GPU`);
 }
 
 /** Whether every selected GPU is held, with the one-line reason a drain would carry. */
@@ -69,16 +59,17 @@ export function healthVerdict(input: HealthInput): HealthVerdict {
           `NVML ${status.nvmlDegraded.libraryVersion ?? "?"} does not match kernel module ${status.nvmlDegraded.moduleVersion ?? "?"}: reboot`,
         ]
       : []),
-    ...missing(input.devices, status.devices),
+    ...missing(status),
     ...status.devices.flatMap((g) => problem(g, input.drainReleased) ?? []),
   ];
   if (problems.length === 0) {
-    const selected = status.devices.filter((g) => g.selected);
-    const held = selected.filter((g) => g.held).length;
-    const released = selected.length - held;
+    const wanted = status.devices.filter((g) => g.wanted);
+    const held = wanted.filter((g) => g.held).length;
+    const released = wanted.length - held;
+    const deliberate = status.persistenceMode ? "" : " (persistence mode off, as configured)";
     return {
       healthy: true,
-      reason: `${REASON_PREFIX} ${held}/${selected.length} GPUs held${released ? ` (${released} released by an admin)` : ""}`,
+      reason: `${REASON_PREFIX} ${held}/${wanted.length} GPUs held${released ? ` (${released} released by an admin)` : ""}${deliberate}`,
     };
   }
   const shown = problems.slice(0, PROBLEMS_SHOWN);

@@ -253,6 +253,25 @@ describe("gpu-persistd doctor", () => {
     expect(check(doctor().checks, "gpu:1").ok).toBe(true);
   });
 
+  it("judges from the daemon's record: persistence mode off passes, a --devices selector matching nothing fails", async () => {
+    const runtime = `--runtime-dir=${join(root, "run/nvidia-persistenced")}`;
+    const off = fixture.spawn([runtime, "--simulate=2", "--no-persistence-mode"], env());
+    await off.waitReady();
+    const { checks } = doctor();
+    expect(check(checks, "gpu:1")).toMatchObject({
+      ok: true,
+      detail: "persistence disabled; persistence mode off (persistenceMode false), so not held",
+    });
+    await off.stop();
+    const typo = fixture.spawn([runtime, "--simulate=2", "--devices=0,9"], env());
+    await typo.waitReady();
+    expect(check(doctor().checks, "daemon")).toMatchObject({
+      ok: false,
+      fix: "check --devices (config devices) against 'nvidia-smi -L'",
+    });
+    expect(check(doctor().checks, "daemon").detail).toContain("--devices names '9', which no GPU here has");
+  });
+
   it("fails a metrics listener the unit forbids, with the drop-in that allows it", () => {
     put("/etc/gpu-persistd/config.json", JSON.stringify({ metricsListen: "127.0.0.1:9400" }));
     const c = check(doctor().checks, "metrics-listen");

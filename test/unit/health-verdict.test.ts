@@ -2,7 +2,6 @@
 // Slurm, an admin's drain reason against the check's own prefix.
 import { describe, expect, it } from "vitest";
 import { parseSinfoNode } from "../../src/commands/health-check.js";
-import { parseGpuSelector } from "../../src/selection/gpu-selector.js";
 import { type DaemonStatus, type GpuStatus, STATUS_FORMAT } from "../../src/status/daemon-status.js";
 import { healthVerdict, type NodeState, nodeAction, REASON_PREFIX } from "../../src/status/health-verdict.js";
 
@@ -26,6 +25,10 @@ function gpu(index: number, state: GpuStatus["state"], error: string | null = nu
     uvm: "off",
     uvmError: null,
     numa: null,
+    wanted: true,
+    since: null,
+    releasedBy: null,
+    fix: null,
   };
 }
 
@@ -41,6 +44,9 @@ function status(...devices: GpuStatus[]): DaemonStatus {
     nvmlSession: true,
     nvmlDegraded: null,
     rpcRequests: 0,
+    persistenceMode: true,
+    unmatchedSelectors: [],
+    lastReload: null,
     memory: { rss: 0, heapUsed: 0, external: 0 },
     devices,
   };
@@ -73,7 +79,7 @@ describe("health verdict", () => {
     [
       "a GPU the devices setting names is missing",
       status(gpu(0, "held")),
-      ["0", "00000000:1F:00.0"],
+      ["00000000:1F:00.0"],
       false,
       false,
       "gpu-persistd: GPU 00000000:1F:00.0 missing: NVML reports no such GPU",
@@ -110,21 +116,42 @@ describe("health verdict", () => {
       false,
       "gpu-persistd: GPU 0 00000000:18:00.0 lost: Xid 79; GPU 1 00000000:19:00.0 lost: Xid 79; 1 more",
     ],
-  ] as const)("%s", (_name, s, devices, drainReleased, healthy, reason) => {
-    const selectors = devices.flatMap((d) => parseGpuSelector(d) ?? []);
-    expect(healthVerdict({ status: s, devices: selectors, drainReleased })).toEqual({ healthy, reason });
+  ] as const)("%s", (_name, s, unmatched, drainReleased, healthy, reason) => {
+    expect(healthVerdict({ status: { ...s, unmatchedSelectors: [...unmatched] }, drainReleased })).toEqual({
+      healthy,
+      reason,
+    });
+  });
+
+  // The daemon's record says the GPUs are deliberately not persistent: no drain for a setting.
+  const off = (...devices: GpuStatus[]): DaemonStatus => ({
+    ...status(...devices.map((g) => ({ ...g, wanted: false }))),
+    persistenceMode: false,
+  });
+
+  it("persistence mode off, as configured, is healthy: a deliberate setting never drains a node", () => {
+    expect(healthVerdict({ status: off(gpu(0, "identified"), gpu(1, "identified")), drainReleased: false })).toEqual({
+      healthy: true,
+      reason: "gpu-persistd: 0/0 GPUs held (persistence mode off, as configured)",
+    });
+  });
+
+  it("a selector the daemon could not match drains, whatever the other settings", () => {
+    const s = { ...off(gpu(0, "identified")), unmatchedSelectors: ["9"] };
+    expect(healthVerdict({ status: s, drainReleased: false })).toEqual({
+      healthy: false,
+      reason: "gpu-persistd: GPU 9 missing: NVML reports no such GPU",
+    });
   });
 
   it("a GPU not selected does not count", () => {
-    const other = { ...gpu(1, "lost", "Xid 79"), selected: false };
-    expect(healthVerdict({ status: status(gpu(0, "held"), other), devices: [], drainReleased: false }).healthy).toBe(
-      true,
-    );
+    const other = { ...gpu(1, "lost", "Xid 79"), selected: false, wanted: false };
+    expect(healthVerdict({ status: status(gpu(0, "held"), other), drainReleased: false }).healthy).toBe(true);
   });
 
   it("no daemon: unhealthy, saying so", () => {
     const reason = "daemon is not running (no daemon listening on /run/nvidia-persistenced/gpu-persistd.sock)";
-    expect(healthVerdict({ status: null, unavailable: reason, devices: [], drainReleased: false })).toEqual({
+    expect(healthVerdict({ status: null, unavailable: reason, drainReleased: false })).toEqual({
       healthy: false,
       reason: `gpu-persistd: ${reason}`,
     });

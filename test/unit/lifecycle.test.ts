@@ -137,7 +137,13 @@ describe("reload", () => {
   it("applies every live setting, the health interval and NVML time limit included; keeps restart-only ones", async () => {
     const d = fixture.daemon({ gpus: 1 }, { healthIntervalMs: 10_000, nvmlTimeoutMs: 10_000 });
     await d.daemon.run();
-    d.nextConfig = { healthIntervalMs: 2500, nvmlTimeoutMs: 3000, stopTimeoutMs: 700, logLevel: "warn", dryRun: true };
+    d.nextConfig = {
+      healthIntervalMs: 2500,
+      nvmlTimeoutMs: 3000,
+      releaseTimeoutMs: 700,
+      logLevel: "warn",
+      dryRun: true,
+    };
     d.daemon.reload();
     await d.daemon.reloadsSettled();
     expect(d.context.health?.intervalMs).toBe(2500);
@@ -183,7 +189,7 @@ describe("the NVML session around a release", () => {
   it("refuses a release it cannot complete (a call inside NVML does not return in time) and holds the GPU again", async () => {
     const d = fixture.daemon(
       { gpus: 2, faults: [gate("nvmlDeviceGetMinorNumber", { afterCalls: 2 })] },
-      { stopTimeoutMs: 50 },
+      { releaseTimeoutMs: 50 },
     );
     await d.daemon.run();
     const round = healthOf(d).round();

@@ -62,6 +62,10 @@ const gpu = {
   uvm: "off",
   uvmError: null,
   numa: null,
+  wanted: true,
+  since: "2026-12-06T02:00:00.000Z",
+  releasedBy: null,
+  fix: null,
 };
 const status = {
   format: STATUS_FORMAT,
@@ -74,6 +78,9 @@ const status = {
   nvmlSession: true,
   nvmlDegraded: null,
   rpcRequests: 0,
+  persistenceMode: true,
+  unmatchedSelectors: [],
+  lastReload: null,
   memory: { rss: 1, heapUsed: 1, external: 1 },
   devices: [gpu],
 };

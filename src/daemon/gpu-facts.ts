@@ -1,0 +1,57 @@
+// What the daemon knows about each GPU beyond its registry entry, for the one status record
+// every reader judges from: whether the configuration wants it held, since when it is in its
+// state, and who released it. Readers (wait, health-check, status) never re-derive these.
+import { NvmlError } from "../../native-bindings/nvml-errors.js";
+import { NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_NO_PERMISSION } from "../../native-bindings/nvml-return-codes.js";
+import { fixes } from "../fixes.js";
+import type { Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
+import type { GpuFacts } from "../status/daemon-status.js";
+import type { DaemonContext } from "./context.js";
+import { wanted } from "./hold-policy.js";
+
+/** When each GPU entered its present state (a transition's time). */
+export class StateSince {
+  readonly #at = new WeakMap<Gpu, Date>();
+
+  /** From now on, every transition of `registry`'s GPUs is timed. */
+  follow(registry: GpuRegistry): void {
+    registry.on("transition", (t) => this.#at.set(t.gpu, new Date()));
+  }
+
+  of(gpu: Gpu): Date | null {
+    return this.#at.get(gpu) ?? null;
+  }
+}
+
+/** Who a released GPU is released for: a lease's client (by PID), or a plain release (root: only root may release). */
+function releasedBy(ctx: DaemonContext, gpu: Gpu): GpuFacts["releasedBy"] {
+  if (gpu.state !== "released") return null;
+  const lease = ctx.leases.of(gpu);
+  // A plain release that came in during the lease outlives it: it is the plain one's.
+  if (lease && lease.before.get(gpu)?.state !== "released") return { kind: "lease", uid: 0, pid: lease.pid };
+  return { kind: "request", uid: 0, pid: null };
+}
+
+/** What an admin does about a GPU that is not as wanted; null when nothing is to be done. */
+function fixFor(gpu: Gpu, releasedBy: GpuFacts["releasedBy"]): string | null {
+  if (gpu.state === "lost") return fixes.lostGpu;
+  if (releasedBy?.kind === "lease") return `it is held again when PID ${releasedBy.pid} ends`;
+  if (releasedBy) return `hold it again with: gpu-persistd hold ${gpu.index}`;
+  if (gpu.state !== "failed" && gpu.state !== "unidentified") return null;
+  const code = gpu.fault instanceof NvmlError ? gpu.fault.code : null;
+  if (code === NVML_ERROR_NO_PERMISSION) return fixes.runAsRoot;
+  if (code === NVML_ERROR_DRIVER_NOT_LOADED) return fixes.loadDriver;
+  // A node that cannot be opened names its own fix in the error; a reload tries every failed GPU again.
+  return "see journalctl -u gpu-persistd; once the cause is mended: systemctl reload gpu-persistd";
+}
+
+export function gpuFacts(ctx: DaemonContext, gpu: Gpu): GpuFacts {
+  const since = ctx.since.of(gpu);
+  const by = releasedBy(ctx, gpu);
+  return {
+    wanted: wanted(ctx.config, gpu),
+    since: since ? since.toISOString() : null,
+    releasedBy: by,
+    fix: fixFor(gpu, by),
+  };
+}

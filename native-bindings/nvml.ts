@@ -72,7 +72,6 @@ const DECLARATIONS = {
   nvmlDeviceGetPciInfo_v3: "int nvmlDeviceGetPciInfo_v3(nvmlDevice_t dev, _Out_ nvmlPciInfo_t *pci)",
   nvmlDeviceGetMinorNumber: "int nvmlDeviceGetMinorNumber(nvmlDevice_t dev, _Out_ unsigned int *minor)",
   nvmlDeviceGetPersistenceMode: "int nvmlDeviceGetPersistenceMode(nvmlDevice_t dev, _Out_ int *mode)",
-  nvmlDeviceSetPersistenceMode: "int nvmlDeviceSetPersistenceMode(nvmlDevice_t dev, int mode)",
   nvmlEventSetCreate: "int nvmlEventSetCreate(_Out_ nvmlEventSet_t *set)",
   nvmlDeviceGetSupportedEventTypes:
     "int nvmlDeviceGetSupportedEventTypes(nvmlDevice_t dev, _Out_ unsigned long long *types)",
@@ -267,14 +266,6 @@ export class Nvml {
     const out = [0];
     await this.#call("nvmlDeviceGetPersistenceMode", dev, out);
     return out[0] as number;
-  }
-
-  /**
-   * The one place NVML's setter is reachable. With the daemon's RPC socket up, NVML routes it
-   * back to the daemon itself, so callers go through PersistenceSetter, which guards it.
-   */
-  async setPersistenceMode(dev: DeviceHandle, mode: number): Promise<void> {
-    await this.#call("nvmlDeviceSetPersistenceMode", dev, mode);
   }
 
   async eventSetCreate(): Promise<EventSetHandle> {

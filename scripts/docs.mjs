@@ -22,7 +22,7 @@ await build({
 const { withSettingsReference } = await import("../dist/settings-reference.mjs");
 const ref = await import(`../${out}`);
 
-/** `status --json` of the bundle on a simulated DGX H100 whose setter refuses GPU 1. */
+/** `status --json` of the bundle on a simulated DGX H100 whose GPU 1 has an admin's legacy flag on. */
 async function simulatedStatus() {
   const dir = mkdtempSync(join(tmpdir(), "gpu-persistd-docs-"));
   const env = {
@@ -33,7 +33,7 @@ async function simulatedStatus() {
   writeFileSync(env.GPU_PERSISTD_CONFIG, "{}");
   writeFileSync(
     env.GPU_PERSISTD_SIM_CONFIG,
-    JSON.stringify({ faults: [{ call: "nvmlDeviceSetPersistenceMode", gpu: 1, return: 4 }] }),
+    JSON.stringify({ gpus: [{}, { persistence: 1 }, {}, {}, {}, {}, {}, {}] }),
   );
   const runtime = `--runtime-dir=${join(dir, "run")}`;
   const daemon = spawn(process.execPath, ["dist/gpu-persistd.mjs", "--simulate=dgx-h100", runtime], {

@@ -106,7 +106,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   },
   {
     long: "dry-run",
-    help: "Never call NVML's persistence setter; only read and hold.",
+    help: "Changes nothing (gpu-persistd never calls NVML's persistence setter); kept for scripts.",
     apply: () => ({ dryRun: true }),
   },
   {

@@ -203,7 +203,7 @@ export const configSchema = {
     reload: "live" as const,
   },
   dryRun: {
-    doc: "Never call NVML's persistence setter; only read and hold.",
+    doc: "Kept for scripts and the GPU suite: gpu-persistd never calls NVML's persistence setter (it holds GPUs by their nodes), so this changes nothing but is shown in status.",
     format: "flag",
     default: false,
     env: "GPU_PERSISTD_DRY_RUN",

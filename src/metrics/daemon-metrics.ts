@@ -90,7 +90,7 @@ export class DaemonMetrics {
       family(
         "gpu_persistd_gpu_persistence_mode",
         "gauge",
-        "The GPU's persistence mode as NVML last read it: 1 enabled, 0 disabled (absent while unknown).",
+        "The GPU's persistence mode as NVML's clients read it (held by the daemon, or the driver's legacy flag): 1 enabled, 0 disabled (absent while unknown).",
         perGpu((d) => (d.persistence === "unknown" ? null : flag(d.persistence === "enabled"))),
       ),
       family(

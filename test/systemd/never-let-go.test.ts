@@ -146,7 +146,7 @@ for (const [release, rootfs] of [
       const before = inode();
       const restarts = Number(prop("NRestarts"));
       const stop = await watch();
-      c.check("systemctl kill -s KILL gpu-persistd");
+      c.check("systemctl kill --kill-who=main -s KILL gpu-persistd");
       await activeAgain(restarts);
       expectNoGap(await stop());
       expect(inode()).toBe(before);

@@ -23,6 +23,7 @@ const SIM_CONFIG = "/etc/gpu-persistd/sim.json";
 const CALLS = "/var/lib/gpu-persistd-sim/calls.log";
 const RUN = "/run/nvidia-persistenced";
 const CLIENT = "/usr/local/lib/nvml-client.mjs";
+const CLIENT_SIM_CONFIG = "/etc/gpu-persistd/client-sim.json";
 /** The longest a client may wait on a daemon that cannot start (the operations guide's bound). */
 const FAILED_START_BOUND_MS = 5000;
 const unavailable = nspawnUnavailable();
@@ -42,7 +43,8 @@ for (const [release, rootfs] of [
   describe(`true to real NVML, ${release}`, () => {
     let stage = "";
     let c: Container;
-    const simEnv = `GPU_PERSISTD_SIM_CONFIG=${SIM_CONFIG} GPU_PERSISTD_SIM_GPUS=${GPUS} GPU_PERSISTD_SIM_DEVICE_DIR=${RUN}/sim-dev`;
+    // The client's own simulator configuration: the daemon's faults are not the client's.
+    const simEnv = `GPU_PERSISTD_SIM_CONFIG=${CLIENT_SIM_CONFIG} GPU_PERSISTD_SIM_GPUS=${GPUS} GPU_PERSISTD_SIM_DEVICE_DIR=${RUN}/sim-dev`;
     /** An NVML client on the host (nvidia-smi's query), as any process but the daemon. */
     const nvml = (args: string) => c.run(`env ${simEnv} /usr/bin/node ${CLIENT} ${args}`, 60_000);
     const prop = (name: string, unit = "gpu-persistd") => c.unitProperty(unit, name);
@@ -52,10 +54,12 @@ for (const [release, rootfs] of [
         devices: { state: string; legacyFlag: string; persistence: string }[];
       };
     const simConfig = (config: object) => c.writeFile(SIM_CONFIG, JSON.stringify({ callLogPath: CALLS, ...config }));
-    const dropIn = () =>
+    /** The shipped unit on simulated GPUs; `startLimit` false lifts the start limit the suite's many starts would hit. */
+    const dropIn = (startLimit = false) =>
       c.writeFile(
         "/etc/systemd/system/gpu-persistd.service.d/simulate.conf",
         [
+          ...(startLimit ? [] : ["[Unit]", "StartLimitIntervalSec=0"]),
           "[Service]",
           "ExecStart=",
           `ExecStart=/usr/bin/gpu-persistd --user nvidia-persistenced --simulate=${GPUS}`,
@@ -84,6 +88,7 @@ for (const [release, rootfs] of [
       stage = stageInstall();
       c = await bootWithDaemon(stage, rootfs());
       c.writeFile(CLIENT, readFileSync(join(ROOT, "test/helpers/nvml-client.mjs"), "utf8"));
+      c.writeFile(CLIENT_SIM_CONFIG, "{}");
       c.check("mkdir -p /var/lib/gpu-persistd-sim");
       dropIn();
       simConfig({});
@@ -104,7 +109,7 @@ for (const [release, rootfs] of [
       const pids = [mainPid()];
       c.check("systemctl restart gpu-persistd");
       pids.push(mainPid());
-      c.check("systemctl kill -s KILL gpu-persistd");
+      c.check("systemctl kill --kill-who=main -s KILL gpu-persistd");
       await until(() => prop("ActiveState") === "active" && mainPid() !== pids[1], 30_000, "restarted after the crash");
       pids.push(mainPid());
       // A new version: the bundle replaced on disk, then the package's restart.
@@ -156,7 +161,8 @@ for (const [release, rootfs] of [
     }, 60_000);
 
     it("a daemon in a restart loop keeps each waiting client under RestartSec plus one start; the start limit then removes the socket", async () => {
-      c.check("systemctl stop gpu-persistd");
+      dropIn(true);
+      c.check("systemctl daemon-reload && systemctl stop gpu-persistd");
       // NVML's library fails every start (exit 69): Restart=on-failure every 2 s.
       simConfig({ faults: [{ call: "nvmlInit_v2", return: 999 }] });
       c.writeFile("/etc/gpu-persistd/config.json", JSON.stringify({ driverWaitMs: 0 }));
@@ -175,6 +181,8 @@ for (const [release, rootfs] of [
         "the socket unit failed and removed the socket",
       );
       simConfig({});
+      dropIn();
+      c.check("systemctl daemon-reload");
       c.check("rm /etc/gpu-persistd/config.json && systemctl reset-failed gpu-persistd gpu-persistd.socket");
       c.check("systemctl start gpu-persistd.socket gpu-persistd");
     }, 120_000);

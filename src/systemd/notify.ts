@@ -4,6 +4,17 @@ import { DatagramError, UnixDatagramSender, unixAddress } from "../../native-bin
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 
+/**
+ * How long a message waits for room in PID 1's notify queue. The queue holds
+ * net.unix.max_dgram_qlen datagrams (systemd raises it to 512 at boot; 10 where it cannot, as
+ * in a container sharing the host's network namespace): a burst of FDSTORE messages fills it,
+ * and a READY=1 dropped then fails the start (seen under systemd-nspawn). libsystemd's own
+ * sd_notify blocks for room; this waits as long, bounded.
+ */
+const QUEUE_FULL_PATIENCE_MS = 2000;
+const QUEUE_FULL_RETRY_MS = 2;
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
 export class SystemdNotifier {
   readonly #sender: UnixDatagramSender | null;
   readonly #address: Buffer | null;
@@ -39,14 +50,22 @@ export class SystemdNotifier {
     const text = Object.entries(fields)
       .map(([k, v]) => `${k}=${String(v).replaceAll("\n", " ")}`)
       .join("\n");
-    try {
-      const payload = Buffer.from(`${text}\n`, "utf8");
-      if (fds.length) this.#sender.sendWithFds(this.#address, payload, fds);
-      else this.#sender.send(this.#address, payload);
-      return true;
-    } catch (err) {
-      this.#onError(err instanceof DatagramError ? err : new Error(String(err)));
-      return false;
+    const payload = Buffer.from(`${text}\n`, "utf8");
+    const started = performance.now();
+    for (;;) {
+      try {
+        if (fds.length) this.#sender.sendWithFds(this.#address, payload, fds);
+        else this.#sender.send(this.#address, payload);
+        return true;
+      } catch (err) {
+        const full = err instanceof DatagramError && err.code === "EAGAIN";
+        if (!full || performance.now() - started > QUEUE_FULL_PATIENCE_MS) {
+          this.#onError(err instanceof DatagramError ? err : new Error(String(err)));
+          return false;
+        }
+        // PID 1 reads its queue between other work: a few milliseconds free room.
+        Atomics.wait(pause, 0, 0, QUEUE_FULL_RETRY_MS);
+      }
     }
   }
 

@@ -1,0 +1,65 @@
+// sd_notify against a full queue: PID 1's notify socket holds net.unix.max_dgram_qlen
+// datagrams (10 where systemd cannot raise it, as under systemd-nspawn here). A burst of
+// FDSTORE messages fills it; a READY=1 dropped then fails the start. The notifier waits for
+// room, bounded, as libsystemd's blocking send does.
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import koffi from "koffi";
+import { afterAll, describe, expect, it } from "vitest";
+import { UnixDatagramSender, unixAddress } from "../../native-bindings/unix-datagram.js";
+import { SystemdNotifier } from "../../src/systemd/notify.js";
+
+const dir = mkdtempSync(join(tmpdir(), "gpu-persistd-notify-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const libc = koffi.load("libc.so.6");
+const socketFn = libc.func("int socket(int domain, int type, int protocol)");
+const bindFn = libc.func("int bind(int fd, const uint8_t *addr, uint32_t len)");
+
+/** A bound datagram socket nobody reads yet: systemd's notify socket while PID 1 is busy. */
+function busyReceiver(path: string): number {
+  const fd = socketFn(1, 2 /* SOCK_DGRAM */, 0) as number;
+  const address = unixAddress(path);
+  if (fd < 0 || bindFn(fd, address, address.length) !== 0) throw new Error(`cannot bind ${path}`);
+  return fd;
+}
+
+describe("sd_notify when PID 1's queue is full", () => {
+  it("waits for room instead of dropping READY=1", async () => {
+    const path = join(dir, "notify");
+    const fd = busyReceiver(path);
+    // Fill the queue to the brim, as a burst of FDSTORE messages does.
+    const filler = new UnixDatagramSender();
+    let queued = 0;
+    for (;;) {
+      try {
+        filler.send(unixAddress(path), Buffer.from("FDSTORE=1\n"));
+        queued++;
+      } catch {
+        break;
+      }
+    }
+    expect(queued).toBeGreaterThan(0);
+    // PID 1 gets to its queue a little later: a reader that starts reading after 200 ms.
+    const reader = spawn(
+      "python3",
+      [
+        "-c",
+        "import socket,time,sys\ns=socket.socket(fileno=3)\ntime.sleep(0.2)\nwhile True:\n d=s.recv(4096)\n if b'READY=1' in d: print('got READY'); break",
+      ],
+      { stdio: ["ignore", "pipe", "inherit", fd] },
+    );
+    const errors: Error[] = [];
+    const notifier = new SystemdNotifier({ NOTIFY_SOCKET: path }, (err) => errors.push(err));
+    expect(notifier.ready("4/4 GPUs persistent")).toBe(true);
+    expect(errors).toEqual([]);
+    let out = "";
+    reader.stdout.on("data", (c: Buffer) => {
+      out += c;
+    });
+    await new Promise((resolve) => reader.on("exit", resolve));
+    expect(out).toBe("got READY\n");
+  });
+});

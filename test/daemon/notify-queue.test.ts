@@ -56,7 +56,7 @@ describe("sd_notify when PID 1's queue is full", () => {
     expect(notifier.ready("4/4 GPUs persistent")).toBe(true);
     expect(errors).toEqual([]);
     let out = "";
-    reader.stdout.on("data", (c: Buffer) => {
+    reader.stdout?.on("data", (c: Buffer) => {
       out += c;
     });
     await new Promise((resolve) => reader.on("exit", resolve));

@@ -1,7 +1,7 @@
 // True to real NVML under real systemd 252 (Debian 12) and 257 (Debian 13): the shipped unit
 // and socket unit, 8 simulated GPUs whose NVML routes persistence calls to
 // /run/nvidia-persistenced/socket and waits without a limit, as real NVML does. Every start
-// (by a client through the socket, restart, crash, a new version) holds every GPU with no
+// (by a client through the socket, restart, crash, an upgrade's restart) holds every GPU with no
 // NVML call of ours waiting on our own socket (counted from the simulator's call log); READY
 // comes as fast as without the socket unit; a daemon that cannot start leaves no client
 // waiting long; a release and a stop leave no flag of ours, an admin's flag stays.
@@ -100,7 +100,7 @@ for (const [release, rootfs] of [
       if (stage) rmSync(stage, { recursive: true, force: true });
     });
 
-    it("a client's query starts the daemon through the socket and is answered; restart, crash and a new version hold every GPU; no call of ours waited on our socket", async () => {
+    it("a client's query starts the daemon through the socket and is answered; restart, crash and an upgrade's restart hold every GPU; no call of ours waited on our socket", async () => {
       expect(prop("ActiveState")).toBe("inactive");
       // nvidia-smi's query, with only the socket unit listening: socket activation starts the daemon.
       const first = nvml("get 0");
@@ -112,10 +112,8 @@ for (const [release, rootfs] of [
       c.check("systemctl kill --kill-who=main -s KILL gpu-persistd");
       await until(() => prop("ActiveState") === "active" && mainPid() !== pids[1], 30_000, "restarted after the crash");
       pids.push(mainPid());
-      // A new version: the bundle replaced on disk, then the package's restart.
-      c.check(
-        "touch /usr/lib/gpu-persistd/gpu-persistd.mjs && systemctl daemon-reload && systemctl restart gpu-persistd",
-      );
+      // An upgrade, as the package's postinst does it once the new files are in place.
+      c.check("systemctl daemon-reload && systemctl restart gpu-persistd");
       pids.push(mainPid());
       expect(status().devices.map((g) => g.state)).toEqual(Array(GPUS).fill("held"));
       const routed = routedCallsOf(pids);
@@ -130,13 +128,16 @@ for (const [release, rootfs] of [
       const measure = (withSocketUnit: boolean): number => {
         const times: number[] = [];
         for (let i = 0; i < 3; i++) {
-          c.check("systemctl stop gpu-persistd.socket gpu-persistd");
+          c.check(withSocketUnit ? "systemctl stop gpu-persistd.socket gpu-persistd" : "systemctl stop gpu-persistd");
           c.check(withSocketUnit ? "systemctl start gpu-persistd.socket gpu-persistd" : "systemctl start gpu-persistd");
           times.push(readyMs());
         }
         return times.sort((a, b) => a - b)[1] ?? 0;
       };
+      // Without: the socket unit masked (the service's Wants= would start it), the daemon binds its own.
+      c.check("systemctl stop gpu-persistd.socket gpu-persistd && systemctl mask --runtime gpu-persistd.socket");
       const without = measure(false);
+      c.check("systemctl stop gpu-persistd && systemctl unmask --runtime gpu-persistd.socket");
       const withUnit = measure(true);
       expect(withUnit, `with the socket unit ${withUnit} ms, without ${without} ms`).toBeLessThanOrEqual(
         1.2 * without + 50,
@@ -174,7 +175,11 @@ for (const [release, rootfs] of [
         expect(r.stdout, r.stderr).toMatch(/^mode 0 ms \d+/);
       }
       expect(Math.max(...waits), `waits ${waits.join(", ")} ms`).toBeLessThan(FAILED_START_BOUND_MS);
-      await until(() => prop("Result") === "start-limit-hit", 60_000, "the start limit hit");
+      await until(
+        () => prop("Result", "gpu-persistd.socket") === "service-start-limit-hit",
+        60_000,
+        "the start limit hit, failing the socket unit",
+      );
       await until(
         () => c.run(`test -e ${RUN}/socket`).code !== 0,
         10_000,

@@ -144,52 +144,62 @@ for (const [release, rootfs] of [
       );
     }, 120_000);
 
-    it("a daemon that cannot start (bad configuration) lets its waiting client go, then the socket is gone", async () => {
-      c.check("systemctl stop gpu-persistd && systemctl start gpu-persistd.socket");
-      c.writeFile("/etc/gpu-persistd/config.json", JSON.stringify({ healthIntervalMs: "soon" }));
-      const started = Date.now();
-      const waiting = nvml("get 0");
-      const waitedMs = Date.now() - started;
-      expect(waiting.stdout, waiting.stderr).toMatch(/^mode 0 ms \d+/);
-      expect(waitedMs).toBeLessThan(FAILED_START_BOUND_MS);
-      expect(prop("Result")).toBe("exit-code");
-      await until(() => c.run(`test -e ${RUN}/socket`).code !== 0, 10_000, "the socket unit stopped");
-      // Now NVML asks the driver at once, as with no daemon installed.
-      expect(nvml("get 0").stdout).toMatch(/^mode 0 ms \d+/);
-      c.check("rm /etc/gpu-persistd/config.json && systemctl reset-failed gpu-persistd");
+    /** Back to the shipped setup and both units running, whatever a failed test left. */
+    function recover(): void {
+      simConfig({});
+      dropIn();
+      c.run("rm -f /etc/gpu-persistd/config.json");
+      c.check("systemctl daemon-reload && systemctl reset-failed gpu-persistd gpu-persistd.socket");
       c.check("systemctl start gpu-persistd.socket gpu-persistd");
+    }
+
+    it("a daemon that cannot start (bad configuration) lets its waiting client go, then the socket is gone", async () => {
+      try {
+        c.check("systemctl stop gpu-persistd && systemctl start gpu-persistd.socket");
+        c.writeFile("/etc/gpu-persistd/config.json", JSON.stringify({ healthIntervalMs: "soon" }));
+        const started = Date.now();
+        const waiting = nvml("get 0");
+        const waitedMs = Date.now() - started;
+        expect(waiting.stdout, waiting.stderr).toMatch(/^mode 0 ms \d+/);
+        expect(waitedMs).toBeLessThan(FAILED_START_BOUND_MS);
+        await until(() => prop("ExecMainStatus") === "78", 10_000, "the daemon exited 78");
+        await until(() => c.run(`test -e ${RUN}/socket`).code !== 0, 10_000, "the socket unit stopped");
+        // Now NVML asks the driver at once, as with no daemon installed.
+        expect(nvml("get 0").stdout).toMatch(/^mode 0 ms \d+/);
+      } finally {
+        recover();
+      }
       expect(prop("ActiveState")).toBe("active");
     }, 60_000);
 
     it("a daemon in a restart loop keeps each waiting client under RestartSec plus one start; the start limit then removes the socket", async () => {
-      dropIn(true);
-      c.check("systemctl daemon-reload && systemctl stop gpu-persistd");
-      // NVML's library fails every start (exit 69): Restart=on-failure every 2 s.
-      simConfig({ faults: [{ call: "nvmlInit_v2", return: 999 }] });
-      c.writeFile("/etc/gpu-persistd/config.json", JSON.stringify({ driverWaitMs: 0 }));
-      const waits: number[] = [];
-      for (let i = 0; i < 3; i++) {
-        const started = Date.now();
-        const r = nvml("get 0");
-        waits.push(Date.now() - started);
-        expect(r.stdout, r.stderr).toMatch(/^mode 0 ms \d+/);
+      try {
+        dropIn(true);
+        c.check("systemctl daemon-reload && systemctl stop gpu-persistd");
+        // NVML's library fails every start (exit 69): Restart=on-failure every 2 s.
+        simConfig({ faults: [{ call: "nvmlInit_v2", return: 999 }] });
+        c.writeFile("/etc/gpu-persistd/config.json", JSON.stringify({ driverWaitMs: 0 }));
+        const waits: number[] = [];
+        for (let i = 0; i < 3; i++) {
+          const started = Date.now();
+          const r = nvml("get 0");
+          waits.push(Date.now() - started);
+          expect(r.stdout, r.stderr).toMatch(/^mode 0 ms \d+/);
+        }
+        expect(Math.max(...waits), `waits ${waits.join(", ")} ms`).toBeLessThan(FAILED_START_BOUND_MS);
+        await until(
+          () => prop("Result", "gpu-persistd.socket") === "service-start-limit-hit",
+          60_000,
+          "the start limit hit, failing the socket unit",
+        );
+        await until(
+          () => c.run(`test -e ${RUN}/socket`).code !== 0,
+          10_000,
+          "the socket unit failed and removed the socket",
+        );
+      } finally {
+        recover();
       }
-      expect(Math.max(...waits), `waits ${waits.join(", ")} ms`).toBeLessThan(FAILED_START_BOUND_MS);
-      await until(
-        () => prop("Result", "gpu-persistd.socket") === "service-start-limit-hit",
-        60_000,
-        "the start limit hit, failing the socket unit",
-      );
-      await until(
-        () => c.run(`test -e ${RUN}/socket`).code !== 0,
-        10_000,
-        "the socket unit failed and removed the socket",
-      );
-      simConfig({});
-      dropIn();
-      c.check("systemctl daemon-reload");
-      c.check("rm /etc/gpu-persistd/config.json && systemctl reset-failed gpu-persistd gpu-persistd.socket");
-      c.check("systemctl start gpu-persistd.socket gpu-persistd");
     }, 120_000);
 
     it("with the flag off, a release tears the GPU down and a stop every GPU; an admin's flag stays and status names it", async () => {

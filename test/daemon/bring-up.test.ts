@@ -7,6 +7,16 @@ import { DaemonFixture, openFiles, statusJson } from "../helpers/daemon.js";
 const fixture = new DaemonFixture();
 const start = fixture.start.bind(fixture);
 
+/** The daemon's own routed persistence calls, from the simulator's log: "closed" or "answered", and the GPU. */
+const ownPersistenceReads = (pid: number) =>
+  fixture.scratch
+    .calls()
+    .filter((c) => c.pid === pid && c.call.startsWith("persistenceSocket:"))
+    .map((c) => `${c.call.slice("persistenceSocket:".length)} ${c.gpu}`)
+    .sort();
+/** One read per GPU, each closed unanswered by the daemon's own RPC server. */
+const unansweredOnEach = (count: number) => Array.from({ length: count }, (_, i) => `closed ${i}`);
+
 describe.each([1, 8, 64])("bring-up of %i simulated GPUs", (count) => {
   it("holds every GPU, reports it in status, and shows the fds in /proc", async () => {
     const d = start([`--simulate=${count}`]);
@@ -66,40 +76,53 @@ describe("bring-up", () => {
     });
   });
 
-  it("calls the setter only for GPUs whose persistence reads disabled", async () => {
+  it("never calls the setter, and reports each GPU's legacy flag as read at the hold", async () => {
     const d = start(["--simulate"], { gpus: [{ persistence: 1 }, { persistence: 0 }, { persistence: 1 }, {}] });
     await d.waitReady();
-    expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(2);
-    expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode", 1)).toBe(1);
-    expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode", 3)).toBe(1);
-    expect(d.output).toContain("GPU 0 00000000:06:00.0: already in requested persistence mode");
-    expect(statusJson(fixture.scratch.runtimeDir).devices.every((g) => g.held && g.persistence === "enabled")).toBe(
-      true,
-    );
+    expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(0);
+    expect(ownPersistenceReads(d.pid)).toEqual(unansweredOnEach(4));
+    const devices = statusJson(fixture.scratch.runtimeDir).devices;
+    // NVML's answer: held for persistence, or the flag on.
+    expect(devices.every((g) => g.held && g.persistence === "enabled")).toBe(true);
+    expect(devices.map((g) => g.legacyFlag)).toEqual(["enabled", "disabled", "enabled", "disabled"]);
+    expect(d.output).toContain("GPU 0 00000000:06:00.0: the driver's legacy persistence flag is on");
+    expect(d.output).not.toContain("GPU 1 00000000:07:00.0: the driver's legacy persistence flag is on");
   });
 
-  it("never calls the setter under --dry-run, yet holds every GPU", async () => {
+  it("never calls the setter under --dry-run either, yet holds every GPU", async () => {
     const d = start(["--simulate=4", "--dry-run"]);
     await d.waitReady();
+    // One legacy-flag read per GPU, each sent to the daemon's own socket and closed unanswered.
     expect(fixture.scratch.callCount("nvmlDeviceGetPersistenceMode")).toBe(4);
+    expect(ownPersistenceReads(d.pid)).toEqual(unansweredOnEach(4));
     expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(0);
     const devices = statusJson(fixture.scratch.runtimeDir).devices;
     // Held for persistence, so NVML's clients read it enabled (the daemon answers so over its
     // socket); the driver's own flag was read disabled and left alone.
-    expect(devices.every((g) => g.held && g.persistence === "enabled")).toBe(true);
-    expect(d.output).toContain("dry run: persistence mode reads disabled; not calling the setter");
+    expect(devices.every((g) => g.held && g.persistence === "enabled" && g.legacyFlag === "disabled")).toBe(true);
   });
 
-  it("keeps the other GPUs when one GPU's setter returns NO_PERMISSION", async () => {
-    const d = start(["--simulate=4"], { faults: [{ call: "nvmlDeviceSetPersistenceMode", gpu: 2, return: 4 }] });
+  it("keeps the other GPUs when one GPU cannot be identified (NO_PERMISSION)", async () => {
+    const d = start(["--simulate=4"], { faults: [{ call: "nvmlDeviceGetUUID", gpu: 2, return: 4 }] });
     await d.waitReady();
     expect(d.output).toContain("ready: 3/4 GPUs held");
     const devices = statusJson(fixture.scratch.runtimeDir).devices;
     expect(devices.filter((g) => g.held).map((g) => g.index)).toEqual([0, 1, 3]);
-    expect(devices[2]?.held).toBe(false);
-    expect(devices[2]?.error).toContain("NVML_ERROR_NO_PERMISSION");
+    expect(devices[2]).toMatchObject({ held: false, state: "unidentified", errorCode: "NVML_ERROR_NO_PERMISSION" });
     expect(devices[2]?.error).toContain("Insufficient Permissions");
     expect(openFiles(d.pid).filter((p) => p.includes("/sim-dev/nvidia"))).toHaveLength(3);
+  });
+
+  it("keeps a GPU held whose legacy flag cannot be read, with a warning on that GPU", async () => {
+    const d = start(["--simulate=4"], { faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 2, return: 4 }] });
+    await d.waitReady();
+    expect(d.output).toContain("ready: 4/4 GPUs held");
+    expect(d.output).toMatch(
+      /WARN {2}GPU 2 00000000:08:00.0: cannot read the legacy persistence flag: NVML_ERROR_NO_PERMISSION.*; the GPU is held by its node/,
+    );
+    const devices = statusJson(fixture.scratch.runtimeDir).devices;
+    expect(devices[2]).toMatchObject({ held: true, persistence: "enabled", legacyFlag: "unknown", error: null });
+    expect(openFiles(d.pid).filter((p) => p.includes("/sim-dev/nvidia"))).toHaveLength(4);
   });
 
   it("holds only the GPUs --devices names, by index, UUID or PCI bus id", async () => {
@@ -115,6 +138,7 @@ describe("bring-up", () => {
     await d.waitReady();
     expect(d.output).toContain("ready: 0/2 GPUs held");
     expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(0);
+    expect(ownPersistenceReads(d.pid)).toEqual([]);
     expect(statusJson(fixture.scratch.runtimeDir).devices.some((g) => g.held)).toBe(false);
   });
 });

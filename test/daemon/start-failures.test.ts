@@ -40,19 +40,34 @@ describe("NVML unavailable", () => {
   });
 });
 
-describe("no GPU can be held", () => {
-  it("exits 77 when every setter says NO_PERMISSION", () => {
-    const result = run(["--simulate=3"], { faults: [{ call: "nvmlDeviceSetPersistenceMode", return: 4 }] });
+describe("GPUs that fail at start", () => {
+  it("exits 77 when NVML refuses every GPU with NO_PERMISSION", () => {
+    const result = run(["--simulate=3"], { faults: [{ call: "nvmlDeviceGetHandleByIndex_v2", return: 4 }] });
     expect(result.code).toBe(77);
     expect(result.output).toContain("no selected GPU could be held");
     expect(result.output).toContain("NVML_ERROR_NO_PERMISSION");
+    expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(0);
     expect(existsSync(fixture.scratch.runtimeDir)).toBe(false);
   });
 
   it("exits 1 when every GPU fails otherwise, naming the first failure", () => {
-    const result = run(["--simulate=2"], { faults: [{ call: "nvmlDeviceGetPersistenceMode", return: 15 }] });
+    const result = run(["--simulate=2"], { faults: [{ call: "nvmlDeviceGetHandleByIndex_v2", return: 15 }] });
     expect(result.code).toBe(1);
+    expect(result.output).toContain("no selected GPU could be held (first failure: GPU 0");
     expect(result.output).toContain("NVML_ERROR_GPU_IS_LOST");
+  });
+
+  it("starts, every GPU held, when no GPU's legacy flag can be read: a warning on each", async () => {
+    const d = fixture.start(["--simulate=2"], { faults: [{ call: "nvmlDeviceGetPersistenceMode", return: 15 }] });
+    await d.waitReady();
+    expect(d.output).toContain("ready: 2/2 GPUs held");
+    for (const gpu of ["GPU 0 00000000:06:00.0", "GPU 1 00000000:07:00.0"]) {
+      expect(d.output).toContain(`${gpu}: cannot read the legacy persistence flag: NVML_ERROR_GPU_IS_LOST`);
+    }
+    expect(statusJson(fixture.scratch.runtimeDir).devices.map((g) => [g.held, g.legacyFlag])).toEqual([
+      [true, "unknown"],
+      [true, "unknown"],
+    ]);
   });
 
   it("exits 78 (bad configuration: no restart loop) when --devices matches no GPU, saying what was found", () => {
@@ -61,16 +76,30 @@ describe("no GPU can be held", () => {
     expect(result.output).toContain("--devices names '7', but no GPU has that index (2 GPUs found)");
   });
 
-  it("fails a GPU whose NVML call hangs past the time limit, and keeps the others", async () => {
+  it("fails a GPU whose identification hangs past the time limit, and keeps the others", async () => {
+    const d = fixture.start(
+      ["--simulate=2"],
+      { faults: [{ call: "nvmlDeviceGetUUID", gpu: 0, hangMs: 5000 }] },
+      { GPU_PERSISTD_NVML_TIMEOUT_MS: "300" },
+    );
+    await d.waitReady();
+    const [gpu0, gpu1] = statusJson(fixture.scratch.runtimeDir).devices;
+    expect(gpu0).toMatchObject({ held: false, state: "unidentified" });
+    expect(gpu0?.error).toContain("nvmlDeviceGetUUID did not return within 300 ms");
+    expect(gpu1?.held).toBe(true);
+  });
+
+  it("keeps a GPU held whose legacy-flag read hangs past the time limit, saying so on that GPU", async () => {
     const d = fixture.start(
       ["--simulate=2"],
       { faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 0, hangMs: 5000 }] },
       { GPU_PERSISTD_NVML_TIMEOUT_MS: "300" },
     );
     await d.waitReady();
-    const gpu0 = statusJson(fixture.scratch.runtimeDir).devices[0];
-    expect(gpu0?.held).toBe(false);
-    expect(gpu0?.error).toContain("nvmlDeviceGetPersistenceMode did not return within 300 ms");
+    expect(d.output).toMatch(
+      /GPU 0 00000000:06:00.0: cannot read the legacy persistence flag: .*nvmlDeviceGetPersistenceMode did not return within 300 ms.*; the GPU is held by its node/,
+    );
+    expect(statusJson(fixture.scratch.runtimeDir).devices.map((g) => g.held)).toEqual([true, true]);
   });
 });
 
@@ -115,17 +144,21 @@ describe("status client", () => {
 
   it("prints a table naming each GPU's state", async () => {
     const d = fixture.start(["--simulate=2"], {
-      faults: [{ call: "nvmlDeviceSetPersistenceMode", gpu: 1, return: 4 }],
+      faults: [{ call: "nvmlDeviceGetUUID", gpu: 1, return: 4 }],
     });
     await d.waitReady();
     const result = runBundle(["status", `--runtime-dir=${fixture.scratch.runtimeDir}`]);
     expect(result.code).toBe(0);
     expect(result.stdout).toContain(`PID ${d.pid}: 1/2 GPUs held (simulated GPUs)`);
     const lines = result.stdout.split("\n");
+    const held = lines.findIndex((line) => line.startsWith("0 "));
+    // A held GPU's row: its name and UUID.
+    expect(lines[held]?.split(/\s+/).slice(0, 6)).toEqual(["0", "00000000:06:00.0", "0", "enabled", "yes", "NVIDIA"]);
+    expect(lines[held]).toMatch(/GPU-[0-9a-f-]+$/);
+    // NVML could not say who GPU 1 is; why, and the fix, follow on lines of their own.
     const at = lines.findIndex((line) => line.startsWith("1 "));
-    // The row keeps the GPU's name and UUID; why it is not held follows on a line of its own.
-    expect(lines[at]?.split(/\s+/).slice(0, 6)).toEqual(["1", "00000000:07:00.0", "1", "disabled", "NO", "NVIDIA"]);
-    expect(lines[at]).toMatch(/GPU-[0-9a-f-]+$/);
-    expect(lines[at + 1]).toMatch(/^ {5}failed: NVML_ERROR_NO_PERMISSION/);
+    expect(lines[at]?.split(/\s+/).slice(0, 5)).toEqual(["1", "?", "-1", "unknown", "NO"]);
+    expect(lines[at + 1]).toMatch(/^ {5}unidentified: NVML_ERROR_NO_PERMISSION/);
+    expect(lines[at + 2]).toMatch(/^ {5}to fix: /);
   });
 });

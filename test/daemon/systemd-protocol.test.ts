@@ -35,6 +35,8 @@ async function startNotified(
 }
 
 const isReady = (m: Datagram) => m.fields.READY === "1";
+/** The NVML call each health round makes on a held GPU. */
+const HEALTH_CALL = "nvmlDeviceGetMinorNumber";
 
 describe("sd_notify", () => {
   it("sends READY=1 with MAINPID and STATUS from the main PID, on a path socket", async () => {
@@ -54,12 +56,13 @@ describe("sd_notify", () => {
     expect(ready.fields.STATUS).toBe("2/2 GPUs persistent");
   });
 
-  it("names the failed GPU and NVML's error in STATUS", async () => {
+  it("names the GPU that could not be identified and NVML's error in STATUS", async () => {
     const { notify } = await startNotified(["--simulate=4"], {
-      faults: [{ call: "nvmlDeviceSetPersistenceMode", gpu: 2, return: 4 }],
+      faults: [{ call: "nvmlDeviceGetUUID", gpu: 2, return: 4 }],
     });
     const ready = await notify.waitFor(isReady);
-    expect(ready.fields.STATUS).toBe("3/4 GPUs persistent; 00000000:08:00.0: NVML_ERROR_NO_PERMISSION");
+    // NVML could not tell its PCI bus id: the index names it.
+    expect(ready.fields.STATUS).toBe("3/4 GPUs persistent; GPU 2: NVML_ERROR_NO_PERMISSION");
   });
 
   it("sends READY from the main PID after dropping to another user", async () => {
@@ -126,7 +129,7 @@ describe("watchdog", () => {
   it("stops pinging when an NVML health check hangs, and says why once", async () => {
     const { d, notify } = await startNotified(
       ["--simulate=2"],
-      { faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, hangMs: 30_000, afterMs: 1000 }] },
+      { faults: [{ call: HEALTH_CALL, gpu: 1, hangMs: 30_000, afterMs: 1000 }] },
       { WATCHDOG_USEC: "600000", GPU_PERSISTD_NVML_TIMEOUT_MS: "150" },
     );
     await notify.waitFor(isReady);
@@ -136,7 +139,7 @@ describe("watchdog", () => {
     const stoppedAt = notify.received.length;
     await new Promise((r) => setTimeout(r, 1200));
     expect(notify.received.slice(stoppedAt).filter((m) => m.fields.WATCHDOG === "1")).toEqual([]);
-    expect(d.output.match(/health check: nvmlDeviceGetPersistenceMode did not return/g), d.output).toHaveLength(1);
+    expect(d.output.split(`health check: ${HEALTH_CALL} did not return`), d.output).toHaveLength(2);
     expect(d.output).toContain("GPU 1 00000000:07:00.0: health check");
   });
 
@@ -150,7 +153,7 @@ describe("watchdog", () => {
   it("keeps pinging when a GPU is lost, releasing only that GPU", async () => {
     const { d, notify } = await startNotified(
       ["--simulate=3"],
-      { faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, return: 15, afterMs: 500 }] },
+      { faults: [{ call: HEALTH_CALL, gpu: 1, return: 15, afterMs: 500 }] },
       { WATCHDOG_USEC: "400000", GPU_PERSISTD_HEALTH_INTERVAL_MS: "50" },
     );
     await notify.waitFor(isReady);
@@ -169,7 +172,13 @@ describe("watchdog", () => {
 
 describe("journald native protocol", () => {
   it("sends each entry with its priority and the GPU fields", async () => {
-    const scratch = fixture.prepare({ faults: [{ call: "nvmlDeviceSetPersistenceMode", gpu: 1, return: 4 }] });
+    // GPU 0 cannot be identified (an error); GPU 1's legacy flag cannot be read (a warning, still held).
+    const scratch = fixture.prepare({
+      faults: [
+        { call: "nvmlDeviceGetUUID", gpu: 0, return: 4 },
+        { call: "nvmlDeviceGetPersistenceMode", gpu: 1, return: 4 },
+      ],
+    });
     const journal = await receiver(join(scratch.dir, "journal"));
     const daemon = fixture.spawn(["--simulate=2", "--log-format=journal"], {
       GPU_PERSISTD_JOURNAL_SOCKET: journal.address,
@@ -177,10 +186,12 @@ describe("journald native protocol", () => {
     const ready = await journal.waitFor((m) => (m.fields.MESSAGE ?? "").startsWith("ready:"));
     expect(ready.pid).toBe(daemon.pid);
     expect(ready.fields).toMatchObject({ PRIORITY: "6", SYSLOG_IDENTIFIER: "gpu-persistd", HELD: "1" });
-    const failed = await journal.waitFor((m) => m.fields.GPU_INDEX === "1" && m.fields.PRIORITY === "3");
-    expect(failed.fields.GPU_PCI_BUS_ID).toBe("00000000:07:00.0");
-    expect(failed.fields.GPU_UUID).toMatch(/^GPU-/);
-    expect(failed.fields.MESSAGE).toContain("NVML_ERROR_NO_PERMISSION");
+    const failed = await journal.waitFor((m) => m.fields.GPU_INDEX === "0" && m.fields.PRIORITY === "3");
+    expect(failed.fields.MESSAGE).toContain("cannot identify GPU 0: NVML_ERROR_NO_PERMISSION");
+    const warned = await journal.waitFor((m) => m.fields.GPU_INDEX === "1" && m.fields.PRIORITY === "4");
+    expect(warned.fields.GPU_PCI_BUS_ID).toBe("00000000:07:00.0");
+    expect(warned.fields.GPU_UUID).toMatch(/^GPU-/);
+    expect(warned.fields.MESSAGE).toContain("cannot read the legacy persistence flag: NVML_ERROR_NO_PERMISSION");
     // Nothing went to stdout: every entry reached the journal socket.
     expect(daemon.output).toBe("");
   });

@@ -142,6 +142,18 @@ for (const [release, rootfs] of [
       );
     }, 60_000);
 
+    it("a restart where one GPU's legacy-flag read fails: its kept node is adopted, no gap, a warning only", async () => {
+      simConfig({ faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, return: 999, times: 1 }] });
+      const stop = await watch();
+      c.check("systemctl restart gpu-persistd");
+      expectNoGap(await stop());
+      simConfig({});
+      expect(status().devices.every((g) => g.state === "held")).toBe(true);
+      const journal = c.check("journalctl -u gpu-persistd -b --no-pager");
+      expect(journal).toContain("cannot read the legacy persistence flag: NVML_ERROR_UNKNOWN");
+      expect(journal).not.toContain("the GPU is not wanted now");
+    }, 60_000);
+
     it("kill -9, then Restart=on-failure: no gap, the socket's inode kept", async () => {
       const before = inode();
       const restarts = Number(prop("NRestarts"));

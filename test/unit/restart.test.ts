@@ -56,6 +56,26 @@ describe("held across the daemon's own restart", () => {
     expect(holders(next, 4)).toEqual([0, 0, 0, 0]);
   });
 
+  it("a soft error at the restart (one GPU's legacy-flag read fails once) keeps that GPU's kept node: adopted, never let go", async () => {
+    const { d, store } = await running(2);
+    await d.stop();
+    const next = fixture.restart(
+      d,
+      {},
+      { gpus: 2, faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, return: 999, times: 1 }] },
+    );
+    await next.daemon.run();
+    expect(next.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
+    expect(next.messages().join("\n")).not.toContain("the GPU is not wanted now");
+    expect(next.messages()).toContain(
+      "GPU 1: cannot read the legacy persistence flag: NVML_ERROR_UNKNOWN: Unknown Error (nvmlDeviceGetPersistenceMode); the GPU is held by its node",
+    );
+    // The store's copy and the adopted one: the node was never closed.
+    expect(holders(next, 2)).toEqual([2, 2]);
+    await next.stop();
+    store.flush();
+  });
+
   it("a GPU released during a run is held by nobody, the store included, and stays released after a restart", async () => {
     const { d, store } = await running(2);
     expect(await rpcBackend(d.context).setMode(pci(0x06), false, false)).toBe(NvPdStatus.SUCCESS);

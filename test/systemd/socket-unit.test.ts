@@ -134,7 +134,8 @@ for (const [release, rootfs] of [
         c.check("systemctl start gpu-persistd");
         without.push(readyMs());
         c.check("systemctl stop gpu-persistd && systemctl unmask --runtime gpu-persistd.socket");
-        c.check("systemctl start gpu-persistd.socket gpu-persistd");
+        // The socket unit's own start limit (5 in 10 s) is not what is measured here.
+        c.check("systemctl reset-failed gpu-persistd.socket; systemctl start gpu-persistd.socket gpu-persistd");
         withUnit.push(readyMs());
       }
       const median = (xs: number[]): number => xs.sort((a, b) => a - b)[2] ?? 0;

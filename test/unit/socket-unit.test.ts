@@ -9,7 +9,7 @@ import { describe, expect, it } from "vitest";
 import { rpcBackend } from "../../src/daemon/rpc-adapter.js";
 import { daemonStatus } from "../../src/daemon/status-snapshot.js";
 import { NvPdStatus } from "../../src/rpc/persistence-program.js";
-import { gpuState, InProcessFixture } from "../helpers/in-process.js";
+import { gated, gpuState, InProcessFixture, openGate } from "../helpers/in-process.js";
 
 const CLIENT = fileURLToPath(new URL("../helpers/rpc-get-client.mjs", import.meta.url));
 const fixture = new InProcessFixture();
@@ -88,6 +88,27 @@ describe("started as the socket unit starts it", () => {
     expect(d.messages().join("\n")).toContain("nvidia-smi -i 1 -pm 0");
     await d.stop();
     expect(gpuState(1)).toBe("initialised");
+  });
+
+  it("a client's release during bring-up waits for the holds to settle, then lets go: nothing races the bring-up", async () => {
+    const d = asSocketUnit({ gpus: 2, faults: [{ call: "nvmlDeviceGetPersistenceMode", gate: true }] });
+    const run = d.daemon.run();
+    // Both legacy-flag reads are inside NVML: the sockets are served, the holds not settled.
+    await gated(2);
+    let answered = false;
+    const release = rpcBackend(d.context)
+      .setMode(pci(0x06), false, false)
+      .then((status) => {
+        answered = true;
+        return status;
+      });
+    await new Promise((r) => setImmediate(r));
+    expect(answered).toBe(false);
+    openGate();
+    await run;
+    expect(await release).toBe(NvPdStatus.SUCCESS);
+    expect(d.registry.list().map((g) => g.state)).toEqual(["released", "held"]);
+    expect(gpuState(0)).toBe("torn down");
   });
 
   it("a start that fails lets the clients waiting in the backlog go at once, unanswered", async () => {

@@ -15,7 +15,7 @@ import { DaemonMetrics } from "../metrics/daemon-metrics.js";
 import type { MetricsTextfile } from "../metrics/metrics-textfile.js";
 import type { RpcServer } from "../rpc/rpc-server.js";
 import type { RuntimeDir } from "../runtime-dir.js";
-import { FdStore } from "../systemd/fd-store.js";
+import { FdStore, storedNames } from "../systemd/fd-store.js";
 import { type PassedFd, passedFds } from "../systemd/listen-fds.js";
 import type { SystemdNotifier } from "../systemd/notify.js";
 import type { Watchdog } from "../systemd/watchdog.js";
@@ -70,8 +70,8 @@ export class DaemonContext {
     this.config = config;
     this.deps = deps;
     this.setter = new PersistenceSetter(config.dryRun);
-    this.fdStore = new FdStore(deps.notifier);
     this.passedFds = deps.passedFds ?? passedFds(deps.env);
+    this.fdStore = new FdStore(deps.notifier, storedNames(this.passedFds));
   }
 
   get log(): Log {

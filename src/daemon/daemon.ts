@@ -9,6 +9,7 @@ import type { Config } from "../config/schema.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { UnsafePathError } from "../safe-files.js";
+import type { StopKind } from "../systemd/stop-kind.js";
 import { DaemonContext, type DaemonDeps } from "./context.js";
 import { ReloadQueue, reload } from "./reload.js";
 import { shutdown } from "./shutdown.js";
@@ -39,7 +40,8 @@ export class Daemon {
             ? new FatalError(ExitCode.CONFIG, err.message)
             : new FatalError(ExitCode.FAILURE, (err as Error).stack ?? String(err));
       this.context.log.fatal(`start-up failed: ${fatal.message}`);
-      await this.stop(fatal.exitCode, "start-up failed");
+      // As a crash: Restart= may bring it back to what the store kept.
+      await this.stop(fatal.exitCode, "start-up failed", "keep");
       return;
     }
     this.#reloads.ready();
@@ -55,8 +57,8 @@ export class Daemon {
     return this.#reloads.settled();
   }
 
-  /** SIGTERM/SIGINT at any time; also the end of a failed start. */
-  stop(code: ExitCode, reason: string): Promise<never> {
-    return shutdown(this.context, code, reason);
+  /** A stop signal at any time (stop-kind.ts says which does what); also the end of a failed start. */
+  stop(code: ExitCode, reason: string, kind: StopKind): Promise<never> {
+    return shutdown(this.context, code, reason, kind);
   }
 }

@@ -76,6 +76,20 @@ describe("held across a soft reboot, Debian 13 (systemd 257)", () => {
   let stage = "";
   let c: Container;
 
+  const dropIn = (extra: string[] = []) =>
+    c.writeFile(
+      "/etc/systemd/system/gpu-persistd.service.d/simulate.conf",
+      [
+        // The suite restarts the unit more often than systemd's default start limit allows.
+        "[Unit]",
+        "StartLimitIntervalSec=0",
+        "[Service]",
+        "ExecStart=",
+        `ExecStart=/usr/bin/gpu-persistd --user nvidia-persistenced --simulate=${GPUS}`,
+        `Environment=GPU_PERSISTD_SIM_CONFIG=${SIM_CONFIG}`,
+        ...extra,
+      ].join("\n"),
+    );
   const prop = (name: string, unit = "gpu-persistd") => c.unitProperty(unit, name);
   /** Fds on `node` now, any process's (PID 1's fd store included), matched by inode. */
   const holders = (node: string) =>
@@ -96,18 +110,7 @@ describe("held across a soft reboot, Debian 13 (systemd 257)", () => {
     if (unavailable) throw new Error(`cannot run the real-systemd suite: ${unavailable}`);
     stage = stageInstall();
     c = await bootWithDaemon(stage, trixieRootfs());
-    c.writeFile(
-      "/etc/systemd/system/gpu-persistd.service.d/simulate.conf",
-      [
-        // The suite restarts the unit more often than systemd's default start limit allows.
-        "[Unit]",
-        "StartLimitIntervalSec=0",
-        "[Service]",
-        "ExecStart=",
-        `ExecStart=/usr/bin/gpu-persistd --user nvidia-persistenced --simulate=${GPUS}`,
-        `Environment=GPU_PERSISTD_SIM_CONFIG=${SIM_CONFIG}`,
-      ].join("\n"),
-    );
+    dropIn();
     c.writeFile(SIM_CONFIG, "{}");
     // The harness binds the host's node and the installed tree in; on a host they are files of
     // the root file system, which a soft reboot leaves in place. Their mount units must not be
@@ -189,6 +192,20 @@ describe("held across a soft reboot, Debian 13 (systemd 257)", () => {
     expect(journal()).toContain("stopping: received SIGTERM; systemd's fd store is emptied: every GPU is let go");
     c.check("systemctl start gpu-persistd");
     await expectHolders(2);
+    expect(states()).toEqual(NODES.map(() => "held"));
+  }, 60_000);
+
+  it("a unit left failed keeps its GPUs in PID 1's store; reset-failed and clean --what=fdstore let them go", async () => {
+    dropIn(["Restart=no"]);
+    c.check("systemctl daemon-reload && systemctl kill -s KILL --kill-whom=main gpu-persistd");
+    await until(() => prop("ActiveState") === "failed", 10_000, "failed");
+    await expectHolders(1);
+    // clean works on an inactive unit only: a failed one is reset first.
+    c.check("systemctl reset-failed gpu-persistd && systemctl clean --what=fdstore gpu-persistd");
+    await expectHolders(0);
+    expect(c.run(`test -S ${RUN}/socket`).code).toBe(0);
+    dropIn();
+    c.check("systemctl daemon-reload && systemctl start gpu-persistd");
     expect(states()).toEqual(NODES.map(() => "held"));
   }, 60_000);
 });

@@ -51,7 +51,7 @@ describe("gpu-persistd.service, statically", () => {
     expect(stop[0]).toMatch(/^ExecStop=\+\/bin\/sh -c '.*'$/);
     expect(stop[0]).toContain("systemctl list-jobs --no-legend --plain %n soft-reboot.target");
     expect(stop[0]).toContain('"^[0-9]+ +(%n +restart|soft-reboot.target +start) "');
-    expect(stop[0]).toContain("kill -s USR2 $MAINPID");
+    expect(stop[0]).toContain("kill -s USR2 $$MAINPID");
   });
 });
 

@@ -23,6 +23,7 @@ import { RuntimeDir } from "./runtime-dir.js";
 import { JournalSender } from "./systemd/journal.js";
 import { passedFds } from "./systemd/listen-fds.js";
 import { SystemdNotifier } from "./systemd/notify.js";
+import { STOP_SIGNALS } from "./systemd/stop-kind.js";
 
 function fail(err: unknown): never {
   const fatal = err instanceof FatalError ? err : null;
@@ -57,8 +58,8 @@ async function runDaemon(config: Config, source: ConfigSource, notes: string[]):
     },
     exit: hardExit,
   });
-  for (const signal of ["SIGTERM", "SIGINT"] as const) {
-    process.on(signal, () => void daemon.stop(ExitCode.OK, `received ${signal}`));
+  for (const [signal, kind] of Object.entries(STOP_SIGNALS)) {
+    process.on(signal, () => void daemon.stop(ExitCode.OK, `received ${signal}`, kind));
   }
   process.on("SIGHUP", () => daemon.reload());
   await daemon.run();

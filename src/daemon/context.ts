@@ -14,7 +14,7 @@ import { DaemonMetrics } from "../metrics/daemon-metrics.js";
 import type { MetricsTextfile } from "../metrics/metrics-textfile.js";
 import type { RpcServer } from "../rpc/rpc-server.js";
 import type { RuntimeDir } from "../runtime-dir.js";
-import { FdStore } from "../systemd/fd-store.js";
+import { FdStore, storedNames } from "../systemd/fd-store.js";
 import { type PassedFd, passedFds } from "../systemd/listen-fds.js";
 import type { SystemdNotifier } from "../systemd/notify.js";
 import type { Watchdog } from "../systemd/watchdog.js";
@@ -78,8 +78,8 @@ export class DaemonContext {
   constructor(config: Config, deps: DaemonDeps) {
     this.config = config;
     this.deps = deps;
-    this.fdStore = new FdStore(deps.notifier);
     this.passedFds = deps.passedFds ?? passedFds(deps.env);
+    this.fdStore = new FdStore(deps.notifier, storedNames(this.passedFds));
     let resolve = (): void => {};
     const promise = new Promise<void>((r) => {
       resolve = r;

@@ -10,6 +10,7 @@ import { letWaitingClientsGo } from "../connections/waiting-clients.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
 import { UnsafePathError } from "../safe-files.js";
+import type { StopKind } from "../systemd/stop-kind.js";
 import { DaemonContext, type DaemonDeps } from "./context.js";
 import { ReloadQueue, reload } from "./reload.js";
 import { shutdown } from "./shutdown.js";
@@ -45,7 +46,8 @@ export class Daemon {
         this.context.log.info(
           `closed ${waiting} connections that waited for this start: NVML reads the driver instead`,
         );
-      await this.stop(fatal.exitCode, "start-up failed");
+      // As a crash: Restart= may bring it back to what the store kept.
+      await this.stop(fatal.exitCode, "start-up failed", "keep");
       return;
     }
     this.#reloads.ready();
@@ -61,8 +63,8 @@ export class Daemon {
     return this.#reloads.settled();
   }
 
-  /** SIGTERM/SIGINT at any time; also the end of a failed start. */
-  stop(code: ExitCode, reason: string): Promise<never> {
-    return shutdown(this.context, code, reason);
+  /** A stop signal at any time (stop-kind.ts says which does what); also the end of a failed start. */
+  stop(code: ExitCode, reason: string, kind: StopKind): Promise<never> {
+    return shutdown(this.context, code, reason, kind);
   }
 }

@@ -1,15 +1,16 @@
-// SIGTERM/SIGINT, or a failed start: let go of every GPU at once, close every socket, write
-// the last metrics, remove the runtime files, and exit, never waiting on a hung NVML call
-// longer than stopTimeoutMs.
+// SIGTERM/SIGINT/SIGUSR2, or a failed start: let go of every GPU at once, close every socket,
+// write the last metrics, remove the runtime files, and exit, never waiting on a hung NVML
+// call longer than stopTimeoutMs. A stop for good empties systemd's fd store too (stop-kind.ts).
 import type { ExitCode } from "../exit-codes.js";
+import { type StopKind, storeAtStop } from "../systemd/stop-kind.js";
 import type { DaemonContext } from "./context.js";
 
-export async function shutdown(ctx: DaemonContext, code: ExitCode, reason: string): Promise<never> {
+export async function shutdown(ctx: DaemonContext, code: ExitCode, reason: string, kind: StopKind): Promise<never> {
   if (ctx.stopping) return new Promise<never>(() => {});
   ctx.stopping = true;
   const { log, notifier, runtime } = ctx.deps;
   notifier.stopping();
-  log.info(`stopping: ${reason}`);
+  log.info(ctx.fdStore.enabled ? `stopping: ${reason}; ${storeAtStop(kind)}` : `stopping: ${reason}`);
   ctx.health?.stop();
   // The Xid event set dies with the session: freeing it is one more call that could hang.
   ctx.xid = null;
@@ -17,6 +18,7 @@ export async function shutdown(ctx: DaemonContext, code: ExitCode, reason: strin
   ctx.rpc?.close();
   // First of all the GPUs: nothing below may delay their release.
   ctx.registry?.releaseAll();
+  if (kind === "for-good") ctx.fdStore.dropAll();
   ctx.metricsListener?.close();
   ctx.metricsListener?.closeAllConnections();
   // The file then says what is true after the stop: no GPU held.

@@ -1,10 +1,12 @@
 // systemd's file descriptor store, for what must outlive the daemon's process: the fds
 // that hold GPUs (so a restart, a crash or an upgrade never lets a GPU go) and a small
 // state record (which GPUs a client released, so that they stay released across a restart).
-// PID 1 keeps them while the unit restarts and flushes them when it is stopped for good.
+// PID 1 keeps them across restarts and soft reboots (FileDescriptorStorePreserve=yes); the
+// daemon empties the store itself when it stops for good (stop-kind.ts).
 // Outside systemd (no NOTIFY_SOCKET) every call is a no-op.
-import { closeSync, readSync, writeSync } from "node:fs";
+import { closeSync, fstatSync, readSync, writeSync } from "node:fs";
 import { memoryFile } from "../../native-bindings/libc.js";
+import type { PassedFd } from "./listen-fds.js";
 import type { SystemdNotifier } from "./notify.js";
 
 export const STATE_FD_NAME = "state";
@@ -26,11 +28,32 @@ export interface KeptState {
   gpus: KeptGpu[];
 }
 
+/**
+ * The names under which systemd handed back what its store kept: every passed fd but the
+ * socket unit's listening sockets (which are not in the store), and those without a name.
+ */
+export function storedNames(passed: readonly PassedFd[]): string[] {
+  return passed
+    .filter(({ fd, name }) => {
+      if (name === "unknown") return false;
+      try {
+        return !fstatSync(fd).isSocket();
+      } catch {
+        return false;
+      }
+    })
+    .map((p) => p.name);
+}
+
 export class FdStore {
   readonly #notifier: SystemdNotifier;
+  /** What the store holds for this unit now, by name: handed back at start, or kept since. */
+  readonly #names: Set<string>;
 
-  constructor(notifier: SystemdNotifier) {
+  /** `handedBack`: the names the store held at start (storedNames()). */
+  constructor(notifier: SystemdNotifier, handedBack: readonly string[] = []) {
     this.#notifier = notifier;
+    this.#names = new Set(handedBack);
   }
 
   get enabled(): boolean {
@@ -41,12 +64,18 @@ export class FdStore {
   keep(name: string, fd: number): void {
     // FDPOLL=0: PID 1 must not drop a GPU's fd on a hang-up it reports; nvidia-uvm and the
     // simulator's stand-ins cannot be polled at all.
-    this.#notifier.storeFd(name, fd, false);
+    if (this.#notifier.storeFd(name, fd, false)) this.#names.add(name);
   }
 
   /** PID 1 closes its copies of `name`. */
   drop(name: string): void {
     this.#notifier.removeFd(name);
+    this.#names.delete(name);
+  }
+
+  /** PID 1 closes everything it holds for this unit: the stop is for good. */
+  dropAll(): void {
+    for (const name of [...this.#names]) this.drop(name);
   }
 
   /** Replaces the state record. */

@@ -102,6 +102,25 @@ describe("sd_notify", () => {
     expect(stopping.pid).toBe(d.pid);
   });
 
+  it("SIGTERM empties the fd store (FDSTOREREMOVE for each name it stored); SIGUSR2 stops it leaving the store alone", async () => {
+    // Each GPU's node, and the state record (which GPUs a client released).
+    const names = ["gpu-00000000-06-00.0", "gpu-00000000-07-00.0", "state"];
+    const named = (messages: Datagram[], key: "FDSTORE" | "FDSTOREREMOVE") =>
+      messages.filter((m) => m.fields[key] === "1").map((m) => m.fields.FDNAME);
+    for (const [signal, removed] of [
+      ["SIGTERM", names],
+      ["SIGUSR2", []],
+    ] as const) {
+      const { d, notify } = await startNotified(["--simulate=2"]);
+      await notify.waitFor(isReady);
+      expect(named(notify.received, "FDSTORE").sort()).toEqual(names);
+      expect((await d.stop(signal)).code).toBe(0);
+      const stopping = await notify.waitFor((m) => m.fields.STOPPING === "1");
+      const afterwards = notify.received.slice(notify.received.indexOf(stopping));
+      expect(named(afterwards, "FDSTOREREMOVE").sort(), signal).toEqual(removed);
+    }
+  });
+
   it("sends nothing, and reports no error, without NOTIFY_SOCKET", async () => {
     const daemon = fixture.start(["--simulate=1"], {}, { WATCHDOG_USEC: "200000" });
     await daemon.waitReady();

@@ -3,11 +3,14 @@
 // held it. Files are matched by inode, not by the link's text: PID 1's copies of a
 // service's fds name paths as the service's mount namespace saw them. SIGTERM ends it; it then writes {samples, gaps} as JSON to the output file.
 // Prints "watching" once the first sample is taken. The last sample's holders (pid -> nodes)
-// go into the result too, to show what was seen.
-import { readdirSync, statSync, writeFileSync } from "node:fs";
+// go into the result too, to show what was seen. A third argument (/proc/PID/ns/pid of a
+// container, as readlink reads it) limits the look to that container's processes: a watcher
+// on the host, which a soft reboot inside does not end, samples as fast as one inside.
+import { readdirSync, readlinkSync, statSync, writeFileSync } from "node:fs";
 
 const nodes = process.argv[2].split(",");
 const out = process.argv[3];
+const pidNamespace = process.argv[4];
 const gaps = Object.fromEntries(nodes.map((n) => [n, 0]));
 const byInode = new Map(
   nodes.map((n) => {
@@ -30,6 +33,7 @@ function held() {
     if (!/^\d+$/.test(pid)) continue;
     let fds;
     try {
+      if (pidNamespace && readlinkSync(`/proc/${pid}/ns/pid`) !== pidNamespace) continue;
       fds = readdirSync(`/proc/${pid}/fd`);
     } catch {
       continue;

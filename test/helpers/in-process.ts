@@ -11,6 +11,7 @@ import { newConfig, parsedConfig } from "../../src/config/schema.js";
 import { Daemon } from "../../src/daemon/daemon.js";
 import { RuntimeDir } from "../../src/runtime-dir.js";
 import { SystemdNotifier } from "../../src/systemd/notify.js";
+import type { StopKind } from "../../src/systemd/stop-kind.js";
 import { Scratch, SIM_LIBRARY, type SimConfig } from "./daemon.js";
 
 const sim = koffi.load(SIM_LIBRARY);
@@ -198,9 +199,12 @@ export class InProcessDaemon {
     return this.lines.map((l) => (l.gpuIndex === undefined ? l.msg : `GPU ${l.gpuIndex}: ${l.msg}`));
   }
 
-  /** Stops as SIGTERM would; resolves the exit code. */
-  async stop(): Promise<number> {
-    return this.daemon.stop(0, "test").catch((err: unknown) => {
+  /**
+   * Stops as the unit's ExecStop= does before a restart (SIGUSR2: the fd store keeps the
+   * GPUs), or for good as SIGTERM does; resolves the exit code.
+   */
+  async stop(kind: StopKind = "keep"): Promise<number> {
+    return this.daemon.stop(0, "test", kind).catch((err: unknown) => {
       if (err instanceof ProcessExit) return err.code;
       throw err;
     });

@@ -6,9 +6,11 @@ import {
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
   realpathSync,
   renameSync,
+  rmdirSync,
   rmSync,
   writeFileSync,
 } from "node:fs";
@@ -112,30 +114,64 @@ export interface Run {
   stderr: string;
 }
 
+/**
+ * A cgroup of its own for one container, under the caller's (cgroup2), or null where there
+ * is no cgroup2 to make one in. nspawn --keep-unit puts the container in "payload" beside
+ * itself, under the caller's cgroup: containers booted from the same cgroup (suites run side
+ * by side) would share every unit's cgroup, and each systemd would find the other's
+ * processes in its units (as pid 0: `systemctl kill` fails with EIO, stops wait them out).
+ */
+function ownCgroup(name: string): string | null {
+  const mount = readFileSync("/proc/self/mountinfo", "utf8")
+    .split("\n")
+    .map((l) => l.split(" - "))
+    .find(([, fs]) => fs?.startsWith("cgroup2 "))?.[0]
+    ?.split(" ")[4];
+  const self = /^0::(.*)$/m.exec(readFileSync("/proc/self/cgroup", "utf8"))?.[1];
+  if (!mount || self === undefined) return null;
+  const dir = join(mount, self, name);
+  mkdirSync(dir);
+  return dir;
+}
+
+/** Removes a cgroup left empty, and the empty cgroups nspawn made inside it. */
+function removeCgroup(dir: string): void {
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    if (entry.isDirectory()) removeCgroup(join(dir, entry.name));
+  }
+  rmdirSync(dir);
+}
+
 export class Container {
   readonly #nspawn: ChildProcess;
+  readonly #cgroup: string | null;
   readonly pid1: number;
 
-  private constructor(nspawn: ChildProcess, pid1: number) {
+  private constructor(nspawn: ChildProcess, cgroup: string | null, pid1: number) {
     this.#nspawn = nspawn;
+    this.#cgroup = cgroup;
     this.pid1 = pid1;
   }
 
   /** Boots the rootfs with `binds` ([host, guest], read-only) and waits until systemd is up. */
   static async boot(rootfs: string, binds: [string, string][]): Promise<Container> {
+    const machine = `gpdtest${process.pid}${Date.now() % 100000}`;
+    const cgroup = ownCgroup(machine);
     const args = [
       "--quiet",
       "--keep-unit",
       "--register=no",
       "--volatile=overlay",
-      `--machine=gpdtest${process.pid}${Date.now() % 100000}`,
+      `--machine=${machine}`,
       "-D",
       rootfs,
       "-b",
       "--console=pipe",
       ...binds.map(([host, guest]) => `--bind-ro=${host}:${guest}`),
     ];
-    const nspawn = spawn("systemd-nspawn", args, {
+    // Into its own cgroup before it execs nspawn, so that the container is born there.
+    const enter = cgroup ? `echo $$ >${cgroup}/cgroup.procs && ` : "";
+    const nspawn = spawn("sh", ["-c", `${enter}exec systemd-nspawn "$@"`, "sh", ...args], {
       env: { ...process.env, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY: "1" },
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -153,7 +189,7 @@ export class Container {
       const found = spawnSync("pgrep", ["-P", String(nspawn.pid)], { encoding: "utf8" }).stdout.trim();
       const pid1 = Number(found.split("\n")[0]) || 0;
       if (pid1) {
-        const container = new Container(nspawn, pid1);
+        const container = new Container(nspawn, cgroup, pid1);
         const state = container.run("systemctl is-system-running", 5000).stdout.trim();
         if (state === "running" || state === "degraded") return container;
       }
@@ -229,6 +265,12 @@ export class Container {
       const timer = setTimeout(() => this.#nspawn.kill("SIGKILL"), 15_000);
       await exited;
       clearTimeout(timer);
+    }
+    // Best effort: an empty cgroup left behind costs nothing, and the container is gone.
+    if (this.#cgroup) {
+      try {
+        removeCgroup(this.#cgroup);
+      } catch {}
     }
   }
 }

@@ -121,7 +121,12 @@ for (const [release, rootfs] of [
       const result = c.run(
         "systemd-analyze verify /usr/lib/systemd/system/gpu-persistd.service /usr/lib/systemd/system/gpu-persistd.socket",
       );
-      expect(result.stderr).toBe("");
+      // systemd 252 predates FileDescriptorStorePreserve= (254, for soft reboots): it says so and ignores it.
+      expect(result.stderr).toMatch(
+        release.includes("252")
+          ? /^\/usr\/lib\/systemd\/system\/gpu-persistd\.service:\d+: Unknown key 'FileDescriptorStorePreserve' in section \[Service\], ignoring\.\n$/
+          : /^$/,
+      );
       expect(result.code).toBe(0);
     });
 

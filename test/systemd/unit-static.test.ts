@@ -35,9 +35,23 @@ describe("gpu-persistd.service, statically", () => {
       "FileDescriptorStoreMax=1024",
       "Wants=gpu-persistd.socket",
       "Conflicts=nvidia-persistenced.service",
+      // The store outlives every stop (a soft reboot carries the GPUs over); the daemon empties it at a stop for good.
+      "FileDescriptorStorePreserve=yes",
     ]) {
       expect(unit).toContain(`\n${line}\n`);
     }
+  });
+
+  it("stops with SIGUSR2 (keep the GPUs in the store) only when its own job is a restart or a soft reboot is starting", () => {
+    const stop = readFileSync(UNIT, "utf8")
+      .split("\n")
+      .filter((l) => l.startsWith("ExecStop="));
+    expect(stop).toHaveLength(1);
+    // "+": as root outside the sandbox, to ask PID 1 for its jobs and to signal the dropped user.
+    expect(stop[0]).toMatch(/^ExecStop=\+\/bin\/sh -c '.*'$/);
+    expect(stop[0]).toContain("systemctl list-jobs --no-legend --plain %n soft-reboot.target");
+    expect(stop[0]).toContain('"^[0-9]+ +(%n +restart|soft-reboot.target +start) "');
+    expect(stop[0]).toContain("kill -s USR2 $$MAINPID");
   });
 });
 

@@ -104,7 +104,7 @@ describe("signals during start-up", () => {
     const d = fixture.daemon({ gpus: 2, faults: [gate("nvmlDeviceGetPersistenceMode")] }, { stopTimeoutMs: 50 });
     const run = d.daemon.run();
     await gated(2);
-    const stopped = d.daemon.stop(0, "SIGTERM").catch((err: { code: number }) => err.code);
+    const stopped = d.daemon.stop(0, "SIGTERM", "for-good").catch((err: { code: number }) => err.code);
     expect(await stopped).toBe(0);
     expect(d.messages().join("\n")).toContain("exiting without a clean NVML shutdown");
     openGate();

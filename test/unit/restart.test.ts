@@ -147,6 +147,35 @@ describe("held across the daemon's own restart", () => {
   });
 });
 
+describe("a stop for good (SIGTERM: systemctl stop, a reboot) empties the store; SIGUSR2 (a restart, a soft reboot) keeps it", () => {
+  it("SIGTERM: every GPU and the state record leave the store, and nobody holds a GPU", async () => {
+    const { d, store } = await running(3);
+    expect(await rpcBackend(d.context).setMode(pci(0x06), false, false)).toBe(NvPdStatus.SUCCESS);
+    expect([...store.stored.keys()]).toContain("state");
+    expect(await d.stop("for-good")).toBe(0);
+    expect([...store.stored.keys()]).toEqual([]);
+    expect(holders(d, 3)).toEqual([0, 0, 0]);
+    expect(d.messages()).toContain("stopping: test; systemd's fd store is emptied: every GPU is let go");
+  });
+
+  it("SIGTERM after a restart also drops what the previous run kept and this one adopted", async () => {
+    const { d, store } = await running(3);
+    expect(await d.stop("keep")).toBe(0);
+    expect(d.messages()).toContain(
+      "stopping: test; the GPUs stay in systemd's fd store for the next run (a restart or a soft reboot is under way)",
+    );
+    expect(holders(d, 3)).toEqual([1, 1, 1]);
+    const next = fixture.restart(d);
+    await next.daemon.run();
+    expect(next.messages()).toContain(
+      "adopting 3 GPU nodes the previous run kept in systemd's fd store: no GPU was let go",
+    );
+    await next.stop("for-good");
+    expect([...store.stored.keys()]).toEqual([]);
+    expect(holders(next, 3)).toEqual([0, 0, 0]);
+  });
+});
+
 describe("a driver version mismatch degrades", () => {
   it("at a restart: the GPUs the store kept stay held, status names both versions and the fix, and the daemon stays up", async () => {
     const { d, store } = await running(2, { driverVersion: "580.159.04" });

@@ -7,6 +7,7 @@ import type { Config } from "../config/schema.js";
 import type { GpuRegistry } from "../gpu/gpu-registry.js";
 import type { NvmlSession } from "../gpu/nvml-session.js";
 import type { SessionCoordinator } from "../gpu/session-coordinator.js";
+import { StateSince } from "../gpu/state-since.js";
 import type { HealthMonitor } from "../health/health-monitor.js";
 import type { XidEvents } from "../health/xid-events.js";
 import type { Log } from "../log.js";
@@ -18,7 +19,6 @@ import { FdStore, storedNames } from "../systemd/fd-store.js";
 import { type PassedFd, passedFds } from "../systemd/listen-fds.js";
 import type { SystemdNotifier } from "../systemd/notify.js";
 import type { Watchdog } from "../systemd/watchdog.js";
-import { StateSince } from "./gpu-facts.js";
 import { ReleaseLeases } from "./release-leases.js";
 
 export interface DaemonDeps {

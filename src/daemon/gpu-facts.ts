@@ -4,24 +4,10 @@
 import { NvmlError } from "../../native-bindings/nvml-errors.js";
 import { NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_NO_PERMISSION } from "../../native-bindings/nvml-return-codes.js";
 import { fixes } from "../fixes.js";
-import type { Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
+import type { Gpu } from "../gpu/gpu-registry.js";
 import type { GpuFacts } from "../status/daemon-status.js";
 import type { DaemonContext } from "./context.js";
 import { wanted } from "./hold-policy.js";
-
-/** When each GPU entered its present state (a transition's time). */
-export class StateSince {
-  readonly #at = new WeakMap<Gpu, Date>();
-
-  /** From now on, every transition of `registry`'s GPUs is timed. */
-  follow(registry: GpuRegistry): void {
-    registry.on("transition", (t) => this.#at.set(t.gpu, new Date()));
-  }
-
-  of(gpu: Gpu): Date | null {
-    return this.#at.get(gpu) ?? null;
-  }
-}
 
 /** Who a released GPU is released for: a lease's client (by PID), or a plain release (root: only root may release). */
 function releasedBy(ctx: DaemonContext, gpu: Gpu): GpuFacts["releasedBy"] {

@@ -11,7 +11,7 @@ import { formatPciAddress, type PciAddress, parsePciAddress, samePciDevice } fro
 import { type FdStore, type KeptState, readKeptState, STATE_FD_NAME } from "../systemd/fd-store.js";
 import type { PassedFd } from "../systemd/listen-fds.js";
 import { deviceNodePath } from "./device-node.js";
-import type { Identity } from "./gpu-registry.js";
+import type { Identity } from "./gpu-model.js";
 
 /** The NVIDIA driver's character-device major for /dev/nvidiaN and /dev/nvidiactl. */
 const NVIDIA_MAJOR = 195;

@@ -30,6 +30,16 @@ export type UvmState = "off" | "registering" | "registered" | "failed";
  */
 export type PersistenceReading = "enabled" | "disabled" | "unknown";
 
+/** What NVML told about one GPU when the registry was made. */
+export interface Identity {
+  /** Null when the GPU is known without NVML (a version mismatch at start). */
+  handle: DeviceHandle | null;
+  uuid: string;
+  name: string;
+  pci: PciAddress;
+  minor: number;
+}
+
 /** One GPU, as everything outside the registry sees it: read-only. */
 export interface Gpu {
   readonly index: number;

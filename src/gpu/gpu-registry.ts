@@ -23,6 +23,7 @@ import {
   type Gpu,
   type GpuState,
   hasCoherentMemory,
+  type Identity,
   type Origin,
   type PersistenceReading,
   type RegistryEvents,
@@ -31,7 +32,16 @@ import {
 } from "./gpu-model.js";
 import type { HoldEffects } from "./hold-effects.js";
 
-export type { Claim, Gpu, GpuState, Origin, PersistenceReading, Transition, UvmState } from "./gpu-model.js";
+export type {
+  Claim,
+  Gpu,
+  GpuState,
+  Identity,
+  Origin,
+  PersistenceReading,
+  Transition,
+  UvmState,
+} from "./gpu-model.js";
 export { GpuLostError, hasCoherentMemory } from "./gpu-model.js";
 
 interface Entry extends Gpu {
@@ -57,16 +67,6 @@ interface Entry extends Gpu {
   queue: Promise<void>;
   /** A probe on `fd` in flight: the fd is closed only after it (its number could be reused). */
   probing: Promise<unknown> | null;
-}
-
-/** What NVML told about one GPU when the registry was made. */
-export interface Identity {
-  /** Null when the GPU is known without NVML (a version mismatch at start). */
-  handle: DeviceHandle | null;
-  uuid: string;
-  name: string;
-  pci: PciAddress;
-  minor: number;
 }
 
 export interface RegistryOptions {

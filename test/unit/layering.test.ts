@@ -36,4 +36,24 @@ describe("layering", () => {
   it("src/log.ts knows nothing about GPUs", () => {
     expect(imports("src/log.ts").filter((f) => f.startsWith("src/gpu/") || /gpu/i.test(f))).toEqual([]);
   });
+
+  it("no import circle in src/ (type-only imports included): each module reads in one direction", () => {
+    const files = sources("src");
+    const graph = new Map(files.map((f) => [f, imports(f).filter((t) => files.includes(t))]));
+    const circles: string[] = [];
+    const state = new Map<string, "open" | "done">();
+    const path: string[] = [];
+    const visit = (file: string): void => {
+      state.set(file, "open");
+      path.push(file);
+      for (const next of graph.get(file) ?? []) {
+        if (state.get(next) === "open") circles.push([...path.slice(path.indexOf(next)), next].join(" -> "));
+        else if (!state.has(next)) visit(next);
+      }
+      path.pop();
+      state.set(file, "done");
+    };
+    for (const file of files) if (!state.has(file)) visit(file);
+    expect(circles).toEqual([]);
+  });
 });

@@ -30,13 +30,13 @@ function rssKb(pid: number): number {
 }
 
 /**
- * Sends SIGUSR2 (--heapsnapshot-signal: a snapshot starts with a full GC), waits for the
+ * Sends SIGWINCH (--heapsnapshot-signal; SIGUSR2 is the daemon's "stop, keep the store": a snapshot starts with a full GC), waits for the
  * snapshot, then reads what survived from the daemon's own status: V8's heap in use plus
  * memory held outside it (koffi, buffers).
  */
 async function liveAfterFullGc(pid: number, dir: string, runtimeDir: string): Promise<number> {
   const before = new Set(readdirSync(dir));
-  process.kill(pid, "SIGUSR2");
+  process.kill(pid, "SIGWINCH");
   let snapshot: string | undefined;
   let size = -1;
   for (;;) {
@@ -81,7 +81,7 @@ describe("soak", () => {
       daemon = new DaemonProcess([`--runtime-dir=${scratch.runtimeDir}`, "--simulate=8"], {
         GPU_PERSISTD_SIM_CONFIG: scratch.simConfigPath,
         GPU_PERSISTD_HEALTH_INTERVAL_MS: "50",
-        NODE_OPTIONS: `--heapsnapshot-signal=SIGUSR2 --diagnostic-dir=${scratch.dir}`,
+        NODE_OPTIONS: `--heapsnapshot-signal=SIGWINCH --diagnostic-dir=${scratch.dir}`,
         WATCHDOG_USEC: "1000000",
       });
       await daemon.waitReady();

@@ -1,5 +1,6 @@
 import { requestStatus } from "../control/control-client.js";
-import type { DaemonStatus, GpuStatus } from "../status/daemon-status.js";
+import { recoveryStep } from "../health/recovery-action.js";
+import { type DaemonStatus, type GpuStatus, heldDrawWatts } from "../status/daemon-status.js";
 
 /** What the HELD column says: the state in a word an admin reads at a glance. */
 function heldText(d: GpuStatus): string {
@@ -8,13 +9,27 @@ function heldText(d: GpuStatus): string {
   return d.state === "released" ? "released" : d.state === "lost" ? "LOST" : "NO";
 }
 
+/** What holding the GPU costs now and what it saved, where NVML tells: one line, or "". */
+function costText(d: GpuStatus): string {
+  const parts = [
+    d.powerWatts === null ? "" : `${d.powerWatts.toFixed(1)} W`,
+    d.pstate === null ? "" : `P${d.pstate}`,
+    d.energyJoules === null ? "" : `${(d.energyJoules / 3.6e6).toFixed(3)} kWh since held`,
+    d.initialisation === "paid" ? `initialisation paid at first open: ${d.initSeconds?.toFixed(2)} s` : "",
+    d.initialisation === "already-initialised" ? "already initialised at first open" : "",
+  ].filter(Boolean);
+  return parts.join(", ");
+}
+
 function table(status: DaemonStatus): string {
   const selected = status.devices.filter((d) => d.selected);
   const held = selected.filter((d) => d.held).length;
+  const draw = heldDrawWatts(status.devices);
   const flags = [status.simulated ? "simulated GPUs" : "", status.dryRun ? "dry run" : ""].filter(Boolean);
   const rows = [
     `gpu-persistd ${status.version}, PID ${status.pid}: ${held}/${selected.length} GPUs held${flags.length ? ` (${flags.join(", ")})` : ""}`,
     ...(status.nvmlDegraded ? [`degraded: ${status.nvmlDegraded.message}`] : []),
+    ...(draw === null ? [] : [`held GPUs draw ${draw.toFixed(1)} W now`]),
     "",
     ["IDX", "PCI BUS ID".padEnd(16), "MINOR", "PERSISTENCE", "HELD    ", "NAME / UUID"].join("  "),
   ];
@@ -33,6 +48,11 @@ function table(status: DaemonStatus): string {
     const why = d.state === "lost" ? `lost: ${d.error}` : d.error ? `${d.state}: ${d.error}` : "";
     if (why) rows.push(`     ${why}`);
     if (d.uvm === "failed") rows.push(`     UVM registration failed: ${d.uvmError}`);
+    if (d.recoveryAction !== null && d.recoveryAction !== "none") {
+      rows.push(`     RECOVERY ACTION ${d.recoveryAction}: ${recoveryStep(d.recoveryAction, d.index)}`);
+    }
+    const cost = costText(d);
+    if (cost) rows.push(`     ${cost}`);
   }
   return `${rows.join("\n")}\n`;
 }

@@ -8,6 +8,7 @@ import type { GpuRegistry } from "../gpu/gpu-registry.js";
 import type { NvmlSession } from "../gpu/nvml-session.js";
 import { PersistenceSetter } from "../gpu/persistence-setter.js";
 import type { SessionCoordinator } from "../gpu/session-coordinator.js";
+import { GpuTelemetry } from "../health/gpu-telemetry.js";
 import type { HealthMonitor } from "../health/health-monitor.js";
 import type { XidEvents } from "../health/xid-events.js";
 import type { Log } from "../log.js";
@@ -43,6 +44,8 @@ export class DaemonContext {
   readonly deps: DaemonDeps;
   readonly setter: PersistenceSetter;
   readonly metrics = new DaemonMetrics();
+  /** Per GPU: power, P-state, energy since held, the initialisation paid, the recovery action. */
+  readonly telemetry = new GpuTelemetry();
   session: NvmlSession | null = null;
   registry: GpuRegistry | null = null;
   coordinator: SessionCoordinator | null = null;

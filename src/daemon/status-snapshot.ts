@@ -1,8 +1,9 @@
 // What the daemon reports about itself: the status reply, the STATUS= line and the
 // Prometheus text, all from one snapshot of the registry.
 
+import type { Gpu } from "../gpu/gpu-registry.js";
 import { mismatchText } from "../gpu/version-mismatch.js";
-import { type DaemonStatus, gpuStatus, STATUS_FORMAT } from "../status/daemon-status.js";
+import { type DaemonStatus, type GpuStatus, gpuStatus, STATUS_FORMAT } from "../status/daemon-status.js";
 import { statusLine } from "../status/status-line.js";
 import { VERSION } from "../version.js";
 import type { DaemonContext } from "./context.js";
@@ -10,6 +11,15 @@ import type { DaemonContext } from "./context.js";
 function degraded(ctx: DaemonContext): DaemonStatus["nvmlDegraded"] {
   const m = ctx.coordinator?.mismatch;
   return m ? { ...m, message: mismatchText(m) } : null;
+}
+
+/** One GPU's status, with what the health rounds read about it. */
+export function gpuStatusOf(ctx: DaemonContext, gpu: Gpu): GpuStatus {
+  return gpuStatus(gpu, ctx.telemetry.of(gpu.index));
+}
+
+function devices(ctx: DaemonContext): GpuStatus[] {
+  return (ctx.registry?.list() ?? []).map((gpu) => gpuStatusOf(ctx, gpu));
 }
 
 export function daemonStatus(ctx: DaemonContext): DaemonStatus {
@@ -26,12 +36,12 @@ export function daemonStatus(ctx: DaemonContext): DaemonStatus {
     nvmlDegraded: degraded(ctx),
     rpcRequests: ctx.rpc?.requests ?? 0,
     memory: { rss, heapUsed, external },
-    devices: (ctx.registry?.list() ?? []).map(gpuStatus),
+    devices: devices(ctx),
   };
 }
 
 export function daemonStatusLine(ctx: DaemonContext): string {
-  const line = statusLine((ctx.registry?.list() ?? []).map(gpuStatus), ctx.config.persistenceMode);
+  const line = statusLine(devices(ctx), ctx.config.persistenceMode);
   const m = ctx.coordinator?.mismatch;
   return m
     ? `degraded: NVML ${m.libraryVersion ?? "?"} vs kernel module ${m.moduleVersion ?? "?"}, reboot to fix; ${line}`
@@ -41,7 +51,7 @@ export function daemonStatusLine(ctx: DaemonContext): string {
 export function metricsText(ctx: DaemonContext): string {
   return ctx.metrics.render({
     version: VERSION,
-    devices: (ctx.registry?.list() ?? []).map(gpuStatus),
+    devices: devices(ctx),
     rpcRequests: ctx.rpc?.requestCounts ?? new Map(),
     nvmlDegraded: degraded(ctx),
   });

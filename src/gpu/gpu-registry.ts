@@ -13,7 +13,6 @@ import {
   numaStatusName,
 } from "../../native-bindings/nvidia-kernel.js";
 import type { DeviceHandle, Nvml } from "../../native-bindings/nvml.js";
-import { PERSISTENCE_ENABLED } from "../../native-bindings/nvml.js";
 import { forEachLimited } from "../concurrency.js";
 import { type GpuSelector, selectorMatches } from "../selection/gpu-selector.js";
 import { formatPciAddress, type PciAddress, samePciDevice } from "../selection/pci-address.js";
@@ -67,6 +66,8 @@ export interface Identity {
   name: string;
   pci: PciAddress;
   minor: number;
+  /** How long the first handle look-up took (ms): a driver that attaches lazily initialises the GPU there. */
+  lookUpMs?: number;
 }
 
 export interface RegistryOptions {
@@ -89,7 +90,9 @@ export async function identifyGpus(nvml: Nvml, count: number, concurrency: numbe
     concurrency,
     async (index) => {
       try {
+        const lookUpStarted = performance.now();
         const handle = await nvml.handleByIndex(index);
+        const lookUpMs = performance.now() - lookUpStarted;
         const [uuid, name, pci, minor] = await Promise.all([
           nvml.uuid(handle),
           nvml.name(handle),
@@ -102,6 +105,7 @@ export async function identifyGpus(nvml: Nvml, count: number, concurrency: numbe
           name,
           minor,
           pci: { domain: pci.domain, bus: pci.bus, device: pci.device, function: 0 },
+          lookUpMs,
         };
       } catch (err) {
         found[index] = err as Error;
@@ -434,20 +438,22 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     return "answered";
   }
 
-  /** Records what NVML read; warns once when a held GPU's mode turns from enabled to disabled. */
-  recordPersistence(gpu: Gpu, mode: number): void {
-    const entry = this.#entry(gpu);
-    const reading: PersistenceReading = mode === PERSISTENCE_ENABLED ? "enabled" : "disabled";
-    const before = entry.persistence;
-    entry.persistence = reading;
-    if (before === "enabled" && reading === "disabled" && entry.state === "held" && !this.#o.dryRun) {
-      this.#note(
-        entry,
-        "warn",
-        "persistence mode now reads disabled although the daemon holds this GPU (nvidia-smi -pm 0 through another route?). " +
-          "The daemon's open fd keeps the GPU initialised.",
-      );
-    }
+  /**
+   * NVML's recovery action DRAIN_P2P: NVIDIA's recovery guide wants UVM persistence dropped
+   * before the driver can go on. Closes the GPU's UVM fd (for good); the node stays held. The
+   * next hold of the GPU (after a reset) registers again.
+   */
+  dropUvm(gpu: Gpu, why: string): Promise<void> {
+    return this.#serial(gpu, async (entry) => {
+      const fd = entry.uvmFd;
+      if (fd === null) return;
+      entry.uvmFd = null;
+      entry.uvm = "off";
+      await this.#o.effects
+        .close(fd, true)
+        .catch((err) => this.#note(entry, "warn", `closing the UVM fd: ${errorText(err)}`));
+      this.#note(entry, "warn", `UVM registration dropped: ${why}`);
+    });
   }
 
   recordXid(gpu: Gpu, xid: number): void {

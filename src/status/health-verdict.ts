@@ -1,6 +1,7 @@
 // The fleet health check: is this node's GPU set as wanted, judged from the daemon's status
 // alone, and what a scheduler should do about it. Pure functions, so the decision table is
 // tested without a daemon or a Slurm controller.
+import { recoveryStep } from "../health/recovery-action.js";
 import { type GpuSelector, selectorMatches } from "../selection/gpu-selector.js";
 import { parsePciAddress } from "../selection/pci-address.js";
 import type { DaemonStatus, GpuStatus } from "./daemon-status.js";
@@ -46,6 +47,12 @@ function problem(g: GpuStatus, drainReleased: boolean): string | null {
   }
 }
 
+/** The driver reports a recovery action other than none: the GPU takes no jobs until it clears. */
+function recovery(g: GpuStatus): string | null {
+  if (!g.selected || g.recoveryAction === null || g.recoveryAction === "none") return null;
+  return `${gpuName(g)} recovery action ${g.recoveryAction}: ${recoveryStep(g.recoveryAction, g.index)}`;
+}
+
 function missing(devices: readonly GpuSelector[], gpus: readonly GpuStatus[]): string[] {
   const out: string[] = [];
   for (const selector of devices) {
@@ -58,7 +65,10 @@ function missing(devices: readonly GpuSelector[], gpus: readonly GpuStatus[]): s
   return out;
 }
 
-/** Whether every selected GPU is held, with the one-line reason a drain would carry. */
+/**
+ * Whether every selected GPU is held with no recovery action pending, with the one-line
+ * reason a drain would carry (the action's exact command in it).
+ */
 export function healthVerdict(input: HealthInput): HealthVerdict {
   const { status } = input;
   if (!status) return { healthy: false, reason: `${REASON_PREFIX} ${input.unavailable ?? "no daemon status"}` };
@@ -70,7 +80,7 @@ export function healthVerdict(input: HealthInput): HealthVerdict {
         ]
       : []),
     ...missing(input.devices, status.devices),
-    ...status.devices.flatMap((g) => problem(g, input.drainReleased) ?? []),
+    ...status.devices.flatMap((g) => [problem(g, input.drainReleased), recovery(g)].filter((p) => p !== null)),
   ];
   if (problems.length === 0) {
     const selected = status.devices.filter((g) => g.selected);

@@ -74,22 +74,6 @@ describe("drift", () => {
     expect(held.sort()).toEqual([join(fixture.scratch.runtimeDir, "sim-dev", "nvidia0"), `${node} (deleted)`]);
     expect(statusJson(fixture.scratch.runtimeDir).devices.every((g) => g.held)).toBe(true);
   });
-
-  it("warns once when persistence reads disabled on a held GPU, without calling the setter", async () => {
-    fixture.prepare();
-    const statePath = join(fixture.scratch.dir, "state");
-    fixture.scratch.writeSimConfig({ statePath });
-    const daemon = fixture.spawn(["--simulate=2"], { GPU_PERSISTD_HEALTH_INTERVAL_MS: "100" });
-    await daemon.waitReady();
-    const uuid = statusJson(fixture.scratch.runtimeDir).devices[0]?.uuid as string;
-    const other = statusJson(fixture.scratch.runtimeDir).devices[1]?.uuid as string;
-    // Someone clears GPU 0's legacy flag behind the daemon's back (the simulator keeps it here).
-    writeFileSync(statePath, `${uuid} 0\n${other} 1\n`);
-    await daemon.waitFor("GPU 0 00000000:06:00.0: persistence mode now reads disabled although the daemon holds");
-    await new Promise((r) => setTimeout(r, 400));
-    expect(daemon.output.match(/persistence mode now reads disabled although/g)).toHaveLength(1);
-    expect(fixture.scratch.callCount("nvmlDeviceSetPersistenceMode")).toBe(2);
-  });
 });
 
 describe("bounded everything", () => {

@@ -126,7 +126,7 @@ describe("watchdog", () => {
   it("stops pinging when an NVML health check hangs, and says why once", async () => {
     const { d, notify } = await startNotified(
       ["--simulate=2"],
-      { faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, hangMs: 30_000, afterMs: 1000 }] },
+      { faults: [{ call: "nvmlDeviceGetPowerUsage", gpu: 1, hangMs: 30_000, afterMs: 1000 }] },
       { WATCHDOG_USEC: "600000", GPU_PERSISTD_NVML_TIMEOUT_MS: "150" },
     );
     await notify.waitFor(isReady);
@@ -136,7 +136,7 @@ describe("watchdog", () => {
     const stoppedAt = notify.received.length;
     await new Promise((r) => setTimeout(r, 1200));
     expect(notify.received.slice(stoppedAt).filter((m) => m.fields.WATCHDOG === "1")).toEqual([]);
-    expect(d.output.match(/health check: nvmlDeviceGetPersistenceMode did not return/g), d.output).toHaveLength(1);
+    expect(d.output.match(/health check: nvmlDeviceGetPowerUsage did not return/g), d.output).toHaveLength(1);
     expect(d.output).toContain("GPU 1 00000000:07:00.0: health check");
   });
 
@@ -150,7 +150,7 @@ describe("watchdog", () => {
   it("keeps pinging when a GPU is lost, releasing only that GPU", async () => {
     const { d, notify } = await startNotified(
       ["--simulate=3"],
-      { faults: [{ call: "nvmlDeviceGetPersistenceMode", gpu: 1, return: 15, afterMs: 500 }] },
+      { faults: [{ call: "nvmlDeviceGetPowerUsage", gpu: 1, return: 15, afterMs: 500 }] },
       { WATCHDOG_USEC: "400000", GPU_PERSISTD_HEALTH_INTERVAL_MS: "50" },
     );
     await notify.waitFor(isReady);

@@ -56,6 +56,12 @@ describe("the daemon's metrics", () => {
       uvm: "registered",
       uvmError: null,
       numa: { nid: 1, status: "online", autoOnline: true, memSizeBytes: 1 << 30 },
+      powerWatts: 78.4,
+      pstate: 0,
+      energyJoules: 28224,
+      initialisation: "paid",
+      initSeconds: 2.1,
+      recoveryAction: "gpu-reset",
     };
     const metrics = new DaemonMetrics();
     metrics.recordBringUp(0.25);
@@ -72,6 +78,11 @@ describe("the daemon's metrics", () => {
       "gpu_persistd_gpu_numa_online",
       "gpu_persistd_rpc",
       "gpu_persistd_nvml_degraded",
+      "gpu_persistd_gpu_power_watts",
+      "gpu_persistd_gpu_performance_state",
+      "gpu_persistd_gpu_energy_joules_total",
+      "gpu_persistd_gpu_initialisation_seconds",
+      "gpu_persistd_gpu_recovery_action",
     ]) {
       expect(text).toContain(family);
     }

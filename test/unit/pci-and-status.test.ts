@@ -61,6 +61,12 @@ const gpu = {
   uvm: "off",
   uvmError: null,
   numa: null,
+  powerWatts: 74.4,
+  pstate: 0,
+  energyJoules: null,
+  initialisation: "unknown",
+  initSeconds: null,
+  recoveryAction: null,
 };
 const status = {
   format: STATUS_FORMAT,
@@ -90,6 +96,9 @@ describe("the status reply", () => {
       /device 0: 'held' is "yes", expected boolean/,
     );
     expect(() => parseDaemonStatus("nope", "0.1.0")).toThrow(/the running daemon answered .* \(not a JSON object\)/);
+    expect(() => parseDaemonStatus({ ...status, devices: [{ ...gpu, powerWatts: "74 W" }] }, "0.1.0")).toThrow(
+      /device 0: 'powerWatts' is "74 W", expected number\|null/,
+    );
   });
 });
 

@@ -18,10 +18,16 @@ const simReset = sim.func("void gpuPersistdSimReset()");
 const simOpenGate = sim.func("void gpuPersistdSimOpenGate()");
 const simAwaitGated = sim.func("int gpuPersistdSimAwaitGated(int count, int timeoutMs)");
 const simFallOffTheBus = sim.func("void gpuPersistdSimFallOffTheBus(int gpu)");
+const simSetRecoveryAction = sim.func("void gpuPersistdSimSetRecoveryAction(int gpu, int action)");
 
 /** GPU `index` falls off the bus now: NVML answers GPU_IS_LOST for it, its Xid 79 is queued, its node's ioctls fail. */
 export function fallOffTheBus(index: number): void {
   simFallOffTheBus(index);
+}
+
+/** The driver now reports NVML recovery action `action` for GPU `index` (0 none, 1 reset, 3 drain P2P; -1 not reported). */
+export function setRecoveryAction(index: number, action: number): void {
+  simSetRecoveryAction(index, action);
 }
 
 /** Resolves once `count` NVML calls wait at the simulator's gate (on a pool thread, not by polling). */

@@ -93,7 +93,7 @@ struct event {
     int delivered;
 };
 
-/* recoveryActions[]: GPU `gpu` reports `action` from `afterMs` on (telemetry.c). */
+/* recoveries[]: GPU `gpu` reports `action` from `afterMs` on (telemetry.c). */
 struct recovery_step {
     int gpu, action, applied;
     long long afterMs;

@@ -54,7 +54,7 @@ void telemetry_config(struct sim_gpu *g, const struct json *gpu) {
 }
 
 void telemetry_schedule(const struct json *root) {
-    const struct json *steps = json_get(root, "recoveryActions");
+    const struct json *steps = json_get(root, "recoveries");
     for (const struct json *st = steps ? steps->child : NULL; st && S.recovery_step_count < MAX_RECOVERY_STEPS;
          st = st->next) {
         struct recovery_step *x = &S.recovery_steps[S.recovery_step_count++];

@@ -148,10 +148,10 @@ describe("calls", () => {
     await nvml.shutdown();
   });
 
-  it("applies the recoveryActions schedule in time order", async () => {
+  it("applies the recoveries schedule in time order", async () => {
     simulate({
       gpus: 1,
-      recoveryActions: [
+      recoveries: [
         { gpu: 0, action: 0, afterMs: 0 },
         { gpu: 0, action: 3, afterMs: 3_600_000 },
       ],

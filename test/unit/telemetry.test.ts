@@ -186,7 +186,7 @@ describe("NVML's recovery action, acted on", () => {
   });
 
   it("a pending action while the GPU is released for its reset keeps the node drained until a round reads it cleared", async () => {
-    const d = fixture.daemon({ gpus: 1, recoveryActions: [{ gpu: 0, action: 1, afterMs: 0 }] });
+    const d = fixture.daemon({ gpus: 1, recoveries: [{ gpu: 0, action: 1, afterMs: 0 }] });
     await d.daemon.run();
     await healthOf(d).round();
     expect(verdict(d.context).healthy).toBe(false);

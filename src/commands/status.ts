@@ -9,12 +9,19 @@ function heldText(d: GpuStatus): string {
   return d.state === "released" ? "released" : d.state === "lost" ? "LOST" : "NO";
 }
 
+/** Joules as a person reads them: J, kJ, then kWh (what the power bill counts). */
+function energyText(joules: number): string {
+  if (joules < 1e3) return `${joules.toFixed(0)} J`;
+  if (joules < 3.6e6) return `${(joules / 1e3).toFixed(1)} kJ`;
+  return `${(joules / 3.6e6).toFixed(2)} kWh`;
+}
+
 /** What holding the GPU costs now and what it saved, where NVML tells: one line, or "". */
 function costText(d: GpuStatus): string {
   const parts = [
     d.powerWatts === null ? "" : `${d.powerWatts.toFixed(1)} W`,
     d.pstate === null ? "" : `P${d.pstate}`,
-    d.energyJoules === null ? "" : `${(d.energyJoules / 3.6e6).toFixed(3)} kWh since held`,
+    d.energyJoules === null ? "" : `${energyText(d.energyJoules)} since held`,
     d.initialisation === "paid" ? `initialisation paid at first open: ${d.initSeconds?.toFixed(2)} s` : "",
     d.initialisation === "already-initialised" ? "already initialised at first open" : "",
   ].filter(Boolean);

@@ -21,7 +21,7 @@ export function persistenceCostCheck(daemon: DaemonStatus | null): Check {
   const already = warm ? `; ${warm} GPU(s) were already initialised at the daemon's first open` : "";
   const power =
     draw === null
-      ? `${held.length} GPU(s) held; NVML reports no power draw for them`
+      ? `${held.length} GPU(s) held; no power reading for them (none yet: the first health round reads it; or NVML does not report it)`
       : `${held.length} held GPU(s) draw ${draw.toFixed(1)} W now (their idle draw while no job runs: about ${Math.round((draw * HOURS_A_YEAR) / 1000)} kWh a year)`;
   return pass("persistence-cost", title, `${power}${saved}${already}`);
 }

@@ -3,9 +3,10 @@
 // its first attach, and NVML's recovery action. Read through read-only NVML calls that real
 // NVML never routes to the persistence socket (unlike the persistence mode), so they ask the
 // driver, not this daemon. Health rounds read it; status and metrics show it.
-import { FI_DEV_GET_GPU_RECOVERY_ACTION, type Nvml } from "../../native-bindings/nvml.js";
+import { PoolCallTimeoutError } from "../../native-bindings/libuv-pool.js";
+import { type DeviceHandle, FI_DEV_GET_GPU_RECOVERY_ACTION, type Nvml } from "../../native-bindings/nvml.js";
 import { NvmlError } from "../../native-bindings/nvml-errors.js";
-import { NVML_ERROR_NOT_SUPPORTED } from "../../native-bindings/nvml-return-codes.js";
+import { NVML_ERROR_GPU_IS_LOST, NVML_ERROR_NOT_SUPPORTED } from "../../native-bindings/nvml-return-codes.js";
 import type { Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
 import { type RecoveryAction, recoveryActionName } from "./recovery-action.js";
 
@@ -37,6 +38,15 @@ interface Entry extends GpuReadings {
   /** The energy counter (mJ) when the GPU was held; null until read. */
   energyAtHoldMj: number | null;
 }
+
+/** What one round read: the recovery action known after it, and an error to report (or null). */
+export interface Reading {
+  action: RecoveryAction | null;
+  failure: unknown;
+}
+
+/** Thrown inside read() to stop asking once the session closed. */
+const SESSION_CLOSED = Symbol("the NVML session closed");
 
 const NO_READING = {
   powerWatts: null,
@@ -106,26 +116,40 @@ export class GpuTelemetry {
   /**
    * One health round's reading of a held GPU, one call at a time (a hung call holds one pool
    * thread, and stops the rest). `open()` is asked before each call: none while the session is
-   * closed. NOT_SUPPORTED leaves that figure absent; other errors (GPU_IS_LOST, time-outs)
-   * are thrown for the health check to judge. Resolves the recovery action read, or null.
+   * closed (what was read stays). NOT_SUPPORTED leaves that figure absent. A time-out or
+   * GPU_IS_LOST is thrown at once; another error leaves that figure absent and comes back as
+   * `failure` once the rest was read, so one failing call hides no recovery action.
    */
-  async read(nvml: Nvml, gpu: Gpu, open: () => boolean): Promise<RecoveryAction | null> {
+  async read(nvml: Nvml, gpu: Gpu, open: () => boolean): Promise<Reading> {
     const handle = gpu.handle;
     const entry = this.#entry(gpu.index);
-    if (handle === null || !open()) return entry.recoveryAction;
-    const milliwatts = await optional(nvml.powerUsageMw(handle));
-    entry.powerWatts = milliwatts === null ? null : milliwatts / 1000;
-    if (!open()) return entry.recoveryAction;
-    entry.pstate = await optional(nvml.performanceState(handle));
-    if (!open()) return entry.recoveryAction;
-    const mj = await optional(nvml.totalEnergyMj(handle));
-    if (mj !== null && entry.energyAtHoldMj === null) entry.energyAtHoldMj = mj;
-    // A counter that went back (a driver reload) starts again from here.
-    if (mj !== null && entry.energyAtHoldMj !== null && mj < entry.energyAtHoldMj) entry.energyAtHoldMj = mj;
-    entry.energyJoules = mj === null || entry.energyAtHoldMj === null ? null : (mj - entry.energyAtHoldMj) / 1000;
-    if (!open()) return entry.recoveryAction;
-    const action = await optional(nvml.fieldValue(handle, FI_DEV_GET_GPU_RECOVERY_ACTION));
-    entry.recoveryAction = action === null ? null : recoveryActionName(action);
-    return entry.recoveryAction;
+    let failure: unknown = null;
+    const ask = async <T>(call: (handle: DeviceHandle) => Promise<T>): Promise<T | null> => {
+      if (handle === null || !open()) throw SESSION_CLOSED;
+      try {
+        return await optional(call(handle));
+      } catch (err) {
+        if (err instanceof PoolCallTimeoutError || (err instanceof NvmlError && err.code === NVML_ERROR_GPU_IS_LOST))
+          throw err;
+        failure ??= err;
+        return null;
+      }
+    };
+    try {
+      const milliwatts = await ask((h) => nvml.powerUsageMw(h));
+      entry.powerWatts = milliwatts === null ? null : milliwatts / 1000;
+      entry.pstate = await ask((h) => nvml.performanceState(h));
+      const mj = await ask((h) => nvml.totalEnergyMj(h));
+      // The first reading while held is the baseline; a counter that went back (a driver reload) starts again.
+      if (mj !== null && (entry.energyAtHoldMj === null || mj < entry.energyAtHoldMj)) entry.energyAtHoldMj = mj;
+      entry.energyJoules = mj === null || entry.energyAtHoldMj === null ? null : (mj - entry.energyAtHoldMj) / 1000;
+      const failedBefore = failure;
+      const action = await ask((h) => nvml.fieldValue(h, FI_DEV_GET_GPU_RECOVERY_ACTION));
+      // A field that failed keeps the last action known; NOT_SUPPORTED clears it.
+      if (failure === failedBefore) entry.recoveryAction = action === null ? null : recoveryActionName(action);
+    } catch (err) {
+      if (err !== SESSION_CLOSED) throw err;
+    }
+    return { action: entry.recoveryAction, failure };
   }
 }

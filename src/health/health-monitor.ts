@@ -131,8 +131,9 @@ export class HealthMonitor {
       `gpu:${gpu.index}`,
       async () => {
         const before = telemetry.of(gpu.index).recoveryAction;
-        const action = await telemetry.read(nvml, gpu, nvmlOpen);
+        const { action, failure } = await telemetry.read(nvml, gpu, nvmlOpen);
         if (action !== null && action !== before) await this.#actOn(gpu, action, before);
+        if (failure !== null) throw failure;
       },
       gpu,
     );

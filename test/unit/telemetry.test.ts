@@ -112,6 +112,20 @@ describe("the price and the benefit, per GPU", () => {
     expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
   });
 
+  it("a failing call hides nothing else: the other figures and the recovery action are still read and acted on", async () => {
+    const d = fixture.daemon({ gpus: 2, faults: [{ call: "nvmlDeviceGetPowerUsage", gpu: 1, return: 999 }] });
+    await d.daemon.run();
+    setRecoveryAction(1, 1);
+    expect(await healthOf(d).round()).toBe(true);
+    expect(daemonStatus(d.context).devices[1]).toMatchObject({
+      powerWatts: null,
+      pstate: 0,
+      recoveryAction: "gpu-reset",
+    });
+    expect(d.messages()).toContain("GPU 1: health check: NVML_ERROR_UNKNOWN: Unknown Error (nvmlDeviceGetPowerUsage)");
+    expect(d.lines.filter((l) => l.recoveryAction === "gpu-reset")).toHaveLength(1);
+  });
+
   it("asks nothing while the NVML session is closed (a GPU released), and forgets what it read of the released GPU", async () => {
     const d = fixture.daemon({ gpus: 2 }, {}, { attach: true });
     await d.daemon.run();

@@ -171,7 +171,6 @@ async function bringUp(
     effects,
     uvmPersistence: config.uvmPersistenceMode,
     nvmlOpen: () => session.open,
-    dryRun: config.dryRun,
   });
   ctx.registry = registry;
   ctx.handedSockets = handed.sockets;

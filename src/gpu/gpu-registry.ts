@@ -76,7 +76,6 @@ export interface RegistryOptions {
   uvmPersistence: boolean;
   /** Whether NVML may be asked now (the session is open): a GPU held meanwhile is held by its node alone. */
   nvmlOpen: () => boolean;
-  dryRun: boolean;
 }
 
 /**

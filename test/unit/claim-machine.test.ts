@@ -52,7 +52,7 @@ function registry(effects: FakeEffects, nvmlOpen = true): GpuRegistry {
         pci: { domain: 0, bus: 6, device: 0, function: 0 },
       },
     ],
-    { effects, uvmPersistence: true, nvmlOpen: () => nvmlOpen, dryRun: false },
+    { effects, uvmPersistence: true, nvmlOpen: () => nvmlOpen },
   );
 }
 

@@ -82,7 +82,7 @@ export class GpuTelemetry {
     return readings;
   }
 
-  /** The daemon's first attach of GPU `index` took `seconds` (its share of nvmlInit and its first look-up). */
+  /** The daemon's first attach of GPU `index` took `seconds` (the first nvmlInit and the GPU's first look-up). */
   recordAttach(index: number, seconds: number): void {
     const entry = this.#entry(index);
     const paid = seconds >= ALREADY_INITIALISED_BELOW_SECONDS;

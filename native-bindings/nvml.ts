@@ -35,6 +35,36 @@ export const PERSISTENCE_ENABLED = 1;
 
 export const EVENT_XID_CRITICAL_ERROR = 0x8n;
 
+/** nvml.h's NVML_FI_DEV_GET_GPU_RECOVERY_ACTION: what the GPU needs after a fault (nvmlDeviceGpuRecoveryAction_t). */
+export const FI_DEV_GET_GPU_RECOVERY_ACTION = 230;
+
+/**
+ * nvmlFieldValue_t: fieldId u32 @0, scopeId u32 @4, timestamp i64 @8, latencyUsec i64 @16,
+ * valueType u32 @24, nvmlReturn u32 @28, value (nvmlValue_t, an 8-byte union) @32.
+ */
+const FIELD_VALUE_SIZE = 40;
+
+/** Decodes nvmlValue_t by nvmlValueType_t (double, uint, ulong, ulonglong, slonglong, sint, ushort). */
+function fieldNumber(buf: Buffer, valueType: number): number {
+  switch (valueType) {
+    case 0:
+      return buf.readDoubleLE(32);
+    case 1:
+      return buf.readUInt32LE(32);
+    case 2:
+    case 3:
+      return Number(buf.readBigUInt64LE(32));
+    case 4:
+      return Number(buf.readBigInt64LE(32));
+    case 5:
+      return buf.readInt32LE(32);
+    case 6:
+      return buf.readUInt16LE(32);
+    default:
+      throw new Error(`nvmlDeviceGetFieldValues answered an unknown value type ${valueType}`);
+  }
+}
+
 type AnyFn = KoffiFunction;
 
 // Named types, referred to by name in the declarations below.
@@ -80,6 +110,13 @@ const DECLARATIONS = {
   nvmlEventSetWait_v2:
     "int nvmlEventSetWait_v2(nvmlEventSet_t set, _Out_ nvmlEventData_t *data, unsigned int timeoutMs)",
   nvmlEventSetFree: "int nvmlEventSetFree(nvmlEventSet_t set)",
+  // Read-only telemetry, never routed to the persistence socket (unlike the persistence calls).
+  nvmlDeviceGetPowerUsage: "int nvmlDeviceGetPowerUsage(nvmlDevice_t dev, _Out_ unsigned int *milliwatts)",
+  nvmlDeviceGetPerformanceState: "int nvmlDeviceGetPerformanceState(nvmlDevice_t dev, _Out_ int *pstate)",
+  nvmlDeviceGetTotalEnergyConsumption:
+    "int nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t dev, _Out_ unsigned long long *millijoules)",
+  // The nvmlFieldValue_t array is passed as a Buffer (fieldValue() lays it out).
+  nvmlDeviceGetFieldValues: "int nvmlDeviceGetFieldValues(nvmlDevice_t dev, int count, uint8_t *values)",
 } as const;
 
 type NvmlFunctionName = keyof typeof DECLARATIONS;
@@ -266,6 +303,40 @@ export class Nvml {
     const out = [0];
     await this.#call("nvmlDeviceGetPersistenceMode", dev, out);
     return out[0] as number;
+  }
+
+  /** The GPU's power draw in milliwatts. */
+  async powerUsageMw(dev: DeviceHandle): Promise<number> {
+    const out = [0];
+    await this.#call("nvmlDeviceGetPowerUsage", dev, out);
+    return out[0] as number;
+  }
+
+  /** The performance state: 0 (P0, the highest) to 15, 32 when unknown. */
+  async performanceState(dev: DeviceHandle): Promise<number> {
+    const out = [0];
+    await this.#call("nvmlDeviceGetPerformanceState", dev, out);
+    return out[0] as number;
+  }
+
+  /** The energy the GPU used since the driver was loaded, in millijoules. */
+  async totalEnergyMj(dev: DeviceHandle): Promise<number> {
+    const out = [0n];
+    await this.#call("nvmlDeviceGetTotalEnergyConsumption", dev, out);
+    return Number(out[0] as bigint | number);
+  }
+
+  /**
+   * One field through nvmlDeviceGetFieldValues. The field's own return code counts as the
+   * call's: NvmlError (NOT_SUPPORTED where the driver does not report the field).
+   */
+  async fieldValue(dev: DeviceHandle, fieldId: number): Promise<number> {
+    const buf = Buffer.alloc(FIELD_VALUE_SIZE);
+    buf.writeUInt32LE(fieldId, 0);
+    await this.#call("nvmlDeviceGetFieldValues", dev, 1, buf);
+    const code = buf.readInt32LE(28);
+    if (code !== NVML_SUCCESS) throw new NvmlError("nvmlDeviceGetFieldValues", code, this.errorString(code));
+    return fieldNumber(buf, buf.readUInt32LE(24));
   }
 
   async eventSetCreate(): Promise<EventSetHandle> {

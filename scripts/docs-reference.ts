@@ -62,6 +62,12 @@ const GPU: GpuStatus = {
   since: null,
   releasedBy: null,
   fix: null,
+  powerWatts: 78.4,
+  pstate: 0,
+  energyJoules: 28224,
+  initialisation: "paid",
+  initSeconds: 2.1,
+  recoveryAction: "gpu-reset",
 };
 
 /** The daemon's metrics text with every family holding samples (the docs, and promtool's check). */

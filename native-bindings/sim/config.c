@@ -52,6 +52,7 @@ static int load_config_file(const char *path, int dgx) {
                 snprintf(d->busId, sizeof d->busId, "%08X:%02X:%02X.0", d->domain, d->bus, d->device);
             d->minor = (unsigned)num_or(g, "minor", d->minor);
             d->persistence = (int)num_or(g, "persistence", 0);
+            telemetry_config(d, g);
             const struct json *numa = json_get(g, "numa");
             if (numa && numa->kind == JSON_OBJECT) {
                 d->numa_nid = (int)num_or(numa, "nid", 1 + i);
@@ -99,6 +100,7 @@ static int load_config_file(const char *path, int dgx) {
         x->data = (unsigned long long)num_or(ev, "data", 0);
         x->afterMs = num_or(ev, "afterMs", 0);
     }
+    telemetry_schedule(root);
     json_free(root);
     return 1;
 }

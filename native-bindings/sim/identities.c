@@ -24,6 +24,7 @@ void default_identity(struct sim_gpu *g, int index, int dgx) {
     g->numa_nid = -1;
     g->attach_fd = -1;
     snprintf(g->busId, sizeof g->busId, "%08X:%02X:%02X.0", g->domain, g->bus, g->device);
+    telemetry_defaults(g);
 }
 
 int parse_bus_id(const char *s, unsigned *domain, unsigned *bus, unsigned *device) {

@@ -15,6 +15,8 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
+struct json;
+
 typedef int nvmlReturn_t;
 enum {
     NVML_SUCCESS = 0,
@@ -33,6 +35,7 @@ enum {
 #define MAX_FAULTS 64
 #define MAX_EVENTS 256
 #define MAX_SETS 64
+#define MAX_RECOVERY_STEPS 64
 /* An Xid event's type, and the Xid of a GPU that fell off the bus. */
 #define EVENT_XID 0x8ULL
 #define XID_FALLEN_OFF_THE_BUS 79
@@ -49,6 +52,12 @@ struct sim_gpu {
     /* NV_ESC_NUMA_INFO's answer: coherent memory (GH200) has nid >= 0 and a status other than 0. */
     int numa_nid, numa_status, numa_auto_online;
     unsigned long long numa_mem_size;
+    /* telemetry.c: power draw (mW), P-state, the energy counter at the first nvmlInit (mJ),
+     * and NVML_FI_DEV_GET_GPU_RECOVERY_ACTION's value (-1: the driver does not report it). */
+    unsigned power_mw;
+    int pstate;
+    unsigned long long energy_mj;
+    int recovery_action;
 };
 typedef struct sim_gpu *nvmlDevice_t;
 
@@ -85,6 +94,12 @@ struct event {
     int delivered;
 };
 
+/* recoveries[]: GPU `gpu` reports `action` from `afterMs` on (telemetry.c). */
+struct recovery_step {
+    int gpu, action, applied;
+    long long afterMs;
+};
+
 struct event_set {
     int used;
     unsigned long long registered[MAX_GPUS];
@@ -107,6 +122,8 @@ struct sim_state {
     struct event events[MAX_EVENTS];
     int event_count;
     struct event_set sets[MAX_SETS];
+    struct recovery_step recovery_steps[MAX_RECOVERY_STEPS];
+    int recovery_step_count;
     long long attach_delay_ms, set_delay_ms;
     char attach_dir[4096]; /* where the stand-in nodes are: the session then holds one fd on each GPU's node */
     char device_dir[4096]; /* where the stand-in nodes are, for gpuPersistdSimGpuState (attachDir when unset) */
@@ -145,6 +162,11 @@ enum route route_persistence(const struct sim_gpu *g, int proc, int mode, int *s
 
 /* config.c */
 void load_config(void);
+
+/* telemetry.c: the per-GPU telemetry keys of the configuration (root: the whole file) */
+void telemetry_defaults(struct sim_gpu *g);
+void telemetry_config(struct sim_gpu *g, const struct json *gpu);
+void telemetry_schedule(const struct json *root);
 
 /* calls.c */
 nvmlReturn_t done(const char *call, int gpu, nvmlReturn_t ret);

@@ -1,5 +1,6 @@
 // `gpu-persistd health-check [--slurm]`: one line saying whether every GPU the daemon wants
-// held is held, from the daemon's status over its control socket alone (never a config file). Exit 0 healthy, 1 not (the line names
+// held is held with no NVML recovery action pending, from the daemon's status over its control
+// socket alone (never a config file). Exit 0 healthy, 1 not (the line names
 // the GPU and the cause) or Slurm could not be read or updated, 69 no daemon answers. With --slurm (the shipped
 // HealthCheckProgram), it also drains this node when unhealthy and resumes it once healthy,
 // but only a node it drained itself (the reason's prefix says so).

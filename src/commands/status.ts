@@ -1,6 +1,7 @@
 import { requestStatus } from "../control/control-client.js";
 import { legacyFlagNote } from "../fixes.js";
-import type { DaemonStatus, GpuStatus } from "../status/daemon-status.js";
+import { recoveryStep } from "../health/recovery-action.js";
+import { type DaemonStatus, type GpuStatus, heldDrawWatts } from "../status/daemon-status.js";
 
 /** What the HELD column says: the state in a word an admin reads at a glance. */
 function heldText(d: GpuStatus): string {
@@ -18,9 +19,29 @@ function releasedText(d: GpuStatus): string {
   return `released by ${who}${d.since ? ` since ${d.since}` : ""}`;
 }
 
+/** Joules as a person reads them: J, kJ, then kWh (what the power bill counts). */
+function energyText(joules: number): string {
+  if (joules < 1e3) return `${joules.toFixed(0)} J`;
+  if (joules < 3.6e6) return `${(joules / 1e3).toFixed(1)} kJ`;
+  return `${(joules / 3.6e6).toFixed(2)} kWh`;
+}
+
+/** What holding the GPU costs now and what it saved, where NVML tells: one line, or "". */
+function costText(d: GpuStatus): string {
+  const parts = [
+    d.powerWatts === null ? "" : `${d.powerWatts.toFixed(1)} W`,
+    d.pstate === null ? "" : `P${d.pstate}`,
+    d.energyJoules === null ? "" : `${energyText(d.energyJoules)} since held`,
+    d.initialisation === "paid" ? `initialisation paid at first open: ${d.initSeconds?.toFixed(2)} s` : "",
+    d.initialisation === "already-initialised" ? "already initialised at first open" : "",
+  ].filter(Boolean);
+  return parts.join(", ");
+}
+
 function table(status: DaemonStatus): string {
   const selected = status.devices.filter((d) => d.selected);
   const held = selected.filter((d) => d.held).length;
+  const draw = heldDrawWatts(status.devices);
   const flags = [status.simulated ? "simulated GPUs" : "", status.dryRun ? "dry run" : ""].filter(Boolean);
   const rows = [
     `gpu-persistd ${status.version}, PID ${status.pid}: ${held}/${selected.length} GPUs held${flags.length ? ` (${flags.join(", ")})` : ""}`,
@@ -30,6 +51,7 @@ function table(status: DaemonStatus): string {
     ...(status.lastReload?.refused
       ? [`last reload refused (${status.lastReload.at}), running configuration kept: ${status.lastReload.refused}`]
       : []),
+    ...(draw === null ? [] : [`held GPUs draw ${draw.toFixed(1)} W now`]),
     "",
     ["IDX", "PCI BUS ID".padEnd(16), "MINOR", "PERSISTENCE", "HELD    ", "NAME / UUID"].join("  "),
   ];
@@ -55,6 +77,11 @@ function table(status: DaemonStatus): string {
     if (d.fix && (d.error || d.state === "lost")) rows.push(`     to fix: ${d.fix}`);
     if (d.uvm === "failed") rows.push(`     UVM registration failed: ${d.uvmError}`);
     if (d.legacyFlag === "enabled") rows.push(`     ${legacyFlagNote(d.index)}`);
+    if (d.recoveryAction !== null && d.recoveryAction !== "none") {
+      rows.push(`     RECOVERY ACTION ${d.recoveryAction}: ${recoveryStep(d.recoveryAction, d.index)}`);
+    }
+    const cost = costText(d);
+    if (cost) rows.push(`     ${cost}`);
   }
   return `${rows.join("\n")}\n`;
 }

@@ -8,6 +8,7 @@ import type { GpuRegistry } from "../gpu/gpu-registry.js";
 import type { NvmlSession } from "../gpu/nvml-session.js";
 import type { SessionCoordinator } from "../gpu/session-coordinator.js";
 import { StateSince } from "../gpu/state-since.js";
+import { GpuTelemetry } from "../health/gpu-telemetry.js";
 import type { HealthMonitor } from "../health/health-monitor.js";
 import type { XidEvents } from "../health/xid-events.js";
 import type { Log } from "../log.js";
@@ -42,6 +43,8 @@ export class DaemonContext {
   config: Config;
   readonly deps: DaemonDeps;
   readonly metrics = new DaemonMetrics();
+  /** Per GPU: power, P-state, energy since held, the initialisation paid, the recovery action. */
+  readonly telemetry = new GpuTelemetry();
   session: NvmlSession | null = null;
   registry: GpuRegistry | null = null;
   coordinator: SessionCoordinator | null = null;

@@ -8,7 +8,7 @@ import type { Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
 import { parseGpuSelector, selectorMatches } from "../selection/gpu-selector.js";
 import type { DaemonContext } from "./context.js";
 import { LeasedElsewhere, type LeaseRecord } from "./release-leases.js";
-import { daemonStatus, statusOf } from "./status-snapshot.js";
+import { daemonStatus, gpuStatusOf } from "./status-snapshot.js";
 
 /** GPUs one release may name. */
 const MAX_RELEASE_GPUS = 256;
@@ -68,9 +68,10 @@ async function releaseLease(ctx: DaemonContext, registry: GpuRegistry, gpus: Gpu
     await end();
     throw new BadRequest(`cannot release: ${problem}; nothing was released`);
   }
-  return new Lease({ released: gpus.map(statusOf(ctx)) }, async () => {
+  const statusOf = (gpu: Gpu) => gpuStatusOf(ctx, gpu);
+  return new Lease({ released: gpus.map(statusOf) }, async () => {
     await end();
-    return { held: gpus.map(statusOf(ctx)) };
+    return { held: gpus.map(statusOf) };
   });
 }
 

@@ -191,6 +191,8 @@ async function identify(
   });
   ctx.registry = registry;
   ctx.handedSockets = handed.sockets;
+  recordInitialisation(ctx, session, found);
+  ctx.telemetry.follow(registry, session.nvml, () => session.open);
   if (handed.nodes.size > 0) {
     log.info(`adopting ${handed.nodes.size} GPU nodes the previous run kept in systemd's fd store: no GPU was let go`);
   }
@@ -264,6 +266,22 @@ async function holdSelected(
       : ExitCode.FAILURE,
     `no selected GPU could be held (first failure: GPU ${first?.index} ${first ? gpuFields(first).gpuPciBusId : ""}: ${describeError(first?.fault)})`,
   );
+}
+
+/**
+ * What the daemon paid to initialise each GPU at its first attach. Real NVML attaches every
+ * GPU inside nvmlInit (a cold GPU costs seconds there, and NVML tells no split per GPU, so
+ * each GPU's figure includes the whole nvmlInit: what the next client would have waited); a
+ * driver that attaches lazily, as the simulator does (attachDelayMs), pays it at the GPU's
+ * first handle look-up. Opening the node afterwards costs nothing: NVML attached it already.
+ */
+function recordInitialisation(ctx: DaemonContext, session: NvmlSession, found: readonly (Identity | Error)[]): void {
+  if (session.firstInitMs === null) return;
+  for (const [index, id] of found.entries()) {
+    if (!(id instanceof Error) && id.lookUpMs !== undefined) {
+      ctx.telemetry.recordAttach(index, (session.firstInitMs + id.lookUpMs) / 1000);
+    }
+  }
 }
 
 /**
@@ -353,6 +371,7 @@ function startHealth(
       nvml: session.nvml,
       registry,
       coordinator,
+      telemetry: ctx.telemetry,
       nvmlOpen: () => session.open,
       xid: () => ctx.xid,
       onRound: (seconds, healthy, checked) => {

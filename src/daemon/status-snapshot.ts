@@ -15,9 +15,13 @@ function degraded(ctx: DaemonContext): DaemonStatus["nvmlDegraded"] {
   return m ? { ...m, message: mismatchText(m) } : null;
 }
 
-/** One GPU's status, with what the daemon knows of it beyond the registry. */
-export function statusOf(ctx: DaemonContext): (gpu: Gpu) => GpuStatus {
-  return (gpu) => gpuStatus(gpu, gpuFacts(ctx, gpu));
+/** One GPU's status: the registry's, what the daemon knows of it beyond, and what the health rounds read. */
+export function gpuStatusOf(ctx: DaemonContext, gpu: Gpu): GpuStatus {
+  return gpuStatus(gpu, gpuFacts(ctx, gpu), ctx.telemetry.of(gpu.index));
+}
+
+function devices(ctx: DaemonContext): GpuStatus[] {
+  return (ctx.registry?.list() ?? []).map((gpu) => gpuStatusOf(ctx, gpu));
 }
 
 export function daemonStatus(ctx: DaemonContext): DaemonStatus {
@@ -40,12 +44,12 @@ export function daemonStatus(ctx: DaemonContext): DaemonStatus {
       : [],
     lastReload: ctx.lastReload ? { at: ctx.lastReload.at.toISOString(), refused: ctx.lastReload.refused } : null,
     memory: { rss, heapUsed, external },
-    devices: (ctx.registry?.list() ?? []).map(statusOf(ctx)),
+    devices: devices(ctx),
   };
 }
 
 export function daemonStatusLine(ctx: DaemonContext): string {
-  const line = statusLine((ctx.registry?.list() ?? []).map(statusOf(ctx)), ctx.config.persistenceMode);
+  const line = statusLine(devices(ctx), ctx.config.persistenceMode);
   const m = ctx.coordinator?.mismatch;
   return m
     ? `degraded: NVML ${m.libraryVersion ?? "?"} vs kernel module ${m.moduleVersion ?? "?"}, reboot to fix; ${line}`
@@ -55,7 +59,7 @@ export function daemonStatusLine(ctx: DaemonContext): string {
 export function metricsText(ctx: DaemonContext): string {
   return ctx.metrics.render({
     version: VERSION,
-    devices: (ctx.registry?.list() ?? []).map(statusOf(ctx)),
+    devices: devices(ctx),
     rpcRequests: ctx.rpc?.requestCounts ?? new Map(),
     nvmlDegraded: degraded(ctx),
   });

@@ -9,6 +9,7 @@ import { requestStatus } from "../control/control-client.js";
 import type { DaemonStatus } from "../status/daemon-status.js";
 import { UNIT_NAME } from "../systemd/unit-name.js";
 import { type Check, fail, pass } from "./check.js";
+import { persistenceCostCheck, recoveryCheck } from "./cost-checks.js";
 import { deviceNodeChecks, kernelModuleCheck, numaCheck } from "./driver-checks.js";
 import { HostRoot } from "./host-root.js";
 import { metricsChecks } from "./metrics-checks.js";
@@ -93,6 +94,8 @@ export async function runDoctor(commandLine: CommandLine, env: NodeJS.ProcessEnv
     ...runtimeChecks(host, config, daemon, daemonError),
     numaCheck(host, daemon),
     ...(await nvmlChecks(host, config, env, daemon)),
+    recoveryCheck(daemon),
+    persistenceCostCheck(daemon),
   ];
   return { ok: checks.every((c) => c.ok), root: host.root, checks };
 }

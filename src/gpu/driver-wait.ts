@@ -20,21 +20,23 @@ function driverMissing(err: unknown): boolean {
 
 /**
  * nvmlInit, retried while the driver is not loaded, for at most `waitMs`. Other failures
- * are rethrown at once. Throws FatalError (exit 69) when the driver never loads.
+ * are rethrown at once. Throws FatalError (exit 69) when the driver never loads. Resolves
+ * how long the nvmlInit that succeeded took (ms): real NVML attaches every GPU there.
  */
 export async function initWhenDriverLoads(
   nvml: Nvml,
   waitMs: number,
   log: Log,
   notifier: SystemdNotifier,
-): Promise<void> {
+): Promise<number> {
   const started = performance.now();
   let delay = FIRST_DELAY_MS;
   for (let attempt = 1; ; attempt++) {
+    const calledAt = performance.now();
     try {
       await nvml.init();
       if (attempt > 1) log.info(`the NVIDIA driver answered after ${Math.round(performance.now() - started)} ms`);
-      return;
+      return performance.now() - calledAt;
     } catch (err) {
       const waited = performance.now() - started;
       if (!driverMissing(err)) throw err;

@@ -38,6 +38,8 @@ export interface Identity {
   name: string;
   pci: PciAddress;
   minor: number;
+  /** How long the first handle look-up took (ms): a driver that attaches lazily initialises the GPU there. */
+  lookUpMs?: number;
 }
 
 /** One GPU, as everything outside the registry sees it: read-only. */

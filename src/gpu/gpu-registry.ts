@@ -88,7 +88,9 @@ export async function identifyGpus(nvml: Nvml, count: number, concurrency: numbe
     concurrency,
     async (index) => {
       try {
+        const lookUpStarted = performance.now();
         const handle = await nvml.handleByIndex(index);
+        const lookUpMs = performance.now() - lookUpStarted;
         const [uuid, name, pci, minor] = await Promise.all([
           nvml.uuid(handle),
           nvml.name(handle),
@@ -101,6 +103,7 @@ export async function identifyGpus(nvml: Nvml, count: number, concurrency: numbe
           name,
           minor,
           pci: { domain: pci.domain, bus: pci.bus, device: pci.device, function: 0 },
+          lookUpMs,
         };
       } catch (err) {
         found[index] = err as Error;
@@ -440,6 +443,24 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     }
     if (entry.probing === probing) entry.probing = null;
     return "answered";
+  }
+
+  /**
+   * NVML's recovery action DRAIN_P2P: NVIDIA's recovery guide wants UVM persistence dropped
+   * before the driver can go on. Closes the GPU's UVM fd (for good); the node stays held. The
+   * next hold of the GPU (after a reset) registers again.
+   */
+  dropUvm(gpu: Gpu, why: string): Promise<void> {
+    return this.#serial(gpu, async (entry) => {
+      const fd = entry.uvmFd;
+      if (fd === null) return;
+      entry.uvmFd = null;
+      entry.uvm = "off";
+      await this.#o.effects
+        .close(fd, true)
+        .catch((err) => this.#note(entry, "warn", `closing the UVM fd: ${errorText(err)}`));
+      this.#note(entry, "warn", `UVM registration dropped: ${why}`);
+    });
   }
 
   recordXid(gpu: Gpu, xid: number): void {

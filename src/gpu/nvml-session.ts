@@ -28,6 +28,8 @@ export class NvmlSession {
   #open = false;
   /** How long a close waits for calls in flight before it leaves the session open. */
   idleLimitMs: number;
+  /** How long the first nvmlInit took (ms), where real NVML attaches every GPU; null before it. */
+  firstInitMs: number | null = null;
 
   constructor(nvml: Nvml, log: Log, idleLimitMs: number) {
     this.nvml = nvml;
@@ -58,7 +60,7 @@ export class NvmlSession {
    */
   async start(driverWaitMs: number, notifier: SystemdNotifier): Promise<void> {
     try {
-      await initWhenDriverLoads(this.nvml, driverWaitMs, this.#log, notifier);
+      this.firstInitMs = await initWhenDriverLoads(this.nvml, driverWaitMs, this.#log, notifier);
     } catch (err) {
       // The daemon degrades instead (version-mismatch.ts): the caller decides.
       if (err instanceof FatalError || isVersionMismatch(err)) throw err;

@@ -1,12 +1,14 @@
 // The health loop: one timer that, each interval, checks every held GPU, then lets the
 // systemd watchdog ping if every check answered within the watchdog interval (a hung driver
 // stops the pings, so systemd restarts the daemon). With the NVML session open a round
-// drains the Xid events queued since the last one and asks NVML about each held GPU (never its
-// persistence mode: NVML would route that to our own socket and ask this daemon, not the driver);
-// while a GPU is released (the session closed, so nothing pins that GPU) it asks the driver
-// about each held GPU through the GPU's own node instead. All checks of a round run at once
-// on the thread pool, each with its time limit. What a round finds (loss) goes to
-// the registry; a round also retries an NVML session that could not be closed or reopened.
+// drains the Xid events queued since the last one and reads each held GPU's telemetry and
+// recovery action (gpu-telemetry.ts: read-only calls NVML never routes to the persistence
+// socket, so the driver answers, never this daemon's own RPC server); while a GPU is released
+// (the session closed, so nothing pins that GPU) it asks the driver about each held GPU
+// through the GPU's own node instead. All checks of a round run at once on the thread pool,
+// each with its time limit. What a round finds (loss, a recovery action) goes to the
+// registry and the journal; a round also retries an NVML session that could not be closed
+// or reopened.
 import { PoolCallTimeoutError } from "../../native-bindings/libuv-pool.js";
 import { KernelCallError } from "../../native-bindings/nvidia-kernel.js";
 import type { Nvml } from "../../native-bindings/nvml.js";
@@ -17,12 +19,15 @@ import { gpuFields } from "../gpu/gpu-log-fields.js";
 import { type Gpu, GpuLostError, type GpuRegistry } from "../gpu/gpu-registry.js";
 import type { SessionCoordinator } from "../gpu/session-coordinator.js";
 import type { Log } from "../log.js";
+import type { GpuTelemetry } from "./gpu-telemetry.js";
+import { type RecoveryAction, recoveryStep } from "./recovery-action.js";
 import type { XidEvents } from "./xid-events.js";
 
 export interface HealthOptions {
   nvml: Nvml;
   registry: GpuRegistry;
   coordinator: SessionCoordinator;
+  telemetry: GpuTelemetry;
   /** Whether the NVML session is open now. */
   nvmlOpen(): boolean;
   /** The Xid event set, while there is one. */
@@ -120,15 +125,31 @@ export class HealthMonitor {
   }
 
   #checkByNvml(gpu: Gpu): Promise<Outcome> {
-    const handle = gpu.handle;
-    if (handle === null) return this.#checkByNode(gpu);
+    if (gpu.handle === null) return this.#checkByNode(gpu);
+    const { telemetry, nvml, nvmlOpen } = this.#o;
     return this.#check(
       `gpu:${gpu.index}`,
       async () => {
-        await this.#o.nvml.minorNumber(handle);
+        const before = telemetry.of(gpu.index).recoveryAction;
+        const { action, failure } = await telemetry.read(nvml, gpu, nvmlOpen);
+        if (action !== null && action !== before) await this.#actOn(gpu, action, before);
+        if (failure !== null) throw failure;
       },
       gpu,
     );
+  }
+
+  /** The driver's recovery action changed: the journal says what to do; DRAIN_P2P drops UVM. */
+  async #actOn(gpu: Gpu, action: RecoveryAction, before: RecoveryAction | null): Promise<void> {
+    const fields = { ...gpuFields(gpu), recoveryAction: action };
+    if (action === "none") {
+      if (before !== null) this.#o.log.info(fields, "recovery action cleared: the driver reports none");
+      return;
+    }
+    const step = recoveryStep(action, gpu.index);
+    this.#o.log.error(fields, `NVML reports recovery action ${action}: ${step}`);
+    // NVIDIA's recovery guide: P2P drains need UVM persistence dropped before the driver can go on.
+    if (action === "drain-p2p") await this.#o.registry.dropUvm(gpu, "NVML reports recovery action drain-p2p");
   }
 
   #checkByNode(gpu: Gpu): Promise<Outcome> {

@@ -1,7 +1,9 @@
-// What gpu-persistd exports to Prometheus: per-GPU state, Xid counts, health-check latency,
-// bring-up duration and RPC requests. The daemon records into one instance; the exporters
+// What gpu-persistd exports to Prometheus: per-GPU state, Xid counts, what holding a GPU
+// costs and saves (power, energy, the initialisation paid), NVML's recovery action,
+// health-check latency, bring-up duration and RPC requests. The daemon records into one instance; the exporters
 // (metrics-listener.ts, metrics-textfile.ts) render it on demand.
 import { NUMA_ONLINE, numaStatusName } from "../../native-bindings/nvidia-kernel.js";
+import { recoveryActionValue } from "../health/recovery-action.js";
 import type { GpuStatus } from "../status/daemon-status.js";
 import { family, Histogram, type Labels } from "./prometheus-text.js";
 
@@ -110,6 +112,45 @@ export class DaemonMetrics {
         "gauge",
         "1 once NVML reported the GPU lost (Xid 79 and kin); cleared only by a restart.",
         perGpu((d) => flag(d.lost)),
+      ),
+      family(
+        "gpu_persistd_gpu_power_watts",
+        "gauge",
+        "Power draw of a held GPU as the last health round read it (absent where NVML does not report it).",
+        perGpu((d) => d.powerWatts),
+      ),
+      family(
+        "gpu_persistd_gpu_performance_state",
+        "gauge",
+        "Performance state of a held GPU: 0 for P0 (the highest) to 15 (absent where NVML does not report it).",
+        perGpu((d) => d.pstate),
+      ),
+      family(
+        "gpu_persistd_gpu_energy_joules_total",
+        "counter",
+        "Energy a GPU used since gpu-persistd held it; starts again at each hold (absent where NVML does not report it).",
+        perGpu((d) => d.energyJoules),
+      ),
+      family(
+        "gpu_persistd_gpu_initialisation_seconds",
+        "gauge",
+        "What the daemon's first attach of the GPU took: the driver's start-up that holding it saves the next client; 0 when it was already initialised (absent when not measured).",
+        perGpu((d) => (d.initialisation === "unknown" ? null : (d.initSeconds ?? 0))),
+      ),
+      family(
+        "gpu_persistd_gpu_recovery_action",
+        "gauge",
+        "NVML's recovery action for the GPU: 0 none, 1 GPU reset, 2 node reboot, 3 drain P2P, 4 drain and reset; its name as the action label (absent where the driver does not report it).",
+        snapshot.devices.flatMap((d) =>
+          d.recoveryAction === null
+            ? []
+            : [
+                {
+                  labels: { ...gpuLabels(d), action: d.recoveryAction },
+                  value: recoveryActionValue(d.recoveryAction),
+                },
+              ],
+        ),
       ),
       family(
         "gpu_persistd_xid_events_total",

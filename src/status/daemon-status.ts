@@ -13,6 +13,8 @@ import {
   type PersistenceReading,
   type UvmState,
 } from "../gpu/gpu-registry.js";
+import type { GpuReadings } from "../health/gpu-telemetry.js";
+import type { RecoveryAction } from "../health/recovery-action.js";
 import { formatPciAddress } from "../selection/pci-address.js";
 
 /** Bumped whenever a field changes meaning or disappears. */
@@ -63,6 +65,25 @@ export interface GpuStatus extends GpuFacts {
   uvmError: string | null;
   /** Coherent memory as a NUMA node (GH200, GB200): null for GPUs without it or not yet opened. */
   numa: { nid: number; status: string; autoOnline: boolean; memSizeBytes: number } | null;
+  /** Power draw in watts as the last health round read it while held; null when unknown or not supported. */
+  powerWatts: number | null;
+  /** Performance state, 0 (P0) to 15, as last read while held; null when unknown. */
+  pstate: number | null;
+  /** Energy the GPU used since the daemon held it, in joules; null when unknown or not supported. */
+  energyJoules: number | null;
+  /**
+   * What the daemon paid to initialise the GPU at its first attach: "paid" (initSeconds says
+   * how long), "already-initialised" (another holder, the legacy flag or the previous run kept
+   * it up), "unknown" (not measured: no NVML at start).
+   */
+  initialisation: GpuReadings["initialisation"];
+  initSeconds: number | null;
+  /**
+   * NVML's recovery action as the driver last reported it: "none", "gpu-reset",
+   * "node-reboot", "drain-p2p", "drain-and-reset" ("action-N" for one this version does not
+   * know); null where the driver does not report it.
+   */
+  recoveryAction: RecoveryAction | null;
 }
 
 export interface DaemonStatus {
@@ -104,7 +125,7 @@ function persistenceAsNvmlReports(gpu: Gpu): PersistenceReading {
   return gpu.legacyFlag;
 }
 
-export function gpuStatus(gpu: Gpu, facts: GpuFacts): GpuStatus {
+export function gpuStatus(gpu: Gpu, facts: GpuFacts, readings: GpuReadings): GpuStatus {
   const fault = gpu.fault;
   return {
     ...facts,
@@ -134,10 +155,17 @@ export function gpuStatus(gpu: Gpu, facts: GpuFacts): GpuStatus {
             memSizeBytes: Number(gpu.numa.memSizeBytes),
           }
         : null,
+    ...readings,
   };
 }
 
-type Shape = "number" | "string" | "boolean" | "string|null" | "object" | "object|null";
+/** The node's draw now, over the GPUs held that report it; null when none does. */
+export function heldDrawWatts(devices: readonly GpuStatus[]): number | null {
+  const drawing = devices.filter((d) => d.held && d.powerWatts !== null);
+  return drawing.length === 0 ? null : drawing.reduce((sum, d) => sum + (d.powerWatts ?? 0), 0);
+}
+
+type Shape = "number" | "string" | "boolean" | "string|null" | "number|null" | "object" | "object|null";
 
 const GPU_SHAPE: Record<keyof GpuStatus, Shape> = {
   index: "number",
@@ -162,6 +190,12 @@ const GPU_SHAPE: Record<keyof GpuStatus, Shape> = {
   since: "string|null",
   releasedBy: "object|null",
   fix: "string|null",
+  powerWatts: "number|null",
+  pstate: "number|null",
+  energyJoules: "number|null",
+  initialisation: "string",
+  initSeconds: "number|null",
+  recoveryAction: "string|null",
 };
 
 const DAEMON_SHAPE: Record<Exclude<keyof DaemonStatus, "devices">, Shape> = {
@@ -185,8 +219,8 @@ function mismatch(shape: Record<string, Shape>, value: Record<string, unknown>):
   for (const [key, want] of Object.entries(shape)) {
     const v = value[key];
     const ok =
-      want === "string|null"
-        ? v === null || typeof v === "string"
+      want === "string|null" || want === "number|null"
+        ? v === null || typeof v === want.slice(0, -5)
         : want === "object|null"
           ? typeof v === "object"
           : want === "object"

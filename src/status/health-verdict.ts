@@ -1,6 +1,7 @@
 // The fleet health check: is this node's GPU set as wanted, judged from the daemon's status
 // alone, and what a scheduler should do about it. Pure functions, so the decision table is
 // tested without a daemon or a Slurm controller.
+import { recoveryStep } from "../health/recovery-action.js";
 import type { DaemonStatus, GpuStatus } from "./daemon-status.js";
 
 /** Every drain reason starts with this, and only reasons that do are ever resumed (LBNL NHC's rule). */
@@ -43,12 +44,21 @@ function problem(g: GpuStatus, drainReleased: boolean): string | null {
   }
 }
 
+/** The driver reports a recovery action other than none: the GPU takes no jobs until it clears. */
+function recovery(g: GpuStatus): string | null {
+  if (!g.selected || g.recoveryAction === null || g.recoveryAction === "none") return null;
+  return `${gpuName(g)} recovery action ${g.recoveryAction}: ${recoveryStep(g.recoveryAction, g.index)}`;
+}
+
 /** The daemon's selectors that match no GPU: each names a GPU the node is missing. */
 function missing(status: DaemonStatus): string[] {
   return status.unmatchedSelectors.map((text) => `GPU ${text} missing: NVML reports no such GPU`);
 }
 
-/** Whether every selected GPU is held, with the one-line reason a drain would carry. */
+/**
+ * Whether every selected GPU is held with no recovery action pending, with the one-line
+ * reason a drain would carry (the action's exact command in it).
+ */
 export function healthVerdict(input: HealthInput): HealthVerdict {
   const { status } = input;
   if (!status) return { healthy: false, reason: `${REASON_PREFIX} ${input.unavailable ?? "no daemon status"}` };
@@ -60,7 +70,7 @@ export function healthVerdict(input: HealthInput): HealthVerdict {
         ]
       : []),
     ...missing(status),
-    ...status.devices.flatMap((g) => problem(g, input.drainReleased) ?? []),
+    ...status.devices.flatMap((g) => [problem(g, input.drainReleased), recovery(g)].filter((p) => p !== null)),
   ];
   if (problems.length === 0) {
     const wanted = status.devices.filter((g) => g.wanted);

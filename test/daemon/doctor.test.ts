@@ -107,6 +107,8 @@ describe("gpu-persistd doctor", () => {
       "driver-version",
       "gpu:0",
       "gpu:1",
+      "recovery",
+      "persistence-cost",
     ]);
     expect(check(checks, "config").detail).toContain(
       "with the options of /etc/systemd/system/gpu-persistd.service.d/simulate.conf",
@@ -114,8 +116,32 @@ describe("gpu-persistd doctor", () => {
     expect(check(checks, "account").detail).toBe("user nvidia-persistenced (uid 998, from /etc/passwd), gid 998");
     expect(check(checks, "driver-version").detail).toBe("both 580.159.04-sim");
     expect(check(checks, "gpu:1").detail).toMatch(/^persistence enabled, held by gpu-persistd \(PID \d+\)$/);
-    expect(text).toContain("gpu-persistd doctor: all 15 checks passed");
+    expect(text).toContain("gpu-persistd doctor: all 17 checks passed");
+    // With the shipped 15 s health interval no round has read the GPUs yet.
+    expect(check(checks, "persistence-cost").detail).toMatch(/^2 GPU\(s\) held; no power reading for them/);
     expect(text).toMatch(/^PASS {2}NVIDIA kernel module +nvidia loaded, driver 580\.159\.04-sim$/m);
+  });
+
+  it("fails a GPU whose driver asks for a reset, with the exact command, and notes the held GPUs' draw", async () => {
+    healthyHost({ gpus: [{ powerMw: 78400 }, { powerMw: 74400, recoveryAction: 1 }] });
+    const daemon = fixture.spawn([`--runtime-dir=${join(root, "run/nvidia-persistenced")}`, "--simulate=2"], {
+      ...env(),
+      GPU_PERSISTD_HEALTH_INTERVAL_MS: "100",
+    });
+    await daemon.waitReady();
+    await daemon.waitFor("NVML reports recovery action gpu-reset");
+    const { code, checks, text } = doctor();
+    expect(code).toBe(1);
+    expect(check(checks, "recovery")).toMatchObject({
+      ok: false,
+      detail: "GPU 1 00000000:07:00.0: gpu-reset",
+      fix: "GPU 1: stop its jobs, then run: gpu-persistd release 1 -- nvidia-smi -r -i 1",
+    });
+    expect(check(checks, "persistence-cost")).toMatchObject({ ok: true });
+    expect(check(checks, "persistence-cost").detail).toMatch(
+      /^2 held GPU\(s\) draw 152\.8 W now \(their idle draw while no job runs: about 1339 kWh a year\)/,
+    );
+    expect(text).toContain("fix: GPU 1: stop its jobs, then run: gpu-persistd release 1 -- nvidia-smi -r -i 1");
   });
 
   it("fails when nvidia-persistenced runs beside it, and says how to stop and mask it", async () => {
@@ -129,7 +155,7 @@ describe("gpu-persistd doctor", () => {
       "systemctl disable --now nvidia-persistenced.service && systemctl mask nvidia-persistenced.service",
     );
     expect(text).toContain("fix: systemctl disable --now nvidia-persistenced.service");
-    expect(text).toContain("gpu-persistd doctor: 1 of 15 checks failed");
+    expect(text).toContain("gpu-persistd doctor: 1 of 17 checks failed");
   });
 
   it("passes a masked nvidia-persistenced, naming the mask and how to undo it", () => {

@@ -1,5 +1,5 @@
 // Metrics from a running daemon on simulated GPUs: the HTTP listener and the textfile carry
-// per-GPU state, Xid counters, health-check latency, bring-up time and RPC counts; each way
+// per-GPU state, power and energy, the recovery action, Xid counters, health-check latency, bring-up time and RPC counts; each way
 // the exporters can fail stops the start with the cause and the fix.
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { createServer } from "node:net";
@@ -60,6 +60,12 @@ describe("metrics over HTTP", () => {
     expect(sample(text, 'gpu_persistd_health_checks_total{result="passed"}')).toBeGreaterThan(0);
     expect(sample(text, 'gpu_persistd_health_checks_total{result="failed"}')).toBe(0);
     expect(sample(text, 'gpu_persistd_build_info{version="')).toBe(1);
+    // What holding costs: the simulator's defaults (74.4 W, P0), read by the health rounds.
+    expect(sample(text, `gpu_persistd_gpu_power_watts{${gpu0}`)).toBe(74.4);
+    expect(sample(text, `gpu_persistd_gpu_performance_state{${gpu0}`)).toBe(0);
+    expect(sample(text, `gpu_persistd_gpu_energy_joules_total{${gpu0}`)).toBeGreaterThanOrEqual(0);
+    expect(sample(text, `gpu_persistd_gpu_initialisation_seconds{${gpu0}`)).toBe(0);
+    expect(text).toMatch(/^gpu_persistd_gpu_recovery_action\{gpu="1",.*,action="none"\} 0$/m);
 
     expect((await fetch(`http://127.0.0.1:${port}/`)).status).toBe(404);
     expect((await fetch(`http://127.0.0.1:${port}/metrics`, { method: "POST" })).status).toBe(405);

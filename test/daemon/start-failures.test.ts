@@ -161,4 +161,26 @@ describe("status client", () => {
     expect(lines[at + 1]).toMatch(/^ {5}unidentified: NVML_ERROR_NO_PERMISSION/);
     expect(lines[at + 2]).toMatch(/^ {5}to fix: /);
   });
+
+  it("prints what holding each GPU costs, the node's draw, and a pending recovery action with its step", async () => {
+    const d = fixture.start(
+      ["--simulate=2"],
+      { gpus: [{ powerMw: 78400, pstate: 2 }, { recoveryAction: 1 }], attachDelayMs: 150 },
+      { GPU_PERSISTD_HEALTH_INTERVAL_MS: "100" },
+    );
+    await d.waitReady();
+    await d.waitFor("NVML reports recovery action gpu-reset");
+    const result = runBundle(["status", `--runtime-dir=${fixture.scratch.runtimeDir}`]);
+    expect(result.code).toBe(0);
+    const lines = result.stdout.split("\n");
+    expect(lines[1]).toBe("held GPUs draw 152.8 W now");
+    const gpu0 = lines.findIndex((line) => line.startsWith("0 "));
+    expect(lines[gpu0 + 1]).toMatch(
+      /^ {5}78\.4 W, P2, \d+(\.\d)? k?J since held, initialisation paid at first open: 0\.\d\d s$/,
+    );
+    const gpu1 = lines.findIndex((line) => line.startsWith("1 "));
+    expect(lines[gpu1 + 1]).toBe(
+      "     RECOVERY ACTION gpu-reset: stop its jobs, then run: gpu-persistd release 1 -- nvidia-smi -r -i 1",
+    );
+  });
 });

@@ -1,8 +1,9 @@
 // The shipped Slurm health check against a real Slurm 22.05 (munge, slurmctld and slurmd in
 // one Debian 12 container under real systemd), with gpu-persistd installed from its .deb on
 // simulated GPUs: an Xid 79 drains the node naming the GPU, a stopped daemon drains it
-// saying so, every GPU held again resumes it, an admin's drain is never undone, and a GPU
-// an admin released drains only when healthCheckDrainReleased says so. One boot for all.
+// saying so, every GPU held again resumes it, an admin's drain is never undone, a GPU
+// an admin released drains only when healthCheckDrainReleased says so, and NVML's recovery
+// action GPU_RESET drains with the exact command until it clears. One boot for all.
 import { describe, expect, it } from "vitest";
 import { fleetRootfs } from "../helpers/nspawn.js";
 import { packageHost, SIM_CONFIG, simulateInUnit } from "../helpers/package.js";
@@ -162,5 +163,41 @@ describe("Slurm health check", () => {
     expect(nodeState().reason).toBe(`gpu-persistd: GPU 1 ${pci} released`);
     run("gpu-persistd hold 1");
     await until("resumed once held", (n) => /^idle/.test(n.state), CHECK_INTERVAL_S * 1000 + SLACK_MS);
+  });
+
+  it("drains on a simulated GPU reset with the command in the reason, and resumes once the action clears", async () => {
+    const RESET_AT_MS = 8000;
+    const CLEARED_AT_MS = 30_000;
+    host.container.writeFile(
+      SIM_CONFIG,
+      JSON.stringify({
+        statePath: "/run/nvidia-persistenced/sim-state",
+        recoveries: [
+          { gpu: 1, action: 1, afterMs: RESET_AT_MS },
+          { gpu: 1, action: 0, afterMs: CLEARED_AT_MS },
+        ],
+      }),
+    );
+    const started = Date.now();
+    run("systemctl restart gpu-persistd");
+    const pci = JSON.parse(run("gpu-persistd status --json")).devices[1].pciBusId as string;
+    const reading = CHECK_INTERVAL_S * 1000 + HEALTH_INTERVAL_MS + SLACK_MS;
+    await until(
+      "drained for the reset",
+      (n) => drained(n) && n.reason.includes("recovery action"),
+      RESET_AT_MS - (Date.now() - started) + reading,
+    );
+    expect(nodeState().reason).toBe(
+      `gpu-persistd: GPU 1 ${pci} recovery action gpu-reset: stop its jobs, then run: gpu-persistd release 1 -- nvidia-smi -r -i 1`,
+    );
+    // The journal line carries the GPU's fields, so journalctl can select it.
+    expect(run("journalctl -q -u gpu-persistd RECOVERY_ACTION=gpu-reset GPU_INDEX=1 -o cat")).toContain(
+      "NVML reports recovery action gpu-reset: stop its jobs, then run: gpu-persistd release 1 -- nvidia-smi -r -i 1",
+    );
+    await until(
+      "resumed once the action cleared",
+      (n) => /^idle/.test(n.state) && n.reason === "none",
+      CLEARED_AT_MS - (Date.now() - started) + reading,
+    );
   });
 });

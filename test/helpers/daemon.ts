@@ -31,6 +31,8 @@ export interface SimConfig {
   callLogPath?: string;
   /** The stand-in nodes' directory: the simulated NVML session then holds an fd on each GPU it attaches, as real NVML does. */
   attachDir?: string;
+  /** Recovery actions that come due: GPU `gpu` reports `action` from `afterMs` on. */
+  recoveries?: { gpu: number; action: number; afterMs: number }[];
 }
 
 /** A scratch directory with a runtime dir, a simulator config and its call log. */

@@ -27,10 +27,16 @@ export function gpuState(index: number): "held" | "initialised" | "torn down" {
   if (state < 0) throw new Error(`the simulator has no GPU ${index}`);
   return state === 2 ? "held" : state === 1 ? "initialised" : "torn down";
 }
+const simSetRecoveryAction = sim.func("void gpuPersistdSimSetRecoveryAction(int gpu, int action)");
 
 /** GPU `index` falls off the bus now: NVML answers GPU_IS_LOST for it, its Xid 79 is queued, its node's ioctls fail. */
 export function fallOffTheBus(index: number): void {
   simFallOffTheBus(index);
+}
+
+/** The driver now reports NVML recovery action `action` for GPU `index` (0 none, 1 reset, 3 drain P2P; -1 not reported). */
+export function setRecoveryAction(index: number, action: number): void {
+  simSetRecoveryAction(index, action);
 }
 
 /** Resolves once `count` NVML calls wait at the simulator's gate (on a pool thread, not by polling). */

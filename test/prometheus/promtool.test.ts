@@ -51,6 +51,11 @@ describe("the daemon's metrics", () => {
       "gpu_persistd_gpu_numa_online",
       "gpu_persistd_rpc",
       "gpu_persistd_nvml_degraded",
+      "gpu_persistd_gpu_power_watts",
+      "gpu_persistd_gpu_performance_state",
+      "gpu_persistd_gpu_energy_joules_total",
+      "gpu_persistd_gpu_initialisation_seconds",
+      "gpu_persistd_gpu_recovery_action",
     ]) {
       expect(text).toContain(family);
     }

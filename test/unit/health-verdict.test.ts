@@ -5,7 +5,12 @@ import { parseSinfoNode } from "../../src/commands/health-check.js";
 import { type DaemonStatus, type GpuStatus, STATUS_FORMAT } from "../../src/status/daemon-status.js";
 import { healthVerdict, type NodeState, nodeAction, REASON_PREFIX } from "../../src/status/health-verdict.js";
 
-function gpu(index: number, state: GpuStatus["state"], error: string | null = null): GpuStatus {
+function gpu(
+  index: number,
+  state: GpuStatus["state"],
+  error: string | null = null,
+  recoveryAction: GpuStatus["recoveryAction"] = "none",
+): GpuStatus {
   return {
     index,
     uuid: `GPU-0000000${index}-0000-0000-0000-000000000000`,
@@ -29,6 +34,12 @@ function gpu(index: number, state: GpuStatus["state"], error: string | null = nu
     since: null,
     releasedBy: null,
     fix: null,
+    powerWatts: 74.4,
+    pstate: 0,
+    energyJoules: 1200,
+    initialisation: "already-initialised",
+    initSeconds: null,
+    recoveryAction,
   };
 }
 
@@ -109,6 +120,62 @@ describe("health verdict", () => {
       "gpu-persistd: GPU 0 00000000:18:00.0 not held yet (holding)",
     ],
     [
+      "a held GPU the driver wants reset: drained with the exact command",
+      status(gpu(0, "held"), gpu(1, "held", null, "gpu-reset")),
+      [],
+      false,
+      false,
+      "gpu-persistd: GPU 1 00000000:19:00.0 recovery action gpu-reset: stop its jobs, then run: gpu-persistd release 1 -- nvidia-smi -r -i 1",
+    ],
+    [
+      "a GPU released for its reset while the action is still pending: still drained",
+      status(gpu(0, "held"), gpu(1, "released", null, "gpu-reset")),
+      [],
+      false,
+      false,
+      "gpu-persistd: GPU 1 00000000:19:00.0 recovery action gpu-reset: stop its jobs, then run: gpu-persistd release 1 -- nvidia-smi -r -i 1",
+    ],
+    [
+      "a node reboot asked",
+      status(gpu(0, "held", null, "node-reboot")),
+      [],
+      false,
+      false,
+      "gpu-persistd: GPU 0 00000000:18:00.0 recovery action node-reboot: reboot the node (a GPU reset is not enough)",
+    ],
+    [
+      "a P2P drain asked",
+      status(gpu(0, "held", null, "drain-p2p")),
+      [],
+      false,
+      false,
+      "gpu-persistd: GPU 0 00000000:18:00.0 recovery action drain-p2p: stop its NVLink and P2P traffic; the driver then reports the next action",
+    ],
+    [
+      "a drain and reset asked",
+      status(gpu(0, "held", null, "drain-and-reset")),
+      [],
+      false,
+      false,
+      "gpu-persistd: GPU 0 00000000:18:00.0 recovery action drain-and-reset: let running jobs end, then run: gpu-persistd release 0 -- nvidia-smi -r -i 0",
+    ],
+    [
+      "an action this version does not know",
+      status(gpu(0, "held", null, "action-7")),
+      [],
+      false,
+      false,
+      "gpu-persistd: GPU 0 00000000:18:00.0 recovery action action-7: see NVIDIA's GPU recovery guide",
+    ],
+    [
+      "a driver that does not report recovery actions: healthy",
+      status(gpu(0, "held", null, null)),
+      [],
+      false,
+      true,
+      "gpu-persistd: 1/1 GPUs held",
+    ],
+    [
       "three GPUs lost: two named, one counted",
       status(gpu(0, "lost", "Xid 79"), gpu(1, "lost", "Xid 79"), gpu(2, "lost", "Xid 79")),
       [],
@@ -142,6 +209,16 @@ describe("health verdict", () => {
       healthy: false,
       reason: "gpu-persistd: GPU 9 missing: NVML reports no such GPU",
     });
+  });
+
+  it("resumes once the action clears: drained for it, then healthy and resumed", () => {
+    const drained = healthVerdict({
+      status: status(gpu(0, "held", null, "gpu-reset")),
+      drainReleased: false,
+    });
+    expect(nodeAction(drained, up)).toEqual({ action: "drain", reason: drained.reason });
+    const cleared = healthVerdict({ status: status(gpu(0, "held")), drainReleased: false });
+    expect(nodeAction(cleared, { offline: true, reason: drained.reason })).toEqual({ action: "resume" });
   });
 
   it("a GPU not selected does not count", () => {

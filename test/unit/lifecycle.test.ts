@@ -187,10 +187,7 @@ describe("requests from clients", () => {
 
 describe("the NVML session around a release", () => {
   it("refuses a release it cannot complete (a call inside NVML does not return in time) and holds the GPU again", async () => {
-    const d = fixture.daemon(
-      { gpus: 2, faults: [gate("nvmlDeviceGetMinorNumber", { afterCalls: 2 })] },
-      { releaseTimeoutMs: 50 },
-    );
+    const d = fixture.daemon({ gpus: 2, faults: [gate("nvmlDeviceGetPowerUsage")] }, { releaseTimeoutMs: 50 });
     await d.daemon.run();
     const round = healthOf(d).round();
     await gated(1);
@@ -240,7 +237,7 @@ describe("health and loss", () => {
   it("a health round marks a GPU lost on NVML_ERROR_GPU_IS_LOST and keeps the others", async () => {
     const d = fixture.daemon({
       gpus: 2,
-      faults: [{ call: "nvmlDeviceGetMinorNumber", gpu: 1, return: 15, afterCalls: 1 }],
+      faults: [{ call: "nvmlDeviceGetPowerUsage", gpu: 1, return: 15 }],
     });
     await d.daemon.run();
     const health = d.context.health;
@@ -253,7 +250,7 @@ describe("health and loss", () => {
 
   it("every round checks every held GPU and drains the Xid events without waiting; a stuck call keeps rounds unhealthy until it returns", async () => {
     const d = fixture.daemon(
-      { gpus: 3, faults: [{ call: "nvmlDeviceGetMinorNumber", gpu: 1, afterCalls: 1, gate: true }] },
+      { gpus: 3, faults: [{ call: "nvmlDeviceGetPowerUsage", gpu: 1, gate: true }] },
       { nvmlTimeoutMs: 50 },
     );
     await d.daemon.run();
@@ -263,7 +260,7 @@ describe("health and loss", () => {
     const before = d.scratch.calls().length;
     expect(await health.round()).toBe(false);
     const round = d.scratch.calls().slice(before);
-    expect(round.filter((c) => c.call === "nvmlDeviceGetMinorNumber").map((c) => c.gpu)).toEqual(
+    expect(round.filter((c) => c.call === "nvmlDeviceGetPowerUsage").map((c) => c.gpu)).toEqual(
       expect.arrayContaining([0, 2]),
     );
     expect(round.filter((c) => c.call === "nvmlEventSetWait_v2")).toHaveLength(1);
@@ -271,7 +268,7 @@ describe("health and loss", () => {
     expect(
       d
         .messages()
-        .filter((m) => m.includes("GPU 1: health check: nvmlDeviceGetMinorNumber did not return within 50 ms")),
+        .filter((m) => m.includes("GPU 1: health check: nvmlDeviceGetPowerUsage did not return within 50 ms")),
     ).toHaveLength(1);
     openGate();
     expect(await nvml.idle(5000)).toBe(true);

@@ -7,7 +7,7 @@ import koffi from "koffi";
 import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { libuvPool } from "../../native-bindings/libuv-pool.js";
 import { NvidiaKernel } from "../../native-bindings/nvidia-kernel.js";
-import { Nvml } from "../../native-bindings/nvml.js";
+import { FI_DEV_GET_GPU_RECOVERY_ACTION, Nvml } from "../../native-bindings/nvml.js";
 import { NvmlError, NvmlLoadError, NvmlTimeoutError } from "../../native-bindings/nvml-errors.js";
 import * as returnCodes from "../../native-bindings/nvml-return-codes.js";
 import { NVML_RETURN_NAMES, nvmlReturnName } from "../../native-bindings/nvml-return-codes.js";
@@ -19,6 +19,7 @@ const reset = sim.func("void gpuPersistdSimReset()");
 const openGate = sim.func("void gpuPersistdSimOpenGate()");
 const awaitGated = sim.func("int gpuPersistdSimAwaitGated(int count, int timeoutMs)");
 const simFallOffTheBus = sim.func("void gpuPersistdSimFallOffTheBus(int gpu)");
+const setRecoveryAction = sim.func("void gpuPersistdSimSetRecoveryAction(int gpu, int action)");
 const nvml = Nvml.load(SIM_LIBRARY, 2000);
 
 /** Resolves once `count` calls wait at the simulator's gate (the wait itself takes a pool thread until then). */
@@ -109,6 +110,88 @@ describe("calls", () => {
     await nvml.init();
     expect(await nvml.persistenceMode(await nvml.handleByIndex(1))).toBe(1);
     expect(await nvml.persistenceMode(await nvml.handleByIndex(0))).toBe(0);
+    await nvml.shutdown();
+  });
+
+  it("reads power (mW), P-state, the energy counter (mJ) and the recovery action field", async () => {
+    simulate({
+      gpus: [{ powerMw: 78400, pstate: 2, energyMj: 5_000_000 }, { recoveryAction: 1 }],
+    });
+    await nvml.init();
+    const dev = await nvml.handleByIndex(0);
+    expect(await nvml.powerUsageMw(dev)).toBe(78400);
+    expect(await nvml.performanceState(dev)).toBe(2);
+    const energy = await nvml.totalEnergyMj(dev);
+    expect(energy).toBeGreaterThanOrEqual(5_000_000);
+    expect(await nvml.totalEnergyMj(dev)).toBeGreaterThanOrEqual(energy);
+    expect(await nvml.fieldValue(dev, FI_DEV_GET_GPU_RECOVERY_ACTION)).toBe(0);
+    const other = await nvml.handleByIndex(1);
+    expect(await nvml.powerUsageMw(other)).toBe(74400);
+    expect(await nvml.fieldValue(other, FI_DEV_GET_GPU_RECOVERY_ACTION)).toBe(1);
+    setRecoveryAction(1, 0);
+    expect(await nvml.fieldValue(other, FI_DEV_GET_GPU_RECOVERY_ACTION)).toBe(0);
+    await nvml.shutdown();
+  });
+
+  it("rejects a field the driver does not report with the field's own NOT_SUPPORTED", async () => {
+    simulate({ gpus: [{ recoveryAction: -1 }] });
+    await nvml.init();
+    const dev = await nvml.handleByIndex(0);
+    const err = await rejection(nvml.fieldValue(dev, FI_DEV_GET_GPU_RECOVERY_ACTION));
+    expect(err).toBeInstanceOf(NvmlError);
+    expect(err).toMatchObject({
+      call: "nvmlDeviceGetFieldValues",
+      codeName: "NVML_ERROR_NOT_SUPPORTED",
+      nvmlMessage: "Not Supported",
+    });
+    // Any other field is unknown to the simulator: not supported either.
+    expect(await rejection(nvml.fieldValue(dev, 1))).toMatchObject({ codeName: "NVML_ERROR_NOT_SUPPORTED" });
+    await nvml.shutdown();
+  });
+
+  it("applies the recoveries schedule in time order", async () => {
+    simulate({
+      gpus: 1,
+      recoveries: [
+        { gpu: 0, action: 0, afterMs: 0 },
+        { gpu: 0, action: 3, afterMs: 3_600_000 },
+      ],
+    });
+    await nvml.init();
+    expect(await nvml.fieldValue(await nvml.handleByIndex(0), FI_DEV_GET_GPU_RECOVERY_ACTION)).toBe(0);
+    await nvml.shutdown();
+  });
+
+  it("rejects the telemetry calls with NvmlError from injected faults, and answers GPU_IS_LOST for a lost GPU", async () => {
+    simulate({
+      gpus: 2,
+      faults: [
+        { call: "nvmlDeviceGetPowerUsage", return: 3 },
+        { call: "nvmlDeviceGetPerformanceState", return: 3 },
+        { call: "nvmlDeviceGetTotalEnergyConsumption", return: 3 },
+        { call: "nvmlDeviceGetFieldValues", return: 999 },
+      ],
+    });
+    await nvml.init();
+    const dev = await nvml.handleByIndex(0);
+    for (const call of [
+      nvml.powerUsageMw(dev),
+      nvml.performanceState(dev),
+      nvml.totalEnergyMj(dev),
+      nvml.fieldValue(dev, FI_DEV_GET_GPU_RECOVERY_ACTION),
+    ]) {
+      expect(await rejection(call)).toBeInstanceOf(NvmlError);
+    }
+    expect(await rejection(nvml.powerUsageMw(dev))).toMatchObject({ codeName: "NVML_ERROR_NOT_SUPPORTED" });
+    expect(await rejection(nvml.fieldValue(dev, FI_DEV_GET_GPU_RECOVERY_ACTION))).toMatchObject({
+      codeName: "NVML_ERROR_UNKNOWN",
+    });
+    await nvml.shutdown();
+    simulate({ gpus: 2 });
+    await nvml.init();
+    const lost = await nvml.handleByIndex(1);
+    simFallOffTheBus(1);
+    expect(await rejection(nvml.powerUsageMw(lost))).toMatchObject({ codeName: "NVML_ERROR_GPU_IS_LOST" });
     await nvml.shutdown();
   });
 

@@ -205,7 +205,7 @@ describe("the Xid event set", () => {
 describe("a release's own limits", () => {
   it("a release that cannot end the NVML session tries once, within releaseTimeoutMs (not the stop budget)", async () => {
     const d = fixture.daemon(
-      { gpus: 2, faults: [{ call: "nvmlDeviceGetMinorNumber", gate: true, afterCalls: 2 }] },
+      { gpus: 2, faults: [{ call: "nvmlDeviceGetPowerUsage", gate: true }] },
       { releaseTimeoutMs: 50 },
     );
     await d.daemon.run();

@@ -66,6 +66,12 @@ const gpu = {
   since: "2026-12-06T02:00:00.000Z",
   releasedBy: null,
   fix: null,
+  powerWatts: 74.4,
+  pstate: 0,
+  energyJoules: null,
+  initialisation: "unknown",
+  initSeconds: null,
+  recoveryAction: null,
 };
 const status = {
   format: STATUS_FORMAT,
@@ -98,6 +104,9 @@ describe("the status reply", () => {
       /device 0: 'held' is "yes", expected boolean/,
     );
     expect(() => parseDaemonStatus("nope", "0.1.0")).toThrow(/the running daemon answered .* \(not a JSON object\)/);
+    expect(() => parseDaemonStatus({ ...status, devices: [{ ...gpu, powerWatts: "74 W" }] }, "0.1.0")).toThrow(
+      /device 0: 'powerWatts' is "74 W", expected number\|null/,
+    );
   });
 });
 

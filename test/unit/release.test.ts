@@ -67,9 +67,9 @@ describe("the NVML session follows the registry's state", () => {
     expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
     expect(d.context.session?.open).toBe(true);
     expect(d.context.xid).not.toBeNull();
-    const before = d.scratch.callCount("nvmlDeviceGetMinorNumber");
+    const before = d.scratch.callCount("nvmlDeviceGetPowerUsage");
     expect(await healthOf(d).round()).toBe(true);
-    expect(d.scratch.callCount("nvmlDeviceGetMinorNumber") - before).toBe(2);
+    expect(d.scratch.callCount("nvmlDeviceGetPowerUsage") - before).toBe(2);
   });
 });
 

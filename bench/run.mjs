@@ -6,11 +6,12 @@
 // --check exits 1 when a target is missed.
 //
 //   npm run bench [-- --json] [-- --save] [-- --check]    (npm run bench --json works too)
-import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { execFile, execFileSync, spawn, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import os from "node:os";
 import { join, resolve } from "node:path";
+import { promisify } from "node:util";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
@@ -196,11 +197,18 @@ function build(source, out, extra = []) {
   return out;
 }
 
+/**
+ * The libtirpc client's JSON. Run asynchronously: this process must keep reading the notify
+ * receiver's output meanwhile, or the receiver stops draining the daemon's notify socket (as
+ * PID 1 never does), and the daemon waits for room there.
+ */
+async function tirpc(client, args) {
+  return JSON.parse((await promisify(execFile)(client, args, { encoding: "utf8" })).stdout);
+}
+
 /** p50/p99 of RPC_CALLS Gets through libtirpc, one connection each, against `socket`. */
 function rpcBench(client, socket) {
-  return JSON.parse(
-    spawnSync(client, [socket, "bench", String(RPC_CALLS), "0", "6", "0"], { encoding: "utf8" }).stdout,
-  );
+  return tirpc(client, [socket, "bench", String(RPC_CALLS), "0", "6", "0"]);
 }
 
 async function rpc() {
@@ -210,10 +218,10 @@ async function rpc() {
   const floorSocket = join(scratch, "floor.sock");
   const floor = spawn(floorServer, [floorSocket], { stdio: ["ignore", "pipe", "inherit"] });
   await new Promise((r) => floor.stdout.once("data", r));
-  const floorResult = rpcBench(client, floorSocket);
+  const floorResult = await rpcBench(client, floorSocket);
   floor.kill("SIGKILL");
   const d = await startDaemon(8, { attachDelayMs: 0 });
-  const ours = rpcBench(client, join(d.runtimeDir, "socket"));
+  const ours = await rpcBench(client, join(d.runtimeDir, "socket"));
   await d.stop();
   return { ours, floor: floorResult };
 }
@@ -251,12 +259,9 @@ async function releases() {
   const client = build(join(ROOT, "test/rpc/tirpc-client.c"), join(scratch, "tirpc-client"), cc);
   const d = await startDaemon(8, { attachDelayMs: 0, attach: true });
   const socket = join(d.runtimeDir, "socket");
-  const toggle = (vers) =>
-    JSON.parse(
-      spawnSync(client, [socket, "toggle", String(RELEASES), String(vers), "0", "6", "0"], { encoding: "utf8" }).stdout,
-    );
-  const v2 = toggle(2);
-  const v1 = toggle(1);
+  const toggle = (vers) => tirpc(client, [socket, "toggle", String(RELEASES), String(vers), "0", "6", "0"]);
+  const v2 = await toggle(2);
+  const v1 = await toggle(1);
   const leases = [];
   for (let i = 0; i < RELEASES; i++) leases.push(await leaseOnce(join(d.runtimeDir, "gpu-persistd.sock")));
   await d.stop();

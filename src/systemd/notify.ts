@@ -16,6 +16,8 @@ const QUEUE_FULL_RETRY_MS = 2;
 const pause = new Int32Array(new SharedArrayBuffer(4));
 
 export class SystemdNotifier {
+  /** A wait for room ran out: until a send gets through, the next ones do not wait (the stall stays bounded). */
+  #stalled = false;
   readonly #sender: UnixDatagramSender | null;
   readonly #address: Buffer | null;
   readonly #onError: (err: Error) => void;
@@ -56,10 +58,12 @@ export class SystemdNotifier {
       try {
         if (fds.length) this.#sender.sendWithFds(this.#address, payload, fds);
         else this.#sender.send(this.#address, payload);
+        this.#stalled = false;
         return true;
       } catch (err) {
         const full = err instanceof DatagramError && err.code === "EAGAIN";
-        if (!full || performance.now() - started > QUEUE_FULL_PATIENCE_MS) {
+        if (!full || this.#stalled || performance.now() - started > QUEUE_FULL_PATIENCE_MS) {
+          this.#stalled ||= full;
           this.#onError(err instanceof DatagramError ? err : new Error(String(err)));
           return false;
         }

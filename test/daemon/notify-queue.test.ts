@@ -62,4 +62,27 @@ describe("sd_notify when PID 1's queue is full", () => {
     await new Promise((resolve) => reader.on("exit", resolve));
     expect(out).toBe("got READY\n");
   });
+
+  it("a receiver that never reads costs one bounded wait, not one per message", () => {
+    const path = join(dir, "dead");
+    busyReceiver(path);
+    const filler = new UnixDatagramSender();
+    for (;;) {
+      try {
+        filler.send(unixAddress(path), Buffer.from("FDSTORE=1\n"));
+      } catch {
+        break;
+      }
+    }
+    const errors: Error[] = [];
+    const notifier = new SystemdNotifier({ NOTIFY_SOCKET: path }, (err) => errors.push(err));
+    const first = performance.now();
+    expect(notifier.status("1/1 GPUs persistent")).toBe(false);
+    const waited = performance.now() - first;
+    const rest = performance.now();
+    for (let i = 0; i < 5; i++) expect(notifier.watchdog()).toBe(false);
+    expect(waited).toBeGreaterThan(1500);
+    expect(performance.now() - rest).toBeLessThan(200);
+    expect(errors.map((e) => e.message)).toEqual(Array(6).fill("sendto failed: EAGAIN"));
+  });
 });

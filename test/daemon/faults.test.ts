@@ -9,7 +9,7 @@ import { DaemonFixture, openFiles, statusJson } from "../helpers/daemon.js";
 const fixture = new DaemonFixture();
 const start = fixture.start.bind(fixture);
 /** The NVML call each health round makes on a held GPU. */
-const HEALTH_CALL = "nvmlDeviceGetPowerUsage";
+const HEALTH_CALL = "nvmlDeviceGetFieldValues";
 
 describe("driver not loaded at boot", () => {
   it("waits with backoff while the driver loads, then comes up", async () => {

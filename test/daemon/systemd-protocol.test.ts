@@ -36,7 +36,7 @@ async function startNotified(
 
 const isReady = (m: Datagram) => m.fields.READY === "1";
 /** The NVML call each health round makes on a held GPU. */
-const HEALTH_CALL = "nvmlDeviceGetPowerUsage";
+const HEALTH_CALL = "nvmlDeviceGetFieldValues";
 
 describe("sd_notify", () => {
   it("sends READY=1 with MAINPID and STATUS from the main PID, on a path socket", async () => {

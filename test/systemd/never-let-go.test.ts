@@ -172,7 +172,7 @@ for (const [release, rootfs] of [
     it("a watchdog kill (NVML hung): no gap", async () => {
       dropIn(["WatchdogSec=3s", "Environment=GPU_PERSISTD_HEALTH_INTERVAL_MS=1000"]);
       // Each run hangs once it has answered the bring-up and a few rounds.
-      simConfig({ faults: [{ call: "nvmlDeviceGetPowerUsage", afterCalls: GPUS * 2, hangMs: 3_600_000 }] });
+      simConfig({ faults: [{ call: "nvmlDeviceGetFieldValues", afterCalls: GPUS * 2, hangMs: 3_600_000 }] });
       c.check("systemctl daemon-reload && systemctl restart gpu-persistd");
       const restarts = Number(prop("NRestarts"));
       const stop = await watch();

@@ -200,8 +200,8 @@ describe("gpu-persistd.service", () => {
 
   it("is killed and restarted by the watchdog when NVML hangs, and comes back READY", async () => {
     install(simDropIn("WatchdogSec=2s\nRestartSec=300ms\nEnvironment=GPU_PERSISTD_NVML_TIMEOUT_MS=400"), {
-      // What each health round asks first: each held GPU's power draw.
-      faults: [{ call: "nvmlDeviceGetPowerUsage", hangMs: 600_000, afterMs: 1500 }],
+      // What every health round asks each held GPU: NVML's recovery action.
+      faults: [{ call: "nvmlDeviceGetFieldValues", hangMs: 600_000, afterMs: 1500 }],
     });
     container.check("systemctl start gpu-persistd");
     const firstPid = container.unitProperty("gpu-persistd", "MainPID");

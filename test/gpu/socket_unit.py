@@ -88,17 +88,14 @@ def start(handed, log):
     if handed:
         env.update(LISTEN_FDS="2", LISTEN_FDNAMES="gpu-persistd.socket:gpu-persistd.socket")
     fds = [s.fileno() for s in sockets]
-
-    def hand_over():
-        # At fds 3 and 4, as systemd passes them; LISTEN_PID is set by the shell below (exec keeps it).
-        for target, fd in enumerate(fds, start=3):
-            os.dup2(fd, target)
-
-    cmd = ["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", LAUNCHER, "--dry-run", f"--runtime-dir={RUNTIME}"]
+    # At fds 3 and 4, as systemd passes them, by way of 8 and 9 (either may sit at 3 or 4
+    # here); LISTEN_PID is the shell's own, which exec keeps.
+    cmd = ["sh", "-c", 'exec 8<&"$1" 9<&"$2"; shift 2; exec 3<&8 4<&9 8<&- 9<&-; LISTEN_PID=$$ exec "$@"', "sh",
+           *map(str, fds), LAUNCHER, "--dry-run", f"--runtime-dir={RUNTIME}"]
     if not handed:
         cmd = [LAUNCHER, "--dry-run", f"--runtime-dir={RUNTIME}"]
     t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, pass_fds=fds, preexec_fn=hand_over)
+    child = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, pass_fds=fds)
     wait_ready(notify)
     ready_ms = (time.perf_counter() - t0) * 1000
     for s in sockets:

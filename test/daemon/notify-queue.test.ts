@@ -6,30 +6,18 @@ import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import koffi from "koffi";
 import { afterAll, describe, expect, it } from "vitest";
 import { UnixDatagramSender, unixAddress } from "../../native-bindings/unix-datagram.js";
 import { SystemdNotifier } from "../../src/systemd/notify.js";
+import { boundUnixSocket } from "../helpers/unix-socket.js";
 
 const dir = mkdtempSync(join(tmpdir(), "gpu-persistd-notify-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-const libc = koffi.load("libc.so.6");
-const socketFn = libc.func("int socket(int domain, int type, int protocol)");
-const bindFn = libc.func("int bind(int fd, const uint8_t *addr, uint32_t len)");
-
-/** A bound datagram socket nobody reads yet: systemd's notify socket while PID 1 is busy. */
-function busyReceiver(path: string): number {
-  const fd = socketFn(1, 2 /* SOCK_DGRAM */, 0) as number;
-  const address = unixAddress(path);
-  if (fd < 0 || bindFn(fd, address, address.length) !== 0) throw new Error(`cannot bind ${path}`);
-  return fd;
-}
-
 describe("sd_notify when PID 1's queue is full", () => {
   it("waits for room instead of dropping READY=1", async () => {
     const path = join(dir, "notify");
-    const fd = busyReceiver(path);
+    const fd = boundUnixSocket(path, "datagram");
     // Fill the queue to the brim, as a burst of FDSTORE messages does.
     const filler = new UnixDatagramSender();
     let queued = 0;
@@ -65,7 +53,7 @@ describe("sd_notify when PID 1's queue is full", () => {
 
   it("a receiver that never reads costs one bounded wait, not one per message", () => {
     const path = join(dir, "dead");
-    busyReceiver(path);
+    boundUnixSocket(path, "datagram");
     const filler = new UnixDatagramSender();
     for (;;) {
       try {

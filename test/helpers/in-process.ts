@@ -13,6 +13,7 @@ import { RuntimeDir } from "../../src/runtime-dir.js";
 import { SystemdNotifier } from "../../src/systemd/notify.js";
 import type { StopKind } from "../../src/systemd/stop-kind.js";
 import { Scratch, SIM_LIBRARY, type SimConfig } from "./daemon.js";
+import { boundUnixSocket } from "./unix-socket.js";
 
 const sim = koffi.load(SIM_LIBRARY);
 const simReset = sim.func("void gpuPersistdSimReset()");
@@ -80,25 +81,6 @@ export class RecordingNotifier extends SystemdNotifier {
 const libc = koffi.load("libc.so.6");
 const dup = libc.func("int dup(int fd)");
 const closeFd = libc.func("int close(int fd)");
-const socketFn = libc.func("int socket(int domain, int type, int protocol)");
-const bindFn = libc.func("int bind(int fd, const uint8_t *addr, uint32_t len)");
-const listenFn = libc.func("int listen(int fd, int backlog)");
-
-/**
- * A listening unix stream socket bound at `path`, as a socket unit binds it before the daemon
- * runs: connections wait in its backlog until someone accepts. Returns the fd (the caller's).
- */
-export function socketUnitSocket(path: string): number {
-  const fd = socketFn(1 /* AF_UNIX */, 1 /* SOCK_STREAM */ | 0o2000000 /* SOCK_CLOEXEC */, 0) as number;
-  const address = Buffer.alloc(110);
-  address.writeUInt16LE(1, 0);
-  address.write(path, 2);
-  if (fd < 0 || bindFn(fd, address, 2 + Buffer.byteLength(path) + 1) !== 0 || listenFn(fd, 128) !== 0) {
-    throw new Error(`cannot listen on ${path}: errno ${koffi.errno()}`);
-  }
-  return fd;
-}
-
 /**
  * A notifier that also plays systemd's fd store: FDSTORE=1 keeps a duplicate of each fd
  * under its FDNAME (as PID 1 does), FDSTOREREMOVE=1 closes them, and handBack() lists them
@@ -289,7 +271,7 @@ export class InProcessFixture {
     if (socketUnit) {
       mkdirSync(this.#scratch.runtimeDir, { mode: 0o755 });
       passedFds = ["socket", "gpu-persistd.sock"].map((name) => ({
-        fd: socketUnitSocket(join(this.#scratch?.runtimeDir ?? "", name)),
+        fd: boundUnixSocket(join(this.#scratch?.runtimeDir ?? "", name), "stream"),
         name: "gpu-persistd.socket",
       }));
     }

@@ -8,7 +8,6 @@
 import { mkdtempSync, openSync, readdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import koffi from "koffi";
 import { describe, expect, it } from "vitest";
 import { Lease } from "../../src/control/control-server.js";
 import { controlHandler } from "../../src/daemon/control-adapter.js";
@@ -26,6 +25,7 @@ import {
   InProcessFixture,
   openGate,
 } from "../helpers/in-process.js";
+import { boundUnixSocket } from "../helpers/unix-socket.js";
 
 const fixture = new InProcessFixture();
 const pci = (bus: number) => ({ domain: 0, bus, device: 0, function: 0 });
@@ -222,21 +222,6 @@ describe("a release's own limits", () => {
 });
 
 describe("every fd systemd hands back is used or closed", () => {
-  const libc = koffi.load("libc.so.6");
-  const socket = libc.func("int socket(int, int, int)");
-  const bind = libc.func("int bind(int, const void *, uint32_t)");
-  const listen = libc.func("int listen(int, int)");
-
-  /** A listening unix socket bound to `path`, as a socket unit would hand it over. */
-  function listening(path: string): number {
-    const fd = socket(1, 1, 0) as number;
-    const address = Buffer.alloc(110);
-    address.writeUInt16LE(1, 0);
-    address.write(path, 2);
-    if (bind(fd, address, address.length) !== 0 || listen(fd, 1) !== 0) throw new Error(`cannot listen on ${path}`);
-    return fd;
-  }
-
   it("a second state record and a socket bound elsewhere are closed, saying why", async () => {
     const dir = mkdtempSync(join(tmpdir(), "gpu-persistd-handed-"));
     try {
@@ -252,7 +237,7 @@ describe("every fd systemd hands back is used or closed", () => {
           passedFds: [
             { fd: openSync(record, "r"), name: "state" },
             { fd: openSync(record, "r"), name: "state" },
-            { fd: listening(stray), name: "stray.socket" },
+            { fd: boundUnixSocket(stray, "stream"), name: "stray.socket" },
           ],
         },
       );

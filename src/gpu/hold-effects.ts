@@ -1,4 +1,5 @@
-// What holding a GPU does outside the daemon: the legacy flag's reading, the device node, the NUMA query and the UVM registration. Every one runs off the event loop:
+// What holding a GPU does outside the daemon: the legacy flag's reading, the device node,
+// the NUMA query and the UVM registration. Every one runs off the event loop:
 // opening a cold GPU's node initialises it, closing its last reference tears it down, both
 // seconds on a large GPU, and the ioctls take the driver's locks. The registry's claim
 // machine drives these; its tests drive a fake of them.

@@ -22,6 +22,15 @@ const ROOTFS_PACKAGES = "systemd,systemd-sysv,dbus,procps,man-db";
 const REQUIRED_TOOLS = ["systemd-nspawn", "mmdebstrap", "nsenter", "pgrep", "systemd-analyze"];
 
 /** Why this machine cannot run the suite, or null when it can. Never passed over in silence: tests fail with it. */
+/** Polls `condition` every 100 ms (a container's state, read through nsenter) until it holds; throws naming `what` after `timeoutMs`. */
+export async function until(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 export function nspawnUnavailable(): string | null {
   if (process.getuid?.() !== 0) return "the real-systemd tests need root (systemd-nspawn, nsenter)";
   const missing = REQUIRED_TOOLS.filter((tool) => spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0);

@@ -16,6 +16,7 @@ import {
   nspawnUnavailable,
   stageInstall,
   trixieRootfs,
+  until,
 } from "../helpers/nspawn.js";
 
 const GPUS = 8;
@@ -23,14 +24,6 @@ const SIM_CONFIG = "/etc/gpu-persistd/sim.json";
 const RUN = "/run/nvidia-persistenced";
 const NODES = Array.from({ length: GPUS }, (_, i) => `${RUN}/sim-dev/nvidia${i}`);
 const unavailable = nspawnUnavailable();
-
-async function until(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 for (const [release, rootfs] of [
   ["Debian 12 (systemd 252)", bookwormRootfs],

@@ -16,6 +16,7 @@ import {
   nspawnUnavailable,
   stageInstall,
   trixieRootfs,
+  until,
 } from "../helpers/nspawn.js";
 
 const GPUS = 8;
@@ -27,14 +28,6 @@ const CLIENT_SIM_CONFIG = "/etc/gpu-persistd/client-sim.json";
 /** The longest a client may wait on a daemon that cannot start (the operations guide's bound). */
 const FAILED_START_BOUND_MS = 5000;
 const unavailable = nspawnUnavailable();
-
-async function until(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 for (const [release, rootfs] of [
   ["Debian 12 (systemd 252)", bookwormRootfs],

@@ -19,6 +19,7 @@ import {
   nspawnUnavailable,
   stageInstall,
   trixieRootfs,
+  until,
 } from "../helpers/nspawn.js";
 
 const GPUS = 8;
@@ -26,14 +27,6 @@ const SIM_CONFIG = "/etc/gpu-persistd/sim.json";
 const RUN = "/run/nvidia-persistenced";
 const NODES = Array.from({ length: GPUS }, (_, i) => `${RUN}/sim-dev/nvidia${i}`);
 const unavailable = nspawnUnavailable();
-
-async function until(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /**
  * test/helpers/holder-watcher.mjs on the host, on the container's nodes as the host sees

@@ -157,27 +157,45 @@ export function memoryFile(name: string): number {
 
 let pollfdDeclared = false;
 
-/**
- * Accepts and closes at once every connection waiting in a listening socket's backlog, without
- * blocking (accept4 only after a poll that does not wait); returns how many. Never throws.
- */
-export function closeWaitingConnections(listeningFd: number): number {
+/** Whether `fd` is readable now (poll with no wait): a connection waiting, a pidfd's process ended. */
+export function readableNow(fd: number): boolean {
   if (!pollfdDeclared) {
     koffi.struct("pollfd", { fd: "int", events: "short", revents: "short" });
     pollfdDeclared = true;
   }
   const poll = libcFunction("int poll(_Inout_ pollfd *fds, unsigned long nfds, int timeout)");
+  const POLLIN = 1;
+  const pollfd = { fd, events: POLLIN, revents: 0 };
+  return (poll(pollfd, 1, 0) as number) > 0 && (pollfd.revents & POLLIN) !== 0;
+}
+
+/**
+ * A pidfd on process `pid` (pidfd_open, Linux 5.3; close-on-exec): it stays the same process
+ * even once the PID is reused, works where /proc hides the process (ProtectProc=invisible),
+ * and can be kept in systemd's fd store. Throws Error naming the errno (ESRCH: no such process).
+ */
+export function pidfdOpen(pid: number): number {
+  // The syscall's number is the same on every architecture that has it (x86-64, arm64).
+  const SYS_PIDFD_OPEN = 434;
+  const fd = libcFunction("long syscall(long number, ...)")(SYS_PIDFD_OPEN, "int", pid, "unsigned int", 0) as number;
+  if (fd < 0) throw new Error(`pidfd_open(${pid}): ${lastErrno().code}`);
+  return Number(fd);
+}
+
+/**
+ * Accepts and closes at once every connection waiting in a listening socket's backlog, without
+ * blocking (accept4 only after a poll that does not wait); returns how many. Never throws.
+ */
+export function closeWaitingConnections(listeningFd: number): number {
   const accept4 = libcFunction("int accept4(int fd, void *addr, void *len, int flags)");
   const close = libcFunction("int close(int fd)");
-  const POLLIN = 1;
   const SOCK_NONBLOCK_CLOEXEC = 0o4000 | 0o2000000;
   let closed = 0;
-  for (;;) {
-    const pollfd = { fd: listeningFd, events: POLLIN, revents: 0 };
-    if ((poll(pollfd, 1, 0) as number) <= 0 || (pollfd.revents & POLLIN) === 0) return closed;
+  while (readableNow(listeningFd)) {
     const fd = accept4(listeningFd, null, null, SOCK_NONBLOCK_CLOEXEC) as number;
     if (fd < 0) return closed;
     close(fd);
     closed++;
   }
+  return closed;
 }

@@ -15,8 +15,13 @@ function heldText(d: GpuStatus): string {
 function releasedText(d: GpuStatus): string {
   const by = d.releasedBy;
   if (!by) return "";
-  const who = by.kind === "lease" ? `'gpu-persistd release -- COMMAND' (PID ${by.pid})` : `uid ${by.uid}`;
-  return `released by ${who}${d.since ? ` since ${d.since}` : ""}`;
+  const who =
+    by.kind === "lease"
+      ? `'gpu-persistd release -- COMMAND' (PID ${by.pid})`
+      : by.uid === null
+        ? "a client"
+        : `uid ${by.uid}`;
+  return `released by ${who} since ${by.since}`;
 }
 
 /** Joules as a person reads them: J, kJ, then kWh (what the power bill counts). */

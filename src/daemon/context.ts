@@ -5,7 +5,9 @@ import type { Server } from "node:net";
 import type { NvidiaKernel } from "../../native-bindings/nvidia-kernel.js";
 import type { Config } from "../config/schema.js";
 import type { GpuRegistry } from "../gpu/gpu-registry.js";
+import { IntentBook } from "../gpu/intents.js";
 import type { NvmlSession } from "../gpu/nvml-session.js";
+import type { Reconciler } from "../gpu/reconciler.js";
 import type { SessionCoordinator } from "../gpu/session-coordinator.js";
 import { StateSince } from "../gpu/state-since.js";
 import { GpuTelemetry } from "../health/gpu-telemetry.js";
@@ -47,10 +49,14 @@ export class DaemonContext {
   readonly telemetry = new GpuTelemetry();
   session: NvmlSession | null = null;
   registry: GpuRegistry | null = null;
+  /** What is wanted of each GPU, and by whom: read by the reconciler, the state record and every reader. */
+  readonly intents = new IntentBook();
+  /** The one writer of what holds a GPU: adapters change intents, then await it. */
+  reconciler: Reconciler | null = null;
   coordinator: SessionCoordinator | null = null;
   /** The driver's ioctls (or the simulator's stand-in), for the registry's holds and probes. */
   kernel: NvidiaKernel | null = null;
-  readonly leases = new ReleaseLeases();
+  readonly leases: ReleaseLeases;
   /** When each GPU entered its present state, for the status record. */
   readonly since = new StateSince();
   control: Server | null = null;
@@ -83,6 +89,7 @@ export class DaemonContext {
     this.deps = deps;
     this.passedFds = deps.passedFds ?? passedFds(deps.env);
     this.fdStore = new FdStore(deps.notifier, storedNames(this.passedFds));
+    this.leases = new ReleaseLeases(this.fdStore, deps.log);
     let resolve = (): void => {};
     const promise = new Promise<void>((r) => {
       resolve = r;

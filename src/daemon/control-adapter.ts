@@ -7,7 +7,6 @@ import { BadRequest, type ControlRequest, Lease } from "../control/control-serve
 import type { Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
 import { parseGpuSelector, selectorMatches } from "../selection/gpu-selector.js";
 import type { DaemonContext } from "./context.js";
-import { LeasedElsewhere, type LeaseRecord } from "./release-leases.js";
 import { daemonStatus, gpuStatusOf } from "./status-snapshot.js";
 
 /** GPUs one release may name. */
@@ -29,48 +28,20 @@ function namedGpus(registry: GpuRegistry, names: unknown): Gpu[] {
 }
 
 /**
- * Releases `gpus` completely: no fd of the daemon's on them, and no NVML session (which
- * attaches every GPU) once the coordinator has settled. The reply goes out only then, so
- * COMMAND never starts while anything of the daemon's pins a GPU. A release that cannot be
- * completed is taken back before the error goes out. The lease's end takes back what each
- * GPU had.
+ * Releases `gpus` completely for client `pid`: no fd of the daemon's on them, and no NVML
+ * session (which attaches every GPU). The reply goes out only then, so COMMAND never starts
+ * while anything of the daemon's pins a GPU. A release that cannot be completed is taken back
+ * before the error goes out. The lease's end leaves each GPU as its other intents want it.
  */
-async function releaseLease(ctx: DaemonContext, registry: GpuRegistry, gpus: Gpu[], pid: number): Promise<Lease> {
-  const coordinator = ctx.coordinator;
-  if (!coordinator) throw new BadRequest("the daemon is still starting; try again once it is ready");
-  let record: LeaseRecord;
-  try {
-    record = ctx.leases.open(gpus, pid);
-  } catch (err) {
-    if (err instanceof LeasedElsewhere) throw new BadRequest(err.message);
-    throw err;
-  }
-  const end = async (): Promise<void> => {
-    await ctx.leases.close(record, registry);
-    await coordinator.settle();
-  };
-  let problem: string | null = null;
-  try {
-    await ctx.leases.release(record, registry);
-    const kept = gpus.filter((g) => g.state !== "released");
-    if (kept.length > 0) {
-      problem = kept.map((g) => `GPU ${g.index} is ${g.state}: there is nothing to release`).join("; ");
-    } else {
-      const session = await coordinator.settle();
-      if (session.open)
-        problem = `${session.problem ?? "the NVML session could not be ended"}, so it still pins every GPU`;
-    }
-  } catch (err) {
-    await end();
-    throw err;
-  }
-  if (problem !== null) {
-    await end();
-    throw new BadRequest(`cannot release: ${problem}; nothing was released`);
-  }
+async function releaseLease(ctx: DaemonContext, gpus: Gpu[], pid: number): Promise<Lease> {
+  const { reconciler, coordinator } = ctx;
+  if (!reconciler || !coordinator) throw new BadRequest("the daemon is still starting; try again once it is ready");
+  const parts = { reconciler, coordinator };
+  const problem = await ctx.leases.open(parts, gpus, pid);
+  if (problem !== null) throw new BadRequest(`cannot release: ${problem}; nothing was released`);
   const statusOf = (gpu: Gpu) => gpuStatusOf(ctx, gpu);
   return new Lease({ released: gpus.map(statusOf) }, async () => {
-    await end();
+    await ctx.leases.close(parts, pid);
     return { held: gpus.map(statusOf) };
   });
 }
@@ -82,7 +53,7 @@ export function controlHandler(ctx: DaemonContext): (request: ControlRequest, pe
       if (peer.uid !== 0) throw new BadRequest("only root may release GPUs (run with sudo)");
       const registry = ctx.registry;
       if (!registry || !ctx.ready) throw new BadRequest("the daemon is still starting; try again once it is ready");
-      return releaseLease(ctx, registry, namedGpus(registry, request.gpus), peer.pid);
+      return releaseLease(ctx, namedGpus(registry, request.gpus), peer.pid);
     }
     throw new BadRequest(`unknown command ${clientText(request.command)} (known: status, release)`);
   };

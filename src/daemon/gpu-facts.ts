@@ -5,17 +5,16 @@ import { NvmlError } from "../../native-bindings/nvml-errors.js";
 import { NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_NO_PERMISSION } from "../../native-bindings/nvml-return-codes.js";
 import { fixes } from "../fixes.js";
 import type { Gpu } from "../gpu/gpu-registry.js";
+import { releasedBy } from "../gpu/intents.js";
 import type { GpuFacts } from "../status/daemon-status.js";
 import type { DaemonContext } from "./context.js";
 import { wanted } from "./hold-policy.js";
 
-/** Who a released GPU is released for: a lease's client (by PID), or a plain release (root: only root may release). */
-function releasedBy(ctx: DaemonContext, gpu: Gpu): GpuFacts["releasedBy"] {
+/** Who a released GPU is released for, from its intents: a lease's client, or a plain release. */
+function releasedByOf(ctx: DaemonContext, gpu: Gpu): GpuFacts["releasedBy"] {
   if (gpu.state !== "released") return null;
-  const lease = ctx.leases.of(gpu);
-  // A plain release that came in during the lease outlives it: it is the plain one's.
-  if (lease && lease.before.get(gpu)?.state !== "released") return { kind: "lease", uid: 0, pid: lease.pid };
-  return { kind: "request", uid: 0, pid: null };
+  const by = releasedBy(ctx.intents.of(gpu.index));
+  return by && { kind: by.kind, uid: by.uid, pid: by.pid, since: by.since.toISOString() };
 }
 
 /** What an admin does about a GPU that is not as wanted; null when nothing is to be done. */
@@ -33,7 +32,7 @@ function fixFor(gpu: Gpu, releasedBy: GpuFacts["releasedBy"]): string | null {
 
 export function gpuFacts(ctx: DaemonContext, gpu: Gpu): GpuFacts {
   const since = ctx.since.of(gpu);
-  const by = releasedBy(ctx, gpu);
+  const by = releasedByOf(ctx, gpu);
   return {
     wanted: wanted(ctx.config, gpu),
     since: since ? since.toISOString() : null,

@@ -1,100 +1,143 @@
-// Releases that last as long as a client's control connection (`gpu-persistd release GPU...
-// -- COMMAND`): which GPUs each lease has let go, what it takes back when it ends, and the
-// rules that keep a lease consistent with everything else that may happen meanwhile. A GPU
-// is in at most one lease; a plain release (RPC Set DISABLED) during a lease is kept when the
-// lease ends; a hold (RPC Set ENABLED) during a lease is refused, since COMMAND may be
-// resetting the GPU; a reload leaves leased GPUs alone.
-import type { Claim, Gpu, GpuRegistry, GpuState } from "../gpu/gpu-registry.js";
+// Releases that last as long as a client process (`gpu-persistd release GPU... -- COMMAND`):
+// a lease is an intent on each of its GPUs (intents.ts), owned by the client's PID. While the
+// daemon runs, the lease ends with the client's control connection. Each lease also keeps a
+// pidfd on its client in systemd's fd store, so that a restart, a crash or an upgrade of the
+// daemon during COMMAND (a GPU reset, say) keeps the GPUs released: the next run resumes the
+// lease from the state record and ends it once that process has ended (polled once a second,
+// and only while such a lease exists). A GPU is in at most one lease; a plain release during a
+// lease outlives it; a hold during a lease is refused (see rpc-adapter.ts).
+import { closeSync } from "node:fs";
+import { pidfdOpen, readableNow } from "../../native-bindings/libc.js";
+import type { Gpu } from "../gpu/gpu-registry.js";
+import type { Log } from "../log.js";
+import type { FdStore } from "../systemd/fd-store.js";
+import { changeIntents, type IntentChange } from "./intent-change.js";
 
-export interface LeaseRecord {
-  readonly pid: number;
-  readonly since: Date;
-  readonly gpus: readonly Gpu[];
-  /** What each GPU had just before the lease released it (set as each release runs): its state and claims. */
-  readonly before: Map<Gpu, { state: GpuState; claims: Claim[] }>;
-  /** The lease's release, once it began: what a request during the lease waits for. */
-  releasing?: Promise<void>;
+/** How often a lease resumed from the previous run looks at its client. */
+const ORPHAN_CHECK_MS = 1000;
+
+/** The fd store's name for the pidfd of lease client `pid`. */
+export function leaseFdName(pid: number): string {
+  return `lease-${pid}`;
 }
 
-/** A GPU named by the request is in another client's lease. */
-export class LeasedElsewhere extends Error {}
-
 export class ReleaseLeases {
-  readonly #byGpu = new Map<Gpu, LeaseRecord>();
-  /** Called when what a lease will take back changes (the fd store's record follows it). */
-  onChange: () => void = () => {};
+  readonly #store: FdStore;
+  readonly #log: Log;
+  /** Each lease's pidfd, by its client's PID (none where pidfd_open failed). */
+  readonly #pidfds = new Map<number, number>();
+  /** Leases resumed from the previous run: no connection ends them, their pidfd does. */
+  readonly #orphans = new Set<number>();
+  #timer: NodeJS.Timeout | null = null;
 
-  /** The lease `gpu` is in, if any. */
-  of(gpu: Gpu): LeaseRecord | undefined {
-    return this.#byGpu.get(gpu);
+  constructor(store: FdStore, log: Log) {
+    this.#store = store;
+    this.#log = log;
   }
 
   /**
-   * Opens a lease on `gpus` for client `pid`, at once (before anything awaits, so two
-   * requests cannot both take a GPU); LeasedElsewhere naming the other lease otherwise.
+   * Releases `gpus` for client `pid` (answered once nothing of ours pins them); the problem
+   * when it could not be done whole (nothing is released then). A GPU already in a lease
+   * fails it at once, naming that lease.
    */
-  open(gpus: readonly Gpu[], pid: number): LeaseRecord {
+  async open(parts: IntentChange, gpus: readonly Gpu[], pid: number): Promise<string | null> {
     for (const gpu of gpus) {
-      const other = this.#byGpu.get(gpu);
+      const other = parts.reconciler.intentsOf(gpu).lease;
       if (other) {
-        throw new LeasedElsewhere(
-          `GPU ${gpu.index} is already released by another 'gpu-persistd release' (pid ${other.pid}, since ${other.since.toISOString()}); it is held again when that one ends`,
-        );
+        return `GPU ${gpu.index} is already released by another 'gpu-persistd release' (pid ${other.pid}, since ${other.since.toISOString()}); it is held again when that one ends`;
       }
     }
-    const record: LeaseRecord = {
-      pid,
-      since: new Date(),
-      gpus,
-      before: new Map(),
-    };
-    for (const gpu of gpus) this.#byGpu.set(gpu, record);
-    return record;
+    const since = new Date();
+    const outcome = changeIntents(parts, gpus, () => ({ lease: { pid, since } }), true);
+    this.#keepPidfd(pid);
+    const { problem } = await outcome;
+    if (problem !== null) this.#forget(pid);
+    return problem;
   }
 
-  /** Releases the lease's GPUs, recording what each had. */
-  release(record: LeaseRecord, registry: GpuRegistry): Promise<void> {
-    record.releasing = this.#release(record, registry);
-    return record.releasing;
+  /** Ends client `pid`'s lease: its GPUs are as their other intents want them. */
+  async close(parts: IntentChange, pid: number): Promise<void> {
+    this.#forget(pid);
+    const gpus = parts.reconciler.registry.list().filter((g) => parts.reconciler.intentsOf(g).lease?.pid === pid);
+    for (const gpu of gpus) parts.reconciler.change(gpu, { lease: null });
+    await Promise.all(gpus.map((gpu) => parts.reconciler.reconcile(gpu)));
+    await parts.coordinator.settle();
   }
 
-  async #release(record: LeaseRecord, registry: GpuRegistry): Promise<void> {
-    await Promise.all(
-      record.gpus.map(async (gpu) => {
-        const before = await registry.release(gpu);
-        // A plain release that came in while this one was queued is kept.
-        const forgotten = record.before.get(gpu);
-        record.before.set(gpu, forgotten ? { state: "released", claims: [] } : before);
-      }),
-    );
+  /**
+   * At start-up, for a lease the state record names: whether its client still runs, by the
+   * pidfd the previous run kept (undefined: none came back, so nobody can tell, and the GPUs
+   * are held again). A live one is watched from watchOrphans() on.
+   */
+  resume(pid: number, pidfd: number | undefined): boolean {
+    if (pidfd === undefined) {
+      this.#log.warn(
+        `the release by PID ${pid} ('gpu-persistd release -- COMMAND') was in force at the restart, but its pidfd did not come back from systemd's fd store: holding its GPUs again`,
+      );
+      return false;
+    }
+    this.#pidfds.set(pid, pidfd);
+    if (readableNow(pidfd)) {
+      this.#log.info(`PID ${pid} ended while the daemon restarted: its release ends, its GPUs are held again`);
+      this.#forget(pid);
+      return false;
+    }
+    this.#orphans.add(pid);
+    this.#log.info(`PID ${pid} still runs: its GPUs stay released until it ends ('gpu-persistd release -- COMMAND')`);
+    return true;
   }
 
-  /** A plain release of `claim` during the lease: the lease's end does not take it back. */
-  forget(gpu: Gpu, claim: Claim): void {
-    const record = this.#byGpu.get(gpu);
-    if (!record) return;
-    const before = record.before.get(gpu);
-    if (!before) {
-      // Its release is still queued: record that nothing is to be taken back.
-      record.before.set(gpu, { state: "released", claims: [] });
-      this.onChange();
+  /** Starts looking at the resumed leases' clients, once a second, while any is left. */
+  watchOrphans(parts: IntentChange): void {
+    if (this.#orphans.size === 0 || this.#timer) return;
+    this.#timer = setInterval(() => void this.checkOrphans(parts), ORPHAN_CHECK_MS);
+    this.#timer.unref();
+  }
+
+  /** Ends every resumed lease whose client has ended (the watch's tick; tests call it too). */
+  async checkOrphans(parts: IntentChange): Promise<void> {
+    for (const pid of this.#orphans) {
+      const pidfd = this.#pidfds.get(pid);
+      if (pidfd !== undefined && !readableNow(pidfd)) continue;
+      this.#orphans.delete(pid);
+      this.#log.info(`PID ${pid} ended: its release ends, its GPUs are held again as configured`);
+      await this.close(parts, pid);
+    }
+    if (this.#orphans.size === 0 && this.#timer) {
+      clearInterval(this.#timer);
+      this.#timer = null;
+    }
+  }
+
+  /** At stop: no more watching (the pidfds stay in the store for the next run, or go with it). */
+  stop(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+  }
+
+  /** A pidfd on the client, kept in the store; a lease without one still ends with its connection. */
+  #keepPidfd(pid: number): void {
+    // Without systemd's store nothing outlives the process: the connection is enough.
+    if (!this.#store.enabled) return;
+    let fd: number;
+    try {
+      fd = pidfdOpen(pid);
+    } catch (err) {
+      this.#log.warn(
+        `the release by PID ${pid} cannot outlive a restart of the daemon: ${(err as Error).message}; it still ends with its connection`,
+      );
       return;
     }
-    before.claims = before.claims.filter((c) => c !== claim);
-    if (before.claims.length === 0 && before.state === "held") before.state = "released";
-    this.onChange();
+    this.#pidfds.set(pid, fd);
+    this.#store.keep(leaseFdName(pid), fd);
   }
 
-  /** Ends the lease: takes back what each GPU had (a GPU that was released stays so). */
-  async close(record: LeaseRecord, registry: GpuRegistry): Promise<void> {
-    for (const gpu of record.gpus) this.#byGpu.delete(gpu);
-    await Promise.all(
-      record.gpus.map((gpu) => {
-        const before = record.before.get(gpu);
-        // Not released by this lease (still queued, or lost meanwhile): nothing to take back.
-        if (!before) return Promise.resolve();
-        return registry.restore(gpu, before.state === "released" ? null : before.claims);
-      }),
-    );
+  #forget(pid: number): void {
+    this.#orphans.delete(pid);
+    const fd = this.#pidfds.get(pid);
+    if (fd === undefined) return;
+    this.#pidfds.delete(pid);
+    this.#store.drop(leaseFdName(pid));
+    closeSync(fd);
   }
 }

@@ -80,7 +80,7 @@ async function holdWhatIsWanted(ctx: DaemonContext): Promise<void> {
   for (const gpu of keptReleased) {
     ctx.log.info(`GPU ${gpu.index} stays released, as a client asked; hold it with: gpu-persistd hold ${gpu.index}`);
   }
-  await registry.reconcile((gpu) => wanted(ctx.config, gpu), ctx.config.bringUpConcurrency);
+  await ctx.reconciler?.reconcileAll(ctx.config.bringUpConcurrency);
   // A GPU this reload selected reports its Xids from now on, not from the next reopen.
   const added = await ctx.xid?.watch(registry.list().filter((g) => g.selected));
   if (added) ctx.log.info(`watching Xid events on ${added} more GPUs`);

@@ -1,86 +1,128 @@
 // Program 35006's backend: translates the protocol's GPU addresses, modes and NUMA states
-// into registry requests, and the registry's answers into NvPdStatus. No state of its own.
+// into intents (intents.ts), and the outcome into NvPdStatus. No state of its own.
 // Semantics as the original's: version 1's Set moves persistence and NUMA together (and
-// rolls persistence back when NUMA fails); version 2 moves each alone. Every answer waits
+// takes persistence back when NUMA fails); version 2 moves each alone. Every answer waits
 // for the NVML session to settle: a GPU reported released is pinned by nothing of ours.
 import { NUMA_ONLINE_FAILED } from "../../native-bindings/nvidia-kernel.js";
+import type { PeerCredentials } from "../../native-bindings/peer-credentials.js";
 import { fixes } from "../fixes.js";
 import { describeError } from "../gpu/describe-error.js";
-import type { Claim, Gpu, GpuRegistry } from "../gpu/gpu-registry.js";
+import type { Gpu } from "../gpu/gpu-registry.js";
 import { hasCoherentMemory } from "../gpu/gpu-registry.js";
+import { type GpuIntents, targetOf } from "../gpu/intents.js";
 import { NvPdStatus, type PersistenceBackend } from "../rpc/persistence-program.js";
+import type { PciAddress } from "../selection/pci-address.js";
 import { rpcPersistence } from "../status/daemon-status.js";
 import type { DaemonContext } from "./context.js";
-
-/** The registry, the coordinator and the leases an answer needs; null before bring-up ended. */
-function parts(ctx: DaemonContext) {
-  const { registry, coordinator } = ctx;
-  return registry && coordinator ? { registry, coordinator, leases: ctx.leases } : null;
-}
+import { changeIntents, type IntentChange } from "./intent-change.js";
 
 export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
+  /** The GPU and what changes it, once bring-up ended (a change waits for it); null: no such GPU. */
+  async function target(address: PciAddress): Promise<{ gpu: Gpu; parts: IntentChange } | null> {
+    await ctx.broughtUp.promise;
+    const { reconciler, coordinator } = ctx;
+    const gpu = reconciler?.registry.byPci(address);
+    return gpu && reconciler && coordinator ? { gpu, parts: { reconciler, coordinator } } : null;
+  }
+
   /** A hold during a `release -- COMMAND` would pin a GPU its command may be resetting. */
-  const leased = (gpu: Gpu, what: string): boolean => {
-    const lease = ctx.leases.of(gpu);
-    if (!lease) return false;
+  const leased = (gpu: Gpu, intents: GpuIntents, what: string): boolean => {
+    if (!intents.lease) return false;
     ctx.log.warn(
       { gpuIndex: gpu.index },
-      `RPC: refused to ${what}: the GPU is released by 'gpu-persistd release' (pid ${lease.pid}) until that ends`,
+      `RPC: refused to ${what}: the GPU is released by 'gpu-persistd release' (pid ${intents.lease.pid}) until that ends`,
     );
     return true;
   };
 
+  /** A change the session could not follow was taken back: the journal says why. */
+  const takenBack = (gpu: Gpu, problem: string): NvPdStatus => {
+    ctx.log.warn({ gpuIndex: gpu.index }, `RPC: cannot release the GPU: ${problem}; holding it again`);
+    return NvPdStatus.DRIVER;
+  };
+
   /** The journal says why a client's hold failed: the protocol's answer is one number. */
-  const refusedHold = (gpu: Gpu): void => {
+  const refusedHold = (gpu: Gpu): NvPdStatus => {
     const why = gpu.fault ? describeError(gpu.fault) : gpu.state;
     const fix = gpu.state === "lost" ? `; to recover it: ${fixes.lostGpu}` : "";
     ctx.log.warn({ gpuIndex: gpu.index }, `RPC: cannot hold the GPU: it is ${gpu.state} (${why})${fix}`);
+    return gpu.state === "lost" ? NvPdStatus.DRIVER : NvPdStatus.IO;
   };
 
-  /** Drops claims at a client's request; a release the session cannot follow is taken back. */
-  async function letGo(registry: GpuRegistry, gpu: Gpu, claims: Claim[]): Promise<NvPdStatus> {
-    const p = parts(ctx);
-    if (!p) return NvPdStatus.UNKNOWN;
-    const lease = ctx.leases.of(gpu);
-    if (lease) {
-      // Released by the lease (answered once that release is done); its end must not take these back.
-      for (const claim of claims) ctx.leases.forget(gpu, claim);
-      await lease.releasing;
-      await p.coordinator.settle();
-      return NvPdStatus.SUCCESS;
-    }
-    let had = [...gpu.claims];
-    // Nothing left to hold it: released outright, so that no NVML session pins it either.
-    if (had.every((c) => claims.includes(c))) had = (await registry.release(gpu)).claims;
-    else for (const claim of claims) await registry.relinquish(gpu, claim, "request");
-    const session = await p.coordinator.settle();
-    if (gpu.state === "released" && session.open) {
-      ctx.log.warn(
-        { gpuIndex: gpu.index },
-        `RPC: cannot release the GPU: ${session.problem ?? "the NVML session stays open"}; holding it again`,
-      );
-      await registry.restore(gpu, had);
-      await p.coordinator.settle();
-      return NvPdStatus.DRIVER;
-    }
-    return NvPdStatus.SUCCESS;
+  const owner = (peer: PeerCredentials) => ({ uid: peer.uid, since: new Date() });
+
+  /** Lets go at a client's request; NUMA offline too when `withNuma`. */
+  async function release(gpu: Gpu, parts: IntentChange, withNuma: boolean, peer: PeerCredentials) {
+    const patch: Partial<GpuIntents> = { client: { mode: "release", ...owner(peer) } };
+    if (withNuma) Object.assign(patch, { numa: null });
+    const { problem } = await changeIntents(parts, [gpu], () => patch, false);
+    return problem === null ? NvPdStatus.SUCCESS : takenBack(gpu, problem);
   }
 
-  async function setNuma(registry: GpuRegistry, gpu: Gpu, online: boolean): Promise<NvPdStatus> {
-    const p = parts(ctx);
-    if (!p) return NvPdStatus.UNKNOWN;
-    if (!online) return letGo(registry, gpu, ["numa"]);
-    if (leased(gpu, "bring NUMA memory online")) return NvPdStatus.IO;
-    const wasHeld = gpu.state === "held";
-    const state = await registry.acquire(gpu, "numa", "request");
-    await p.coordinator.settle();
+  /**
+   * Holds at a client's request (with NUMA online when `withNuma`). A hold the configuration
+   * already wants ends the client's choice instead: the configuration decides again.
+   */
+  async function hold(gpu: Gpu, parts: IntentChange, withNuma: boolean, peer: PeerCredentials) {
+    const { reconciler, coordinator } = parts;
+    const before = reconciler.intentsOf(gpu);
+    if (leased(gpu, before, "hold it")) return NvPdStatus.IO;
+    const configWants = targetOf(
+      { ...before, client: null },
+      {
+        persistenceMode: ctx.config.persistenceMode,
+        selected: gpu.selected,
+      },
+    ).forConfig;
+    const patch: Partial<GpuIntents> = { client: configWants ? null : { mode: "hold", ...owner(peer) } };
+    if (withNuma) Object.assign(patch, { numa: before.numa ?? owner(peer) });
+    reconciler.change(gpu, patch);
+    const state = await reconciler.reconcile(gpu);
+    await coordinator.settle();
+    if (state !== "held") {
+      // The NUMA request goes with the hold that failed; the hold itself stays asked for.
+      if (withNuma) reconciler.change(gpu, { numa: before.numa });
+      return refusedHold(gpu);
+    }
+    return withNuma ? numaOutcome(gpu, parts, before) : NvPdStatus.SUCCESS;
+  }
+
+  /**
+   * After a NUMA-online hold: no coherent memory makes it a no-op, memory that did not come
+   * online takes the request back. Either way the GPU returns to the intents `before`.
+   */
+  async function numaOutcome(gpu: Gpu, { reconciler, coordinator }: IntentChange, before: GpuIntents) {
+    const failed = hasCoherentMemory(gpu) && gpu.numa?.status === NUMA_ONLINE_FAILED;
+    if (hasCoherentMemory(gpu) && !failed) return NvPdStatus.SUCCESS;
+    reconciler.change(gpu, failed ? before : { numa: before.numa });
+    await reconciler.reconcile(gpu);
+    await coordinator.settle();
+    return failed ? NvPdStatus.NUMA_FAILURE : NvPdStatus.SUCCESS;
+  }
+
+  async function numaOnline(gpu: Gpu, parts: IntentChange, peer: PeerCredentials) {
+    const { reconciler, coordinator } = parts;
+    const before = reconciler.intentsOf(gpu);
+    if (leased(gpu, before, "bring NUMA memory online")) return NvPdStatus.IO;
+    reconciler.change(gpu, { numa: before.numa ?? owner(peer) });
+    const state = await reconciler.reconcile(gpu);
+    await coordinator.settle();
     if (state === "lost") return NvPdStatus.DRIVER;
-    if (!hasCoherentMemory(gpu)) return NvPdStatus.SUCCESS;
-    if (state === "held" && gpu.numa?.status !== NUMA_ONLINE_FAILED) return NvPdStatus.SUCCESS;
-    // The memory did not come online: keep nothing open for it.
-    await registry.relinquish(gpu, "numa", wasHeld ? "request" : "undo");
-    await p.coordinator.settle();
-    return NvPdStatus.NUMA_FAILURE;
+    return numaOutcome(gpu, parts, before);
+  }
+
+  /**
+   * NUMA offline; with nothing else wanting the GPU held it is released, as the original's.
+   * A lease does not count: it ends, and what is wanted then stands.
+   */
+  async function numaOffline(gpu: Gpu, parts: IntentChange, peer: PeerCredentials) {
+    const after = { ...parts.reconciler.intentsOf(gpu), numa: null, lease: null };
+    const config = { persistenceMode: ctx.config.persistenceMode, selected: gpu.selected };
+    const patch: Partial<GpuIntents> = { numa: null };
+    if (targetOf(after, config).claims.length === 0)
+      Object.assign(patch, { client: { mode: "release", ...owner(peer) } });
+    const { problem } = await changeIntents(parts, [gpu], () => patch, false);
+    return problem === null ? NvPdStatus.SUCCESS : takenBack(gpu, problem);
   }
 
   return {
@@ -88,33 +130,15 @@ export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
       const gpu = ctx.registry?.byPci(address);
       return gpu ? rpcPersistence(gpu) : null;
     },
-    setMode: async (address, enabled, withNuma) => {
-      await ctx.broughtUp.promise;
-      const p = parts(ctx);
-      const gpu = p?.registry.byPci(address);
-      if (!p || !gpu) return NvPdStatus.DEVICE_NOT_FOUND;
-      const { registry, coordinator } = p;
-      if (!enabled) return letGo(registry, gpu, withNuma ? ["numa", "persistence"] : ["persistence"]);
-      if (leased(gpu, "hold it")) return NvPdStatus.IO;
-      const held = gpu.claims.has("persistence") && gpu.state === "held";
-      const state = await registry.acquire(gpu, "persistence", "request");
-      await coordinator.settle();
-      if (state !== "held") {
-        refusedHold(gpu);
-        return state === "lost" ? NvPdStatus.DRIVER : NvPdStatus.IO;
-      }
-      if (!withNuma) return NvPdStatus.SUCCESS;
-      const numa = await setNuma(registry, gpu, true);
-      if (numa !== NvPdStatus.SUCCESS && !held) {
-        await registry.relinquish(gpu, "persistence", "undo");
-        await coordinator.settle();
-      }
-      return numa;
+    setMode: async (address, enabled, withNuma, peer) => {
+      const found = await target(address);
+      if (!found) return NvPdStatus.DEVICE_NOT_FOUND;
+      return enabled ? hold(found.gpu, found.parts, withNuma, peer) : release(found.gpu, found.parts, withNuma, peer);
     },
-    setNuma: async (address, online) => {
-      await ctx.broughtUp.promise;
-      const gpu = ctx.registry?.byPci(address);
-      return gpu && ctx.registry ? setNuma(ctx.registry, gpu, online) : null;
+    setNuma: async (address, online, peer) => {
+      const found = await target(address);
+      if (!found) return null;
+      return online ? numaOnline(found.gpu, found.parts, peer) : numaOffline(found.gpu, found.parts, peer);
     },
   };
 }

@@ -12,6 +12,7 @@ export async function shutdown(ctx: DaemonContext, code: ExitCode, reason: strin
   notifier.stopping();
   log.info(ctx.fdStore.enabled ? `stopping: ${reason}; ${storeAtStop(kind)}` : `stopping: ${reason}`);
   ctx.health?.stop();
+  ctx.leases.stop();
   // The Xid event set dies with the session: freeing it is one more call that could hang.
   ctx.xid = null;
   ctx.control?.close();

@@ -18,9 +18,11 @@ import { adoptHanded, keptState } from "../gpu/adoption.js";
 import { describeError } from "../gpu/describe-error.js";
 import { REAL_DEVICE_DIR } from "../gpu/device-node.js";
 import { gpuFields } from "../gpu/gpu-log-fields.js";
-import { type Gpu, GpuRegistry, type Identity, identifyGpus } from "../gpu/gpu-registry.js";
+import { GpuRegistry, type Identity } from "../gpu/gpu-registry.js";
 import { DeviceEffects } from "../gpu/hold-effects.js";
+import { identifyGpus } from "../gpu/identify.js";
 import { NvmlSession } from "../gpu/nvml-session.js";
+import { Reconciler } from "../gpu/reconciler.js";
 import { SessionCoordinator } from "../gpu/session-coordinator.js";
 import { isVersionMismatch, mismatchText, type VersionMismatch } from "../gpu/version-mismatch.js";
 import { HealthMonitor } from "../health/health-monitor.js";
@@ -29,7 +31,7 @@ import { startMetricsListener } from "../metrics/metrics-listener.js";
 import { MetricsTextfile } from "../metrics/metrics-textfile.js";
 import { dropPrivileges, resolveIdentity } from "../privileges.js";
 import { RpcServer } from "../rpc/rpc-server.js";
-import { formatPciAddress, parsePciAddress, samePciDevice } from "../selection/pci-address.js";
+import { parsePciAddress } from "../selection/pci-address.js";
 import { createStandInNodes, nvmlLibraryFor } from "../simulation.js";
 import type { KeptState } from "../systemd/fd-store.js";
 import { watchdogUsec } from "../systemd/notify.js";
@@ -37,8 +39,9 @@ import { Watchdog } from "../systemd/watchdog.js";
 import { VERSION } from "../version.js";
 import type { DaemonContext } from "./context.js";
 import { controlHandler } from "./control-adapter.js";
-import { healthIntervalMs, unmatchedMessages, wanted } from "./hold-policy.js";
+import { healthIntervalMs, unmatchedMessages } from "./hold-policy.js";
 import { rpcBackend } from "./rpc-adapter.js";
+import { keepStateRecord, resumeIntents } from "./state-record.js";
 import { daemonStatusLine, metricsText } from "./status-snapshot.js";
 
 /** While bring-up runs, systemd's start timeout is pushed this far ahead, this often. */
@@ -190,6 +193,7 @@ async function identify(
     nvmlOpen: () => session.open,
   });
   ctx.registry = registry;
+  ctx.reconciler = new Reconciler(registry, ctx.intents, () => ctx.config.persistenceMode);
   ctx.handedSockets = handed.sockets;
   recordInitialisation(ctx, session, found);
   ctx.telemetry.follow(registry, session.nvml, () => session.open);
@@ -209,13 +213,9 @@ async function identify(
     if (ctx.ready && !ctx.stopping) ctx.deps.notifier.status(daemonStatusLine(ctx));
   });
   const unmatched = applySelection(ctx, registry);
-  // Released at a client's request before the restart: they stay released.
-  const released = (kept?.released ?? []).flatMap((p) => parsePciAddress(p) ?? []);
-  for (const gpu of registry.list()) {
-    const { pci } = gpu;
-    if (pci && released.some((p) => samePciDevice(p, pci))) await registry.release(gpu);
-  }
-  keepReleasedState(ctx, registry);
+  // What clients wanted before the restart (a release, a hold, a lease whose client runs) stands.
+  resumeIntents(ctx, kept, registry, handed.leases);
+  keepStateRecord(ctx, registry);
   return { registry, effects, unmatched };
 }
 
@@ -229,8 +229,11 @@ async function holdSelected(
   const { config, log } = ctx;
   // What the previous run kept for a GPU that is not held now is let go.
   const discard = () => effects.discardUnused(registry.list(), (message) => log.info(message));
+  const reconciler = ctx.reconciler as Reconciler;
   if (!config.persistenceMode) {
-    log.info("starting with every GPU released (--no-persistence-mode)");
+    log.info("starting with no GPU held for the configuration (--no-persistence-mode)");
+    // A client's hold or release from before the restart still stands.
+    await reconciler.reconcileAll(config.bringUpConcurrency);
     await discard();
     return;
   }
@@ -252,7 +255,7 @@ async function holdSelected(
   };
   registry.on("transition", onTransition);
   try {
-    await registry.reconcile((gpu) => wanted(ctx.config, gpu), config.bringUpConcurrency);
+    await reconciler.reconcileAll(config.bringUpConcurrency);
   } finally {
     registry.off("transition", onTransition);
   }
@@ -282,39 +285,6 @@ function recordInitialisation(ctx: DaemonContext, session: NvmlSession, found: r
       ctx.telemetry.recordAttach(index, (session.firstInitMs + id.lookUpMs) / 1000);
     }
   }
-}
-
-/**
- * Under systemd, the GPUs a client released are recorded in the fd store: a restart keeps them
- * released. A GPU released only by a lease is not: the lease ends with the connection, so the
- * next run holds it again. A record that cannot be written is logged; nothing else depends on it.
- */
-function keepReleasedState(ctx: DaemonContext, registry: GpuRegistry): void {
-  const store = ctx.fdStore;
-  if (!store.enabled) return;
-  const releasedForGood = (g: Gpu): boolean => {
-    const lease = ctx.leases.of(g);
-    return g.state === "released" && (!lease || lease.before.get(g)?.state === "released");
-  };
-  const record = (): void => {
-    try {
-      store.keepState({
-        released: registry.list().flatMap((g) => (releasedForGood(g) && g.pci ? [formatPciAddress(g.pci)] : [])),
-        gpus: registry
-          .list()
-          .flatMap((g) =>
-            g.pci ? [{ busId: formatPciAddress(g.pci), minor: g.minor, uuid: g.uuid, name: g.name }] : [],
-          ),
-      });
-    } catch (err) {
-      ctx.log.warn(`cannot record the released GPUs in systemd's fd store: ${describeError(err)}`);
-    }
-  };
-  record();
-  ctx.leases.onChange = record;
-  registry.on("transition", (t) => {
-    if ((t.from === "released" || t.to === "released") && !ctx.stopping) record();
-  });
 }
 
 async function openSockets(ctx: DaemonContext): Promise<void> {
@@ -441,6 +411,8 @@ export async function startUp(ctx: DaemonContext): Promise<void> {
   });
   // A GPU that stays released from the last run: the session must not pin it.
   await coordinator.settle();
+  // A lease resumed from the last run ends when its client does.
+  ctx.leases.watchOrphans({ reconciler: ctx.reconciler as Reconciler, coordinator });
   ctx.broughtUp.resolve();
   checkpoint(ctx);
   if (identity) {

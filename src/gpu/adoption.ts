@@ -1,9 +1,10 @@
 // What systemd hands back at start (LISTEN_FDS): the fds the previous run kept in the fd
-// store (each GPU's node and UVM registration, and the state record) and the socket units'
-// listening sockets. Each is checked before it is used: a GPU's fd must be its node (the
-// NVIDIA character device of its minor, or the simulator's stand-in for it); anything that
-// fits nothing is closed, dropped from the store, and logged with the reason.
-import { closeSync, fstatSync, type Stats, statSync } from "node:fs";
+// store (each GPU's node and UVM registration, each lease's pidfd, and the state record) and
+// the socket units' listening sockets. Each is checked before it is used: a GPU's fd must be
+// its node (the NVIDIA character device of its minor, or the simulator's stand-in for it), a
+// lease's a pidfd; anything that fits nothing is closed, dropped from the store, and logged
+// with the reason.
+import { closeSync, fstatSync, readlinkSync, type Stats, statSync } from "node:fs";
 import { join } from "node:path";
 import { unixSocketPath } from "../../native-bindings/libc.js";
 import type { Log } from "../log.js";
@@ -27,6 +28,8 @@ export interface Handed {
   uvm: Map<number, number>;
   /** Listening sockets from the socket unit, by the path they are bound to. */
   sockets: Map<string, number>;
+  /** Pidfds on the clients of leases in force at the restart, by PID (release-leases.ts). */
+  leases: Map<number, number>;
 }
 
 export interface AdoptOptions {
@@ -61,6 +64,15 @@ function nodeProblem(st: Stats, minorNumber: number, o: AdoptOptions): string | 
     return `it is device ${major(st.rdev)}:${minor(st.rdev)}, not ${NVIDIA_MAJOR}:${minorNumber}`;
   }
   return null;
+}
+
+/** Whether `fd` is a pidfd ("anon_inode:[pidfd]", or pidfs' "pidfd:[...]" from Linux 6.9). */
+function isPidfd(fd: number): boolean {
+  try {
+    return readlinkSync(`/proc/self/fd/${fd}`).includes("pidfd");
+  } catch {
+    return false;
+  }
 }
 
 /** Why `st` is not nvidia-uvm, or null when it is. */
@@ -103,7 +115,7 @@ export function keptState(passed: readonly PassedFd[], store: FdStore, log: Log)
  * fd that fits nothing is closed and dropped from the store, with a warning saying why.
  */
 export function adoptHanded(passed: readonly PassedFd[], gpus: readonly (Identity | Error)[], o: AdoptOptions): Handed {
-  const handed: Handed = { nodes: new Map(), uvm: new Map(), sockets: new Map() };
+  const handed: Handed = { nodes: new Map(), uvm: new Map(), sockets: new Map(), leases: new Map() };
   const byPci = (pci: string) => {
     const address = parsePciAddress(pci);
     const index = address ? gpus.findIndex((g) => !(g instanceof Error) && samePciDevice(g.pci, address)) : -1;
@@ -132,6 +144,17 @@ export function adoptHanded(passed: readonly PassedFd[], gpus: readonly (Identit
       else if (!o.socketPaths.includes(path)) reject(`it is bound to ${path}, which this daemon does not serve`);
       else if (handed.sockets.has(path)) reject(`another socket bound to ${path} came back first`);
       else handed.sockets.set(path, fd);
+      continue;
+    }
+    const lease = /^lease-([1-9][0-9]{0,9})$/.exec(name);
+    if (lease) {
+      const pid = Number(lease[1]);
+      if (!isPidfd(fd)) reject("it is not a pidfd");
+      else if (handed.leases.has(pid)) reject("another fd came back under the same name");
+      else {
+        handed.leases.set(pid, fd);
+        kept.set(name, fd);
+      }
       continue;
     }
     const match = /^(gpu|uvm)-([0-9a-fA-F]{1,8})-([0-9a-fA-F]{2})-([0-9a-fA-F]{2})\.0$/.exec(name);

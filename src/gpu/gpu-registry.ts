@@ -1,9 +1,10 @@
-// The GPU registry: the one owner of every GPU's state and of the fds that hold GPUs, as a
-// claim state machine. Bring-up, reload, RPC, control commands, health and Xid loss all ask
-// it; none of them touches an fd. Transitions of one GPU run one at a time (a per-GPU
-// queue), different GPUs proceed in parallel. What a transition does to the driver (open,
-// NUMA, UVM, close) is the HoldEffects' business; every transition is emitted as an event
-// that the log and systemd's STATUS follow, and that the NVML session coordinator reads.
+// The GPU registry: the one owner of every GPU's physical state and of the fds that hold
+// GPUs, as a claim state machine. Its writers: the reconciler (converge: hold or let go, as
+// the intents' target says), and the GPU's own fate (lost, UVM dropped on NVML's recovery
+// action). Transitions of one GPU run one at a time (a per-GPU queue), different GPUs in
+// parallel. What a transition does to the driver (open, NUMA, UVM, close) is the
+// HoldEffects' business; every transition is emitted as an event that the log and systemd's
+// STATUS follow, and that the NVML session coordinator reads.
 import { EventEmitter } from "node:events";
 import {
   KernelCallError,
@@ -13,7 +14,6 @@ import {
   numaStatusName,
 } from "../../native-bindings/nvidia-kernel.js";
 import type { DeviceHandle, Nvml } from "../../native-bindings/nvml.js";
-import { forEachLimited } from "../concurrency.js";
 import { legacyFlagNote } from "../fixes.js";
 import { type GpuSelector, selectorMatches } from "../selection/gpu-selector.js";
 import { formatPciAddress, type PciAddress, samePciDevice } from "../selection/pci-address.js";
@@ -24,20 +24,19 @@ import {
   type GpuState,
   hasCoherentMemory,
   type Identity,
-  type Origin,
   type PersistenceReading,
   type RegistryEvents,
   type Transition,
   type UvmState,
 } from "./gpu-model.js";
 import type { HoldEffects } from "./hold-effects.js";
+import type { Target } from "./intents.js";
 
 export type {
   Claim,
   Gpu,
   GpuState,
   Identity,
-  Origin,
   PersistenceReading,
   Transition,
   UvmState,
@@ -51,7 +50,7 @@ interface Entry extends Gpu {
   minor: number;
   handle: DeviceHandle | null;
   state: GpuState;
-  claims: Set<Claim>;
+  claims: ReadonlySet<Claim>;
   selected: boolean;
   legacyFlag: PersistenceReading;
   xids: Map<number, number>;
@@ -75,42 +74,6 @@ export interface RegistryOptions {
   uvmPersistence: boolean;
   /** Whether NVML may be asked now (the session is open): a GPU held meanwhile is held by its node alone. */
   nvmlOpen: () => boolean;
-}
-
-/**
- * Asks NVML for every GPU, `concurrency` at once: an Identity each, or the error that kept
- * NVML from telling (the GPU then stays "unidentified"; the others are not held up by it).
- */
-export async function identifyGpus(nvml: Nvml, count: number, concurrency: number): Promise<(Identity | Error)[]> {
-  const found: (Identity | Error)[] = Array.from({ length: count }, () => new Error("not asked"));
-  await forEachLimited(
-    found.map((_, index) => index),
-    concurrency,
-    async (index) => {
-      try {
-        const lookUpStarted = performance.now();
-        const handle = await nvml.handleByIndex(index);
-        const lookUpMs = performance.now() - lookUpStarted;
-        const [uuid, name, pci, minor] = await Promise.all([
-          nvml.uuid(handle),
-          nvml.name(handle),
-          nvml.pciInfo(handle),
-          nvml.minorNumber(handle),
-        ]);
-        found[index] = {
-          handle,
-          uuid,
-          name,
-          minor,
-          pci: { domain: pci.domain, bus: pci.bus, device: pci.device, function: 0 },
-          lookUpMs,
-        };
-      } catch (err) {
-        found[index] = err as Error;
-      }
-    },
-  );
-  return found;
 }
 
 export class GpuRegistry extends EventEmitter<RegistryEvents> {
@@ -198,32 +161,29 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
   }
 
   /**
-   * Adds `claim` and holds the GPU if it is not held yet: its node first, then (from
-   * "config", with the NVML session open) the legacy flag, best effort. Resolves with the
-   * state after.
+   * Makes the GPU's effects what `target()` says, computed once every earlier transition of
+   * this GPU has ended: with claims, holds it (its node first; for the configuration, with the
+   * NVML session open, the legacy flag too, best effort); without, lets go of every fd and
+   * leaves it `target.idle`. A lost or unidentified GPU stays as it is, and nothing is opened
+   * once the daemon stops. Resolves with the state after.
    */
-  acquire(gpu: Gpu, claim: Claim, origin: Origin): Promise<GpuState> {
+  converge(gpu: Gpu, target: () => Target): Promise<GpuState> {
     return this.#serial(gpu, async (entry) => {
       if (this.#closed || entry.state === "lost" || entry.state === "unidentified") return entry.state;
-      // The configuration never undoes a client's release (it may be queued behind this).
-      if (origin === "config" && entry.state === "released") return entry.state;
-      const before = entry.state;
-      entry.claims.add(claim);
-      if (entry.fd === null) await this.#open(entry, origin);
-      if (claim === "numa" && !hasCoherentMemory(entry)) {
-        // No coherent memory: there is no NUMA node to keep online; a successful no-op, so
-        // a node opened only to learn that is closed again and the GPU is as it was.
-        entry.claims.delete("numa");
-        if (entry.claims.size === 0 && entry.fd !== null) {
-          await this.#close(entry);
-          this.#move(entry, before, "debug", "no coherent memory: nothing to keep online");
-        }
+      const { claims, idle, forConfig } = target();
+      entry.claims = new Set(claims);
+      if (claims.length > 0) {
+        if (entry.fd === null) await this.#open(entry, forConfig);
+        return entry.state;
       }
+      const held = entry.fd !== null;
+      if (held) await this.#close(entry);
+      if (held || entry.state !== idle) this.#move(entry, idle, "info", letGoMessage(entry.state, idle, held));
       return entry.state;
     });
   }
 
-  async #open(gpu: Entry, origin: Origin): Promise<void> {
+  async #open(gpu: Entry, forConfig: boolean): Promise<void> {
     const { effects } = this.#o;
     this.#move(gpu, "holding", "debug", "holding the GPU");
     try {
@@ -236,15 +196,10 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       }
       gpu.fd = fd;
       gpu.fault = null;
-      if (origin === "config" && this.#o.nvmlOpen()) await this.#readLegacyFlag(gpu);
+      if (forConfig && this.#o.nvmlOpen()) await this.#readLegacyFlag(gpu);
       await this.#readNuma(gpu, fd);
       if (this.#o.uvmPersistence) await this.#registerUvm(gpu);
-      this.#move(
-        gpu,
-        "held",
-        "info",
-        origin === "request" ? "holding the GPU at a client's request" : "holding the GPU",
-      );
+      this.#move(gpu, "held", "info", forConfig ? "holding the GPU" : "holding the GPU at a client's request");
     } catch (err) {
       gpu.fault = err as Error;
       this.#move(gpu, "failed", "error", `cannot hold the GPU: ${errorText(err)}`);
@@ -315,80 +270,6 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
   }
 
   /**
-   * Drops `claim`; once no claim is left the node is closed. From "request" the GPU is then
-   * "released" (the NVML session coordinator then ends the session, so nothing pins it);
-   * from "config" or "undo" it is "identified" again (not selected, or the request failed).
-   */
-  relinquish(gpu: Gpu, claim: Claim, origin: Origin): Promise<GpuState> {
-    return this.#serial(gpu, async (entry) => {
-      if (this.#closed) return entry.state;
-      entry.claims.delete(claim);
-      if (entry.claims.size > 0) return entry.state;
-      if (entry.fd === null) {
-        // Nothing is open: a GPU that could not be held is simply no longer wanted; one that
-        // failed to be held again after a release is released again by the same request.
-        if (entry.state === "failed") {
-          if (origin === "config") this.#move(entry, "identified", "info", "no longer wanted");
-          else if (origin === "request") this.#move(entry, "released", "info", "released at a client's request");
-        }
-        return entry.state;
-      }
-      await this.#close(entry);
-      if (origin === "request") {
-        this.#move(entry, "released", "info", "released the GPU at a client's request: no fd left on its node");
-      } else {
-        this.#move(
-          entry,
-          "identified",
-          "info",
-          origin === "config" ? "released the GPU (no longer selected)" : "let go of the GPU again: the request failed",
-        );
-      }
-      return entry.state;
-    });
-  }
-
-  /**
-   * Lets go of the GPU completely at a client's request (every claim, every fd): it ends
-   * "released", whether it was held or not, so that the session coordinator lets no NVML
-   * session pin it either. A lost or unidentified GPU stays as it is. Resolves with what the
-   * GPU was just before, after every earlier transition (to take back at the lease's end).
-   */
-  release(gpu: Gpu): Promise<{ state: GpuState; claims: Claim[] }> {
-    return this.#serial(gpu, async (entry) => {
-      const before = { state: entry.state, claims: [...entry.claims] };
-      if (this.#closed || ["lost", "unidentified", "released"].includes(entry.state)) return before;
-      entry.claims.clear();
-      const held = entry.fd !== null;
-      if (held) await this.#close(entry);
-      this.#move(
-        entry,
-        "released",
-        "info",
-        held ? "released the GPU at a client's request: no fd left on its node" : "released at a client's request",
-      );
-      return before;
-    });
-  }
-
-  /**
-   * Ends a client's release: with claims, takes them back (holding the GPU again); with
-   * none, the GPU is simply not released any more ("identified"); with null it stays released.
-   */
-  restore(gpu: Gpu, claims: readonly Claim[] | null): Promise<GpuState> {
-    return this.#serial(gpu, async (entry) => {
-      if (this.#closed || entry.state !== "released" || claims === null) return entry.state;
-      if (claims.length === 0) {
-        this.#move(entry, "identified", "info", "no longer released");
-        return entry.state;
-      }
-      for (const claim of claims) entry.claims.add(claim);
-      await this.#open(entry, "request");
-      return entry.state;
-    });
-  }
-
-  /**
    * Lets go of the GPU, off the event loop: the UVM registration first, then the node.
    * `forGood` (every case but the daemon's stop): no copy stays in systemd's fd store.
    */
@@ -413,7 +294,7 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       if (entry.state === "lost" || this.#closed) return;
       await this.#close(entry);
       entry.fault = cause;
-      entry.claims.clear();
+      entry.claims = new Set();
       this.#move(
         entry,
         "lost",
@@ -485,21 +366,6 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
   }
 
   /**
-   * Makes holds match the configuration: GPUs that `wanted` holds are acquired ("config"),
-   * the others relinquished. A GPU released by a client stays released: the client asked.
-   */
-  async reconcile(wanted: (gpu: Gpu) => boolean, concurrency: number): Promise<void> {
-    await forEachLimited(this.#gpus, concurrency, async (gpu) => {
-      if (gpu.state === "released") return;
-      if (wanted(gpu)) {
-        if (gpu.state !== "held") await this.acquire(gpu, "persistence", "config");
-      } else if (gpu.claims.has("persistence")) {
-        await this.relinquish(gpu, "persistence", "config");
-      }
-    });
-  }
-
-  /**
    * At stop: closes every node now, without waiting for queued transitions; none opens
    * after. Under systemd the fd store keeps holding them: a restart finds them there, and a
    * stop for good flushes the store.
@@ -517,4 +383,13 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       this.#move(gpu, "identified", "debug", "released the GPU: the daemon stops");
     }
   }
+}
+
+/** What letting go of a GPU to `idle` says in the journal. */
+function letGoMessage(from: GpuState, idle: "released" | "identified", held: boolean): string {
+  if (idle === "released") {
+    return held ? "released the GPU at a client's request: no fd left on its node" : "released at a client's request";
+  }
+  if (from === "released") return "no longer released";
+  return held ? "let go of the GPU: nothing wants it held (not selected, or persistence off)" : "no longer wanted";
 }

@@ -34,10 +34,13 @@ export const PROC_2 = 2;
 export interface PersistenceBackend {
   /** true: held (persistence on), false: released, null: no such GPU. */
   mode(address: PciAddress): boolean | null;
-  /** Holds or releases the GPU (with its NUMA status too for version 1); resolves the status to answer. */
-  setMode(address: PciAddress, enabled: boolean, withNuma: boolean): Promise<NvPdStatus>;
+  /**
+   * Holds or releases the GPU (with its NUMA status too for version 1) for client `peer`;
+   * resolves the status to answer.
+   */
+  setMode(address: PciAddress, enabled: boolean, withNuma: boolean, peer: PeerCredentials): Promise<NvPdStatus>;
   /** NUMA online/offline for GPUs with coherent memory (a no-op on others); null: no such GPU. */
-  setNuma(address: PciAddress, online: boolean): Promise<NvPdStatus | null>;
+  setNuma(address: PciAddress, online: boolean, peer: PeerCredentials): Promise<NvPdStatus | null>;
 }
 
 /** Procedure names as metrics label them. */
@@ -154,12 +157,12 @@ export async function handlePersistenceCall(
     return statusReply(NvPdStatus.INVALID_ARGUMENT, { rejected: `${what}: invalid value ${value}` });
   }
   if (isNuma) {
-    const result = await backend.setNuma(address, value === 1);
+    const result = await backend.setNuma(address, value === 1, peer);
     return statusReply(result ?? NvPdStatus.DEVICE_NOT_FOUND);
   }
   const before = backend.mode(address);
   if (before === null) return statusReply(NvPdStatus.DEVICE_NOT_FOUND);
-  const result = await backend.setMode(address, value === 1, call.vers === 1);
+  const result = await backend.setMode(address, value === 1, call.vers === 1, peer);
   const after = backend.mode(address);
   return statusReply(
     result,

@@ -29,8 +29,11 @@ export interface GpuFacts {
   wanted: boolean;
   /** When the GPU entered its present state (ISO 8601): released since, lost at, failed at. */
   since: string | null;
-  /** Who released it, while released: a lease's client (`release -- COMMAND`, by PID) or a plain release (RPC Set, `release`, by uid). */
-  releasedBy: { kind: "lease" | "request"; uid: number; pid: number | null } | null;
+  /**
+   * Who released it, while released, and since when: a lease's client (`release -- COMMAND`,
+   * by PID) or a plain release (RPC Set, `release`, by uid; null when recorded by an older version).
+   */
+  releasedBy: { kind: "lease" | "request"; uid: number | null; pid: number | null; since: string } | null;
   /** What an admin does about a GPU lost, failed or released (null: nothing to do). */
   fix: string | null;
 }

@@ -1,6 +1,7 @@
 // systemd's file descriptor store, for what must outlive the daemon's process: the fds
-// that hold GPUs (so a restart, a crash or an upgrade never lets a GPU go) and a small
-// state record (which GPUs a client released, so that they stay released across a restart).
+// that hold GPUs (so a restart, a crash or an upgrade never lets a GPU go), a pidfd on each
+// lease's client, and a small state record (every GPU's intents, so that a restart resumes
+// them: a client's release or hold, a NUMA request, a lease).
 // PID 1 keeps them across restarts and soft reboots (FileDescriptorStorePreserve=yes); the
 // daemon empties the store itself when it stops for good (stop-kind.ts).
 // Outside systemd (no NOTIFY_SOCKET) every call is a no-op.
@@ -10,8 +11,8 @@ import type { PassedFd } from "./listen-fds.js";
 import type { SystemdNotifier } from "./notify.js";
 
 export const STATE_FD_NAME = "state";
-/** The longest state record read back: PCI addresses of released GPUs. */
-const STATE_MAX_BYTES = 64 * 1024;
+/** The longest state record read back: the GPUs, their intents and what was released. */
+const STATE_MAX_BYTES = 256 * 1024;
 
 /** A GPU as the previous run identified it, for a start where NVML cannot (a version mismatch). */
 export interface KeptGpu {
@@ -21,11 +22,24 @@ export interface KeptGpu {
   name: string;
 }
 
+/** One GPU's intents (src/gpu/intents.ts), by its PCI bus id; times in ISO 8601. */
+export interface KeptIntents {
+  busId: string;
+  client?: { mode: "hold" | "release"; uid: number | null; since: string };
+  numa?: { uid: number | null; since: string };
+  lease?: { pid: number; since: string };
+}
+
 /** What the previous run recorded. */
 export interface KeptState {
-  /** PCI bus ids (NVML's form) of GPUs released at a client's request. */
+  /**
+   * PCI bus ids (NVML's form) of GPUs a client released. Written for a downgrade's sake, read
+   * only from a record without `intents` (one an earlier version wrote at an upgrade).
+   */
   released: string[];
   gpus: KeptGpu[];
+  /** Every GPU's intents that are not the configuration's alone. */
+  intents?: KeptIntents[];
 }
 
 /**
@@ -112,5 +126,25 @@ export function readKeptState(fd: number): KeptState {
     typeof g.uuid === "string" &&
     typeof g.name === "string";
   if (!Array.isArray(gpus) || !gpus.every(gpu)) throw new Error('the state record has no "gpus" list');
-  return { released, gpus };
+  const { intents } = value as Partial<KeptState>;
+  if (intents === undefined) return { released, gpus };
+  if (!Array.isArray(intents) || !intents.every(keptIntents)) {
+    throw new Error('the state record\'s "intents" is not a list of GPU intents');
+  }
+  return { released, gpus, intents };
+}
+
+const isTime = (t: unknown): boolean => typeof t === "string" && !Number.isNaN(Date.parse(t));
+const isUid = (u: unknown): boolean => u === null || (Number.isInteger(u) && (u as number) >= 0);
+
+function keptIntents(i: KeptIntents): boolean {
+  if (typeof i?.busId !== "string") return false;
+  const { client, numa, lease } = i;
+  if (
+    client !== undefined &&
+    !(["hold", "release"].includes(client?.mode) && isUid(client.uid) && isTime(client.since))
+  )
+    return false;
+  if (numa !== undefined && !(isUid(numa?.uid) && isTime(numa.since))) return false;
+  return lease === undefined || (Number.isInteger(lease?.pid) && lease.pid > 0 && isTime(lease.since));
 }

@@ -23,6 +23,9 @@ const simFallOffTheBus = sim.func("void gpuPersistdSimFallOffTheBus(int gpu)");
 const simGpuState = sim.func("int gpuPersistdSimGpuState(int gpu)");
 
 /** As the simulated driver sees GPU `index`: held by an open node, kept initialised by the legacy flag, or torn down. */
+/** A root client, as the RPC server's peer credentials name it, for calls made straight to the backend. */
+export const ROOT = { uid: 0, gid: 0, pid: 4242 };
+
 export function gpuState(index: number): "held" | "initialised" | "torn down" {
   const state = simGpuState(index) as number;
   if (state < 0) throw new Error(`the simulator has no GPU ${index}`);

@@ -1,12 +1,15 @@
-// The registry's claim state machine against a TypeScript fake of its effects: one row per
-// case, each naming the state and claims before, the request, and the state, claims and
-// effects after. No native code: what the registry decides, apart from what the driver does.
+// The reconciler and the registry's claim machine against a TypeScript fake of the effects:
+// one row per case of intents x physical state, each naming the configuration, how the GPU
+// got to its physical state, the intents then, and the state, claims and effects after the
+// reconcile. No native code: what the daemon decides, apart from what the driver does.
 import { describe, expect, it } from "vitest";
 import type { NumaInfo } from "../../native-bindings/nvidia-kernel.js";
 import type { DeviceHandle } from "../../native-bindings/nvml.js";
-import type { Claim, Gpu, GpuState, Origin, PersistenceReading } from "../../src/gpu/gpu-model.js";
+import type { Claim, Gpu, GpuState, PersistenceReading } from "../../src/gpu/gpu-model.js";
 import { GpuRegistry } from "../../src/gpu/gpu-registry.js";
 import type { HoldEffects } from "../../src/gpu/hold-effects.js";
+import { type GpuIntents, IntentBook, NO_INTENTS } from "../../src/gpu/intents.js";
+import { Reconciler } from "../../src/gpu/reconciler.js";
 
 class FakeEffects implements HoldEffects {
   readonly log: string[] = [];
@@ -38,8 +41,8 @@ class FakeEffects implements HoldEffects {
   }
 }
 
-function registry(effects: FakeEffects, nvmlOpen = true): GpuRegistry {
-  return new GpuRegistry(
+function machine(effects: FakeEffects, persistenceMode: boolean, selected: boolean, nvmlOpen = true) {
+  const registry = new GpuRegistry(
     [
       {
         handle: 1n as unknown as DeviceHandle,
@@ -51,28 +54,27 @@ function registry(effects: FakeEffects, nvmlOpen = true): GpuRegistry {
     ],
     { effects, uvmPersistence: true, nvmlOpen: () => nvmlOpen },
   );
+  registry.select(selected ? [] : [{ kind: "index", index: 5, text: "5" }]);
+  const reconciler = new Reconciler(registry, new IntentBook(), () => persistenceMode);
+  return { registry, reconciler, gpu: registry.list()[0] as Gpu };
 }
 
-type Step =
-  | ["acquire", Claim, Origin]
-  | ["relinquish", Claim, Origin]
-  | ["release"]
-  | ["restore", Claim[] | null]
-  | ["lost"];
+const at = new Date(0);
+const client = (mode: "hold" | "release"): Partial<GpuIntents> => ({ client: { mode, uid: 0, since: at } });
+const numa: Partial<GpuIntents> = { numa: { uid: 0, since: at } };
+const lease: Partial<GpuIntents> = { lease: { pid: 7, since: at } };
 
-async function run(r: GpuRegistry, gpu: Gpu, step: Step): Promise<void> {
-  if (step[0] === "acquire") await r.acquire(gpu, step[1], step[2]);
-  else if (step[0] === "relinquish") await r.relinquish(gpu, step[1], step[2]);
-  else if (step[0] === "release") await r.release(gpu);
-  else if (step[0] === "restore") await r.restore(gpu, step[1]);
-  else await r.markLost(gpu, new Error("Xid 79"));
-}
+/** How the GPU got to its physical state before the row's intents: the intents reconciled then, or its loss. */
+type Before = "fresh" | "held" | "released" | "failed" | "lost";
 
 const held = ["open", "legacy flag", "numa", "uvm"];
+const heldForClient = ["open", "numa", "uvm"];
+const letGo = ["close uvm", "close node"];
 const rows: {
   name: string;
-  setup: Step[];
-  step: Step;
+  config?: { persistenceMode: boolean; selected: boolean };
+  before: Before;
+  intents: Partial<GpuIntents>;
   state: GpuState;
   claims: Claim[];
   effects: string[];
@@ -81,170 +83,245 @@ const rows: {
   nvmlOpen?: boolean;
 }[] = [
   {
-    name: "config hold: persistence, node, NUMA, UVM",
-    setup: [],
-    step: ["acquire", "persistence", "config"],
+    name: "config wants it: held, the legacy flag read",
+    before: "fresh",
+    intents: {},
     state: "held",
     claims: ["persistence"],
     effects: held,
   },
   {
-    name: "a hold while the NVML session is closed does not call the setter",
-    setup: [],
-    step: ["acquire", "persistence", "config"],
+    name: "config wants it, NVML session closed: held, no NVML read",
+    before: "fresh",
+    intents: {},
     state: "held",
     claims: ["persistence"],
-    effects: ["open", "numa", "uvm"],
+    effects: heldForClient,
     nvmlOpen: false,
   },
   {
-    name: "a client's hold never calls the setter",
-    setup: [],
-    step: ["acquire", "persistence", "request"],
-    state: "held",
-    claims: ["persistence"],
-    effects: ["open", "numa", "uvm"],
+    name: "not selected: not held",
+    config: { persistenceMode: true, selected: false },
+    before: "fresh",
+    intents: {},
+    state: "identified",
+    claims: [],
+    effects: [],
   },
   {
-    name: "a second claim opens nothing more",
-    setup: [["acquire", "persistence", "config"]],
-    step: ["acquire", "persistence", "request"],
-    state: "held",
-    claims: ["persistence"],
-    effects: held,
+    name: "persistence off: not held",
+    config: { persistenceMode: false, selected: true },
+    before: "fresh",
+    intents: {},
+    state: "identified",
+    claims: [],
+    effects: [],
+  },
+  {
+    name: "deselected while held: let go, identified",
+    config: { persistenceMode: true, selected: false },
+    before: "held",
+    intents: {},
+    state: "identified",
+    claims: [],
+    effects: letGo,
   },
   {
     name: "a node that cannot be opened: failed",
-    setup: [],
-    step: ["acquire", "persistence", "config"],
+    before: "fresh",
+    intents: {},
     state: "failed",
     claims: ["persistence"],
     effects: ["open"],
     failOpen: true,
   },
   {
-    name: "NUMA without coherent memory: a no-op that closes what it opened",
-    setup: [],
-    step: ["acquire", "numa", "request"],
-    state: "identified",
-    claims: [],
-    effects: ["open", "numa", "uvm", "close uvm", "close node"],
-  },
-  {
-    name: "NUMA with coherent memory keeps the node",
-    setup: [],
-    step: ["acquire", "numa", "request"],
-    state: "held",
-    claims: ["numa"],
-    effects: ["open", "numa", "uvm"],
-    coherent: true,
-  },
-  {
-    name: "a client's relinquish of the last claim: released, UVM closed before the node",
-    setup: [["acquire", "persistence", "config"]],
-    step: ["relinquish", "persistence", "request"],
-    state: "released",
-    claims: [],
-    effects: [...held, "close uvm", "close node"],
-  },
-  {
-    name: "deselected by config: identified",
-    setup: [["acquire", "persistence", "config"]],
-    step: ["relinquish", "persistence", "config"],
-    state: "identified",
-    claims: [],
-    effects: [...held, "close uvm", "close node"],
-  },
-  {
-    name: "one claim left keeps the node",
-    setup: [
-      ["acquire", "numa", "request"],
-      ["acquire", "persistence", "request"],
-    ],
-    step: ["relinquish", "persistence", "request"],
-    state: "held",
-    claims: ["numa"],
-    effects: ["open", "numa", "uvm"],
-    coherent: true,
-  },
-  {
-    name: "release of an unheld GPU: released (no NVML session may pin it)",
-    setup: [],
-    step: ["release"],
-    state: "released",
-    claims: [],
-    effects: [],
-  },
-  {
-    name: "restore with claims: held again",
-    setup: [["acquire", "persistence", "config"], ["release"]],
-    step: ["restore", ["persistence"]],
+    name: "a client's hold of an unselected GPU: held, no legacy-flag read",
+    config: { persistenceMode: true, selected: false },
+    before: "fresh",
+    intents: client("hold"),
     state: "held",
     claims: ["persistence"],
-    effects: [...held, "close uvm", "close node", "open", "numa", "uvm"],
+    effects: heldForClient,
   },
   {
-    name: "restore with none: not released any more",
-    setup: [["release"]],
-    step: ["restore", []],
-    state: "identified",
+    name: "a client's hold with persistence off: held",
+    config: { persistenceMode: false, selected: true },
+    before: "fresh",
+    intents: client("hold"),
+    state: "held",
+    claims: ["persistence"],
+    effects: heldForClient,
+  },
+  {
+    name: "a client's release of a held GPU: released, UVM closed before the node",
+    before: "held",
+    intents: client("release"),
+    state: "released",
     claims: [],
-    effects: [],
+    effects: letGo,
   },
   {
-    name: "restore with null: stays released",
-    setup: [["release"]],
-    step: ["restore", null],
+    name: "a client's release of an unheld GPU: released (no NVML session may pin it)",
+    config: { persistenceMode: true, selected: false },
+    before: "fresh",
+    intents: client("release"),
     state: "released",
     claims: [],
     effects: [],
   },
   {
-    name: "a lost GPU is let go and stays lost",
-    setup: [["acquire", "persistence", "config"]],
-    step: ["lost"],
-    state: "lost",
+    name: "a client's release of a GPU that failed: released",
+    before: "failed",
+    intents: client("release"),
+    state: "released",
     claims: [],
-    effects: [...held, "close uvm", "close node"],
+    effects: [],
+  },
+  {
+    name: "a client's release with a NUMA request: the node stays held for NUMA",
+    before: "held",
+    intents: { ...client("release"), ...numa },
+    state: "held",
+    claims: ["numa"],
+    effects: [],
+    coherent: true,
+  },
+  {
+    name: "a client's hold after a release: held again",
+    before: "released",
+    intents: client("hold"),
+    state: "held",
+    claims: ["persistence"],
+    effects: heldForClient,
+  },
+  {
+    name: "the client's choice withdrawn after a release: the configuration holds it",
+    before: "released",
+    intents: {},
+    state: "held",
+    claims: ["persistence"],
+    effects: held,
+  },
+  {
+    name: "the client's choice withdrawn, not selected: no longer released",
+    config: { persistenceMode: true, selected: false },
+    before: "released",
+    intents: {},
+    state: "identified",
+    claims: [],
+    effects: [],
+  },
+  {
+    name: "NUMA requested on an unheld GPU: held for NUMA",
+    config: { persistenceMode: true, selected: false },
+    before: "fresh",
+    intents: numa,
+    state: "held",
+    claims: ["numa"],
+    effects: heldForClient,
+    coherent: true,
+  },
+  {
+    name: "NUMA and the configuration: both claims",
+    before: "fresh",
+    intents: numa,
+    state: "held",
+    claims: ["persistence", "numa"],
+    effects: held,
+    coherent: true,
+  },
+  {
+    name: "a lease on a held GPU: released",
+    before: "held",
+    intents: lease,
+    state: "released",
+    claims: [],
+    effects: letGo,
+  },
+  {
+    name: "a lease wins over a client's hold and NUMA",
+    before: "held",
+    intents: { ...lease, ...client("hold"), ...numa },
+    state: "released",
+    claims: [],
+    effects: letGo,
+  },
+  {
+    name: "a lease ended (none left): held again as configured",
+    before: "released",
+    intents: {},
+    state: "held",
+    claims: ["persistence"],
+    effects: held,
+  },
+  {
+    name: "a lease ended with a plain release during it: stays released",
+    before: "released",
+    intents: client("release"),
+    state: "released",
+    claims: [],
+    effects: [],
+  },
+  {
+    name: "a lease ended on a GPU deselected meanwhile: not held",
+    config: { persistenceMode: true, selected: false },
+    before: "released",
+    intents: {},
+    state: "identified",
+    claims: [],
+    effects: [],
   },
   {
     name: "a lost GPU is never held again",
-    setup: [["lost"]],
-    step: ["acquire", "persistence", "request"],
+    before: "lost",
+    intents: client("hold"),
     state: "lost",
     claims: [],
     effects: [],
   },
   {
     name: "a lost GPU cannot be released",
-    setup: [["lost"]],
-    step: ["release"],
+    before: "lost",
+    intents: client("release"),
     state: "lost",
     claims: [],
     effects: [],
   },
-  {
-    name: "a hold that failed, released by the same client: released",
-    setup: [["acquire", "persistence", "request"]],
-    step: ["relinquish", "persistence", "request"],
-    state: "released",
-    claims: [],
-    effects: ["open"],
-    failOpen: true,
-  },
 ];
 
-describe("the claim state machine", () => {
+/** Brings the GPU to `before`, through the same reconciler; returns the effects log from then on. */
+async function prepare(m: ReturnType<typeof machine>, effects: FakeEffects, before: Before): Promise<void> {
+  if (before === "held" || before === "released") {
+    m.reconciler.change(m.gpu, { client: { mode: "hold", uid: 0, since: at } });
+    await m.reconciler.reconcile(m.gpu);
+  }
+  if (before === "released") {
+    m.reconciler.change(m.gpu, { client: { mode: "release", uid: 0, since: at } });
+    await m.reconciler.reconcile(m.gpu);
+  }
+  m.reconciler.change(m.gpu, { ...NO_INTENTS });
+  if (before === "failed") {
+    effects.failOpen = true;
+    await m.reconciler.reconcile(m.gpu);
+    effects.failOpen = false;
+  }
+  if (before === "lost") await m.registry.markLost(m.gpu, new Error("Xid 79"));
+  effects.log.length = 0;
+}
+
+describe("intents x physical state -> effects", () => {
   for (const row of rows) {
     it(row.name, async () => {
       const effects = new FakeEffects();
-      effects.failOpen = row.failOpen ?? false;
       effects.coherent = row.coherent ?? false;
-      const r = registry(effects, row.nvmlOpen ?? true);
-      const gpu = r.list()[0] as Gpu;
-      for (const step of row.setup) await run(r, gpu, step);
-      await run(r, gpu, row.step);
-      expect({ state: gpu.state, claims: [...gpu.claims].sort(), effects: effects.log }).toEqual({
+      const config = row.config ?? { persistenceMode: true, selected: true };
+      const m = machine(effects, config.persistenceMode, config.selected, row.nvmlOpen ?? true);
+      await prepare(m, effects, row.before);
+      effects.failOpen = row.failOpen ?? false;
+      m.reconciler.change(m.gpu, { ...NO_INTENTS, ...row.intents });
+      await m.reconciler.reconcile(m.gpu);
+      expect({ state: m.gpu.state, claims: [...m.gpu.claims].sort(), effects: effects.log }).toEqual({
         state: row.state,
         claims: [...row.claims].sort(),
         effects: row.effects,
@@ -252,13 +329,19 @@ describe("the claim state machine", () => {
     });
   }
 
-  it("transitions of one GPU run one at a time, in the order asked", async () => {
+  it("reconciles of one GPU run one at a time, and each reads the intents as they are when it runs", async () => {
     const effects = new FakeEffects();
-    const r = registry(effects);
-    const gpu = r.list()[0] as Gpu;
+    const m = machine(effects, true, true);
     const states: GpuState[] = [];
-    r.on("transition", (t) => states.push(t.to));
-    await Promise.all([r.acquire(gpu, "persistence", "config"), r.release(gpu), r.restore(gpu, ["persistence"])]);
-    expect(states).toEqual(["holding", "held", "released", "holding", "held"]);
+    m.registry.on("transition", (t) => states.push(t.to));
+    const first = m.reconciler.reconcile(m.gpu);
+    m.reconciler.change(m.gpu, client("release"));
+    const second = m.reconciler.reconcile(m.gpu);
+    await Promise.all([first, second]);
+    // The first reconcile already saw the release: nothing was opened for it.
+    expect(states).toEqual(["released"]);
+    m.reconciler.change(m.gpu, { client: null });
+    await Promise.all([m.reconciler.reconcile(m.gpu), m.reconciler.reconcile(m.gpu)]);
+    expect(states).toEqual(["released", "holding", "held"]);
   });
 });

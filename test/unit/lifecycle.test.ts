@@ -8,7 +8,7 @@ import { rpcBackend } from "../../src/daemon/rpc-adapter.js";
 import { daemonStatus, metricsText } from "../../src/daemon/status-snapshot.js";
 import type { HealthMonitor } from "../../src/health/health-monitor.js";
 import { NvPdStatus } from "../../src/rpc/persistence-program.js";
-import { fdsOn, gated, InProcessFixture, openGate } from "../helpers/in-process.js";
+import { fdsOn, gated, InProcessFixture, openGate, ROOT } from "../helpers/in-process.js";
 
 const fixture = new InProcessFixture();
 
@@ -78,7 +78,7 @@ describe("signals during start-up", () => {
     expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(1);
     expect(fdsOn(d.scratch.runtimeDir, 1)).toHaveLength(1);
     const backend = rpcBackend(d.context);
-    expect(await backend.setMode(pci(0x06), false, false)).toBe(NvPdStatus.SUCCESS);
+    expect(await backend.setMode(pci(0x06), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(0);
     expect(d.registry.list()[0]?.state).toBe("released");
   });
@@ -157,7 +157,7 @@ describe("reload", () => {
   it("releases a GPU no longer selected and leaves a GPU a client released alone", async () => {
     const d = fixture.daemon({ gpus: 3 });
     await d.daemon.run();
-    await rpcBackend(d.context).setMode(pci(0x08), false, false);
+    await rpcBackend(d.context).setMode(pci(0x08), false, false, ROOT);
     d.nextConfig = { devices: ["0", "2"] };
     d.daemon.reload();
     await d.daemon.reloadsSettled();
@@ -172,16 +172,16 @@ describe("requests from clients", () => {
     const d = fixture.daemon({ gpus: 2 });
     await d.daemon.run();
     const backend = rpcBackend(d.context);
-    expect(await backend.setMode(pci(0x07), false, false)).toBe(NvPdStatus.SUCCESS);
+    expect(await backend.setMode(pci(0x07), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect(d.context.session?.open).toBe(false);
     expect(backend.mode(pci(0x07))).toBe(false);
     expect(d.notifier.with("STATUS").at(-1)?.STATUS).toBe("1/2 GPUs persistent; 00000000:07:00.0: released");
-    expect(await backend.setMode(pci(0x07), true, false)).toBe(NvPdStatus.SUCCESS);
+    expect(await backend.setMode(pci(0x07), true, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect(d.context.session?.open).toBe(true);
     expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
     expect(d.scratch.callCount("nvmlInit_v2")).toBe(2);
     expect(d.scratch.callCount("nvmlDeviceGetHandleByPciBusId_v2")).toBe(2);
-    expect(await backend.setMode(pci(0x99), true, false)).toBe(NvPdStatus.DEVICE_NOT_FOUND);
+    expect(await backend.setMode(pci(0x99), true, false, ROOT)).toBe(NvPdStatus.DEVICE_NOT_FOUND);
   });
 });
 
@@ -191,7 +191,7 @@ describe("the NVML session around a release", () => {
     await d.daemon.run();
     const round = healthOf(d).round();
     await gated(1);
-    expect(await rpcBackend(d.context).setMode(pci(0x06), false, false)).toBe(NvPdStatus.DRIVER);
+    expect(await rpcBackend(d.context).setMode(pci(0x06), false, false, ROOT)).toBe(NvPdStatus.DRIVER);
     expect(d.context.session?.open).toBe(true);
     expect(d.registry.list()[0]?.state).toBe("held");
     expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(1);
@@ -206,8 +206,8 @@ describe("the NVML session around a release", () => {
     const d = fixture.daemon({ gpus: 1, faults: [{ call: "nvmlInit_v2", afterCalls: 1, return: 9 }] });
     await d.daemon.run();
     const backend = rpcBackend(d.context);
-    await backend.setMode(pci(0x06), false, false);
-    expect(await backend.setMode(pci(0x06), true, false)).toBe(NvPdStatus.SUCCESS);
+    await backend.setMode(pci(0x06), false, false, ROOT);
+    expect(await backend.setMode(pci(0x06), true, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect(d.registry.list()[0]?.state).toBe("held");
     expect(d.context.session?.open).toBe(false);
     expect(d.messages().join("\n")).toContain("cannot reopen the NVML session: NVML_ERROR_DRIVER_NOT_LOADED");
@@ -219,11 +219,11 @@ describe("health and loss", () => {
     const d = fixture.daemon({ gpus: 2 });
     await d.daemon.run();
     const backend = rpcBackend(d.context);
-    await backend.setMode(pci(0x06), false, false);
+    await backend.setMode(pci(0x06), false, false, ROOT);
     const gpu = d.registry.list()[0];
     if (!gpu) throw new Error("no GPU 0");
     // The open runs on the thread pool; the loss arrives before it returns.
-    const hold = backend.setMode(pci(0x06), true, false);
+    const hold = backend.setMode(pci(0x06), true, false, ROOT);
     const lost = d.registry.markLost(gpu, new Error("Xid 79: GPU has fallen off the bus"));
     const unrelated = openSync(join(d.scratch.dir, "sim.json"), "r");
     await Promise.all([hold, lost]);

@@ -24,12 +24,12 @@ import {
   type InProcessDaemon,
   InProcessFixture,
   openGate,
+  ROOT,
 } from "../helpers/in-process.js";
 import { boundUnixSocket } from "../helpers/unix-socket.js";
 
 const fixture = new InProcessFixture();
 const pci = (bus: number) => ({ domain: 0, bus, device: 0, function: 0 });
-const ROOT = { pid: 4242, uid: 0, gid: 0 };
 const XID_13 = { type: 8, data: 13, afterMs: 0 };
 
 function healthOf(d: { context: { health: HealthMonitor | null } }): HealthMonitor {
@@ -121,12 +121,13 @@ describe("the status record is the one truth readers judge from", () => {
   it("a released GPU says by whom and since when: a plain release (uid), a lease (its PID)", async () => {
     const d = fixture.daemon({ gpus: 2 }, {}, { attach: true });
     await d.daemon.run();
-    expect(await rpcBackend(d.context).setMode(pci(0x07), false, false)).toBe(NvPdStatus.SUCCESS);
+    expect(await rpcBackend(d.context).setMode(pci(0x07), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     const lease = await controlHandler(d.context)({ command: "release", gpus: ["0"] }, ROOT);
     if (!(lease instanceof Lease)) throw new Error("not a lease");
     const [leased, plain] = daemonStatus(d.context).devices;
-    expect(leased?.releasedBy).toEqual({ kind: "lease", uid: 0, pid: 4242 });
-    expect(plain?.releasedBy).toEqual({ kind: "request", uid: 0, pid: null });
+    const since = expect.stringMatching(/^\d{4}-\d\d-\d\dT/);
+    expect(leased?.releasedBy).toEqual({ kind: "lease", uid: 0, pid: 4242, since });
+    expect(plain?.releasedBy).toEqual({ kind: "request", uid: 0, pid: null, since });
     // status and the RPC Get agree: a released GPU is not persistent.
     expect(plain?.persistence).toBe("disabled");
     expect(plain?.fix).toBe("hold it again with: gpu-persistd hold 1");
@@ -146,7 +147,7 @@ describe("the status record is the one truth readers judge from", () => {
     expect(status?.state).toBe("lost");
     expect(Date.parse(status?.since ?? "")).not.toBeNaN();
     expect(status?.fix).toContain("reset the GPU once nothing uses it");
-    expect(await rpcBackend(d.context).setMode(pci(0x07), true, false)).toBe(NvPdStatus.DRIVER);
+    expect(await rpcBackend(d.context).setMode(pci(0x07), true, false, ROOT)).toBe(NvPdStatus.DRIVER);
     expect(d.messages().join("\n")).toContain(
       "GPU 1: RPC: cannot hold the GPU: it is lost (Xid 79: GPU has fallen off the bus); to recover it: reset the GPU",
     );
@@ -167,7 +168,7 @@ describe("the Xid event set", () => {
   it("is drained one last time before it is freed: an Xid queued since the last round is not lost at a release", async () => {
     const d = fixture.daemon({ gpus: 2, events: [{ gpu: 0, ...XID_13 }] }, {}, { attach: true });
     await d.daemon.run();
-    expect(await rpcBackend(d.context).setMode(pci(0x07), false, false)).toBe(NvPdStatus.SUCCESS);
+    expect(await rpcBackend(d.context).setMode(pci(0x07), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect(d.context.session?.open).toBe(false);
     expect(d.registry.list()[0]?.xids.get(13)).toBe(1);
     expect(d.messages()).toContain("GPU 0: Xid 13: graphics engine exception");
@@ -184,7 +185,7 @@ describe("the Xid event set", () => {
     await gated(1);
     await round;
     // The release cannot end the session (the wait is in flight), but it must not free the set under it.
-    expect(await rpcBackend(d.context).setMode(pci(0x07), false, false)).toBe(NvPdStatus.DRIVER);
+    expect(await rpcBackend(d.context).setMode(pci(0x07), false, false, ROOT)).toBe(NvPdStatus.DRIVER);
     expect(d.scratch.callCount("nvmlEventSetFree")).toBe(0);
     expect(d.messages().join("\n")).toContain("an Xid event wait is still inside NVML after its time limit");
     openGate();
@@ -212,7 +213,7 @@ describe("a release's own limits", () => {
     expect(d.context.session?.idleLimitMs).toBe(50);
     const round = healthOf(d).round();
     await gated(1);
-    expect(await rpcBackend(d.context).setMode(pci(0x06), false, false)).toBe(NvPdStatus.DRIVER);
+    expect(await rpcBackend(d.context).setMode(pci(0x06), false, false, ROOT)).toBe(NvPdStatus.DRIVER);
     expect(d.messages().filter((m) => m.startsWith("cannot end the NVML session"))).toEqual([
       "cannot end the NVML session: NVML calls were still in flight after 50 ms (driver hung?); it stays open, so it still pins every GPU",
     ]);

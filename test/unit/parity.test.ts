@@ -9,7 +9,7 @@ import { controlHandler } from "../../src/daemon/control-adapter.js";
 import { rpcBackend } from "../../src/daemon/rpc-adapter.js";
 import { daemonStatus } from "../../src/daemon/status-snapshot.js";
 import { NvPdStatus } from "../../src/rpc/persistence-program.js";
-import { fdsOn, InProcessFixture } from "../helpers/in-process.js";
+import { fdsOn, InProcessFixture, ROOT } from "../helpers/in-process.js";
 
 const fixture = new InProcessFixture();
 const pci = (bus: number) => ({ domain: 0, bus, device: 0, function: 0 });
@@ -22,10 +22,10 @@ describe("UVM persistence", () => {
     expect(daemonStatus(d.context).devices.map((g) => g.uvm)).toEqual(["registered", "registered"]);
     expect(fdsOn(d.scratch.runtimeDir, "uvm")).toHaveLength(2);
     expect(d.scratch.callCount("UVM_REGISTER_GPU")).toBe(2);
-    await rpcBackend(d.context).setMode(pci(0x06), false, false);
+    await rpcBackend(d.context).setMode(pci(0x06), false, false, ROOT);
     expect(fdsOn(d.scratch.runtimeDir, "uvm")).toHaveLength(1);
     expect(daemonStatus(d.context).devices[0]?.uvm).toBe("off");
-    await rpcBackend(d.context).setMode(pci(0x06), true, false);
+    await rpcBackend(d.context).setMode(pci(0x06), true, false, ROOT);
     expect(fdsOn(d.scratch.runtimeDir, "uvm")).toHaveLength(2);
   });
 
@@ -82,17 +82,17 @@ describe("NUMA status", () => {
     const d = fixture.daemon(coherent);
     await d.daemon.run();
     const backend = rpcBackend(d.context);
-    expect(await backend.setNuma(pci(0x06), true)).toBe(NvPdStatus.SUCCESS);
-    expect(await backend.setMode(pci(0x06), false, false)).toBe(NvPdStatus.SUCCESS);
+    expect(await backend.setNuma(pci(0x06), true, ROOT)).toBe(NvPdStatus.SUCCESS);
+    expect(await backend.setMode(pci(0x06), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     // Persistence released, NUMA still online: held, and Get says disabled.
     expect(d.registry.list()[0]?.state).toBe("held");
     expect(backend.mode(pci(0x06))).toBe(false);
     expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(1);
-    expect(await backend.setNuma(pci(0x06), false)).toBe(NvPdStatus.SUCCESS);
+    expect(await backend.setNuma(pci(0x06), false, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect(d.registry.list()[0]?.state).toBe("released");
     expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(0);
     // NUMA online alone initialises the GPU again.
-    expect(await backend.setNuma(pci(0x06), true)).toBe(NvPdStatus.SUCCESS);
+    expect(await backend.setNuma(pci(0x06), true, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(1);
     expect(backend.mode(pci(0x06))).toBe(false);
   });
@@ -101,7 +101,7 @@ describe("NUMA status", () => {
     const d = fixture.daemon({ gpus: [{ numa: { status: 4 } }] }, { persistenceMode: false });
     await d.daemon.run();
     const backend = rpcBackend(d.context);
-    expect(await backend.setMode(pci(0x06), true, true)).toBe(NvPdStatus.NUMA_FAILURE);
+    expect(await backend.setMode(pci(0x06), true, true, ROOT)).toBe(NvPdStatus.NUMA_FAILURE);
     expect(backend.mode(pci(0x06))).toBe(false);
     expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(0);
     expect(d.registry.list()[0]?.state).toBe("identified");
@@ -112,10 +112,10 @@ describe("NUMA status", () => {
     const d = fixture.daemon({ gpus: 1 }, { persistenceMode: false });
     await d.daemon.run();
     const backend = rpcBackend(d.context);
-    expect(await backend.setNuma(pci(0x06), true)).toBe(NvPdStatus.SUCCESS);
+    expect(await backend.setNuma(pci(0x06), true, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect(d.registry.list()[0]?.state).toBe("identified");
     expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(0);
-    expect(await backend.setMode(pci(0x06), true, true)).toBe(NvPdStatus.SUCCESS);
+    expect(await backend.setMode(pci(0x06), true, true, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect(d.registry.list()[0]?.state).toBe("held");
   });
 });

@@ -12,7 +12,7 @@ import { rpcBackend } from "../../src/daemon/rpc-adapter.js";
 import { daemonStatus, metricsText } from "../../src/daemon/status-snapshot.js";
 import type { HealthMonitor } from "../../src/health/health-monitor.js";
 import { NvPdStatus } from "../../src/rpc/persistence-program.js";
-import { fallOffTheBus, fdsOn, type InProcessDaemon, InProcessFixture } from "../helpers/in-process.js";
+import { fallOffTheBus, fdsOn, type InProcessDaemon, InProcessFixture, ROOT } from "../helpers/in-process.js";
 
 const fixture = new InProcessFixture();
 
@@ -22,7 +22,6 @@ function healthOf(d: { context: { health: HealthMonitor | null } }): HealthMonit
   return d.context.health;
 }
 const pci = (bus: number) => ({ domain: 0, bus, device: 0, function: 0 });
-const ROOT = { pid: 4242, uid: 0, gid: 0 };
 
 async function started(gpus: number): Promise<InProcessDaemon> {
   const d = fixture.daemon({ gpus }, {}, { attach: true });
@@ -44,11 +43,11 @@ describe("the NVML session follows the registry's state", () => {
     const d = await started(2);
     expect(pins(d, 0)).toBe(2); // the daemon's node fd and the session's attach
     const backend = rpcBackend(d.context);
-    expect(await backend.setMode(pci(0x06), false, false)).toBe(NvPdStatus.SUCCESS);
+    expect(await backend.setMode(pci(0x06), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect(pins(d, 0)).toBe(0);
     expect(d.context.session?.open).toBe(false);
     expect(pins(d, 1)).toBe(1); // still held by its node
-    expect(await backend.setMode(pci(0x06), true, false)).toBe(NvPdStatus.SUCCESS);
+    expect(await backend.setMode(pci(0x06), true, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect(d.context.session?.open).toBe(true);
     expect(d.context.xid).not.toBeNull();
   });
@@ -56,10 +55,10 @@ describe("the NVML session follows the registry's state", () => {
   it("a client's hold that fails after its release, then a reload that holds every GPU: the session is open again and rounds ask NVML", async () => {
     const d = await started(2);
     const backend = rpcBackend(d.context);
-    await backend.setMode(pci(0x06), false, false);
+    await backend.setMode(pci(0x06), false, false, ROOT);
     const node = join(d.scratch.runtimeDir, "sim-dev", "nvidia0");
     renameSync(node, `${node}.away`);
-    expect(await backend.setMode(pci(0x06), true, false)).toBe(NvPdStatus.IO);
+    expect(await backend.setMode(pci(0x06), true, false, ROOT)).toBe(NvPdStatus.IO);
     expect(d.registry.list()[0]?.state).toBe("failed");
     renameSync(`${node}.away`, node);
     d.daemon.reload();
@@ -76,7 +75,7 @@ describe("the NVML session follows the registry's state", () => {
 describe("watched while a GPU is released", () => {
   it("a GPU that falls off the bus while another is released is lost after one round, through its node; the released GPU is not attached again", async () => {
     const d = await started(3);
-    await rpcBackend(d.context).setMode(pci(0x06), false, false);
+    await rpcBackend(d.context).setMode(pci(0x06), false, false, ROOT);
     fallOffTheBus(1);
     const before = d.scratch.calls().length;
     expect(await healthOf(d).round()).toBe(true);
@@ -120,7 +119,7 @@ describe("release GPU -- COMMAND: leases", () => {
       /GPU 0 is already released by another 'gpu-persistd release' \(pid 4242/,
     );
     expect(d.registry.list()[1]?.state).toBe("held");
-    expect(await rpcBackend(d.context).setMode(pci(0x06), true, false)).toBe(NvPdStatus.IO);
+    expect(await rpcBackend(d.context).setMode(pci(0x06), true, false, ROOT)).toBe(NvPdStatus.IO);
     expect(d.registry.list()[0]?.state).toBe("released");
     expect(pins(d, 0)).toBe(0);
     await lease.end();
@@ -130,7 +129,7 @@ describe("release GPU -- COMMAND: leases", () => {
   it("a plain release during a lease stays in force after it ends", async () => {
     const d = await started(2);
     const lease = await release(d, ["0"]);
-    expect(await rpcBackend(d.context).setMode(pci(0x06), false, false)).toBe(NvPdStatus.SUCCESS);
+    expect(await rpcBackend(d.context).setMode(pci(0x06), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     await lease.end();
     expect(d.registry.list()[0]?.state).toBe("released");
     expect(pins(d, 0)).toBe(0);
@@ -160,7 +159,7 @@ describe("release GPU -- COMMAND: leases", () => {
     );
     expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held", "lost"]);
     expect(d.context.session?.open).toBe(true);
-    expect(d.context.leases.of(d.registry.list()[0] as never)).toBeUndefined();
+    expect(d.context.intents.of(0).lease).toBeNull();
   });
 
   it("a SIGHUP during a lease leaves the leased GPU released; the end holds it", async () => {
@@ -172,6 +171,31 @@ describe("release GPU -- COMMAND: leases", () => {
     expect(pins(d, 1)).toBe(0);
     await lease.end();
     expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
+  });
+
+  it("a lease on GPU 0, a reload that deselects it, the lease ends: GPU 0 is not held again", async () => {
+    const d = await started(2);
+    const lease = await release(d, ["0"]);
+    d.nextConfig = { devices: ["1"] };
+    d.daemon.reload();
+    await d.daemon.reloadsSettled();
+    expect(d.registry.list().map((g) => g.state)).toEqual(["released", "held"]);
+    await lease.end();
+    expect(d.registry.list().map((g) => g.state)).toEqual(["identified", "held"]);
+    expect(pins(d, 0)).toBe(1); // the session's attach only
+    expect(d.context.session?.open).toBe(true);
+  });
+
+  it("a NUMA-offline request during a queued lease is not a permanent release: the lease's end holds the GPU", async () => {
+    const d = await started(2);
+    const leasing = release(d, ["0"]);
+    const offline = rpcBackend(d.context).setNuma(pci(0x06), false, ROOT);
+    const lease = await leasing;
+    expect(await offline).toBe(NvPdStatus.SUCCESS);
+    expect(d.context.intents.of(0).client).toBeNull();
+    await lease.end();
+    expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
+    expect(d.context.session?.open).toBe(true);
   });
 
   it("an unselected GPU can be released too (the session pinned it): the end leaves it unheld, the session open", async () => {

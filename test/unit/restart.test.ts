@@ -3,14 +3,17 @@
 // restart with no moment unheld, a release that stays in force, a stop for good, a handed-
 // back fd that is not a GPU node, and a driver version mismatch that degrades instead of
 // dropping the GPUs. The shipped defaults throughout.
-import { openSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { closeSync, openSync, writeSync } from "node:fs";
 import { describe, expect, it } from "vitest";
+import { memoryFile } from "../../native-bindings/libc.js";
 import { Lease } from "../../src/control/control-server.js";
 import { controlHandler } from "../../src/daemon/control-adapter.js";
 import { rpcBackend } from "../../src/daemon/rpc-adapter.js";
 import { daemonStatus, daemonStatusLine, metricsText } from "../../src/daemon/status-snapshot.js";
 import { NvPdStatus } from "../../src/rpc/persistence-program.js";
-import { FdStoreNotifier, fdsOn, type InProcessDaemon, InProcessFixture } from "../helpers/in-process.js";
+import { FdStoreNotifier, fdsOn, type InProcessDaemon, InProcessFixture, ROOT } from "../helpers/in-process.js";
 
 const fixture = new InProcessFixture();
 const pci = (bus: number) => ({ domain: 0, bus, device: 0, function: 0 });
@@ -78,7 +81,7 @@ describe("held across the daemon's own restart", () => {
 
   it("a GPU released during a run is held by nobody, the store included, and stays released after a restart", async () => {
     const { d, store } = await running(2);
-    expect(await rpcBackend(d.context).setMode(pci(0x06), false, false)).toBe(NvPdStatus.SUCCESS);
+    expect(await rpcBackend(d.context).setMode(pci(0x06), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect(holders(d, 2)).toEqual([0, 2]);
     await d.stop();
     const next = fixture.restart(d);
@@ -86,23 +89,116 @@ describe("held across the daemon's own restart", () => {
     expect(next.registry.list().map((g) => g.state)).toEqual(["released", "held"]);
     expect(holders(next, 2)).toEqual([0, 2]);
     expect(next.context.session?.open).toBe(false);
-    expect(await rpcBackend(next.context).setMode(pci(0x06), true, false)).toBe(NvPdStatus.SUCCESS);
+    expect(await rpcBackend(next.context).setMode(pci(0x06), true, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect(holders(next, 2)).toEqual([2, 2]);
     expect(next.context.session?.open).toBe(true);
     await next.stop();
     store.flush();
   });
 
-  it("a restart during a release -- COMMAND lease holds the GPU again: the lease ended with its connection", async () => {
+  it("a restart during `release 0 -- COMMAND` keeps GPU 0 released while the client runs; its end holds it again", async () => {
+    const client = spawn("sleep", ["60"]);
+    const pid = client.pid as number;
     const { d, store } = await running(2);
-    const lease = await controlHandler(d.context)({ command: "release", gpus: ["0"] }, { pid: 7, uid: 0, gid: 0 });
+    const lease = await controlHandler(d.context)({ command: "release", gpus: ["0"] }, { pid, uid: 0, gid: 0 });
     expect(lease).toBeInstanceOf(Lease);
-    expect(holders(d, 2)).toEqual([0, 2]);
+    expect([...store.stored.keys()]).toContain(`lease-${pid}`);
     await d.stop();
+    // The connection died with the old process; COMMAND (a reset, say) goes on.
+    const next = fixture.restart(d);
+    await next.daemon.run();
+    expect(next.registry.list().map((g) => g.state)).toEqual(["released", "held"]);
+    expect(holders(next, 2)).toEqual([0, 2]);
+    expect(next.context.session?.open).toBe(false);
+    expect(next.messages()).toContain(
+      `PID ${pid} still runs: its GPUs stay released until it ends ('gpu-persistd release -- COMMAND')`,
+    );
+    expect(daemonStatus(next.context).devices[0]?.releasedBy).toMatchObject({ kind: "lease", pid });
+    const parts = { reconciler: next.context.reconciler as never, coordinator: next.context.coordinator as never };
+    await next.context.leases.checkOrphans(parts);
+    expect(next.registry.list()[0]?.state).toBe("released");
+    client.kill();
+    await once(client, "exit");
+    await next.context.leases.checkOrphans(parts);
+    expect(next.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
+    expect(holders(next, 2)).toEqual([2, 2]);
+    expect(next.context.session?.open).toBe(true);
+    expect([...store.stored.keys()]).not.toContain(`lease-${pid}`);
+    await next.stop();
+    store.flush();
+  });
+
+  it("a lease whose client ended while the daemon was down ends at the restart: the GPU is held again", async () => {
+    const client = spawn("sleep", ["60"]);
+    const pid = client.pid as number;
+    const { d, store } = await running(2);
+    await controlHandler(d.context)({ command: "release", gpus: ["0"] }, { pid, uid: 0, gid: 0 });
+    await d.stop();
+    client.kill();
+    await once(client, "exit");
     const next = fixture.restart(d);
     await next.daemon.run();
     expect(next.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
-    expect(holders(next, 2)).toEqual([2, 2]);
+    expect(next.messages()).toContain(
+      `PID ${pid} ended while the daemon restarted: its release ends, its GPUs are held again`,
+    );
+    expect([...store.stored.keys()]).not.toContain(`lease-${pid}`);
+    await next.stop();
+    store.flush();
+  });
+
+  it("a lease whose pidfd did not come back cannot be told alive: the GPU is held again, saying why", async () => {
+    const client = spawn("sleep", ["60"]);
+    const pid = client.pid as number;
+    const { d, store } = await running(2);
+    await controlHandler(d.context)({ command: "release", gpus: ["0"] }, { pid, uid: 0, gid: 0 });
+    await d.stop();
+    store.send({ FDSTOREREMOVE: 1, FDNAME: `lease-${pid}` });
+    const next = fixture.restart(d);
+    await next.daemon.run();
+    expect(next.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
+    expect(next.messages()).toContain(
+      `the release by PID ${pid} ('gpu-persistd release -- COMMAND') was in force at the restart, but its pidfd did not come back from systemd's fd store: holding its GPUs again`,
+    );
+    client.kill();
+    await next.stop();
+    store.flush();
+  });
+
+  it("a client's hold of an unselected GPU, and a plain release during a lease, outlive a restart", async () => {
+    const client = spawn("sleep", ["60"]);
+    const pid = client.pid as number;
+    const { d, store } = await running(3);
+    await d.stop();
+    const deselected = fixture.restart(d, { devices: ["0", "1"] });
+    await deselected.daemon.run();
+    expect(await rpcBackend(deselected.context).setMode(pci(0x08), true, false, ROOT)).toBe(NvPdStatus.SUCCESS);
+    await controlHandler(deselected.context)({ command: "release", gpus: ["0"] }, { pid, uid: 0, gid: 0 });
+    expect(await rpcBackend(deselected.context).setMode(pci(0x06), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);
+    await deselected.stop();
+    client.kill();
+    await once(client, "exit");
+    const next = fixture.restart(deselected, { devices: ["0", "1"] });
+    await next.daemon.run();
+    // GPU 0: the lease ended with its client, the plain release stands; GPU 2: the client's hold stands.
+    expect(next.registry.list().map((g) => g.state)).toEqual(["released", "held", "held"]);
+    expect(daemonStatus(next.context).devices[0]?.releasedBy).toMatchObject({ kind: "request", uid: 0 });
+    await next.stop();
+    store.flush();
+  });
+
+  it("a state record from a version before intents (released GPUs only) is taken up: they stay released", async () => {
+    const { d, store } = await running(2);
+    await d.stop();
+    store.send({ FDSTOREREMOVE: 1, FDNAME: "state" });
+    const fd = memoryFile("old-state");
+    writeSync(fd, JSON.stringify({ released: ["00000000:07:00.0"], gpus: [] }));
+    store.send({ FDSTORE: 1, FDNAME: "state" }, [fd]);
+    closeSync(fd);
+    const next = fixture.restart(d);
+    await next.daemon.run();
+    expect(next.registry.list().map((g) => g.state)).toEqual(["held", "released"]);
+    expect(daemonStatus(next.context).devices[1]?.releasedBy).toMatchObject({ kind: "request", uid: null });
     await next.stop();
     store.flush();
   });
@@ -150,7 +246,7 @@ describe("held across the daemon's own restart", () => {
 describe("a stop for good (SIGTERM: systemctl stop, a reboot) empties the store; SIGUSR2 (a restart, a soft reboot) keeps it", () => {
   it("SIGTERM: every GPU and the state record leave the store, and nobody holds a GPU", async () => {
     const { d, store } = await running(3);
-    expect(await rpcBackend(d.context).setMode(pci(0x06), false, false)).toBe(NvPdStatus.SUCCESS);
+    expect(await rpcBackend(d.context).setMode(pci(0x06), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect([...store.stored.keys()]).toContain("state");
     expect(await d.stop("for-good")).toBe(0);
     expect([...store.stored.keys()]).toEqual([]);
@@ -228,8 +324,8 @@ describe("a driver version mismatch degrades", () => {
       faults: [{ call: "nvmlInit_v2", return: 18, afterCalls: 1 }],
     });
     const backend = rpcBackend(d.context);
-    await backend.setMode(pci(0x06), false, false);
-    expect(await backend.setMode(pci(0x06), true, false)).toBe(NvPdStatus.SUCCESS);
+    await backend.setMode(pci(0x06), false, false, ROOT);
+    expect(await backend.setMode(pci(0x06), true, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
     expect(daemonStatusLine(d.context)).toMatch(/^degraded: NVML 580\.95\.05 vs kernel module 580\.159\.04/);
     expect(daemonStatus(d.context).nvmlDegraded).not.toBeNull();

@@ -9,7 +9,7 @@ import { describe, expect, it } from "vitest";
 import { rpcBackend } from "../../src/daemon/rpc-adapter.js";
 import { daemonStatus } from "../../src/daemon/status-snapshot.js";
 import { NvPdStatus } from "../../src/rpc/persistence-program.js";
-import { gated, gpuState, InProcessFixture, openGate } from "../helpers/in-process.js";
+import { gated, gpuState, InProcessFixture, openGate, ROOT } from "../helpers/in-process.js";
 
 const CLIENT = fileURLToPath(new URL("../helpers/rpc-get-client.mjs", import.meta.url));
 const fixture = new InProcessFixture();
@@ -65,7 +65,7 @@ describe("started as the socket unit starts it", () => {
     const d = asSocketUnit({ gpus: [{ persistence: 0 }, { persistence: 0 }] });
     await d.daemon.run();
     expect([gpuState(0), gpuState(1)]).toEqual(["held", "held"]);
-    expect(await rpcBackend(d.context).setMode(pci(0x06), false, false)).toBe(NvPdStatus.SUCCESS);
+    expect(await rpcBackend(d.context).setMode(pci(0x06), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect([gpuState(0), gpuState(1)]).toEqual(["torn down", "held"]);
     const [released] = daemonStatus(d.context).devices;
     expect(released).toMatchObject({ state: "released", persistence: "disabled", legacyFlag: "disabled" });
@@ -76,7 +76,7 @@ describe("started as the socket unit starts it", () => {
   it("an admin's legacy flag stays: the released GPU stays initialised, and status says why with the fix", async () => {
     const d = asSocketUnit({ gpus: [{ persistence: 0 }, { persistence: 1 }] });
     await d.daemon.run();
-    expect(await rpcBackend(d.context).setMode(pci(0x07), false, false)).toBe(NvPdStatus.SUCCESS);
+    expect(await rpcBackend(d.context).setMode(pci(0x07), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     expect(gpuState(1)).toBe("initialised");
     // RPC Get answers 0, NVML combines it with the flag: status says what NVML says.
     expect(rpcBackend(d.context).mode(pci(0x07))).toBe(false);
@@ -97,7 +97,7 @@ describe("started as the socket unit starts it", () => {
     await gated(2);
     let answered = false;
     const release = rpcBackend(d.context)
-      .setMode(pci(0x06), false, false)
+      .setMode(pci(0x06), false, false, ROOT)
       .then((status) => {
         answered = true;
         return status;

@@ -9,7 +9,7 @@ import { daemonStatus, metricsText } from "../../src/daemon/status-snapshot.js";
 import { persistenceCostCheck, recoveryCheck } from "../../src/doctor/cost-checks.js";
 import type { HealthMonitor } from "../../src/health/health-monitor.js";
 import { healthVerdict } from "../../src/status/health-verdict.js";
-import { fdsOn, InProcessFixture, setRecoveryAction } from "../helpers/in-process.js";
+import { fdsOn, InProcessFixture, ROOT, setRecoveryAction } from "../helpers/in-process.js";
 
 const fixture = new InProcessFixture();
 
@@ -131,7 +131,7 @@ describe("the price and the benefit, per GPU", () => {
     await d.daemon.run();
     await healthOf(d).round();
     expect(daemonStatus(d.context).devices[0]?.powerWatts).toBe(74.4);
-    await rpcBackend(d.context).setMode(pci(0x06), false, false);
+    await rpcBackend(d.context).setMode(pci(0x06), false, false, ROOT);
     expect(d.context.session?.open).toBe(false);
     const calls = () => TELEMETRY.map((c) => d.scratch.callCount(c));
     const before = calls();
@@ -193,8 +193,8 @@ describe("NVML's recovery action, acted on", () => {
     expect(await healthOf(d).round()).toBe(true);
     expect(d.messages().filter((m) => m.includes("UVM registration dropped"))).toHaveLength(1);
     setRecoveryAction(0, 0);
-    await rpcBackend(d.context).setMode(pci(0x06), false, false);
-    await rpcBackend(d.context).setMode(pci(0x06), true, false);
+    await rpcBackend(d.context).setMode(pci(0x06), false, false, ROOT);
+    await rpcBackend(d.context).setMode(pci(0x06), true, false, ROOT);
     expect(fdsOn(d.scratch.runtimeDir, "uvm")).toHaveLength(2);
     expect(d.registry.list()[0]?.uvm).toBe("registered");
   });
@@ -204,12 +204,12 @@ describe("NVML's recovery action, acted on", () => {
     await d.daemon.run();
     await healthOf(d).round();
     expect(verdict(d.context).healthy).toBe(false);
-    await rpcBackend(d.context).setMode(pci(0x06), false, false);
+    await rpcBackend(d.context).setMode(pci(0x06), false, false, ROOT);
     setRecoveryAction(0, 0);
     // Released: the session is closed, nothing is read, the last reading stands.
     await healthOf(d).round();
     expect(daemonStatus(d.context).devices[0]?.recoveryAction).toBe("gpu-reset");
-    await rpcBackend(d.context).setMode(pci(0x06), true, false);
+    await rpcBackend(d.context).setMode(pci(0x06), true, false, ROOT);
     await healthOf(d).round();
     expect(daemonStatus(d.context).devices[0]?.recoveryAction).toBe("none");
     expect(verdict(d.context).healthy).toBe(true);

@@ -1,0 +1,49 @@
+// A client's change of intents, as one transaction: change, reconcile, and wait for the NVML
+// session to follow. A release is answered only once nothing of ours pins the GPU (the
+// session attaches every GPU); one that cannot get there is taken back whole before the
+// error goes out. RPC Set, RPC NUMA and `release -- COMMAND` all change GPUs through here.
+import type { Gpu, GpuState } from "../gpu/gpu-registry.js";
+import type { GpuIntents } from "../gpu/intents.js";
+import type { Reconciler } from "../gpu/reconciler.js";
+import type { SessionCoordinator } from "../gpu/session-coordinator.js";
+
+export interface IntentChange {
+  reconciler: Reconciler;
+  coordinator: SessionCoordinator;
+}
+
+/** The state each GPU ended in; `problem` says why the change was taken back (null: it took). */
+export interface ChangeOutcome {
+  states: GpuState[];
+  problem: string | null;
+}
+
+/**
+ * Applies `patch(gpu)` to each GPU's intents, reconciles them and settles the session.
+ * `mustRelease`: every GPU has to end "released" (a lease; a lost GPU cannot be). A GPU that
+ * ended released while the session still pins it fails the change too. On failure every
+ * GPU's intents are put back and reconciled again.
+ */
+export async function changeIntents(
+  { reconciler, coordinator }: IntentChange,
+  gpus: readonly Gpu[],
+  patch: (gpu: Gpu) => Partial<GpuIntents>,
+  mustRelease: boolean,
+): Promise<ChangeOutcome> {
+  const before = gpus.map((gpu) => reconciler.change(gpu, patch(gpu)));
+  const states = await Promise.all(gpus.map((gpu) => reconciler.reconcile(gpu)));
+  let problem: string | null = null;
+  const kept = mustRelease ? gpus.filter((_, i) => states[i] !== "released") : [];
+  if (kept.length > 0) {
+    problem = kept.map((g) => `GPU ${g.index} is ${g.state}: there is nothing to release`).join("; ");
+  } else if (states.includes("released")) {
+    const session = await coordinator.settle();
+    if (session.open)
+      problem = `${session.problem ?? "the NVML session could not be ended"}, so it still pins every GPU`;
+  }
+  if (problem === null) return { states, problem };
+  for (const [i, gpu] of gpus.entries()) reconciler.change(gpu, before[i] as GpuIntents);
+  await Promise.all(gpus.map((gpu) => reconciler.reconcile(gpu)));
+  await coordinator.settle();
+  return { states, problem };
+}

@@ -1,0 +1,107 @@
+// What is wanted of each GPU, and by whom: the intents. The configuration wants the selected
+// GPUs held (persistenceMode); a client may release a GPU or hold it (RPC Set, `gpu-persistd
+// release|hold`, by uid, until the opposite request), ask for its coherent memory online (RPC
+// NUMA), or lease it (`release -- COMMAND`, released while that client process lives). The
+// adapters only change intents; the reconciler (reconciler.ts) derives every GPU's effects
+// from them with targetOf(). The book is kept in systemd's fd store (state-record.ts), so a
+// restart, a crash or an upgrade resumes the same intents.
+import type { Claim } from "./gpu-model.js";
+
+/** Who asked, and since when; uid null when a version before intents recorded the release. */
+export interface Owner {
+  readonly uid: number | null;
+  readonly since: Date;
+}
+
+/** A client's persistence choice: in force until a client asks the opposite. */
+export interface ClientIntent extends Owner {
+  readonly mode: "hold" | "release";
+}
+
+/** `release -- COMMAND`: the GPU stays released while the client process `pid` lives. */
+export interface LeaseIntent {
+  readonly pid: number;
+  readonly since: Date;
+}
+
+export interface GpuIntents {
+  readonly client: ClientIntent | null;
+  /** A client asked for the GPU's coherent memory to be online (kept only for GPUs that have it). */
+  readonly numa: Owner | null;
+  readonly lease: LeaseIntent | null;
+}
+
+export const NO_INTENTS: GpuIntents = { client: null, numa: null, lease: null };
+
+/** The configuration's wish for one GPU. */
+export interface ConfigIntent {
+  persistenceMode: boolean;
+  selected: boolean;
+}
+
+/**
+ * What the GPU's effects should be. `claims`: what keeps its node open (none: let go);
+ * `idle`: what a GPU not held is then ("released": a client wants it free, so no NVML session
+ * of ours may pin it); `forConfig`: held for the configuration (the legacy flag is read then).
+ */
+export interface Target {
+  claims: Claim[];
+  idle: "released" | "identified";
+  forConfig: boolean;
+}
+
+/**
+ * The target for a GPU's intents. A lease wins over everything (its command may be resetting
+ * the GPU); a client's choice wins over the configuration; a NUMA request holds the node
+ * whatever the persistence choice.
+ */
+export function targetOf(intents: GpuIntents, config: ConfigIntent): Target {
+  const released = intents.lease !== null || intents.client?.mode === "release";
+  const idle = released ? "released" : "identified";
+  if (intents.lease) return { claims: [], idle, forConfig: false };
+  const forConfig = intents.client === null && config.persistenceMode && config.selected;
+  const claims: Claim[] = [];
+  if (forConfig || intents.client?.mode === "hold") claims.push("persistence");
+  if (intents.numa) claims.push("numa");
+  return { claims, idle, forConfig };
+}
+
+/** Who a GPU is released for: its lease's client (root: only root may lease), or a client's plain release. */
+export interface ReleasedBy {
+  kind: "lease" | "request";
+  uid: number | null;
+  pid: number | null;
+  since: Date;
+}
+
+export function releasedBy(intents: GpuIntents): ReleasedBy | null {
+  const { lease, client } = intents;
+  if (lease) return { kind: "lease", uid: 0, pid: lease.pid, since: lease.since };
+  if (client?.mode === "release") return { kind: "request", uid: client.uid, pid: null, since: client.since };
+  return null;
+}
+
+/** Every GPU's intents, by GPU index. `onChange` follows each change (the state record does). */
+export class IntentBook {
+  readonly #byIndex = new Map<number, GpuIntents>();
+  onChange: () => void = () => {};
+
+  of(index: number): GpuIntents {
+    return this.#byIndex.get(index) ?? NO_INTENTS;
+  }
+
+  /** Replaces some of a GPU's intents; returns what they were, to take the change back. */
+  change(index: number, patch: Partial<GpuIntents>): GpuIntents {
+    const before = this.of(index);
+    const after = { ...before, ...patch };
+    if (after.client === null && after.numa === null && after.lease === null) this.#byIndex.delete(index);
+    else this.#byIndex.set(index, after);
+    this.onChange();
+    return before;
+  }
+
+  /** The GPUs with any intent, by index. */
+  entries(): [number, GpuIntents][] {
+    return [...this.#byIndex];
+  }
+}

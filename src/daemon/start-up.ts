@@ -6,7 +6,7 @@
 // and waits for the answer without a limit: nothing of ours may ask NVML about persistence
 // before that socket is served (docs/architecture.md, "Start-up order").
 
-import { NvidiaKernel } from "../../native-bindings/nvidia-kernel.js";
+import type { NvidiaKernel } from "../../native-bindings/nvidia-kernel.js";
 import { NvmlError } from "../../native-bindings/nvml-errors.js";
 import { NVML_ERROR_NO_PERMISSION } from "../../native-bindings/nvml-return-codes.js";
 import { formatListenAddress } from "../config/listen-address.js";
@@ -21,28 +21,27 @@ import { gpuFields } from "../gpu/gpu-log-fields.js";
 import { GpuRegistry, type Identity } from "../gpu/gpu-registry.js";
 import { DeviceEffects } from "../gpu/hold-effects.js";
 import { identifyGpus } from "../gpu/identify.js";
-import { NvmlSession } from "../gpu/nvml-session.js";
+import type { NvmlSession } from "../gpu/nvml-session.js";
 import { Reconciler } from "../gpu/reconciler.js";
 import { SessionCoordinator } from "../gpu/session-coordinator.js";
-import { isVersionMismatch, mismatchText, type VersionMismatch } from "../gpu/version-mismatch.js";
-import { HealthMonitor } from "../health/health-monitor.js";
-import { XidEvents } from "../health/xid-events.js";
+import type { VersionMismatch } from "../gpu/version-mismatch.js";
 import { startMetricsListener } from "../metrics/metrics-listener.js";
 import { MetricsTextfile } from "../metrics/metrics-textfile.js";
 import { dropPrivileges, resolveIdentity } from "../privileges.js";
 import { RpcServer } from "../rpc/rpc-server.js";
 import { parsePciAddress } from "../selection/pci-address.js";
-import { createStandInNodes, nvmlLibraryFor } from "../simulation.js";
+import { createStandInNodes } from "../simulation.js";
 import type { KeptState } from "../systemd/fd-store.js";
 import { watchdogUsec } from "../systemd/notify.js";
-import { Watchdog } from "../systemd/watchdog.js";
 import { VERSION } from "../version.js";
 import type { DaemonContext } from "./context.js";
 import { controlHandler } from "./control-adapter.js";
-import { healthIntervalMs, unmatchedMessages } from "./hold-policy.js";
+import { unmatchedMessages } from "./hold-policy.js";
+import { describeMismatch, recordInitialisation, startNvml } from "./nvml-start.js";
 import { rpcBackend } from "./rpc-adapter.js";
 import { keepStateRecord, resumeIntents } from "./state-record.js";
 import { daemonStatusLine, metricsText } from "./status-snapshot.js";
+import { startHealth, startXidEvents, stopXidEvents } from "./watching.js";
 
 /** While bring-up runs, systemd's start timeout is pushed this far ahead, this often. */
 const EXTEND_EVERY_MS = 5000;
@@ -76,38 +75,6 @@ function extendWhileSlow(ctx: DaemonContext, progress: () => string): () => void
   );
   timer.unref();
   return () => clearInterval(timer);
-}
-
-/** Loads NVML and starts it; resolves the session, open, or closed with the version mismatch that keeps it so. */
-async function startNvml(ctx: DaemonContext): Promise<{ session: NvmlSession; mismatch: VersionMismatch | null }> {
-  const { config, log } = ctx;
-  const path = nvmlLibraryFor(config, ctx.deps.env);
-  if (config.simulate !== "") {
-    log.info({ library: path }, `simulating GPUs (${config.simulate === "on" ? "as configured" : config.simulate})`);
-  }
-  const session = NvmlSession.load(path, config.nvmlTimeoutMs, log, config.releaseTimeoutMs);
-  ctx.session = session;
-  ctx.kernel =
-    config.simulate !== ""
-      ? NvidiaKernel.simulated(path, config.nvmlTimeoutMs)
-      : NvidiaKernel.real(config.nvmlTimeoutMs);
-  try {
-    await session.start(config.driverWaitMs, ctx.deps.notifier);
-  } catch (err) {
-    if (!isVersionMismatch(err)) throw err;
-    const mismatch = await describeMismatch(ctx, session);
-    // No restart can mend it: degrade, keep what is held, and say so on every channel.
-    log.error(`cannot initialise NVML: ${mismatchText(mismatch)}`);
-    return { session, mismatch };
-  }
-  log.info({ driver: await session.nvml.driverVersion().catch(describeError) }, "NVML initialised");
-  return { session, mismatch: null };
-}
-
-function describeMismatch(ctx: DaemonContext, session: NvmlSession): Promise<VersionMismatch> {
-  return session.nvml
-    .libraryVersion()
-    .then((libraryVersion) => ({ libraryVersion, moduleVersion: ctx.kernel?.driverInfo().moduleVersion ?? null }));
 }
 
 /** Who the GPUs are: NVML's answer, or without NVML what the last run recorded or the module lists. */
@@ -271,22 +238,6 @@ async function holdSelected(
   );
 }
 
-/**
- * What the daemon paid to initialise each GPU at its first attach. Real NVML attaches every
- * GPU inside nvmlInit (a cold GPU costs seconds there, and NVML tells no split per GPU, so
- * each GPU's figure includes the whole nvmlInit: what the next client would have waited); a
- * driver that attaches lazily, as the simulator does (attachDelayMs), pays it at the GPU's
- * first handle look-up. Opening the node afterwards costs nothing: NVML attached it already.
- */
-function recordInitialisation(ctx: DaemonContext, session: NvmlSession, found: readonly (Identity | Error)[]): void {
-  if (session.firstInitMs === null) return;
-  for (const [index, id] of found.entries()) {
-    if (!(id instanceof Error) && id.lookUpMs !== undefined) {
-      ctx.telemetry.recordAttach(index, (session.firstInitMs + id.lookUpMs) / 1000);
-    }
-  }
-}
-
 async function openSockets(ctx: DaemonContext): Promise<void> {
   const { config, log } = ctx;
   const { runtime } = ctx.deps;
@@ -303,64 +254,6 @@ async function openSockets(ctx: DaemonContext): Promise<void> {
     // Before the drop: a port below 1024 needs root to bind, not to serve.
     ctx.metricsListener = await startMetricsListener(config.metricsListen, () => metricsText(ctx));
     log.info(`serving metrics on http://${formatListenAddress(config.metricsListen)}/metrics`);
-  }
-}
-
-/** Registers the selected GPUs for Xid events; the health rounds drain the set. */
-async function startXidEvents(ctx: DaemonContext, session: NvmlSession, registry: GpuRegistry): Promise<void> {
-  const xid = new XidEvents(session.nvml, registry, ctx.log);
-  try {
-    const watched = await xid.start(registry.list().filter((g) => g.selected && g.handle !== null));
-    ctx.xid = xid;
-    ctx.log.info(`watching Xid events on ${watched} GPUs`);
-  } catch (err) {
-    ctx.log.warn(`cannot watch Xid events: ${describeError(err)}`);
-  }
-}
-
-/** Before the NVML session closes: the event set must not outlive it. */
-async function stopXidEvents(ctx: DaemonContext): Promise<void> {
-  const xid = ctx.xid;
-  ctx.xid = null;
-  await xid?.stop();
-}
-
-function startHealth(
-  ctx: DaemonContext,
-  session: NvmlSession,
-  registry: GpuRegistry,
-  coordinator: SessionCoordinator,
-): void {
-  const usec = watchdogUsec(ctx.deps.env);
-  const watchdog =
-    usec && ctx.deps.notifier.enabled
-      ? new Watchdog(ctx.deps.notifier, usec, () => health.lastHealthyAt, ctx.log)
-      : null;
-  const health = new HealthMonitor(
-    {
-      nvml: session.nvml,
-      registry,
-      coordinator,
-      telemetry: ctx.telemetry,
-      nvmlOpen: () => session.open,
-      xid: () => ctx.xid,
-      onRound: (seconds, healthy, checked) => {
-        ctx.metrics.observeHealthRound(seconds, healthy, checked);
-        // The textfile follows the health timer: no timer, and no wake-up, of its own.
-        ctx.metricsTextfile?.writeNow();
-      },
-      ...(watchdog ? { afterTick: () => watchdog.tick() } : {}),
-      log: ctx.log,
-    },
-    healthIntervalMs(ctx.config.healthIntervalMs, watchdogUsec(ctx.deps.env)),
-  );
-  ctx.health = health;
-  ctx.watchdog = watchdog;
-  // The first ping at once: systemd's watchdog runs from READY on.
-  watchdog?.tick();
-  health.start();
-  if (watchdog) {
-    ctx.log.info(`watchdog: pinging every ${health.intervalMs} ms while every held GPU's health check answers`);
   }
 }
 

@@ -6,30 +6,15 @@
 // HoldEffects' business; every transition is emitted as an event that the log and systemd's
 // STATUS follow, and that the NVML session coordinator reads.
 import { EventEmitter } from "node:events";
-import {
-  KernelCallError,
-  KernelTimeoutError,
-  NUMA_ONLINE_FAILED,
-  NV_ERR_NVLINK_FABRIC_NOT_READY,
-  numaStatusName,
-} from "../../native-bindings/nvidia-kernel.js";
+import { KernelTimeoutError } from "../../native-bindings/nvidia-kernel.js";
 import type { DeviceHandle, Nvml } from "../../native-bindings/nvml.js";
 import { legacyFlagNote } from "../fixes.js";
 import { type GpuSelector, selectorMatches } from "../selection/gpu-selector.js";
 import { formatPciAddress, type PciAddress, samePciDevice } from "../selection/pci-address.js";
 import { describeError as errorText } from "./describe-error.js";
-import {
-  type Claim,
-  type Gpu,
-  type GpuState,
-  hasCoherentMemory,
-  type Identity,
-  type PersistenceReading,
-  type RegistryEvents,
-  type Transition,
-  type UvmState,
-} from "./gpu-model.js";
+import type { Gpu, GpuState, Identity, RegistryEvents, Transition } from "./gpu-model.js";
 import type { HoldEffects } from "./hold-effects.js";
+import { letGoNote, lostNote, numaNotes, uvmFailureNote } from "./hold-notes.js";
 import type { Target } from "./intents.js";
 
 export type {
@@ -43,21 +28,9 @@ export type {
 } from "./gpu-model.js";
 export { GpuLostError, hasCoherentMemory } from "./gpu-model.js";
 
-interface Entry extends Gpu {
-  uuid: string;
-  name: string;
-  pci: PciAddress | null;
-  minor: number;
-  handle: DeviceHandle | null;
-  state: GpuState;
-  claims: ReadonlySet<Claim>;
-  selected: boolean;
-  legacyFlag: PersistenceReading;
+/** A GPU as the registry writes it: the public view made writable, and what only it sees. */
+type Entry = { -readonly [K in keyof Gpu]: Gpu[K] } & {
   xids: Map<number, number>;
-  fault: Error | null;
-  numa: Gpu["numa"];
-  uvm: UvmState;
-  uvmFault: Error | null;
   /** The fd held open on the GPU's node; only this module reads or writes it. */
   fd: number | null;
   /** The /dev/nvidia-uvm fd that carries this GPU's UVM registration. */
@@ -66,7 +39,7 @@ interface Entry extends Gpu {
   queue: Promise<void>;
   /** A probe on `fd` in flight: the fd is closed only after it (its number could be reused). */
   probing: Promise<unknown> | null;
-}
+};
 
 export interface RegistryOptions {
   effects: HoldEffects;
@@ -178,7 +151,7 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       }
       const held = entry.fd !== null;
       if (held) await this.#close(entry);
-      if (held || entry.state !== idle) this.#move(entry, idle, "info", letGoMessage(entry.state, idle, held));
+      if (held || entry.state !== idle) this.#move(entry, idle, "info", letGoNote(entry, idle, held));
       return entry.state;
     });
   }
@@ -225,23 +198,8 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
 
   async #readNuma(gpu: Entry, fd: number): Promise<void> {
     try {
-      const n = await this.#o.effects.readNuma(fd);
-      gpu.numa = n;
-      this.#note(
-        gpu,
-        "debug",
-        `NV_ESC_NUMA_INFO: nid ${n.nid}, status ${n.status}, use_auto_online ${n.useAutoOnline}, memory ${n.memSizeBytes} bytes`,
-      );
-      if (hasCoherentMemory(gpu)) {
-        const failed = n.status === NUMA_ONLINE_FAILED;
-        this.#note(
-          gpu,
-          failed ? "warn" : "info",
-          `coherent memory: NUMA node ${n.nid}, ${numaStatusName(n.status)}, ` +
-            `${Number(n.memSizeBytes / 2n ** 20n)} MiB${n.useAutoOnline ? ", onlined by the driver" : ""}` +
-            (failed ? " (check that /sys/devices/system/memory/auto_online_blocks is online_movable)" : ""),
-        );
-      }
+      gpu.numa = await this.#o.effects.readNuma(fd);
+      for (const [level, text] of numaNotes(gpu.numa)) this.#note(gpu, level, text);
     } catch (err) {
       // Older drivers and stand-ins without the query: no coherent memory is assumed.
       gpu.numa = null;
@@ -260,12 +218,7 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     } catch (err) {
       gpu.uvm = "failed";
       gpu.uvmFault = err as Error;
-      const fabric = err instanceof KernelCallError && err.nvStatus === NV_ERR_NVLINK_FABRIC_NOT_READY;
-      this.#note(
-        gpu,
-        "warn",
-        `cannot keep a UVM registration: ${errorText(err)}${fabric ? " (the NVLink fabric did not become ready while it was retried)" : ""}; the GPU stays held by its node`,
-      );
+      this.#note(gpu, "warn", uvmFailureNote(err));
     }
   }
 
@@ -295,12 +248,7 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       await this.#close(entry);
       entry.fault = cause;
       entry.claims = new Set();
-      this.#move(
-        entry,
-        "lost",
-        "error",
-        `GPU is lost (${errorText(cause)}): released it; the other GPUs stay held. A reset or reboot is needed to recover it.`,
-      );
+      this.#move(entry, "lost", "error", lostNote(cause));
     });
   }
 
@@ -383,13 +331,4 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       this.#move(gpu, "identified", "debug", "released the GPU: the daemon stops");
     }
   }
-}
-
-/** What letting go of a GPU to `idle` says in the journal. */
-function letGoMessage(from: GpuState, idle: "released" | "identified", held: boolean): string {
-  if (idle === "released") {
-    return held ? "released the GPU at a client's request: no fd left on its node" : "released at a client's request";
-  }
-  if (from === "released") return "no longer released";
-  return held ? "let go of the GPU: nothing wants it held (not selected, or persistence off)" : "no longer wanted";
 }

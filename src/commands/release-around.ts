@@ -1,8 +1,9 @@
 // `gpu-persistd release GPU... -- COMMAND [ARGS]`: lets the GPUs go completely (node, UVM
 // registration, NVML session), runs COMMAND (a reset, a MIG change, a vfio bind), then has
 // them held again however it ends, and exits with its code. The release lasts as long as this
-// process's control connection: if this process is killed, the kernel closes the connection
-// and the daemon holds the GPUs again by itself.
+// process: if it is killed, the kernel closes the connection and the daemon holds the GPUs
+// again by itself; if the daemon restarts meanwhile, the next run keeps them released until
+// this process ends (it watches a pidfd kept in systemd's fd store).
 import { spawn } from "node:child_process";
 import { connect } from "node:net";
 import { constants } from "node:os";
@@ -121,8 +122,8 @@ export function releaseAroundCommand(runtimeDir: string, gpus: string[], command
         if (replies === 0) reject(new FatalError(ExitCode.FAILURE, `the daemon closed ${path} without an answer`));
         else {
           process.stderr.write(
-            "gpu-persistd: the daemon closed the connection while the command ran (it restarted or stopped): " +
-              "the release ended early; gpu-persistd status shows what is held now\n",
+            "gpu-persistd: the daemon closed the connection while the command ran (it restarted or stopped); " +
+              "a restarted daemon keeps the GPUs released until this command ends (gpu-persistd status shows what is held now)\n",
           );
         }
         return;

@@ -69,7 +69,7 @@ for (const [release, rootfs] of [
     }
     const status = () =>
       JSON.parse(c.check("gpu-persistd status --json")) as {
-        devices: { state: string }[];
+        devices: { state: string; releasedBy: { kind: string } | null }[];
         nvmlDegraded: { libraryVersion: string; moduleVersion: string; message: string } | null;
       };
 
@@ -222,6 +222,35 @@ for (const [release, rootfs] of [
       await expectHolders(0, [NODES[0] as string]);
       c.check("gpu-persistd hold 0");
       await expectHolders(2, [NODES[0] as string]);
+    }, 60_000);
+
+    it("a restart during `release 1 -- COMMAND` keeps GPU 1 released until COMMAND ends, then holds it again", async () => {
+      c.check("rm -f /run/lease-done");
+      const client = c.start(
+        "exec gpu-persistd release 1 -- sh -c 'while [ ! -e /run/lease-done ]; do sleep 0.1; done'",
+      );
+      let stderr = "";
+      client.stderr?.on("data", (d: Buffer) => {
+        stderr += d.toString();
+      });
+      const exited = new Promise<number | null>((r) => client.once("exit", r));
+      await until(() => status().devices[1]?.state === "released", 10_000, "the lease released GPU 1");
+      await expectHolders(0, [NODES[1] as string]);
+      const restarts = Number(prop("NRestarts"));
+      c.check("systemctl restart gpu-persistd");
+      expect(Number(prop("NRestarts"))).toBe(restarts);
+      // COMMAND (a reset, say) is still running: the new run must not open GPU 1.
+      expect(status().devices[1]).toMatchObject({ state: "released", releasedBy: { kind: "lease" } });
+      await expectHolders(0, [NODES[1] as string]);
+      expect(c.check("journalctl -u gpu-persistd -n 50 --no-pager -o cat")).toMatch(
+        /PID \d+ still runs: its GPUs stay released until it ends/,
+      );
+      c.check("touch /run/lease-done");
+      expect(await exited).toBe(0);
+      expect(stderr).toContain("a restarted daemon keeps the GPUs released until this command ends");
+      await until(() => status().devices[1]?.state === "held", 5_000, "GPU 1 held again once the client ended");
+      await expectHolders(2, [NODES[1] as string]);
+      c.check("rm -f /run/lease-done");
     }, 60_000);
 
     it("systemctl stop lets every GPU go; a client's connection starts it again; stopping the socket too stops it for good", async () => {

@@ -8,7 +8,10 @@ type KoffiFunction = ReturnType<LibraryHandle["func"]>;
 
 import { timedPoolCall } from "./libuv-pool.js";
 import { NvmlError, NvmlLoadError, NvmlTimeoutError } from "./nvml-errors.js";
+import { FIELD_VALUE_SIZE, fieldNumber } from "./nvml-field-values.js";
 import { NVML_ERROR_TIMEOUT, NVML_SUCCESS } from "./nvml-return-codes.js";
+
+export { FI_DEV_GET_GPU_RECOVERY_ACTION } from "./nvml-field-values.js";
 
 /** An nvmlDevice_t: an opaque pointer, a BigInt under koffi 3. */
 export type DeviceHandle = bigint;
@@ -34,36 +37,6 @@ export interface EventData {
 export const PERSISTENCE_ENABLED = 1;
 
 export const EVENT_XID_CRITICAL_ERROR = 0x8n;
-
-/** nvml.h's NVML_FI_DEV_GET_GPU_RECOVERY_ACTION: what the GPU needs after a fault (nvmlDeviceGpuRecoveryAction_t). */
-export const FI_DEV_GET_GPU_RECOVERY_ACTION = 230;
-
-/**
- * nvmlFieldValue_t: fieldId u32 @0, scopeId u32 @4, timestamp i64 @8, latencyUsec i64 @16,
- * valueType u32 @24, nvmlReturn u32 @28, value (nvmlValue_t, an 8-byte union) @32.
- */
-const FIELD_VALUE_SIZE = 40;
-
-/** Decodes nvmlValue_t by nvmlValueType_t (double, uint, ulong, ulonglong, slonglong, sint, ushort). */
-function fieldNumber(buf: Buffer, valueType: number): number {
-  switch (valueType) {
-    case 0:
-      return buf.readDoubleLE(32);
-    case 1:
-      return buf.readUInt32LE(32);
-    case 2:
-    case 3:
-      return Number(buf.readBigUInt64LE(32));
-    case 4:
-      return Number(buf.readBigInt64LE(32));
-    case 5:
-      return buf.readInt32LE(32);
-    case 6:
-      return buf.readUInt16LE(32);
-    default:
-      throw new Error(`nvmlDeviceGetFieldValues answered an unknown value type ${valueType}`);
-  }
-}
 
 type AnyFn = KoffiFunction;
 

@@ -1,4 +1,5 @@
-// Which modules may import which, read from the sources' import statements.
+// Which modules may import which, read from the sources' import statements; and the shape
+// rules that keep the layout readable (file length, the one writer of GPU holds).
 import { readdirSync, readFileSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -55,5 +56,20 @@ describe("layering", () => {
     };
     for (const file of files) if (!state.has(file)) visit(file);
     expect(circles).toEqual([]);
+  });
+
+  it("no source file over 350 lines: each reads in one sitting", () => {
+    const long = [...sources("src"), ...sources("native-bindings")].flatMap((file) => {
+      const lines = readFileSync(join(ROOT, file), "utf8").split("\n").length - 1;
+      return lines > 350 ? [`${file}: ${lines} lines`] : [];
+    });
+    expect(long).toEqual([]);
+  });
+
+  it("only the reconciler converges a GPU: adapters change intents and await it", () => {
+    const callers = [...sources("src"), ...sources("native-bindings")].filter((file) =>
+      /\.converge\(/.test(readFileSync(join(ROOT, file), "utf8")),
+    );
+    expect(callers).toEqual(["src/gpu/reconciler.ts"]);
   });
 });

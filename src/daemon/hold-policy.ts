@@ -2,6 +2,7 @@
 // how often health rounds run, and what --devices names that no GPU has. Start-up and
 // reload both apply them; they read nothing but their arguments.
 import type { Gpu } from "../gpu/gpu-model.js";
+import { configWants } from "../gpu/intents.js";
 import { type GpuIdentity, type GpuSelector, selectorKindName, selectorMatches } from "../selection/gpu-selector.js";
 
 /** The shortest health interval, in ms: a misconfigured watchdog must not spin the loop. */
@@ -9,7 +10,7 @@ const MIN_HEALTH_INTERVAL_MS = 10;
 
 /** Whether the configuration wants `gpu` held: persistence on, and the GPU selected. */
 export function wanted(config: { persistenceMode: boolean }, gpu: Pick<Gpu, "selected">): boolean {
-  return config.persistenceMode && gpu.selected;
+  return configWants({ persistenceMode: config.persistenceMode, selected: gpu.selected });
 }
 
 /**

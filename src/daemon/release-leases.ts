@@ -51,13 +51,13 @@ export class ReleaseLeases {
     const outcome = changeIntents(parts, gpus, () => ({ lease: { pid, since } }), true);
     this.#keepPidfd(pid);
     const { problem } = await outcome;
-    if (problem !== null) this.#forget(pid);
+    if (problem !== null) this.#dropPidfd(pid);
     return problem;
   }
 
   /** Ends client `pid`'s lease: its GPUs are as their other intents want them. */
   async close(parts: IntentChange, pid: number): Promise<void> {
-    this.#forget(pid);
+    this.#dropPidfd(pid);
     const gpus = parts.reconciler.registry.list().filter((g) => parts.reconciler.intentsOf(g).lease?.pid === pid);
     for (const gpu of gpus) parts.reconciler.change(gpu, { lease: null });
     await Promise.all(gpus.map((gpu) => parts.reconciler.reconcile(gpu)));
@@ -79,7 +79,7 @@ export class ReleaseLeases {
     this.#pidfds.set(pid, pidfd);
     if (readableNow(pidfd)) {
       this.#log.info(`PID ${pid} ended while the daemon restarted: its release ends, its GPUs are held again`);
-      this.#forget(pid);
+      this.#dropPidfd(pid);
       return false;
     }
     this.#orphans.add(pid);
@@ -132,7 +132,7 @@ export class ReleaseLeases {
     this.#store.keep(leaseFdName(pid), fd);
   }
 
-  #forget(pid: number): void {
+  #dropPidfd(pid: number): void {
     this.#orphans.delete(pid);
     const fd = this.#pidfds.get(pid);
     if (fd === undefined) return;

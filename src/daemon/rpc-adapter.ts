@@ -14,6 +14,7 @@ import { NvPdStatus, type PersistenceBackend } from "../rpc/persistence-program.
 import type { PciAddress } from "../selection/pci-address.js";
 import { rpcPersistence } from "../status/daemon-status.js";
 import type { DaemonContext } from "./context.js";
+import { wanted } from "./hold-policy.js";
 import { changeIntents, type IntentChange } from "./intent-change.js";
 
 export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
@@ -67,14 +68,7 @@ export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
     const { reconciler, coordinator } = parts;
     const before = reconciler.intentsOf(gpu);
     if (leased(gpu, before, "hold it")) return NvPdStatus.IO;
-    const configWants = targetOf(
-      { ...before, client: null },
-      {
-        persistenceMode: ctx.config.persistenceMode,
-        selected: gpu.selected,
-      },
-    ).forConfig;
-    const patch: Partial<GpuIntents> = { client: configWants ? null : { mode: "hold", ...owner(peer) } };
+    const patch: Partial<GpuIntents> = { client: wanted(ctx.config, gpu) ? null : { mode: "hold", ...owner(peer) } };
     if (withNuma) Object.assign(patch, { numa: before.numa ?? owner(peer) });
     reconciler.change(gpu, patch);
     const state = await reconciler.reconcile(gpu);

@@ -39,6 +39,11 @@ export interface ConfigIntent {
   selected: boolean;
 }
 
+/** Whether the configuration wants the GPU held: persistence on, and the GPU selected. */
+export function configWants(config: ConfigIntent): boolean {
+  return config.persistenceMode && config.selected;
+}
+
 /**
  * What the GPU's effects should be. `claims`: what keeps its node open (none: let go);
  * `idle`: what a GPU not held is then ("released": a client wants it free, so no NVML session
@@ -59,7 +64,7 @@ export function targetOf(intents: GpuIntents, config: ConfigIntent): Target {
   const released = intents.lease !== null || intents.client?.mode === "release";
   const idle = released ? "released" : "identified";
   if (intents.lease) return { claims: [], idle, forConfig: false };
-  const forConfig = intents.client === null && config.persistenceMode && config.selected;
+  const forConfig = intents.client === null && configWants(config);
   const claims: Claim[] = [];
   if (forConfig || intents.client?.mode === "hold") claims.push("persistence");
   if (intents.numa) claims.push("numa");

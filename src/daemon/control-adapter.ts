@@ -41,7 +41,7 @@ async function releaseLease(ctx: DaemonContext, gpus: Gpu[], pid: number): Promi
   if (problem !== null) throw new BadRequest(`cannot release: ${problem}; nothing was released`);
   const statusOf = (gpu: Gpu) => gpuStatusOf(ctx, gpu);
   return new Lease({ released: gpus.map(statusOf) }, async () => {
-    await ctx.leases.close(parts, pid);
+    await ctx.leases.close(parts, pid, gpus);
     return { held: gpus.map(statusOf) };
   });
 }

@@ -51,16 +51,25 @@ export class ReleaseLeases {
     const outcome = changeIntents(parts, gpus, () => ({ lease: { pid, since } }), true);
     this.#keepPidfd(pid);
     const { problem } = await outcome;
-    if (problem !== null) this.#dropPidfd(pid);
+    if (
+      problem !== null &&
+      !parts.reconciler.registry.list().some((g) => parts.reconciler.intentsOf(g).lease?.pid === pid)
+    )
+      this.#dropPidfd(pid);
     return problem;
   }
 
-  /** Ends client `pid`'s lease: its GPUs are as their other intents want them. */
-  async close(parts: IntentChange, pid: number): Promise<void> {
-    this.#dropPidfd(pid);
-    const gpus = parts.reconciler.registry.list().filter((g) => parts.reconciler.intentsOf(g).lease?.pid === pid);
-    for (const gpu of gpus) parts.reconciler.change(gpu, { lease: null });
-    await Promise.all(gpus.map((gpu) => parts.reconciler.reconcile(gpu)));
+  /**
+   * Ends client `pid`'s lease on `gpus` (all of its GPUs when not named): each is then as its
+   * other intents want it. The pidfd goes once no GPU is leased by `pid` any more.
+   */
+  async close(parts: IntentChange, pid: number, gpus?: readonly Gpu[]): Promise<void> {
+    const { reconciler } = parts;
+    const leasedBy = (g: Gpu) => reconciler.intentsOf(g).lease?.pid === pid;
+    const ending = (gpus ?? reconciler.registry.list()).filter(leasedBy);
+    for (const gpu of ending) reconciler.change(gpu, { lease: null });
+    if (!reconciler.registry.list().some(leasedBy)) this.#dropPidfd(pid);
+    await Promise.all(ending.map((gpu) => reconciler.reconcile(gpu)));
     await parts.coordinator.settle();
   }
 
@@ -117,8 +126,9 @@ export class ReleaseLeases {
 
   /** A pidfd on the client, kept in the store; a lease without one still ends with its connection. */
   #keepPidfd(pid: number): void {
-    // Without systemd's store nothing outlives the process: the connection is enough.
-    if (!this.#store.enabled) return;
+    // Without systemd's store nothing outlives the process: the connection is enough. One
+    // pidfd serves every lease of the same client.
+    if (!this.#store.enabled || this.#pidfds.has(pid)) return;
     let fd: number;
     try {
       fd = pidfdOpen(pid);

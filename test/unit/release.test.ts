@@ -173,6 +173,16 @@ describe("release GPU -- COMMAND: leases", () => {
     expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
   });
 
+  it("two leases of one client on different GPUs end apart: each end holds only its own GPU", async () => {
+    const d = await started(2);
+    const first = await release(d, ["0"]);
+    const second = await release(d, ["1"]);
+    await first.end();
+    expect(d.registry.list().map((g) => g.state)).toEqual(["held", "released"]);
+    await second.end();
+    expect(d.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
+  });
+
   it("a lease on GPU 0, a reload that deselects it, the lease ends: GPU 0 is not held again", async () => {
     const d = await started(2);
     const lease = await release(d, ["0"]);

@@ -123,7 +123,7 @@ export function releaseAroundCommand(runtimeDir: string, gpus: string[], command
         else {
           process.stderr.write(
             "gpu-persistd: the daemon closed the connection while the command ran (it restarted or stopped); " +
-              "a restarted daemon keeps the GPUs released until this command ends (gpu-persistd status shows what is held now)\n",
+              "under systemd a restarted daemon keeps the GPUs released until this command ends (gpu-persistd status shows what is held now)\n",
           );
         }
         return;

@@ -1,6 +1,7 @@
 // The control socket's commands: `status` for anyone, and `release` (root only) which lets
-// GPUs go completely for as long as the client's connection lasts: when the client ends
-// its side, or dies, the daemon holds them again (gpu-persistd release GPU... -- COMMAND).
+// GPUs go completely for as long as the client lasts (a lease, release-leases.ts): when the
+// client ends its side, or dies, the daemon holds them again (gpu-persistd release GPU...
+// -- COMMAND).
 import type { PeerCredentials } from "../../native-bindings/peer-credentials.js";
 import { clientText } from "../connections/client-text.js";
 import { BadRequest, type ControlRequest, Lease } from "../control/control-server.js";

@@ -29,6 +29,7 @@ export class ReleaseLeases {
   /** Leases resumed from the previous run: no connection ends them, their pidfd does. */
   readonly #orphans = new Set<number>();
   #timer: NodeJS.Timeout | null = null;
+  #stopped = false;
 
   constructor(store: FdStore, log: Log) {
     this.#store = store;
@@ -64,11 +65,12 @@ export class ReleaseLeases {
    * other intents want it. The pidfd goes once no GPU is leased by `pid` any more.
    */
   async close(parts: IntentChange, pid: number, gpus?: readonly Gpu[]): Promise<void> {
+    // At stop the lease stays recorded, and its pidfd in the store, for the next run.
+    if (this.#stopped) return;
     const { reconciler } = parts;
-    const leasedBy = (g: Gpu) => reconciler.intentsOf(g).lease?.pid === pid;
-    const ending = (gpus ?? reconciler.registry.list()).filter(leasedBy);
+    const ending = (gpus ?? reconciler.registry.list()).filter((g) => reconciler.intentsOf(g).lease?.pid === pid);
     for (const gpu of ending) reconciler.change(gpu, { lease: null });
-    if (!reconciler.registry.list().some(leasedBy)) this.#dropPidfd(pid);
+    if (!this.#leases(parts, pid)) this.#dropPidfd(pid);
     await Promise.all(ending.map((gpu) => reconciler.reconcile(gpu)));
     await parts.coordinator.settle();
   }
@@ -118,10 +120,34 @@ export class ReleaseLeases {
     }
   }
 
-  /** At stop: no more watching (the pidfds stay in the store for the next run, or go with it). */
+  /**
+   * At stop: no more watching, and no lease ends any more (the connections close with the
+   * process): the pidfds stay in the store for the next run, or go with it for good.
+   */
   stop(): void {
+    this.#stopped = true;
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
+  }
+
+  /** Whether client `pid` still leases any GPU. */
+  #leases(parts: IntentChange, pid: number): boolean {
+    return parts.reconciler.registry.list().some((g) => parts.reconciler.intentsOf(g).lease?.pid === pid);
+  }
+
+  /**
+   * Closes, and drops from the store, the pidfds the previous run kept that no recorded lease
+   * named (the record was lost, or its GPU is not here): nobody can tell what they were for.
+   */
+  discardUnused(handed: ReadonlyMap<number, number>, resumed: ReadonlySet<number>): void {
+    for (const [pid, fd] of handed) {
+      if (resumed.has(pid)) continue;
+      this.#log.warn(
+        `closed the pidfd on PID ${pid} the previous run kept: no recorded release by it names a GPU here`,
+      );
+      this.#store.drop(leaseFdName(pid));
+      closeSync(fd);
+    }
   }
 
   /** A pidfd on the client, kept in the store; a lease without one still ends with its connection. */

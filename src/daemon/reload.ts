@@ -78,7 +78,12 @@ async function holdWhatIsWanted(ctx: DaemonContext): Promise<void> {
   applySelection(ctx, registry);
   const keptReleased = registry.list().filter((g) => g.state === "released" && wanted(ctx.config, g));
   for (const gpu of keptReleased) {
-    ctx.log.info(`GPU ${gpu.index} stays released, as a client asked; hold it with: gpu-persistd hold ${gpu.index}`);
+    const lease = ctx.intents.of(gpu.index).lease;
+    ctx.log.info(
+      lease
+        ? `GPU ${gpu.index} stays released while 'gpu-persistd release' (pid ${lease.pid}) runs; it is held when that ends`
+        : `GPU ${gpu.index} stays released, as a client asked; hold it with: gpu-persistd hold ${gpu.index}`,
+    );
   }
   await ctx.reconciler?.reconcileAll(ctx.config.bringUpConcurrency);
   // A GPU this reload selected reports its Xids from now on, not from the next reopen.

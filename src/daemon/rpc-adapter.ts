@@ -66,29 +66,34 @@ export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
    */
   async function hold(gpu: Gpu, parts: IntentChange, withNuma: boolean, peer: PeerCredentials) {
     const { reconciler, coordinator } = parts;
-    const before = reconciler.intentsOf(gpu);
-    if (leased(gpu, before, "hold it")) return NvPdStatus.IO;
-    const patch: Partial<GpuIntents> = { client: wanted(ctx.config, gpu) ? null : { mode: "hold", ...owner(peer) } };
-    if (withNuma) Object.assign(patch, { numa: before.numa ?? owner(peer) });
-    reconciler.change(gpu, patch);
+    if (leased(gpu, reconciler.intentsOf(gpu), "hold it")) return NvPdStatus.IO;
+    const client = wanted(ctx.config, gpu) ? null : ({ mode: "hold", ...owner(peer) } as const);
+    const numa = reconciler.intentsOf(gpu).numa ?? owner(peer);
+    const patch: Partial<GpuIntents> = withNuma ? { client, numa } : { client };
+    const before = reconciler.change(gpu, patch);
     const state = await reconciler.reconcile(gpu);
     await coordinator.settle();
     if (state !== "held") {
       // The NUMA request goes with the hold that failed; the hold itself stays asked for.
-      if (withNuma) reconciler.change(gpu, { numa: before.numa });
+      if (withNuma) reconciler.revert(gpu, { numa }, before);
       return refusedHold(gpu);
     }
-    return withNuma ? numaOutcome(gpu, parts, before) : NvPdStatus.SUCCESS;
+    return withNuma ? numaOutcome(gpu, parts, patch, before) : NvPdStatus.SUCCESS;
   }
 
   /**
-   * After a NUMA-online hold: no coherent memory makes it a no-op, memory that did not come
-   * online takes the request back. Either way the GPU returns to the intents `before`.
+   * After a NUMA-online request (`patch`, applied over `before`): no coherent memory makes it a
+   * no-op (the NUMA intent goes), memory that did not come online takes the whole request back.
    */
-  async function numaOutcome(gpu: Gpu, { reconciler, coordinator }: IntentChange, before: GpuIntents) {
+  async function numaOutcome(
+    gpu: Gpu,
+    { reconciler, coordinator }: IntentChange,
+    patch: Partial<GpuIntents>,
+    before: GpuIntents,
+  ) {
     const failed = hasCoherentMemory(gpu) && gpu.numa?.status === NUMA_ONLINE_FAILED;
     if (hasCoherentMemory(gpu) && !failed) return NvPdStatus.SUCCESS;
-    reconciler.change(gpu, failed ? before : { numa: before.numa });
+    reconciler.revert(gpu, failed ? patch : { numa: patch.numa ?? null }, before);
     await reconciler.reconcile(gpu);
     await coordinator.settle();
     return failed ? NvPdStatus.NUMA_FAILURE : NvPdStatus.SUCCESS;
@@ -96,18 +101,22 @@ export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
 
   async function numaOnline(gpu: Gpu, parts: IntentChange, peer: PeerCredentials) {
     const { reconciler, coordinator } = parts;
-    const before = reconciler.intentsOf(gpu);
-    if (leased(gpu, before, "bring NUMA memory online")) return NvPdStatus.IO;
-    reconciler.change(gpu, { numa: before.numa ?? owner(peer) });
+    const current = reconciler.intentsOf(gpu);
+    if (leased(gpu, current, "bring NUMA memory online")) return NvPdStatus.IO;
+    const patch: Partial<GpuIntents> = { numa: current.numa ?? owner(peer) };
+    const before = reconciler.change(gpu, patch);
     const state = await reconciler.reconcile(gpu);
     await coordinator.settle();
+    if (state === "held") return numaOutcome(gpu, parts, patch, before);
+    // Not held: lost, a hold that failed, or a lease that came in meanwhile.
+    reconciler.revert(gpu, patch, before);
     if (state === "lost") return NvPdStatus.DRIVER;
-    return numaOutcome(gpu, parts, before);
+    return leased(gpu, reconciler.intentsOf(gpu), "bring NUMA memory online") ? NvPdStatus.IO : refusedHold(gpu);
   }
 
   /**
    * NUMA offline; with nothing else wanting the GPU held it is released, as the original's.
-   * A lease does not count: it ends, and what is wanted then stands.
+   * A lease does not count: what is wanted once it ends is what counts.
    */
   async function numaOffline(gpu: Gpu, parts: IntentChange, peer: PeerCredentials) {
     const after = { ...parts.reconciler.intentsOf(gpu), numa: null, lease: null };

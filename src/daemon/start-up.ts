@@ -23,7 +23,7 @@ import { DeviceEffects } from "../gpu/hold-effects.js";
 import { identifyGpus } from "../gpu/identify.js";
 import type { NvmlSession } from "../gpu/nvml-session.js";
 import { Reconciler } from "../gpu/reconciler.js";
-import { SessionCoordinator } from "../gpu/session-coordinator.js";
+import type { SessionCoordinator } from "../gpu/session-coordinator.js";
 import type { VersionMismatch } from "../gpu/version-mismatch.js";
 import { startMetricsListener } from "../metrics/metrics-listener.js";
 import { MetricsTextfile } from "../metrics/metrics-textfile.js";
@@ -37,11 +37,11 @@ import { VERSION } from "../version.js";
 import type { DaemonContext } from "./context.js";
 import { controlHandler } from "./control-adapter.js";
 import { unmatchedMessages } from "./hold-policy.js";
-import { describeMismatch, recordInitialisation, startNvml } from "./nvml-start.js";
+import { recordInitialisation, startNvml } from "./nvml-start.js";
 import { rpcBackend } from "./rpc-adapter.js";
 import { keepStateRecord, resumeIntents } from "./state-record.js";
 import { daemonStatusLine, metricsText } from "./status-snapshot.js";
-import { startHealth, startXidEvents, stopXidEvents } from "./watching.js";
+import { followSession, startHealth, startXidEvents } from "./watching.js";
 
 /** While bring-up runs, systemd's start timeout is pushed this far ahead, this often. */
 const EXTEND_EVERY_MS = 5000;
@@ -181,8 +181,7 @@ async function identify(
   });
   const unmatched = applySelection(ctx, registry);
   // What clients wanted before the restart (a release, a hold, a lease whose client runs) stands.
-  resumeIntents(ctx, kept, registry, handed.leases);
-  keepStateRecord(ctx, registry);
+  keepStateRecord(ctx, registry, resumeIntents(ctx, kept, registry, handed.leases));
   return { registry, effects, unmatched };
 }
 
@@ -207,6 +206,7 @@ async function holdSelected(
   const selected = registry.list().filter((g) => g.selected);
   if (selected.length === 0 && mismatch) {
     log.error("no GPU can be held without NVML: none was kept across the restart, and the module lists none here");
+    await reconciler.reconcileAll(config.bringUpConcurrency);
     await discard();
     return;
   }
@@ -217,8 +217,8 @@ async function holdSelected(
     );
   }
   progress.total = selected.length;
-  const onTransition = (t: { to: string }): void => {
-    if (t.to === "held" || t.to === "failed") progress.settled++;
+  const onTransition = (t: { gpu: { selected: boolean }; to: string }): void => {
+    if (t.gpu.selected && ["held", "failed", "released"].includes(t.to)) progress.settled++;
   };
   registry.on("transition", onTransition);
   try {
@@ -228,10 +228,16 @@ async function holdSelected(
   }
   await discard();
   checkpoint(ctx);
-  if (selected.some((g) => g.state === "held") || mismatch) return;
-  const first = selected.find((g) => g.fault !== null);
+  // A GPU a client released (a lease whose command still runs, say) is as wanted.
+  const toHold = selected.filter((g) => g.state !== "released");
+  if (toHold.length === 0) {
+    log.info("every selected GPU stays released, as clients asked");
+    return;
+  }
+  if (toHold.some((g) => g.state === "held") || mismatch) return;
+  const first = toHold.find((g) => g.fault !== null);
   throw new FatalError(
-    selected.every((g) => g.fault instanceof NvmlError && g.fault.code === NVML_ERROR_NO_PERMISSION)
+    toHold.every((g) => g.fault instanceof NvmlError && g.fault.code === NVML_ERROR_NO_PERMISSION)
       ? ExitCode.NO_PERMISSION
       : ExitCode.FAILURE,
     `no selected GPU could be held (first failure: GPU ${first?.index} ${first ? gpuFields(first).gpuPciBusId : ""}: ${describeError(first?.fault)})`,
@@ -276,11 +282,16 @@ export async function startUp(ctx: DaemonContext): Promise<void> {
   let session: NvmlSession;
   let mismatch: VersionMismatch | null;
   let registry: GpuRegistry;
+  let coordinator: SessionCoordinator;
   try {
     ({ session, mismatch } = await startNvml(ctx));
     checkpoint(ctx);
     const identified = await identify(ctx, session, mismatch, progress);
     registry = identified.registry;
+    // The session follows the registry's state from here: a GPU that stays released from the
+    // last run (a lease whose command may be resetting it) is let go of by NVML as soon as
+    // it is reconciled, not after every other GPU's hold.
+    coordinator = followSession(ctx, session, registry, mismatch);
     checkpoint(ctx);
     // Served before any persistence call of ours: NVML would send it to this socket.
     await openSockets(ctx);
@@ -289,20 +300,8 @@ export async function startUp(ctx: DaemonContext): Promise<void> {
   } finally {
     stopExtending();
   }
-  // From here on clients may release GPUs: the session follows the registry's state.
-  const coordinator = new SessionCoordinator(session, registry, log, () => describeMismatch(ctx, session));
-  if (mismatch) coordinator.degraded(mismatch);
-  ctx.coordinator = coordinator;
-  // Before any client can release a GPU: the Xid set, and what the coordinator stops before a close.
-  if (!mismatch) await startXidEvents(ctx, session, registry);
-  coordinator.setWatchers({
-    beforeClose: () => stopXidEvents(ctx),
-    afterOpen: async () => {
-      await registry.refreshHandles(session.nvml);
-      await startXidEvents(ctx, session, registry);
-    },
-  });
-  // A GPU that stays released from the last run: the session must not pin it.
+  // With the session open (nothing released): the Xid set; else the reopen registers it.
+  if (!mismatch && session.open) await startXidEvents(ctx, session, registry);
   await coordinator.settle();
   // A lease resumed from the last run ends when its client does.
   ctx.leases.watchOrphans({ reconciler: ctx.reconciler as Reconciler, coordinator });

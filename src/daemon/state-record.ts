@@ -25,27 +25,32 @@ function fromKept(k: KeptIntents): GpuIntents {
 }
 
 /**
- * Takes up the intents the previous run recorded, leases only where the client still runs (`handedLeases`: the pidfds systemd handed back, by PID). A record from a version
- * before intents lists released GPUs only: each is a client's release of unknown uid.
+ * Takes up the intents the previous run recorded, leases only where the client still runs
+ * (`handedLeases`: the pidfds systemd handed back, by PID; those no lease names are closed).
+ * A record from a version before intents lists released GPUs only: each is a client's
+ * release of unknown uid, since the restart. Returns the intents of GPUs not found now.
  */
 export function resumeIntents(
   ctx: DaemonContext,
   kept: KeptState | null,
   registry: GpuRegistry,
   handedLeases: ReadonlyMap<number, number>,
-): void {
-  const since = new Date();
+): KeptIntents[] {
+  const since = new Date().toISOString();
   const recorded: KeptIntents[] =
-    kept?.intents ??
-    (kept?.released ?? []).map((busId) => ({
-      busId,
-      client: { mode: "release", uid: null, since: since.toISOString() },
-    }));
+    kept?.intents ?? (kept?.released ?? []).map((busId) => ({ busId, client: { mode: "release", uid: null, since } }));
   const alive = new Map<number, boolean>();
+  const unseen: KeptIntents[] = [];
   for (const entry of recorded) {
     const address = parsePciAddress(entry.busId);
     const gpu = address && registry.list().find((g) => g.pci && samePciDevice(g.pci, address));
-    if (!gpu) continue;
+    if (!gpu) {
+      // Not identified this time (an NVML fault, say): a client's wish waits for it. A lease
+      // cannot: nobody watches its client meanwhile.
+      const { lease: _, ...rest } = entry;
+      if (rest.client || rest.numa) unseen.push(rest);
+      continue;
+    }
     let intents = fromKept(entry);
     const pid = intents.lease?.pid;
     if (pid !== undefined) {
@@ -54,19 +59,22 @@ export function resumeIntents(
     }
     ctx.intents.change(gpu.index, intents);
   }
+  ctx.leases.discardUnused(handedLeases, new Set(alive.keys()));
+  return unseen;
 }
 
 /**
- * Under systemd, keeps the record in step with the intents from now on (written once now).
- * A record that cannot be written is logged; nothing else depends on it.
+ * Under systemd, keeps the record in step with the intents from now on (written once now),
+ * with the `unseen` GPUs' intents carried forward. A record that cannot be written is logged;
+ * nothing else depends on it.
  */
-export function keepStateRecord(ctx: DaemonContext, registry: GpuRegistry): void {
+export function keepStateRecord(ctx: DaemonContext, registry: GpuRegistry, unseen: readonly KeptIntents[]): void {
   const store = ctx.fdStore;
   if (!store.enabled) return;
   const record = (): void => {
     if (ctx.stopping) return;
-    const intents: KeptIntents[] = [];
-    const released: string[] = [];
+    const intents: KeptIntents[] = [...unseen];
+    const released = unseen.flatMap((i) => (i.client?.mode === "release" ? [i.busId] : []));
     for (const [index, i] of ctx.intents.entries()) {
       const pci = registry.list()[index]?.pci;
       if (!pci) continue;

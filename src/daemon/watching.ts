@@ -1,15 +1,18 @@
-// What watches the GPUs once they are held: the Xid event set (drained by the health rounds),
-// and the health rounds themselves with systemd's watchdog pinged after each.
+// What watches the GPUs once they are held: the NVML session coordinator (the session follows
+// the registry's state, the Xid set with it), the Xid event set (drained by the health
+// rounds), and the health rounds themselves with systemd's watchdog pinged after each.
 import { describeError } from "../gpu/describe-error.js";
 import type { GpuRegistry } from "../gpu/gpu-registry.js";
 import type { NvmlSession } from "../gpu/nvml-session.js";
-import type { SessionCoordinator } from "../gpu/session-coordinator.js";
+import { SessionCoordinator } from "../gpu/session-coordinator.js";
+import type { VersionMismatch } from "../gpu/version-mismatch.js";
 import { HealthMonitor } from "../health/health-monitor.js";
 import { XidEvents } from "../health/xid-events.js";
 import { watchdogUsec } from "../systemd/notify.js";
 import { Watchdog } from "../systemd/watchdog.js";
 import type { DaemonContext } from "./context.js";
 import { healthIntervalMs } from "./hold-policy.js";
+import { describeMismatch } from "./nvml-start.js";
 
 /** Registers the selected GPUs for Xid events; the health rounds drain the set. */
 export async function startXidEvents(ctx: DaemonContext, session: NvmlSession, registry: GpuRegistry): Promise<void> {
@@ -67,4 +70,24 @@ export function startHealth(
   if (watchdog) {
     ctx.log.info(`watchdog: pinging every ${health.intervalMs} ms while every held GPU's health check answers`);
   }
+}
+
+/** The session coordinator, with what it stops before a close and starts after a reopen. */
+export function followSession(
+  ctx: DaemonContext,
+  session: NvmlSession,
+  registry: GpuRegistry,
+  mismatch: VersionMismatch | null,
+): SessionCoordinator {
+  const coordinator = new SessionCoordinator(session, registry, ctx.log, () => describeMismatch(ctx, session));
+  if (mismatch) coordinator.degraded(mismatch);
+  ctx.coordinator = coordinator;
+  coordinator.setWatchers({
+    beforeClose: () => stopXidEvents(ctx),
+    afterOpen: async () => {
+      await registry.refreshHandles(session.nvml);
+      await startXidEvents(ctx, session, registry);
+    },
+  });
+  return coordinator;
 }

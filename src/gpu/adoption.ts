@@ -99,7 +99,9 @@ export function keptState(passed: readonly PassedFd[], store: FdStore, log: Log)
   const record = records.at(-1);
   if (!record) return null;
   try {
-    return readKeptState(record.fd);
+    const { state, malformed } = readKeptState(record.fd);
+    if (malformed > 0) log.warn(`dropped ${malformed} malformed GPU intents from the state record systemd handed back`);
+    return state;
   } catch (err) {
     log.warn(`dropped the state record systemd handed back: ${(err as Error).message}`);
     store.drop(STATE_FD_NAME);

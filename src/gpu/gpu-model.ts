@@ -93,9 +93,3 @@ export interface RegistryEvents {
   /** A fact about a GPU that is not a state change (persistence read, Xid), for logs. */
   note: [Transition];
 }
-
-/**
- * Who asks: "config" (start-up and reload, reads the legacy flag), "request" (a client), or
- * "undo" (a client's request that failed half-way, taken back: the GPU returns to not held).
- */
-export type Origin = "config" | "request" | "undo";

@@ -39,6 +39,8 @@ type Entry = { -readonly [K in keyof Gpu]: Gpu[K] } & {
   queue: Promise<void>;
   /** A probe on `fd` in flight: the fd is closed only after it (its number could be reused). */
   probing: Promise<unknown> | null;
+  /** Held for the configuration (else only for a client): what letting go of it says. */
+  forConfig: boolean;
 };
 
 export interface RegistryOptions {
@@ -78,6 +80,7 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       uvmFd: null,
       queue: Promise.resolve(),
       probing: null,
+      forConfig: false,
     }));
   }
 
@@ -146,12 +149,13 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
       const { claims, idle, forConfig } = target();
       entry.claims = new Set(claims);
       if (claims.length > 0) {
+        entry.forConfig = forConfig;
         if (entry.fd === null) await this.#open(entry, forConfig);
         return entry.state;
       }
       const held = entry.fd !== null;
       if (held) await this.#close(entry);
-      if (held || entry.state !== idle) this.#move(entry, idle, "info", letGoNote(entry, idle, held));
+      if (held || entry.state !== idle) this.#move(entry, idle, "info", letGoNote(entry, idle, held, entry.forConfig));
       return entry.state;
     });
   }

@@ -37,13 +37,14 @@ export function uvmFailureNote(err: unknown): string {
   return `cannot keep a UVM registration: ${describeError(err)}${why}; the GPU stays held by its node`;
 }
 
-/** A GPU let go, to `idle`; `held`: a node was open. */
-export function letGoNote(from: Gpu, idle: "released" | "identified", held: boolean): string {
+/** A GPU let go, to `idle`; `held`: a node was open, `forConfig`: held for the configuration. */
+export function letGoNote(from: Gpu, idle: "released" | "identified", held: boolean, forConfig: boolean): string {
   if (idle === "released") {
     return held ? "released the GPU at a client's request: no fd left on its node" : "released at a client's request";
   }
   if (from.state === "released") return "no longer released";
   if (!held) return "no longer wanted";
+  if (!forConfig) return "let go of the GPU: the client's request that held it ended or was taken back";
   return `released the GPU (${from.selected ? "persistence mode is off" : "no longer selected"})`;
 }
 

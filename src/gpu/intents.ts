@@ -79,10 +79,11 @@ export interface ReleasedBy {
   since: Date;
 }
 
+/** A client's plain release outlives a lease it came in during: it is the one that names the GPU's owner. */
 export function releasedBy(intents: GpuIntents): ReleasedBy | null {
   const { lease, client } = intents;
-  if (lease) return { kind: "lease", uid: 0, pid: lease.pid, since: lease.since };
   if (client?.mode === "release") return { kind: "request", uid: client.uid, pid: null, since: client.since };
+  if (lease) return { kind: "lease", uid: 0, pid: lease.pid, since: lease.since };
   return null;
 }
 
@@ -103,6 +104,19 @@ export class IntentBook {
     else this.#byIndex.set(index, after);
     this.onChange();
     return before;
+  }
+
+  /**
+   * Takes back a change made with `patch` (change() returned `before`): each field goes back
+   * only while it still holds what the patch put there, so a change made since stands.
+   */
+  revert(index: number, patch: Partial<GpuIntents>, before: GpuIntents): void {
+    const now = this.of(index);
+    const back: Partial<GpuIntents> = {};
+    for (const key of Object.keys(patch) as (keyof GpuIntents)[]) {
+      if (now[key] === patch[key]) Object.assign(back, { [key]: before[key] });
+    }
+    if (Object.keys(back).length > 0) this.change(index, back);
   }
 
   /** The GPUs with any intent, by index. */

@@ -32,6 +32,11 @@ export class Reconciler {
     return this.#intents.change(gpu.index, patch);
   }
 
+  /** Takes back a change (see IntentBook.revert): what changed since stands. */
+  revert(gpu: Gpu, patch: Partial<GpuIntents>, before: GpuIntents): void {
+    this.#intents.revert(gpu.index, patch, before);
+  }
+
   /** Brings the GPU's effects in line with its intents; resolves with its state after. */
   reconcile(gpu: Gpu): Promise<GpuState> {
     return this.#registry.converge(gpu, () =>

@@ -74,7 +74,7 @@ export class FdStore {
     return this.#notifier.enabled;
   }
 
-  /** Hands a copy of `fd` to PID 1 under `name` (replacing nothing: names are per GPU). */
+  /** Hands a copy of `fd` to PID 1 under `name` (replacing nothing: names are per GPU and per lease). */
   keep(name: string, fd: number): void {
     // FDPOLL=0: PID 1 must not drop a GPU's fd on a hang-up it reports; nvidia-uvm and the
     // simulator's stand-ins cannot be polled at all.
@@ -106,8 +106,11 @@ export class FdStore {
   }
 }
 
-/** Reads a state record handed back; Error saying what is wrong with it otherwise. */
-export function readKeptState(fd: number): KeptState {
+/**
+ * Reads a state record handed back, and how many of its GPU intents were malformed (dropped,
+ * the rest kept); Error saying what is wrong with it when the record itself is unusable.
+ */
+export function readKeptState(fd: number): { state: KeptState; malformed: number } {
   const buffer = Buffer.alloc(STATE_MAX_BYTES);
   const length = readSync(fd, buffer, 0, buffer.length, 0);
   let value: unknown;
@@ -127,11 +130,10 @@ export function readKeptState(fd: number): KeptState {
     typeof g.name === "string";
   if (!Array.isArray(gpus) || !gpus.every(gpu)) throw new Error('the state record has no "gpus" list');
   const { intents } = value as Partial<KeptState>;
-  if (intents === undefined) return { released, gpus };
-  if (!Array.isArray(intents) || !intents.every(keptIntents)) {
-    throw new Error('the state record\'s "intents" is not a list of GPU intents');
-  }
-  return { released, gpus, intents };
+  if (intents === undefined) return { state: { released, gpus }, malformed: 0 };
+  if (!Array.isArray(intents)) throw new Error('the state record\'s "intents" is not a list');
+  const valid = intents.filter(keptIntents);
+  return { state: { released, gpus, intents: valid }, malformed: intents.length - valid.length };
 }
 
 const isTime = (t: unknown): boolean => typeof t === "string" && !Number.isNaN(Date.parse(t));

@@ -247,7 +247,7 @@ for (const [release, rootfs] of [
       );
       c.check("touch /run/lease-done");
       expect(await exited).toBe(0);
-      expect(stderr).toContain("a restarted daemon keeps the GPUs released until this command ends");
+      expect(stderr).toContain("under systemd a restarted daemon keeps the GPUs released until this command ends");
       await until(() => status().devices[1]?.state === "held", 5_000, "GPU 1 held again once the client ended");
       await expectHolders(2, [NODES[1] as string]);
       c.check("rm -f /run/lease-done");

@@ -4,6 +4,7 @@
 import { closeSync, fstatSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { controlHandler } from "../../src/daemon/control-adapter.js";
 import { rpcBackend } from "../../src/daemon/rpc-adapter.js";
 import { daemonStatus, metricsText } from "../../src/daemon/status-snapshot.js";
 import type { HealthMonitor } from "../../src/health/health-monitor.js";
@@ -200,6 +201,23 @@ describe("the NVML session around a release", () => {
     );
     openGate();
     await round;
+  });
+
+  it("a plain release and a lease that both cannot complete are both taken back: no lease is left behind", async () => {
+    const d = fixture.daemon({ gpus: 2, faults: [gate("nvmlDeviceGetPowerUsage")] }, { releaseTimeoutMs: 50 });
+    await d.daemon.run();
+    const round = healthOf(d).round();
+    await gated(1);
+    const plain = rpcBackend(d.context).setMode(pci(0x06), false, false, ROOT);
+    const lease = controlHandler(d.context)({ command: "release", gpus: ["0"] }, ROOT);
+    expect(await plain).toBe(NvPdStatus.DRIVER);
+    await expect(lease).rejects.toThrow(/^cannot release: cannot end the NVML session: .*; nothing was released$/);
+    expect(d.context.intents.of(0)).toEqual({ client: null, numa: null, lease: null });
+    expect(d.registry.list()[0]?.state).toBe("held");
+    openGate();
+    await round;
+    // Nothing phantom: a hold and a new lease are both accepted.
+    expect(await rpcBackend(d.context).setMode(pci(0x06), true, false, ROOT)).toBe(NvPdStatus.SUCCESS);
   });
 
   it("a hold whose nvmlInit fails keeps the GPU held and says health checks stay paused", async () => {

@@ -108,6 +108,34 @@ describe("NUMA status", () => {
     expect(d.context.session?.open).toBe(true);
   });
 
+  it("a NUMA request that fails while a lease comes in takes back only its own change: the lease stands", async () => {
+    const d = fixture.daemon({ gpus: [{ numa: { status: 4 } }] }, { persistenceMode: false });
+    await d.daemon.run();
+    const heldForNuma = new Promise<void>((resolve) =>
+      d.registry.on("transition", (t) => t.to === "held" && resolve()),
+    );
+    const numa = rpcBackend(d.context).setNuma(pci(0x06), true, ROOT);
+    await heldForNuma;
+    const lease = controlHandler(d.context)({ command: "release", gpus: ["0"] }, ROOT);
+    expect(await numa).toBe(NvPdStatus.NUMA_FAILURE);
+    expect(await lease).toBeInstanceOf(Lease);
+    expect(d.context.intents.of(0)).toMatchObject({ numa: null, lease: { pid: ROOT.pid } });
+    expect(d.registry.list()[0]?.state).toBe("released");
+    expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(0);
+  });
+
+  it("a NUMA request overtaken by a lease before its hold is refused, and leaves nothing behind", async () => {
+    const d = fixture.daemon({ gpus: [{ numa: { status: 3 } }] }, { persistenceMode: false });
+    await d.daemon.run();
+    const numa = rpcBackend(d.context).setNuma(pci(0x06), true, ROOT);
+    while (d.context.intents.of(0).numa === null) await Promise.resolve();
+    const lease = controlHandler(d.context)({ command: "release", gpus: ["0"] }, ROOT);
+    expect(await numa).toBe(NvPdStatus.IO);
+    expect(await lease).toBeInstanceOf(Lease);
+    expect(d.context.intents.of(0)).toMatchObject({ numa: null, lease: { pid: ROOT.pid } });
+    expect(fdsOn(d.scratch.runtimeDir, 0)).toHaveLength(0);
+  });
+
   it("is a successful no-op on a GPU without coherent memory", async () => {
     const d = fixture.daemon({ gpus: 1 }, { persistenceMode: false });
     await d.daemon.run();

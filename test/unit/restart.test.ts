@@ -128,6 +128,67 @@ describe("held across the daemon's own restart", () => {
     store.flush();
   });
 
+  it("a restart while every selected GPU is released (a lease on the only GPU, or a plain release) starts, holding none", async () => {
+    const client = spawn("sleep", ["60"]);
+    const pid = client.pid as number;
+    const { d, store } = await running(1);
+    await controlHandler(d.context)({ command: "release", gpus: ["0"] }, { pid, uid: 0, gid: 0 });
+    await d.stop();
+    const next = fixture.restart(d);
+    await next.daemon.run();
+    expect(next.registry.list().map((g) => g.state)).toEqual(["released"]);
+    expect(next.context.ready).toBe(true);
+    expect(next.messages()).toContain("every selected GPU stays released, as clients asked");
+    client.kill();
+    await once(client, "exit");
+    await next.context.leases.checkOrphans({
+      reconciler: next.context.reconciler as never,
+      coordinator: next.context.coordinator as never,
+    });
+    expect(next.registry.list().map((g) => g.state)).toEqual(["held"]);
+    expect(await rpcBackend(next.context).setMode(pci(0x06), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);
+    await next.stop();
+    const again = fixture.restart(next);
+    await again.daemon.run();
+    expect(again.registry.list().map((g) => g.state)).toEqual(["released"]);
+    await again.stop();
+    store.flush();
+  });
+
+  it("a pidfd handed back that no recorded lease names is closed and dropped, saying so", async () => {
+    const client = spawn("sleep", ["60"]);
+    const pid = client.pid as number;
+    const { d, store } = await running(2);
+    await controlHandler(d.context)({ command: "release", gpus: ["0"] }, { pid, uid: 0, gid: 0 });
+    await d.stop();
+    store.send({ FDSTOREREMOVE: 1, FDNAME: "state" });
+    const next = fixture.restart(d);
+    await next.daemon.run();
+    expect(next.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
+    expect(next.messages()).toContain(
+      `closed the pidfd on PID ${pid} the previous run kept: no recorded release by it names a GPU here`,
+    );
+    expect([...store.stored.keys()]).not.toContain(`lease-${pid}`);
+    client.kill();
+    await next.stop();
+    store.flush();
+  });
+
+  it("a GPU released before a restart where NVML cannot identify it stays released once it is back", async () => {
+    const { d, store } = await running(2);
+    expect(await rpcBackend(d.context).setMode(pci(0x06), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);
+    await d.stop();
+    const faulty = fixture.restart(d, {}, { gpus: 2, faults: [{ call: "nvmlDeviceGetUUID", gpu: 0, return: 999 }] });
+    await faulty.daemon.run();
+    expect(faulty.registry.list().map((g) => g.state)).toEqual(["unidentified", "held"]);
+    await faulty.stop();
+    const next = fixture.restart(faulty, {}, { gpus: 2 });
+    await next.daemon.run();
+    expect(next.registry.list().map((g) => g.state)).toEqual(["released", "held"]);
+    await next.stop();
+    store.flush();
+  });
+
   it("a lease whose client ended while the daemon was down ends at the restart: the GPU is held again", async () => {
     const client = spawn("sleep", ["60"]);
     const pid = client.pid as number;

@@ -6,6 +6,8 @@
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { closeSync, openSync, writeSync } from "node:fs";
+import { connect } from "node:net";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { memoryFile } from "../../native-bindings/libc.js";
 import { Lease } from "../../src/control/control-server.js";
@@ -185,6 +187,28 @@ describe("held across the daemon's own restart", () => {
     const next = fixture.restart(faulty, {}, { gpus: 2 });
     await next.daemon.run();
     expect(next.registry.list().map((g) => g.state)).toEqual(["released", "held"]);
+    await next.stop();
+    store.flush();
+  });
+
+  it("the daemon's own stop does not end a lease made over the control socket: the next run resumes it", async () => {
+    const { d, store } = await running(2);
+    // This process is the lease's client: it outlives both runs.
+    const socket = connect(join(d.scratch.runtimeDir, "gpu-persistd.sock"));
+    socket.write(`${JSON.stringify({ command: "release", gpus: ["0"] })}\n`);
+    const [reply] = (await once(socket, "data")) as [Buffer];
+    expect(JSON.parse(reply.toString())).toHaveProperty("released");
+    await d.stop();
+    // The client ends after the stop began (in a real stop, while NVML is shut down): the
+    // stopped daemon must not end the lease, whose record and pidfd are the next run's.
+    socket.destroy();
+    await once(socket, "close");
+    await new Promise((r) => setImmediate(r));
+    expect([...store.stored.keys()]).toContain(`lease-${process.pid}`);
+    const next = fixture.restart(d);
+    await next.daemon.run();
+    expect(next.registry.list().map((g) => g.state)).toEqual(["released", "held"]);
+    expect(daemonStatus(next.context).devices[0]?.releasedBy).toMatchObject({ kind: "lease", pid: process.pid });
     await next.stop();
     store.flush();
   });

@@ -2,6 +2,7 @@ import { requestStatus } from "../control/control-client.js";
 import { legacyFlagNote } from "../fixes.js";
 import { recoveryStep } from "../health/recovery-action.js";
 import { type DaemonStatus, type GpuStatus, heldDrawWatts } from "../status/daemon-status.js";
+import { missingGpus } from "../status/health-verdict.js";
 
 /** What the HELD column says: the state in a word an admin reads at a glance. */
 function heldText(d: GpuStatus): string {
@@ -52,7 +53,7 @@ function table(status: DaemonStatus): string {
     `gpu-persistd ${status.version}, PID ${status.pid}: ${held}/${selected.length} GPUs held${flags.length ? ` (${flags.join(", ")})` : ""}`,
     ...(status.nvmlDegraded ? [`degraded: ${status.nvmlDegraded.message}`] : []),
     ...(status.persistenceMode ? [] : ["persistence mode off (as configured): no GPU is held"]),
-    ...status.unmatchedSelectors.map((text) => `missing: --devices names '${text}', but no GPU here has it`),
+    ...missingGpus(status),
     ...(status.lastReload?.refused
       ? [`last reload refused (${status.lastReload.at}), running configuration kept: ${status.lastReload.refused}`]
       : []),

@@ -5,6 +5,7 @@
 import { requestStatus } from "../control/control-client.js";
 import { ExitCode } from "../exit-codes.js";
 import { FatalError } from "../fatal-error.js";
+import { missingGpus } from "../status/health-verdict.js";
 
 const POLL_MS = 100;
 
@@ -28,7 +29,7 @@ export async function waitCommand(runtimeDir: string, timeoutSeconds: number): P
           return;
         }
         const names = [
-          ...status.unmatchedSelectors.map((text) => `GPU ${text} (missing: NVML reports no such GPU)`),
+          ...missingGpus(status),
           ...notHeld.map((d) => `GPU ${d.index} ${d.pciBusId} (${d.state}${d.error ? `: ${d.error}` : ""})`),
         ];
         throw new FatalError(ExitCode.FAILURE, `gpu-persistd is ready, but not every GPU is held: ${names.join("; ")}`);

@@ -36,7 +36,7 @@ import { watchdogUsec } from "../systemd/notify.js";
 import { VERSION } from "../version.js";
 import type { DaemonContext } from "./context.js";
 import { controlHandler } from "./control-adapter.js";
-import { unmatchedMessages } from "./hold-policy.js";
+import { unmatchedMessages, unmatchedSelectors } from "./hold-policy.js";
 import { recordInitialisation, startNvml } from "./nvml-start.js";
 import { rpcBackend } from "./rpc-adapter.js";
 import { keepStateRecord, resumeIntents } from "./state-record.js";
@@ -60,7 +60,8 @@ function checkpoint(ctx: DaemonContext): void {
 
 /** Marks the GPUs --devices names; logs each selector that matches none and returns the messages. */
 export function applySelection(ctx: DaemonContext, registry: GpuRegistry): string[] {
-  const messages = unmatchedMessages(registry.select(ctx.config.devices), registry.list().length);
+  registry.select(ctx.config.devices);
+  const messages = unmatchedMessages(unmatchedSelectors(ctx.config.devices, registry.list()), registry.list().length);
   for (const message of messages) ctx.log.error(message);
   return messages;
 }

@@ -96,12 +96,11 @@ export class GpuRegistry extends EventEmitter<RegistryEvents> {
     return this.#gpus.find((g) => g.handle === handle);
   }
 
-  /** Marks the GPUs the selectors name (all when none); returns the selectors that match none. */
-  select(selectors: readonly GpuSelector[]): GpuSelector[] {
+  /** Marks the GPUs the selectors name (all when none). */
+  select(selectors: readonly GpuSelector[]): void {
     for (const gpu of this.#gpus) {
       gpu.selected = selectors.length === 0 || selectors.some((s) => selectorMatches(s, gpu));
     }
-    return selectors.filter((s) => !this.#gpus.some((g) => selectorMatches(s, g)));
   }
 
   /** Whether any GPU was released at a client's request (no NVML session may pin it). */

@@ -50,8 +50,8 @@ function recovery(g: GpuStatus): string | null {
   return `${gpuName(g)} recovery action ${g.recoveryAction}: ${recoveryStep(g.recoveryAction, g.index)}`;
 }
 
-/** The daemon's selectors that match no GPU: each names a GPU the node is missing. */
-function missing(status: DaemonStatus): string[] {
+/** The daemon's selectors that match no GPU: each names a GPU the node is missing (status, wait and health-check say it alike). */
+export function missingGpus(status: Pick<DaemonStatus, "unmatchedSelectors">): string[] {
   return status.unmatchedSelectors.map((text) => `GPU ${text} missing: NVML reports no such GPU`);
 }
 
@@ -69,7 +69,7 @@ export function healthVerdict(input: HealthInput): HealthVerdict {
           `NVML ${status.nvmlDegraded.libraryVersion ?? "?"} does not match kernel module ${status.nvmlDegraded.moduleVersion ?? "?"}: reboot`,
         ]
       : []),
-    ...missing(status),
+    ...missingGpus(status),
     ...status.devices.flatMap((g) => [problem(g, input.drainReleased), recovery(g)].filter((p) => p !== null)),
   ];
   if (problems.length === 0) {

@@ -84,7 +84,7 @@ describe("health-check --slurm and wait judge from the daemon's record alone", (
     );
     const wait = client(["wait", "--timeout=5"]);
     expect(wait.code, wait.output).toBe(1);
-    expect(wait.stderr).toContain("not every GPU is held: GPU 9 (missing: NVML reports no such GPU)");
+    expect(wait.stderr).toContain("not every GPU is held: GPU 9 missing: NVML reports no such GPU");
   });
 });
 

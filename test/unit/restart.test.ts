@@ -35,6 +35,32 @@ async function running(
 const holders = (d: InProcessDaemon, gpus: number) =>
   Array.from({ length: gpus }, (_, i) => fdsOn(d.scratch.runtimeDir, i).length);
 
+/**
+ * A `release 0 -- COMMAND` client (a real process, so that its pidfd means something) whose
+ * lease on GPU 0 is in force when the daemon stops; `end()` ends the client.
+ */
+async function stoppedDuringLease(gpus: number) {
+  const client = spawn("sleep", ["60"]);
+  const pid = client.pid as number;
+  const { d, store } = await running(gpus);
+  const lease = await controlHandler(d.context)({ command: "release", gpus: ["0"] }, { pid, uid: 0, gid: 0 });
+  expect(lease).toBeInstanceOf(Lease);
+  expect([...store.stored.keys()]).toContain(`lease-${pid}`);
+  await d.stop();
+  const end = async () => {
+    client.kill();
+    await once(client, "exit");
+  };
+  return { d, store, pid, end };
+}
+
+/** What a resumed lease's watch does each second, done now. */
+const checkOrphans = (d: InProcessDaemon) =>
+  d.context.leases.checkOrphans({
+    reconciler: d.context.reconciler as never,
+    coordinator: d.context.coordinator as never,
+  });
+
 describe("held across the daemon's own restart", () => {
   it("every GPU's node is in the store once held; a restart adopts them and opens none anew", async () => {
     const { d, store } = await running(4);
@@ -99,13 +125,7 @@ describe("held across the daemon's own restart", () => {
   });
 
   it("a restart during `release 0 -- COMMAND` keeps GPU 0 released while the client runs; its end holds it again", async () => {
-    const client = spawn("sleep", ["60"]);
-    const pid = client.pid as number;
-    const { d, store } = await running(2);
-    const lease = await controlHandler(d.context)({ command: "release", gpus: ["0"] }, { pid, uid: 0, gid: 0 });
-    expect(lease).toBeInstanceOf(Lease);
-    expect([...store.stored.keys()]).toContain(`lease-${pid}`);
-    await d.stop();
+    const { d, store, pid, end } = await stoppedDuringLease(2);
     // The connection died with the old process; COMMAND (a reset, say) goes on.
     const next = fixture.restart(d);
     await next.daemon.run();
@@ -116,12 +136,10 @@ describe("held across the daemon's own restart", () => {
       `PID ${pid} still runs: its GPUs stay released until it ends ('gpu-persistd release -- COMMAND')`,
     );
     expect(daemonStatus(next.context).devices[0]?.releasedBy).toMatchObject({ kind: "lease", pid });
-    const parts = { reconciler: next.context.reconciler as never, coordinator: next.context.coordinator as never };
-    await next.context.leases.checkOrphans(parts);
+    await checkOrphans(next);
     expect(next.registry.list()[0]?.state).toBe("released");
-    client.kill();
-    await once(client, "exit");
-    await next.context.leases.checkOrphans(parts);
+    await end();
+    await checkOrphans(next);
     expect(next.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
     expect(holders(next, 2)).toEqual([2, 2]);
     expect(next.context.session?.open).toBe(true);
@@ -131,22 +149,14 @@ describe("held across the daemon's own restart", () => {
   });
 
   it("a restart while every selected GPU is released (a lease on the only GPU, or a plain release) starts, holding none", async () => {
-    const client = spawn("sleep", ["60"]);
-    const pid = client.pid as number;
-    const { d, store } = await running(1);
-    await controlHandler(d.context)({ command: "release", gpus: ["0"] }, { pid, uid: 0, gid: 0 });
-    await d.stop();
+    const { d, store, end } = await stoppedDuringLease(1);
     const next = fixture.restart(d);
     await next.daemon.run();
     expect(next.registry.list().map((g) => g.state)).toEqual(["released"]);
     expect(next.context.ready).toBe(true);
     expect(next.messages()).toContain("every selected GPU stays released, as clients asked");
-    client.kill();
-    await once(client, "exit");
-    await next.context.leases.checkOrphans({
-      reconciler: next.context.reconciler as never,
-      coordinator: next.context.coordinator as never,
-    });
+    await end();
+    await checkOrphans(next);
     expect(next.registry.list().map((g) => g.state)).toEqual(["held"]);
     expect(await rpcBackend(next.context).setMode(pci(0x06), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);
     await next.stop();
@@ -158,11 +168,7 @@ describe("held across the daemon's own restart", () => {
   });
 
   it("a pidfd handed back that no recorded lease names is closed and dropped, saying so", async () => {
-    const client = spawn("sleep", ["60"]);
-    const pid = client.pid as number;
-    const { d, store } = await running(2);
-    await controlHandler(d.context)({ command: "release", gpus: ["0"] }, { pid, uid: 0, gid: 0 });
-    await d.stop();
+    const { d, store, pid, end } = await stoppedDuringLease(2);
     store.send({ FDSTOREREMOVE: 1, FDNAME: "state" });
     const next = fixture.restart(d);
     await next.daemon.run();
@@ -171,7 +177,7 @@ describe("held across the daemon's own restart", () => {
       `closed the pidfd on PID ${pid} the previous run kept: no recorded release by it names a GPU here`,
     );
     expect([...store.stored.keys()]).not.toContain(`lease-${pid}`);
-    client.kill();
+    await end();
     await next.stop();
     store.flush();
   });
@@ -214,13 +220,8 @@ describe("held across the daemon's own restart", () => {
   });
 
   it("a lease whose client ended while the daemon was down ends at the restart: the GPU is held again", async () => {
-    const client = spawn("sleep", ["60"]);
-    const pid = client.pid as number;
-    const { d, store } = await running(2);
-    await controlHandler(d.context)({ command: "release", gpus: ["0"] }, { pid, uid: 0, gid: 0 });
-    await d.stop();
-    client.kill();
-    await once(client, "exit");
+    const { d, store, pid, end } = await stoppedDuringLease(2);
+    await end();
     const next = fixture.restart(d);
     await next.daemon.run();
     expect(next.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
@@ -233,11 +234,7 @@ describe("held across the daemon's own restart", () => {
   });
 
   it("a lease whose pidfd did not come back cannot be told alive: the GPU is held again, saying why", async () => {
-    const client = spawn("sleep", ["60"]);
-    const pid = client.pid as number;
-    const { d, store } = await running(2);
-    await controlHandler(d.context)({ command: "release", gpus: ["0"] }, { pid, uid: 0, gid: 0 });
-    await d.stop();
+    const { d, store, pid, end } = await stoppedDuringLease(2);
     store.send({ FDSTOREREMOVE: 1, FDNAME: `lease-${pid}` });
     const next = fixture.restart(d);
     await next.daemon.run();
@@ -245,7 +242,7 @@ describe("held across the daemon's own restart", () => {
     expect(next.messages()).toContain(
       `the release by PID ${pid} ('gpu-persistd release -- COMMAND') was in force at the restart, but its pidfd did not come back from systemd's fd store: holding its GPUs again`,
     );
-    client.kill();
+    await end();
     await next.stop();
     store.flush();
   });

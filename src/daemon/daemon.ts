@@ -1,10 +1,12 @@
 // The composition root: one DaemonContext, the start-up sequence, reloads queued behind it,
 // and the stop. What each step does lives in its own module:
-//   start-up.ts   NVML, GPUs, sockets, privilege drop, health, READY (in that order)
+//   start-up.ts   NVML, GPUs, sockets, holds, privilege drop, health, READY (in that order)
 //   reload.ts     SIGHUP: which settings apply live, and applying them
 //   shutdown.ts   releasing everything and exiting
-//   *-adapter.ts  RPC and control requests translated into registry calls
-// GPU state itself is owned by src/gpu/gpu-registry.ts.
+//   *-adapter.ts  RPC and control requests translated into intents (release-leases.ts for
+//                 `release -- COMMAND`, intent-change.ts for a client's change as one step)
+// What is wanted of each GPU is in src/gpu/intents.ts; src/gpu/reconciler.ts turns it into
+// holds, and src/gpu/gpu-registry.ts owns the GPUs' state and fds.
 import type { Config } from "../config/schema.js";
 import { letWaitingClientsGo } from "../connections/waiting-clients.js";
 import { ExitCode } from "../exit-codes.js";

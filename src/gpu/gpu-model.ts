@@ -1,5 +1,6 @@
 // The GPU as the rest of the daemon sees it: its states, its claims, what it reads, and the
-// errors that say it is gone. The registry (gpu-registry.ts) is the only writer.
+// errors that say it is gone. The registry (gpu-registry.ts) is the only writer, on the
+// reconciler's word (reconciler.ts) or the GPU's own fate (lost).
 import type { NumaInfo } from "../../native-bindings/nvidia-kernel.js";
 import type { DeviceHandle } from "../../native-bindings/nvml.js";
 import type { PciAddress } from "../selection/pci-address.js";
@@ -7,16 +8,17 @@ import type { PciAddress } from "../selection/pci-address.js";
 /**
  * unidentified: NVML could not tell what the GPU is; identified: known, not held (not
  * selected, or not wanted); holding: its node is being opened; held: the daemon keeps its
- * node open; released: a client
- * asked to let it go, and nothing of the daemon's holds it; lost: it fell off the bus (a
- * reset or reboot is needed); failed: wanted, but it could not be held (see `fault`).
+ * node open; released: a client wants it free (a release or a lease: see intents.ts), and
+ * nothing of the daemon's holds it; lost: it fell off the bus (a reset or reboot is
+ * needed); failed: wanted, but it could not be held (see `fault`).
  */
 export type GpuState = "unidentified" | "identified" | "holding" | "held" | "released" | "lost" | "failed";
 
 /**
- * What keeps a GPU's node open; the node is held while any claim is. "persistence": the
- * persistence mode; "numa": the NUMA status of a GPU with coherent memory (GH200), whose
- * memory is a NUMA node only while the GPU is initialised.
+ * What keeps a GPU's node open, as the reconciler's target says; the node is held while any
+ * claim is. "persistence": the persistence mode (the configuration's or a client's hold);
+ * "numa": a client's NUMA request for a GPU with coherent memory (GH200), whose memory is a
+ * NUMA node only while the GPU is initialised.
  */
 export type Claim = "persistence" | "numa";
 

@@ -8,15 +8,9 @@ import { isVersionMismatch, mismatchText, type VersionMismatch } from "../gpu/ve
 import { nvmlLibraryFor } from "../simulation.js";
 import type { DaemonContext } from "./context.js";
 
-/**
- * Loads NVML and starts it; resolves the session, open, or closed with the version mismatch
- * that keeps it so. `defer`: a GPU stays released from the last run (a lease whose command
- * may be resetting it): nvmlInit would attach it, so the session stays closed, the GPUs are
- * known from the state record, and the coordinator starts NVML once no GPU is released.
- */
+/** Loads NVML and starts it; resolves the session, open, or closed with the version mismatch that keeps it so. */
 export async function startNvml(
   ctx: DaemonContext,
-  defer: boolean,
 ): Promise<{ session: NvmlSession; mismatch: VersionMismatch | null }> {
   const { config, log } = ctx;
   const path = nvmlLibraryFor(config, ctx.deps.env);
@@ -29,12 +23,6 @@ export async function startNvml(
     config.simulate !== ""
       ? NvidiaKernel.simulated(path, config.nvmlTimeoutMs)
       : NvidiaKernel.real(config.nvmlTimeoutMs);
-  if (defer) {
-    log.info(
-      "a GPU stays released from the last run: NVML starts once none is (nvmlInit attaches every GPU); the GPUs are known from the state record",
-    );
-    return { session, mismatch: null };
-  }
   try {
     await session.start(config.driverWaitMs, ctx.deps.notifier);
   } catch (err) {

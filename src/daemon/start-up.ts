@@ -39,7 +39,7 @@ import { controlHandler } from "./control-adapter.js";
 import { unmatchedMessages, unmatchedSelectors } from "./hold-policy.js";
 import { recordInitialisation, startNvml } from "./nvml-start.js";
 import { rpcBackend } from "./rpc-adapter.js";
-import { keepStateRecord, releasesAGpu, resumeIntents } from "./state-record.js";
+import { keepStateRecord, resumeIntents } from "./state-record.js";
 import { daemonStatusLine, metricsText } from "./status-snapshot.js";
 import { followSession, startHealth, startXidEvents } from "./watching.js";
 
@@ -86,8 +86,7 @@ async function identities(
   mismatch: VersionMismatch | null,
   progress: Progress,
 ): Promise<(Identity | Error)[]> {
-  // Without NVML (a version mismatch, or a start deferred while a GPU stays released).
-  if (mismatch || !session.open) {
+  if (mismatch) {
     const known = kept?.gpus.length ? kept.gpus : (ctx.kernel?.driverInfo().gpus ?? []);
     return known.flatMap((g) => {
       const pci = parsePciAddress(g.busId);
@@ -120,7 +119,6 @@ interface Identified {
 async function identify(
   ctx: DaemonContext,
   session: NvmlSession,
-  kept: KeptState | null,
   mismatch: VersionMismatch | null,
   progress: Progress,
 ): Promise<Identified> {
@@ -128,6 +126,7 @@ async function identify(
   const { runtime } = ctx.deps;
   const simulated = config.simulate !== "";
   const kernel = ctx.kernel as NvidiaKernel;
+  const kept = keptState(ctx.passedFds, ctx.fdStore, log);
   const found = await identities(ctx, session, kept, mismatch, progress);
   progress.total = found.length;
   const deviceDir = simulated ? runtime.simDeviceDir : REAL_DEVICE_DIR;
@@ -286,11 +285,9 @@ export async function startUp(ctx: DaemonContext): Promise<void> {
   let registry: GpuRegistry;
   let coordinator: SessionCoordinator;
   try {
-    // Read first: a GPU that stays released from the last run defers nvmlInit (it attaches every GPU).
-    const kept = keptState(ctx.passedFds, ctx.fdStore, log);
-    ({ session, mismatch } = await startNvml(ctx, releasesAGpu(kept)));
+    ({ session, mismatch } = await startNvml(ctx));
     checkpoint(ctx);
-    const identified = await identify(ctx, session, kept, mismatch, progress);
+    const identified = await identify(ctx, session, mismatch, progress);
     registry = identified.registry;
     // The session follows the registry's state from here: a GPU that stays released from the
     // last run (a lease whose command may be resetting it) is let go of by NVML as soon as

@@ -25,16 +25,6 @@ function fromKept(k: KeptIntents): GpuIntents {
 }
 
 /**
- * Whether the record releases a GPU (a client's release, or a lease, whose client may have
- * ended meanwhile) and names the GPUs, so that they can be known without NVML.
- */
-export function releasesAGpu(kept: KeptState | null): boolean {
-  if (!kept?.gpus.length) return false;
-  if (!kept.intents) return kept.released.length > 0;
-  return kept.intents.some((i) => i.lease !== undefined || i.client?.mode === "release");
-}
-
-/**
  * Takes up the intents the previous run recorded, leases only where the client still runs
  * (`handedLeases`: the pidfds systemd handed back, by PID; those no lease names are closed).
  * A record from a version before intents lists released GPUs only: each is a client's

@@ -182,6 +182,28 @@ describe("held across the daemon's own restart", () => {
     store.flush();
   });
 
+  it("a client's hold of a GPU NVML cannot identify at a restart is carried forward until it is back", async () => {
+    const { d, store } = await running(2);
+    await d.stop();
+    const one = fixture.restart(d, { devices: ["0"] });
+    await one.daemon.run();
+    expect(await rpcBackend(one.context).setMode(pci(0x07), true, false, ROOT)).toBe(NvPdStatus.SUCCESS);
+    await one.stop();
+    const faulty = fixture.restart(
+      one,
+      { devices: ["0"] },
+      { gpus: 2, faults: [{ call: "nvmlDeviceGetUUID", gpu: 1, return: 999 }] },
+    );
+    await faulty.daemon.run();
+    expect(faulty.registry.list().map((g) => g.state)).toEqual(["held", "unidentified"]);
+    await faulty.stop();
+    const next = fixture.restart(faulty, { devices: ["0"] }, { gpus: 2 });
+    await next.daemon.run();
+    expect(next.registry.list().map((g) => g.state)).toEqual(["held", "held"]);
+    await next.stop();
+    store.flush();
+  });
+
   it("a GPU released before a restart where NVML cannot identify it stays released once it is back", async () => {
     const { d, store } = await running(2);
     expect(await rpcBackend(d.context).setMode(pci(0x06), false, false, ROOT)).toBe(NvPdStatus.SUCCESS);

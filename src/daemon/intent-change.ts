@@ -8,7 +8,8 @@ import type { GpuIntents } from "../gpu/intents.js";
 import type { Reconciler } from "../gpu/reconciler.js";
 import type { SessionCoordinator } from "../gpu/session-coordinator.js";
 
-export interface IntentChange {
+/** What a change of intents goes through: the reconciler, and the NVML session's coordinator. */
+export interface ChangeParts {
   reconciler: Reconciler;
   coordinator: SessionCoordinator;
 }
@@ -26,13 +27,13 @@ export interface ChangeOutcome {
  * taken back (what another request changed since stands) and the GPUs reconciled again.
  */
 export async function changeIntents(
-  { reconciler, coordinator }: IntentChange,
+  { reconciler, coordinator }: ChangeParts,
   gpus: readonly Gpu[],
   patch: (gpu: Gpu) => Partial<GpuIntents>,
   mustRelease: boolean,
 ): Promise<ChangeOutcome> {
   const patches = gpus.map(patch);
-  const before = gpus.map((gpu, i) => reconciler.change(gpu, patches[i] as Partial<GpuIntents>));
+  const changes = gpus.map((gpu, i) => reconciler.change(gpu, patches[i] as Partial<GpuIntents>));
   const states = await Promise.all(gpus.map((gpu) => reconciler.reconcile(gpu)));
   let problem: string | null = null;
   const kept = mustRelease ? gpus.filter((_, i) => states[i] !== "released") : [];
@@ -46,9 +47,7 @@ export async function changeIntents(
     }
   }
   if (problem === null) return { states, problem };
-  for (const [i, gpu] of gpus.entries()) {
-    reconciler.revert(gpu, patches[i] as Partial<GpuIntents>, before[i] as GpuIntents);
-  }
+  for (const change of changes) reconciler.revert(change);
   await Promise.all(gpus.map((gpu) => reconciler.reconcile(gpu)));
   await coordinator.settle();
   return { states, problem };

@@ -11,7 +11,7 @@ import { pidfdOpen, readableNow } from "../../native-bindings/libc.js";
 import type { Gpu } from "../gpu/gpu-registry.js";
 import type { Log } from "../log.js";
 import type { FdStore } from "../systemd/fd-store.js";
-import { changeIntents, type IntentChange } from "./intent-change.js";
+import { type ChangeParts, changeIntents } from "./intent-change.js";
 
 /** How often a lease resumed from the previous run looks at its client. */
 const ORPHAN_CHECK_MS = 1000;
@@ -41,7 +41,7 @@ export class ReleaseLeases {
    * when it could not be done whole (nothing is released then). A GPU already in a lease
    * fails it at once, naming that lease.
    */
-  async open(parts: IntentChange, gpus: readonly Gpu[], pid: number): Promise<string | null> {
+  async open(parts: ChangeParts, gpus: readonly Gpu[], pid: number): Promise<string | null> {
     for (const gpu of gpus) {
       const other = parts.reconciler.intentsOf(gpu).lease;
       if (other) {
@@ -64,7 +64,7 @@ export class ReleaseLeases {
    * Ends client `pid`'s lease on `gpus` (all of its GPUs when not named): each is then as its
    * other intents want it. The pidfd goes once no GPU is leased by `pid` any more.
    */
-  async close(parts: IntentChange, pid: number, gpus?: readonly Gpu[]): Promise<void> {
+  async close(parts: ChangeParts, pid: number, gpus?: readonly Gpu[]): Promise<void> {
     // At stop the lease stays recorded, and its pidfd in the store, for the next run.
     if (this.#stopped) return;
     const { reconciler } = parts;
@@ -99,14 +99,14 @@ export class ReleaseLeases {
   }
 
   /** Starts looking at the resumed leases' clients, once a second, while any is left. */
-  watchOrphans(parts: IntentChange): void {
+  watchOrphans(parts: ChangeParts): void {
     if (this.#orphans.size === 0 || this.#timer) return;
     this.#timer = setInterval(() => void this.checkOrphans(parts), ORPHAN_CHECK_MS);
     this.#timer.unref();
   }
 
   /** Ends every resumed lease whose client has ended (the watch's tick; tests call it too). */
-  async checkOrphans(parts: IntentChange): Promise<void> {
+  async checkOrphans(parts: ChangeParts): Promise<void> {
     for (const pid of this.#orphans) {
       const pidfd = this.#pidfds.get(pid);
       if (pidfd !== undefined && !readableNow(pidfd)) continue;
@@ -131,7 +131,7 @@ export class ReleaseLeases {
   }
 
   /** Whether client `pid` still leases any GPU. */
-  #leases(parts: IntentChange, pid: number): boolean {
+  #leases(parts: ChangeParts, pid: number): boolean {
     return parts.reconciler.registry.list().some((g) => parts.reconciler.intentsOf(g).lease?.pid === pid);
   }
 

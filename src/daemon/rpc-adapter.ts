@@ -9,17 +9,17 @@ import { fixes } from "../fixes.js";
 import { describeError } from "../gpu/describe-error.js";
 import type { Gpu } from "../gpu/gpu-registry.js";
 import { hasCoherentMemory } from "../gpu/gpu-registry.js";
-import { type GpuIntents, targetOf } from "../gpu/intents.js";
+import { type IntentChange as Change, type GpuIntents, targetOf } from "../gpu/intents.js";
 import { NvPdStatus, type PersistenceBackend } from "../rpc/persistence-program.js";
 import type { PciAddress } from "../selection/pci-address.js";
 import { rpcPersistence } from "../status/daemon-status.js";
 import type { DaemonContext } from "./context.js";
 import { wanted } from "./hold-policy.js";
-import { changeIntents, type IntentChange } from "./intent-change.js";
+import { type ChangeParts, changeIntents } from "./intent-change.js";
 
 export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
   /** The GPU and what changes it, once bring-up ended (a change waits for it); null: no such GPU. */
-  async function target(address: PciAddress): Promise<{ gpu: Gpu; parts: IntentChange } | null> {
+  async function target(address: PciAddress): Promise<{ gpu: Gpu; parts: ChangeParts } | null> {
     await ctx.broughtUp.promise;
     const { reconciler, coordinator } = ctx;
     const gpu = reconciler?.registry.byPci(address);
@@ -53,7 +53,7 @@ export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
   const owner = (peer: PeerCredentials) => ({ uid: peer.uid, since: new Date() });
 
   /** Lets go at a client's request; NUMA offline too when `withNuma`. */
-  async function release(gpu: Gpu, parts: IntentChange, withNuma: boolean, peer: PeerCredentials) {
+  async function release(gpu: Gpu, parts: ChangeParts, withNuma: boolean, peer: PeerCredentials) {
     const patch: Partial<GpuIntents> = { client: { mode: "release", ...owner(peer) } };
     if (withNuma) Object.assign(patch, { numa: null });
     const { problem } = await changeIntents(parts, [gpu], () => patch, false);
@@ -64,52 +64,47 @@ export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
    * Holds at a client's request (with NUMA online when `withNuma`). A hold the configuration
    * already wants ends the client's choice instead: the configuration decides again.
    */
-  async function hold(gpu: Gpu, parts: IntentChange, withNuma: boolean, peer: PeerCredentials) {
+  async function hold(gpu: Gpu, parts: ChangeParts, withNuma: boolean, peer: PeerCredentials) {
     const { reconciler, coordinator } = parts;
     if (leased(gpu, reconciler.intentsOf(gpu), "hold it")) return NvPdStatus.IO;
     const client = wanted(ctx.config, gpu) ? null : ({ mode: "hold", ...owner(peer) } as const);
     const numa = reconciler.intentsOf(gpu).numa ?? owner(peer);
     const patch: Partial<GpuIntents> = withNuma ? { client, numa } : { client };
-    const before = reconciler.change(gpu, patch);
+    const change = reconciler.change(gpu, patch);
     const state = await reconciler.reconcile(gpu);
     await coordinator.settle();
     if (state !== "held") {
       // The NUMA request goes with the hold that failed; the hold itself stays asked for.
-      if (withNuma) reconciler.revert(gpu, { numa }, before);
+      if (withNuma) reconciler.revert(change, ["numa"]);
       return refusedHold(gpu);
     }
-    return withNuma ? numaOutcome(gpu, parts, patch, before) : NvPdStatus.SUCCESS;
+    return withNuma ? numaOutcome(gpu, parts, change) : NvPdStatus.SUCCESS;
   }
 
   /**
-   * After a NUMA-online request (`patch`, applied over `before`): no coherent memory makes it a
-   * no-op (the NUMA intent goes), memory that did not come online takes the whole request back.
+   * After a NUMA-online request (`change`): no coherent memory makes it a no-op (the NUMA
+   * intent goes), memory that did not come online takes the whole request back.
    */
-  async function numaOutcome(
-    gpu: Gpu,
-    { reconciler, coordinator }: IntentChange,
-    patch: Partial<GpuIntents>,
-    before: GpuIntents,
-  ) {
+  async function numaOutcome(gpu: Gpu, { reconciler, coordinator }: ChangeParts, change: Change) {
     const failed = hasCoherentMemory(gpu) && gpu.numa?.status === NUMA_ONLINE_FAILED;
     if (hasCoherentMemory(gpu) && !failed) return NvPdStatus.SUCCESS;
-    reconciler.revert(gpu, failed ? patch : { numa: patch.numa ?? null }, before);
+    reconciler.revert(change, failed ? undefined : ["numa"]);
     await reconciler.reconcile(gpu);
     await coordinator.settle();
     return failed ? NvPdStatus.NUMA_FAILURE : NvPdStatus.SUCCESS;
   }
 
-  async function numaOnline(gpu: Gpu, parts: IntentChange, peer: PeerCredentials) {
+  async function numaOnline(gpu: Gpu, parts: ChangeParts, peer: PeerCredentials) {
     const { reconciler, coordinator } = parts;
     const current = reconciler.intentsOf(gpu);
     if (leased(gpu, current, "bring NUMA memory online")) return NvPdStatus.IO;
     const patch: Partial<GpuIntents> = { numa: current.numa ?? owner(peer) };
-    const before = reconciler.change(gpu, patch);
+    const change = reconciler.change(gpu, patch);
     const state = await reconciler.reconcile(gpu);
     await coordinator.settle();
-    if (state === "held") return numaOutcome(gpu, parts, patch, before);
+    if (state === "held") return numaOutcome(gpu, parts, change);
     // Not held: lost, a hold that failed, or a lease that came in meanwhile.
-    reconciler.revert(gpu, patch, before);
+    reconciler.revert(change);
     if (state === "lost") return NvPdStatus.DRIVER;
     return leased(gpu, reconciler.intentsOf(gpu), "bring NUMA memory online") ? NvPdStatus.IO : refusedHold(gpu);
   }
@@ -118,7 +113,7 @@ export function rpcBackend(ctx: DaemonContext): PersistenceBackend {
    * NUMA offline; with nothing else wanting the GPU held it is released, as the original's.
    * A lease does not count: what is wanted once it ends is what counts.
    */
-  async function numaOffline(gpu: Gpu, parts: IntentChange, peer: PeerCredentials) {
+  async function numaOffline(gpu: Gpu, parts: ChangeParts, peer: PeerCredentials) {
     const after = { ...parts.reconciler.intentsOf(gpu), numa: null, lease: null };
     const config = { persistenceMode: ctx.config.persistenceMode, selected: gpu.selected };
     const patch: Partial<GpuIntents> = { numa: null };

@@ -87,36 +87,51 @@ export function releasedBy(intents: GpuIntents): ReleasedBy | null {
   return null;
 }
 
+/** One change of a GPU's intents, to take back: what it set, what was there, and its stamp. */
+export interface IntentChange {
+  readonly index: number;
+  readonly patch: Partial<GpuIntents>;
+  readonly before: GpuIntents;
+  readonly stamp: number;
+}
+
+type Field = keyof GpuIntents;
+
 /** Every GPU's intents, by GPU index. `onChange` follows each change (the state record does). */
 export class IntentBook {
   readonly #byIndex = new Map<number, GpuIntents>();
+  /** Per GPU, the stamp of the change that last set each field: a revert undoes only its own. */
+  readonly #stamps = new Map<number, Partial<Record<Field, number>>>();
+  #nextStamp = 1;
   onChange: () => void = () => {};
 
   of(index: number): GpuIntents {
     return this.#byIndex.get(index) ?? NO_INTENTS;
   }
 
-  /** Replaces some of a GPU's intents; returns what they were, to take the change back. */
-  change(index: number, patch: Partial<GpuIntents>): GpuIntents {
+  /** Replaces some of a GPU's intents; returns the change, to take it back. */
+  change(index: number, patch: Partial<GpuIntents>): IntentChange {
     const before = this.of(index);
     const after = { ...before, ...patch };
     if (after.client === null && after.numa === null && after.lease === null) this.#byIndex.delete(index);
     else this.#byIndex.set(index, after);
+    const stamp = this.#nextStamp++;
+    const stamps = this.#stamps.get(index) ?? {};
+    for (const field of Object.keys(patch) as Field[]) stamps[field] = stamp;
+    this.#stamps.set(index, stamps);
     this.onChange();
-    return before;
+    return { index, patch, before, stamp };
   }
 
   /**
-   * Takes back a change made with `patch` (change() returned `before`): each field goes back
-   * only while it still holds what the patch put there, so a change made since stands.
+   * Takes back `change` (only `fields`, when named): each field goes back to what it was only
+   * while no later change has set it, so what another request changed since stands.
    */
-  revert(index: number, patch: Partial<GpuIntents>, before: GpuIntents): void {
-    const now = this.of(index);
-    const back: Partial<GpuIntents> = {};
-    for (const key of Object.keys(patch) as (keyof GpuIntents)[]) {
-      if (now[key] === patch[key]) Object.assign(back, { [key]: before[key] });
-    }
-    if (Object.keys(back).length > 0) this.change(index, back);
+  revert(change: IntentChange, fields: readonly Field[] = Object.keys(change.patch) as Field[]): void {
+    const stamps = this.#stamps.get(change.index) ?? {};
+    const back: Partial<Record<Field, unknown>> = {};
+    for (const field of fields) if (stamps[field] === change.stamp) back[field] = change.before[field];
+    if (Object.keys(back).length > 0) this.change(change.index, back as Partial<GpuIntents>);
   }
 
   /** The GPUs with any intent, by index. */

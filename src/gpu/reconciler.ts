@@ -5,7 +5,7 @@
 // so the last change of intents always wins, whatever order the requests come in.
 import { forEachLimited } from "../concurrency.js";
 import type { Gpu, GpuRegistry, GpuState } from "./gpu-registry.js";
-import { type GpuIntents, type IntentBook, targetOf } from "./intents.js";
+import { type GpuIntents, type IntentBook, type IntentChange, targetOf } from "./intents.js";
 
 export class Reconciler {
   readonly #registry: GpuRegistry;
@@ -27,14 +27,14 @@ export class Reconciler {
     return this.#intents.of(gpu.index);
   }
 
-  /** Changes some of the GPU's intents (not yet its effects); returns what they were. */
-  change(gpu: Gpu, patch: Partial<GpuIntents>): GpuIntents {
+  /** Changes some of the GPU's intents (not yet its effects); returns the change, to take back. */
+  change(gpu: Gpu, patch: Partial<GpuIntents>): IntentChange {
     return this.#intents.change(gpu.index, patch);
   }
 
   /** Takes back a change (see IntentBook.revert): what changed since stands. */
-  revert(gpu: Gpu, patch: Partial<GpuIntents>, before: GpuIntents): void {
-    this.#intents.revert(gpu.index, patch, before);
+  revert(change: IntentChange, fields?: readonly (keyof GpuIntents)[]): void {
+    this.#intents.revert(change, fields);
   }
 
   /** Brings the GPU's effects in line with its intents; resolves with its state after. */

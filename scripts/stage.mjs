@@ -94,7 +94,8 @@ function launcher() {
     // biome-ignore lint/suspicious/noTemplateCurlyInString: shell parameter expansion
     'if [ -z "${UV_THREADPOOL_SIZE-}" ]; then',
     "  n=0",
-    '  for g in /proc/driver/nvidia/gpus/*; do [ -e "$g" ] && n=$((n + 1)); done',
+    // The PCI devices the nvidia driver has bound: sysfs, since the unit's ProcSubset=pid hides /proc/driver/nvidia.
+    '  for g in /sys/bus/pci/drivers/nvidia/*:*:*.*; do [ -e "$g" ] && n=$((n + 1)); done',
     // biome-ignore lint/suspicious/noTemplateCurlyInString: shell parameter expansion
     '  for a in "$@"; do case $a in --simulate=dgx-h100) n=8 ;; --simulate=[0-9]*) n=${a#--simulate=} ;; esac; done',
     `  [ "$n" -lt ${threadpool.min} ] && n=${threadpool.min}`,

@@ -5,8 +5,10 @@
 // the same src/node-flags.json) sets them already, so only `node dist/gpu-persistd.mjs` pays
 // for the re-exec.
 // - UV_THREADPOOL_SIZE: one pool thread per GPU (at least `min`): every blocking NVML call
-//   runs on the pool (koffi fn.async), and bring-up asks every GPU at once. The launcher
-//   counts /proc/driver/nvidia/gpus the same way before Node starts.
+//   runs on the pool (koffi fn.async), and bring-up asks every GPU at once. GPUs are counted
+//   as the PCI devices bound to the nvidia driver in sysfs: the unit's ProcSubset=pid hides
+//   /proc/driver/nvidia (measured: test/gpu/proc-subset.sh). The launcher counts the same way
+//   before Node starts.
 // - UV_USE_IO_URING=0: no io_uring ring may carry root's credentials past the privilege
 //   drop (CVE-2024-22017); libuv 1.45 to 1.48 use io_uring by default.
 // The re-exec also passes the V8 flags: a 1 MB young generation instead of 16 (an idle
@@ -21,8 +23,11 @@ import nodeFlags from "./node-flags.json" with { type: "json" };
 const ENV: Readonly<Record<string, string>> = nodeFlags.env;
 const V8_FLAGS: readonly string[] = nodeFlags.v8;
 
+/** Where sysfs lists the PCI devices bound to the nvidia driver (0000:1b:00.0 and the like). */
+export const NVIDIA_PCI_DRIVER_DIR = "/sys/bus/pci/drivers/nvidia";
+
 /** GPUs the pool is sized for: the driver's GPUs, or the simulated count. */
-function gpuCount(argv: readonly string[], env: NodeJS.ProcessEnv): number {
+function gpuCount(argv: readonly string[], env: NodeJS.ProcessEnv, driverDir: string): number {
   const simulate =
     [...argv]
       .reverse()
@@ -31,16 +36,20 @@ function gpuCount(argv: readonly string[], env: NodeJS.ProcessEnv): number {
   if (simulate === "dgx-h100") return 8;
   if (simulate && /^\d+$/.test(simulate)) return Number(simulate);
   try {
-    return readdirSync("/proc/driver/nvidia/gpus").length;
+    return readdirSync(driverDir).filter((name) => /^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/i.test(name)).length;
   } catch {
     return 0;
   }
 }
 
 /** UV_THREADPOOL_SIZE for this host: one thread per GPU, within node-flags.json's bounds. */
-export function threadPoolSize(argv: readonly string[], env: NodeJS.ProcessEnv): number {
+export function threadPoolSize(
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv,
+  driverDir = NVIDIA_PCI_DRIVER_DIR,
+): number {
   const { min, max } = nodeFlags.threadpool;
-  return Math.min(max, Math.max(min, gpuCount(argv, env)));
+  return Math.min(max, Math.max(min, gpuCount(argv, env, driverDir)));
 }
 
 /** Returns normally when every variable is set; otherwise never returns, or throws. */

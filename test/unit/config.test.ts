@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
@@ -139,6 +139,18 @@ describe("the libuv pool size", () => {
     expect(threadPoolSize(["node", "x", "--simulate=256"], {})).toBe(128);
     expect(threadPoolSize(["node", "x", "--simulate=dgx-h100"], {})).toBe(8);
     expect(threadPoolSize(["node", "x"], { GPU_PERSISTD_SIMULATE: "64" })).toBe(64);
+  });
+
+  it("counts real GPUs as the PCI devices sysfs lists under the nvidia driver (the unit hides /proc/driver/nvidia)", async () => {
+    const { threadPoolSize } = await import("../../src/libuv-environment.js");
+    const driver = join(dir, "sys-bus-pci-drivers-nvidia");
+    mkdirSync(driver, { recursive: true });
+    const gpus = Array.from({ length: 8 }, (_, i) => `0000:${(0x18 + i).toString(16)}:00.0`);
+    for (const name of [...gpus, "bind", "unbind", "new_id", "remove_id", "uevent", "module"]) {
+      writeFileSync(join(driver, name), "");
+    }
+    expect(threadPoolSize(["node", "x"], {}, driver)).toBe(8);
+    expect(threadPoolSize(["node", "x"], {}, join(dir, "no-such-driver"))).toBe(4);
   });
 });
 

@@ -15,20 +15,14 @@ import subprocess
 import sys
 import time
 
+from read_only import persistence
+
 LAUNCHER, OUT = sys.argv[1:3]
 IDLE = int(os.environ.get("IDLE_SECONDS", "60"))
 QUERIES = int(os.environ.get("QUERIES", "2000"))
 RUNTIME = "/run/nvidia-persistenced"
 SOCKET = f"{RUNTIME}/socket"
 REAL = os.environ.get("REAL_DAEMON", "/usr/local/nvidia/bin/nvidia-persistenced")
-
-
-def persistence(when):
-    modes = subprocess.run(["nvidia-smi", "--query-gpu=persistence_mode", "--format=csv,noheader"],
-                           capture_output=True, text=True, check=True).stdout.split()
-    if any(m != "Enabled" for m in modes):
-        sys.exit(f"ABORT: persistence does not read Enabled {when}: {modes}; this suite changes no GPU setting")
-    return modes
 
 
 def status(pid):

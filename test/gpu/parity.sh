@@ -5,8 +5,6 @@
 # persistence must read Enabled before and after. Results land in $OUT (default ./gpu-results).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/gpu-results}
-mkdir -p "$OUT"
 RUNTIME=/run/nvidia-persistenced
 source test/gpu/common.sh
 # exec: started with &, the background job is then the daemon itself, so $! is its PID.
@@ -18,9 +16,7 @@ wait_for() {
 }
 
 persistence_enabled before
-if pgrep -f 'bin/nvidia-persistenced' >/dev/null; then echo "ABORT: a persistence daemon runs here" >&2; exit 2; fi
-# A daemon of an earlier run of this script on a warm machine: stop it first.
-pkill -TERM -f 'gpu-persistd.mjs' && sleep 1 || true
+only_ours
 rm -rf "$RUNTIME"
 {
   echo "== /proc/driver/nvidia/gpus/*/numa_status"

@@ -7,17 +7,10 @@
 # --dry-run, as footprint.sh does. Results: $OUT/proc-subset.json, stamped with the commit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/gpu-results}
-mkdir -p "$OUT"
 source test/gpu/common.sh
 persistence_enabled before
-STAGE=$PWD/.devcarry/stage
-sed -e "s#^exec [^ ]* #exec $NODE #" -e "s#/usr/lib/gpu-persistd/#$STAGE/usr/lib/gpu-persistd/#" \
-  "$STAGE/usr/bin/gpu-persistd" >/tmp/gpu-persistd-launcher
-chmod +x /tmp/gpu-persistd-launcher
-pkill -TERM -f 'gpu-persistd.mjs' && sleep 1 || true
-if pgrep -f 'bin/nvidia-persistenced' >/dev/null; then echo "ABORT: a persistence daemon runs here" >&2; exit 2; fi
-COMMIT=${COMMIT:-$(cat .devcarry/commit 2>/dev/null || git rev-parse --short HEAD)}
+stage_launcher
+only_ours
 RUNTIME=/run/nvidia-persistenced
 rm -rf "$RUNTIME"
 LOG=$OUT/proc-subset-daemon.log

@@ -8,8 +8,6 @@
 # dist/ + node_modules/ or the staged tree in .devcarry/stage (scripts/stage.mjs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/gpu-results}
-mkdir -p "$OUT"
 IDLE_SECONDS=${IDLE_SECONDS:-60}
 QUERIES=${QUERIES:-20}
 RUNTIME=/run/nvidia-persistenced

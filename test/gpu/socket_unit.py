@@ -21,20 +21,14 @@ import subprocess
 import sys
 import time
 
+from read_only import persistence
+
 LAUNCHER, BUNDLE, OUT, COMMIT = sys.argv[1:5]
 RUNTIME = "/run/nvidia-persistenced"
 RPC = f"{RUNTIME}/socket"
 CONTROL = f"{RUNTIME}/gpu-persistd.sock"
 NOTIFY = "/tmp/gpd-socket-unit-notify"
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
-
-
-def persistence(when):
-    modes = subprocess.run(["nvidia-smi", "--query-gpu=persistence_mode", "--format=csv,noheader"],
-                           capture_output=True, text=True, check=True).stdout.split()
-    if any(m != "Enabled" for m in modes):
-        sys.exit(f"ABORT: persistence does not read Enabled {when}: {modes}; this suite changes no GPU setting")
-    return modes
 
 
 def listening(path):

@@ -6,8 +6,6 @@
 # Needs what test/gpu/run.sh needs (nvidia-smi, python3, the driver, node or .devcarry).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/gpu-results}
-mkdir -p "$OUT"
 RUNTIME=/run/nvidia-persistenced
 source test/gpu/common.sh
 gpd() { GPU_PERSISTD_CONFIG=/tmp/gpd-config.json GPU_PERSISTD_HEALTH_INTERVAL_MS=1000 exec "$NODE" "$BUNDLE" "$@"; }

@@ -262,6 +262,34 @@ export class Container {
     writeFileSync(hostPath, contents);
   }
 
+  /**
+   * The shipped unit on `gpus` simulated GPUs (a drop-in, then a daemon-reload is the
+   * caller's): ExecStart with --simulate and the simulator's config, the start limit lifted
+   * unless `startLimit` (the suites start the unit more often than it allows), and `extra`
+   * [Service] lines.
+   */
+  simulateDropIn(gpus: number, simConfig: string, o: { startLimit?: boolean; extra?: string[] } = {}): void {
+    this.writeFile(
+      "/etc/systemd/system/gpu-persistd.service.d/simulate.conf",
+      [
+        ...(o.startLimit ? [] : ["[Unit]", "StartLimitIntervalSec=0"]),
+        "[Service]",
+        "ExecStart=",
+        `ExecStart=/usr/bin/gpu-persistd --user nvidia-persistenced --simulate=${gpus}`,
+        `Environment=GPU_PERSISTD_SIM_CONFIG=${simConfig}`,
+        ...(o.extra ?? []),
+      ].join("\n"),
+    );
+  }
+
+  /** The fds on `node` now, any process's (PID 1's fd store included), matched by inode. */
+  fdsOn(node: string): string[] {
+    return this.run(`find -L /proc/[0-9]*/fd -maxdepth 1 -samefile ${node} 2>/dev/null`)
+      .stdout.trim()
+      .split("\n")
+      .filter(Boolean);
+  }
+
   /** One property of a unit, as `systemctl show -p NAME --value` prints it. */
   unitProperty(unit: string, name: string): string {
     return this.check(`systemctl show ${unit} -p ${name} --value`).trim();

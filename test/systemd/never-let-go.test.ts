@@ -33,31 +33,12 @@ for (const [release, rootfs] of [
     let stage = "";
     let c: Container;
 
-    const dropIn = (extra: string[] = []) =>
-      c.writeFile(
-        "/etc/systemd/system/gpu-persistd.service.d/simulate.conf",
-        [
-          // The suite restarts the unit more often than systemd's default start limit allows.
-          "[Unit]",
-          "StartLimitIntervalSec=0",
-          "[Service]",
-          "ExecStart=",
-          `ExecStart=/usr/bin/gpu-persistd --user nvidia-persistenced --simulate=${GPUS}`,
-          `Environment=GPU_PERSISTD_SIM_CONFIG=${SIM_CONFIG}`,
-          ...extra,
-        ].join("\n"),
-      );
+    const dropIn = (extra: string[] = []) => c.simulateDropIn(GPUS, SIM_CONFIG, { extra });
     const simConfig = (config: object) => c.writeFile(SIM_CONFIG, JSON.stringify(config));
     const prop = (name: string, unit = "gpu-persistd") => c.unitProperty(unit, name);
     /** The inodes of the RPC socket and the control socket. */
     const inode = () => c.check(`stat -c %i ${RUN}/socket ${RUN}/gpu-persistd.sock`).trim();
-    /** Fds on `node` now, any process's (PID 1's fd store included), matched by inode. */
-    const holding = (node: string) =>
-      c
-        .run(`find -L /proc/[0-9]*/fd -maxdepth 1 -samefile ${node} 2>/dev/null`)
-        .stdout.trim()
-        .split("\n")
-        .filter(Boolean);
+    const holding = (node: string) => c.fdsOn(node);
     const holders = (node: string) => holding(node).length;
     /** Holders of each node, with who holds them when `expected` is not met within `ms`. */
     async function expectHolders(expected: number, nodes: readonly string[] = NODES, ms = 5000): Promise<void> {

@@ -49,18 +49,8 @@ for (const [release, rootfs] of [
     const simConfig = (config: object) => c.writeFile(SIM_CONFIG, JSON.stringify({ callLogPath: CALLS, ...config }));
     /** The shipped unit on simulated GPUs; `startLimit` false lifts the start limit the suite's many starts would hit. */
     const dropIn = (startLimit = false) =>
-      c.writeFile(
-        "/etc/systemd/system/gpu-persistd.service.d/simulate.conf",
-        [
-          ...(startLimit ? [] : ["[Unit]", "StartLimitIntervalSec=0"]),
-          "[Service]",
-          "ExecStart=",
-          `ExecStart=/usr/bin/gpu-persistd --user nvidia-persistenced --simulate=${GPUS}`,
-          `Environment=GPU_PERSISTD_SIM_CONFIG=${SIM_CONFIG}`,
-          // The simulator's call log (ProtectSystem=strict keeps the rest read-only).
-          "ReadWritePaths=/var/lib/gpu-persistd-sim",
-        ].join("\n"),
-      );
+      // The simulator's call log (ProtectSystem=strict keeps the rest read-only).
+      c.simulateDropIn(GPUS, SIM_CONFIG, { startLimit, extra: ["ReadWritePaths=/var/lib/gpu-persistd-sim"] });
     /** The daemon's routed persistence calls since the log was cleared: outcome and wait (ms). */
     function routedCallsOf(pids: number[]): { outcome: string; waitedMs: number }[] {
       return c

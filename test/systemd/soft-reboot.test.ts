@@ -69,25 +69,9 @@ describe("held across a soft reboot, Debian 13 (systemd 257)", () => {
   let stage = "";
   let c: Container;
 
-  const dropIn = (extra: string[] = []) =>
-    c.writeFile(
-      "/etc/systemd/system/gpu-persistd.service.d/simulate.conf",
-      [
-        // The suite restarts the unit more often than systemd's default start limit allows.
-        "[Unit]",
-        "StartLimitIntervalSec=0",
-        "[Service]",
-        "ExecStart=",
-        `ExecStart=/usr/bin/gpu-persistd --user nvidia-persistenced --simulate=${GPUS}`,
-        `Environment=GPU_PERSISTD_SIM_CONFIG=${SIM_CONFIG}`,
-        ...extra,
-      ].join("\n"),
-    );
+  const dropIn = (extra: string[] = []) => c.simulateDropIn(GPUS, SIM_CONFIG, { extra });
   const prop = (name: string, unit = "gpu-persistd") => c.unitProperty(unit, name);
-  /** Fds on `node` now, any process's (PID 1's fd store included), matched by inode. */
-  const holders = (node: string) =>
-    c.run(`find -L /proc/[0-9]*/fd -maxdepth 1 -samefile ${node} 2>/dev/null`).stdout.trim().split("\n").filter(Boolean)
-      .length;
+  const holders = (node: string) => c.fdsOn(node).length;
   async function expectHolders(expected: number, nodes: readonly string[] = NODES, ms = 5000): Promise<void> {
     const deadline = Date.now() + ms;
     while (nodes.some((n) => holders(n) !== expected) && Date.now() < deadline)

@@ -345,6 +345,37 @@ describe("held across the daemon's own restart", () => {
     await d.stop();
     store.flush();
   });
+
+  it("closes and drops a lease-PID fd handed back that is not a pidfd, saying why", async () => {
+    const store = new FdStoreNotifier();
+    const d = fixture.daemon(
+      { gpus: 1 },
+      {},
+      { notifier: store, passedFds: [{ fd: openSync("/etc/hostname", "r"), name: "lease-123" }] },
+    );
+    await d.daemon.run();
+    expect(d.messages()).toContain("closed the file descriptor systemd handed back as 'lease-123': it is not a pidfd");
+    expect(store.with("FDSTOREREMOVE").map((m) => m.FDNAME)).toContain("lease-123");
+    await d.stop();
+    store.flush();
+  });
+
+  it("a lease whose client cannot be watched (pidfd_open fails) still works, ending with its connection, and says it cannot outlive a restart", async () => {
+    const { d, store } = await running(1);
+    // Above the kernel's largest PID: pidfd_open answers ESRCH.
+    const pid = 4_194_305;
+    const lease = await controlHandler(d.context)({ command: "release", gpus: ["0"] }, { pid, uid: 0, gid: 0 });
+    if (!(lease instanceof Lease)) throw new Error("not a lease");
+    expect(d.messages()).toContain(
+      `the release by PID ${pid} cannot outlive a restart of the daemon: pidfd_open(${pid}): ESRCH; it still ends with its connection`,
+    );
+    expect([...store.stored.keys()]).not.toContain(`lease-${pid}`);
+    expect(d.registry.list()[0]?.state).toBe("released");
+    await lease.end();
+    expect(d.registry.list()[0]?.state).toBe("held");
+    await d.stop();
+    store.flush();
+  });
 });
 
 describe("a stop for good (SIGTERM: systemctl stop, a reboot) empties the store; SIGUSR2 (a restart, a soft reboot) keeps it", () => {
